@@ -1,0 +1,117 @@
+"""Versioned schema migrations of the buffer, applied in order at startup (PRAGMA user_version)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+# Each migration returns the SQL that takes the schema one version further; it runs in one
+# transaction together with the user_version bump, so a crash mid-migration changes nothing.
+MIGRATIONS: list[Callable[[], str]] = []
+
+
+def migration(fn: Callable[[], str]) -> Callable[[], str]:
+    """Register `fn` as the next schema version."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def v1_initial() -> str:
+    """The first schema: uplinks with readings, raw events, device events, sinks' progress."""
+    return """
+        -- AUTOINCREMENT: ids are never reused after the table is emptied, so a sink's
+        -- "id > cursor" never skips new rows (plain rowids restart from the largest left).
+        CREATE TABLE uplinks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            uplink_id TEXT NOT NULL,
+            dev_eui TEXT NOT NULL,
+            application_id TEXT NOT NULL,
+            gateway_id TEXT NOT NULL,
+            time REAL NOT NULL,
+            status INTEGER NOT NULL,
+            decoder TEXT NOT NULL,
+            error TEXT,
+            readings BLOB NOT NULL,
+            radio BLOB NOT NULL
+        );
+        -- The original MQTT message of each uplink (same id), kept for `edge redecode`.
+        -- A table of its own so that sinks scanning `uplinks` never read these bytes.
+        CREATE TABLE raw (
+            id INTEGER PRIMARY KEY,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            received REAL NOT NULL
+        );
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            dev_eui TEXT NOT NULL,
+            application_id TEXT NOT NULL,
+            time REAL NOT NULL,
+            summary TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL
+        );
+        CREATE TABLE malformed (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            received REAL NOT NULL,
+            topic TEXT NOT NULL,
+            error TEXT NOT NULL,
+            payload BLOB NOT NULL
+        );
+        CREATE TABLE devices (
+            dev_eui TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            application_id TEXT NOT NULL,
+            application_name TEXT NOT NULL,
+            device_profile TEXT NOT NULL,
+            last_uplink INTEGER NOT NULL,
+            last_time REAL NOT NULL,
+            fcnt INTEGER,
+            rssi REAL,
+            snr REAL,
+            gateway_id TEXT,
+            decoder TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            readings BLOB NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE sinks (
+            name TEXT PRIMARY KEY,
+            cursor INTEGER NOT NULL,
+            delivered INTEGER NOT NULL DEFAULT 0,
+            dropped INTEGER NOT NULL DEFAULT 0,
+            last_delivery REAL
+        ) WITHOUT ROWID;
+        CREATE TABLE gaps (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            sink TEXT NOT NULL,
+            first_id INTEGER NOT NULL,
+            last_id INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            first_time REAL,
+            last_time REAL,
+            created REAL NOT NULL
+        );
+        CREATE TABLE counters (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; returns the version reached."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        from edge.errors import StorageError
+
+        raise StorageError(f"buffer schema version {version} is newer than this lorawan-edge ({len(MIGRATIONS)})")
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        try:
+            db.executescript(f"BEGIN IMMEDIATE;\n{step()}\nPRAGMA user_version = {number};\nCOMMIT;")
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)

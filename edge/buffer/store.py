@@ -1,0 +1,354 @@
+"""SQLite store-and-forward: batched appends, per-sink progress, size bound with gap records.
+
+Durability contract (docs/reliability.md): `append` returns only after the batch is committed
+with synchronous=FULL in WAL mode, so whatever the source acknowledges afterwards survives a
+crash or power cut. Sinks read in id order and move their own cursor only after delivery; a
+cursor write may be lost on power loss (synchronous=NORMAL on sink connections), which at worst
+re-sends records that receivers drop by id.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from edge.buffer.migrations import migrate
+from edge.errors import StorageCorrupt, StorageError
+from edge.model import DeviceEvent, Entry, Malformed, RadioInfo, Reading, Uplink
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("received", "duplicates", "decoded", "chirpstack", "undecoded", "decode_failed",
+            "malformed", "events", "dropped")
+
+
+@dataclass(frozen=True, slots=True)
+class NewUplink:
+    """An uplink to store, with the outcome of decoding it and the message it came in."""
+
+    uplink: Uplink
+    topic: str
+    payload: bytes
+    received: float
+    status: int
+    decoder: str
+    error: str
+    readings: Sequence[Reading]
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one commit writes: uplinks, device events, malformed messages, counter deltas."""
+
+    uplinks: list[NewUplink] = field(default_factory=list)
+    events: list[tuple[DeviceEvent, str, bytes]] = field(default_factory=list)
+    malformed: list[tuple[Malformed, float]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add n to a counter in this batch."""
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    def __len__(self) -> int:
+        return len(self.uplinks) + len(self.events) + len(self.malformed)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Records dropped for one sink because the buffer was full."""
+
+    id: int
+    sink: str
+    first_id: int
+    last_id: int
+    count: int
+    first_time: float | None
+    last_time: float | None
+
+
+def _radio_blob(r: RadioInfo) -> bytes:
+    return orjson.dumps([r.fcnt, r.fport, r.frequency, r.spreading_factor, r.dr, r.rssi, r.snr,
+                         r.gateway_id, r.gateways])
+
+
+def _radio(blob: bytes) -> RadioInfo:
+    return RadioInfo(*orjson.loads(blob))
+
+
+def _readings(blob: bytes) -> list[Reading]:
+    return [Reading(n, v, u) for n, v, u in orjson.loads(blob)]
+
+
+def connect(path: str | Path, *, readonly: bool = False, synchronous: str = "FULL") -> sqlite3.Connection:
+    """Open the buffer database with the settings this module relies on."""
+    if readonly:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StorageError(f"cannot switch {path} to WAL mode (got {mode})")
+        # FULL on the writer: a commit is on disk before the source acknowledges the broker.
+        db.execute(f"PRAGMA synchronous = {synchronous}")
+        # Keep the WAL from growing without bound while sinks hold read transactions.
+        db.execute("PRAGMA journal_size_limit = 67108864")
+    db.execute("PRAGMA cache_size = -4096")  # 4 MiB per connection keeps RSS flat on a Pi
+    return db
+
+
+class Buffer:
+    """One connection to the buffer. Use one instance per thread."""
+
+    def __init__(self, path: str | Path, *, max_bytes: int = 1 << 30, readonly: bool = False,
+                 synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                # Created owner-only: the buffer holds every reading of the city's sensors.
+                self.path.touch(mode=0o600)
+        try:
+            self.db = connect(self.path, readonly=readonly, synchronous=synchronous)
+            if not readonly:
+                migrate(self.db)
+                self.db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES "
+                                + ",".join(f"('{c}', 0)" for c in COUNTERS))
+        except sqlite3.DatabaseError as exc:
+            if "malformed" in str(exc) or "not a database" in str(exc):
+                raise StorageCorrupt(f"{self.path}: {exc}") from exc
+            raise StorageError(f"{self.path}: {exc}") from exc
+        self.page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    # -- writing (source side) ------------------------------------------------------------
+
+    def append(self, batch: Batch) -> list[int]:
+        """Commit a batch in one transaction; returns the ids given to its uplinks."""
+        db = self.db
+        ids: list[int] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if batch.uplinks:
+                cur = db.cursor()
+                devices: dict[str, tuple[Any, ...]] = {}
+                for new in batch.uplinks:
+                    up = new.uplink
+                    readings = orjson.dumps([[r.name, r.value, r.unit] for r in new.readings])
+                    cur.execute(
+                        "INSERT INTO uplinks(uplink_id, dev_eui, application_id, gateway_id, time, status,"
+                        " decoder, error, readings, radio) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (up.uplink_id, up.device.dev_eui, up.device.application_id, up.radio.gateway_id or "",
+                         up.time, new.status, new.decoder, new.error or None, readings, _radio_blob(up.radio)),
+                    )
+                    row_id = int(cur.lastrowid or 0)
+                    ids.append(row_id)
+                    cur.execute("INSERT INTO raw(id, topic, payload, received) VALUES (?,?,?,?)",
+                                (row_id, new.topic, new.payload, new.received))
+                    d = up.device
+                    devices[d.dev_eui] = (d.dev_eui, d.device_name, d.application_id, d.application_name,
+                                          d.device_profile_name, row_id, up.time, up.radio.fcnt, up.radio.rssi,
+                                          up.radio.snr, up.radio.gateway_id, new.decoder, new.status, readings)
+                # One upsert per device per batch, not per uplink: fewer page writes on the SD card.
+                db.executemany(
+                    "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(dev_eui) DO UPDATE SET"
+                    " name=excluded.name, application_id=excluded.application_id,"
+                    " application_name=excluded.application_name, device_profile=excluded.device_profile,"
+                    " last_uplink=excluded.last_uplink, last_time=excluded.last_time, fcnt=excluded.fcnt,"
+                    " rssi=excluded.rssi, snr=excluded.snr, gateway_id=excluded.gateway_id,"
+                    " decoder=excluded.decoder, status=excluded.status, readings=excluded.readings",
+                    devices.values(),
+                )
+            if batch.events:
+                db.executemany(
+                    "INSERT INTO events(kind, dev_eui, application_id, time, summary, topic, payload)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    [(e.kind, e.dev_eui, e.application_id, e.time, e.summary, topic, payload)
+                     for e, topic, payload in batch.events],
+                )
+            if batch.malformed:
+                db.executemany(
+                    "INSERT INTO malformed(received, topic, error, payload) VALUES (?,?,?,?)",
+                    [(received, m.topic, m.error, m.payload) for m, received in batch.malformed],
+                )
+            if batch.counts:
+                db.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
+                               [(n, name) for name, n in batch.counts.items()])
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return ids
+
+    def used_bytes(self) -> int:
+        """Bytes of the database in use (pages not on the free list)."""
+        pages = int(self.db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * self.page_size
+
+    def enforce_size(self) -> int:
+        """Drop the oldest rows while the database is over its size bound; returns rows dropped.
+
+        Oldest first means rows every sink has delivered go first. Rows still undelivered for a
+        sink are recorded as a gap for that sink (sent upstream as a notice) and counted.
+        """
+        dropped_total = 0
+        while self.used_bytes() > self.max_bytes:
+            lo, hi, n = self.db.execute("SELECT min(id), max(id), count(*) FROM uplinks").fetchone()
+            if not n:
+                # Only events and malformed rows left: trim those instead.
+                self._trim("events")
+                self._trim("malformed")
+                if self.used_bytes() > self.max_bytes:
+                    break
+                continue
+            upto = lo + max(1, n // 20) - 1  # 5 % per round keeps each round's transaction short
+            dropped_total += self._drop_through(min(upto, hi))
+            self._trim("events")
+            self._trim("malformed")
+        return dropped_total
+
+    def _trim(self, table: str) -> None:
+        lo, n = self.db.execute(f"SELECT min(id), count(*) FROM {table}").fetchone()
+        if n:
+            self.db.execute(f"DELETE FROM {table} WHERE id < ?", (lo + max(1, n // 20),))
+
+    def _drop_through(self, upto: int) -> int:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            now = time.time()
+            dropped = 0
+            for name, cursor in db.execute("SELECT name, cursor FROM sinks WHERE cursor < ?", (upto,)).fetchall():
+                first, last, count, t0, t1 = db.execute(
+                    "SELECT min(id), max(id), count(*), min(time), max(time) FROM uplinks WHERE id > ? AND id <= ?",
+                    (cursor, upto),
+                ).fetchone()
+                if count:
+                    db.execute("INSERT INTO gaps(sink, first_id, last_id, count, first_time, last_time, created)"
+                               " VALUES (?,?,?,?,?,?,?)", (name, first, last, count, t0, t1, now))
+                    db.execute("UPDATE sinks SET cursor = max(cursor, ?), dropped = dropped + ? WHERE name = ?",
+                               (upto, count, name))
+                    dropped = max(dropped, count)
+                    log.error("Buffer full: dropped %d undelivered uplinks for upstream %s (ids %d-%d);"
+                              " a gap notice will be sent.", count, name, first, last)
+            db.execute("DELETE FROM uplinks WHERE id <= ?", (upto,))
+            db.execute("DELETE FROM raw WHERE id <= ?", (upto,))
+            db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (dropped,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return dropped
+
+    def recent_uplink_ids(self, n: int) -> list[str]:
+        """The ids of the last n stored uplinks, to seed duplicate detection after a restart."""
+        return [r[0] for r in self.db.execute("SELECT uplink_id FROM uplinks ORDER BY id DESC LIMIT ?", (n,))]
+
+    # -- reading (sink side) ----------------------------------------------------------------
+
+    def register_sink(self, name: str) -> int:
+        """Make sure a sink has a cursor row; returns its cursor.
+
+        A new sink starts at the oldest retained uplink, so nothing buffered before it was
+        configured is skipped.
+        """
+        self.db.execute("INSERT OR IGNORE INTO sinks(name, cursor) VALUES (?, 0)", (name,))
+        return int(self.db.execute("SELECT cursor FROM sinks WHERE name = ?", (name,)).fetchone()[0])
+
+    def read(self, after_id: int, limit: int) -> list[Entry]:
+        """Up to `limit` stored uplinks with id > after_id, oldest first."""
+        rows = self.db.execute(
+            "SELECT id, uplink_id, dev_eui, application_id, gateway_id, time, readings, radio FROM uplinks"
+            " WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+        return [Entry(r[0], r[1], r[2], r[3], r[4], r[5], _readings(r[6]), _radio(r[7])) for r in rows]
+
+    def advance(self, sink: str, upto_id: int, delivered: int) -> None:
+        """Record that a sink has delivered everything up to `upto_id`."""
+        self.db.execute(
+            "UPDATE sinks SET cursor = max(cursor, ?), delivered = delivered + ?, last_delivery = ? WHERE name = ?",
+            (upto_id, delivered, time.time(), sink),
+        )
+
+    def gaps(self, sink: str) -> list[Gap]:
+        """Gap notices not yet delivered to this sink."""
+        return [Gap(*r) for r in self.db.execute(
+            "SELECT id, sink, first_id, last_id, count, first_time, last_time FROM gaps WHERE sink = ? ORDER BY id",
+            (sink,))]
+
+    def gap_delivered(self, gap_id: int) -> None:
+        """Forget a gap once its notice was acknowledged."""
+        self.db.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
+
+    def last_id(self) -> int:
+        """The largest uplink id ever given (0 if none)."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'uplinks'").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- status ------------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """Every counter by name."""
+        return {str(n): int(v) for n, v in self.db.execute("SELECT name, value FROM counters")}
+
+    def sinks(self) -> list[dict[str, Any]]:
+        """Per-sink progress: cursor, backlog, oldest undelivered age, delivered, dropped."""
+        out: list[dict[str, Any]] = []
+        now = time.time()
+        for name, cursor, delivered, dropped, last in self.db.execute(
+                "SELECT name, cursor, delivered, dropped, last_delivery FROM sinks ORDER BY name").fetchall():
+            backlog, oldest = self.db.execute(
+                "SELECT count(*), min(time) FROM uplinks WHERE id > ?", (cursor,)).fetchone()
+            out.append({
+                "name": name, "cursor": cursor, "backlog": backlog,
+                "oldest_undelivered_age_s": round(now - oldest, 1) if oldest is not None else None,
+                "delivered": delivered, "dropped": dropped, "last_delivery": last,
+            })
+        return out
+
+    def devices(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The last uplink of each device, most recent first."""
+        cols = ("dev_eui", "name", "application_name", "last_time", "fcnt", "rssi", "snr", "gateway_id",
+                "decoder", "status", "readings")
+        rows = self.db.execute(
+            f"SELECT {', '.join(cols)} FROM devices ORDER BY last_time DESC LIMIT ?", (limit,)).fetchall()
+        result = []
+        for row in rows:
+            item = dict(zip(cols, row, strict=True))
+            item["readings"] = orjson.loads(item["readings"])
+            result.append(item)
+        return result
+
+    def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest device events (join, status, log, ack, txack, location)."""
+        cols = ("id", "kind", "dev_eui", "time", "summary")
+        return [dict(zip(cols, r, strict=True)) for r in self.db.execute(
+            f"SELECT {', '.join(cols)} FROM events ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def recent_malformed(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest malformed messages (payload left out)."""
+        cols = ("id", "received", "topic", "error")
+        return [dict(zip(cols, r, strict=True)) for r in self.db.execute(
+            f"SELECT {', '.join(cols)} FROM malformed ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def uplink_ids_of(self, ids: Iterable[int]) -> list[str]:
+        """uplink_id of the given row ids (tests and tools)."""
+        wanted = list(ids)
+        q = ",".join("?" * len(wanted))
+        return [r[0] for r in self.db.execute(f"SELECT uplink_id FROM uplinks WHERE id IN ({q})", wanted)]

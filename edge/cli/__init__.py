@@ -1,0 +1,185 @@
+"""The `edge` command line: run, validate, status, simulate and demo."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edge.config import DEFAULT_PATH, Config, describe, load_config
+from edge.errors import ConfigError, EdgeError
+
+CONFIG_OPTION = click.option(
+    "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PATH,
+    show_default=True, envvar="EDGE_CONFIG", help="Configuration file (TOML).",
+)
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        raise SystemExit(2) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lorawan-edge")
+def main() -> None:
+    """lorawan-edge: ChirpStack uplinks in, durable buffer, SenML upstream."""
+
+
+@main.command()
+@CONFIG_OPTION
+def run(config_path: Path) -> None:
+    """Run the gateway pipeline until SIGTERM or Ctrl-C."""
+    from edge.pipeline import Pipeline
+    from edge.telemetry import setup_logging
+
+    cfg = _load(config_path)
+    setup_logging(cfg.log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        pipeline = Pipeline(cfg)
+    except EdgeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    pipeline.run(stop)
+    if pipeline.failed:
+        raise SystemExit(1)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--show", is_flag=True, help="Print the effective configuration (secrets are never included).")
+def validate(config_path: Path, show: bool) -> None:
+    """Check the configuration; print every problem with its key."""
+    cfg = _load(config_path)
+    if show:
+        click.echo(json.dumps(describe(cfg), indent=2))
+    click.echo(f"{config_path}: OK ({len(cfg.upstreams)} upstream(s))")
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return f"{max(0.0, time.time() - ts):.0f}s ago"
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--devices", default=20, show_default=True, help="How many devices to list.")
+def status(config_path: Path, as_json: bool, devices: int) -> None:
+    """Show backlog per upstream, counters and the last uplink per device."""
+    from edge.buffer.store import Buffer
+    from edge.model import DecodeStatus
+
+    cfg = _load(config_path)
+    if not Path(cfg.buffer.path).exists():
+        click.echo(f"error: no buffer at {cfg.buffer.path} yet (has `edge run` started?)", err=True)
+        raise SystemExit(1)
+    buf = Buffer(cfg.buffer.path, readonly=True)
+    data: dict[str, Any] = {
+        "edge_id": cfg.edge_id,
+        "buffer": {"path": cfg.buffer.path, "used_bytes": buf.used_bytes(),
+                   "max_bytes": int(cfg.buffer.max_size_mb * 1024 * 1024)},
+        "counters": buf.counters(),
+        "upstreams": buf.sinks(),
+        "devices": buf.devices(devices),
+        "events": buf.recent_events(10),
+        "malformed": buf.recent_malformed(5),
+    }
+    buf.close()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    c = data["counters"]
+    click.echo(f"edge {cfg.edge_id}  buffer {data['buffer']['used_bytes'] / 1e6:.1f} MB"
+               f" of {data['buffer']['max_bytes'] / 1e6:.0f} MB")
+    click.echo("counters: " + "  ".join(f"{k}={c.get(k, 0)}" for k in (
+        "received", "duplicates", "decoded", "chirpstack", "undecoded", "decode_failed", "malformed", "events",
+        "dropped")))
+    click.echo("upstreams:")
+    for up in data["upstreams"]:
+        age = up["oldest_undelivered_age_s"]
+        click.echo(f"  {up['name']:<16} backlog={up['backlog']:<8} oldest={'-' if age is None else f'{age:.0f}s'}"
+                   f"  delivered={up['delivered']}  dropped={up['dropped']}  last={_ago(up['last_delivery'])}")
+    click.echo("devices (last uplink):")
+    for d in data["devices"]:
+        values = " ".join(f"{n}={v}{u or ''}" for n, v, u in d["readings"][:6])
+        click.echo(f"  {d['dev_eui']} {d['name'][:20]:<20} {_ago(d['last_time']):>9} fcnt={d['fcnt']}"
+                   f" rssi={d['rssi']} snr={d['snr']} {DecodeStatus.NAMES[d['status']]}:{d['decoder'] or '-'}"
+                   f"  {values}")
+    if data["events"]:
+        click.echo("device events:")
+        for e in data["events"]:
+            when = datetime.fromtimestamp(e["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+            click.echo(f"  {when} {e['dev_eui']} {e['kind']}: {e['summary']}")
+    if data["malformed"]:
+        click.echo("malformed messages (newest):")
+        for m in data["malformed"]:
+            click.echo(f"  {m['topic']}: {m['error']}")
+
+
+@main.command()
+@click.option("--url", default="mqtt://127.0.0.1:1883", show_default=True, help="ChirpStack's MQTT broker.")
+@click.option("--devices", "-n", default=10, show_default=True, help="Number of simulated devices.")
+@click.option("--count", default=100, show_default=True, help="Uplinks to send (0 = until stopped).")
+@click.option("--rate", default=10.0, show_default=True, help="Uplinks per second (0 = as fast as possible).")
+@click.option("--protobuf", is_flag=True, help="Publish binary protobuf (ChirpStack json=false) instead of JSON.")
+@click.option("--seed", type=int, default=None, help="Seed for repeatable payloads and ids.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append every uplink the broker acknowledged as a JSON line to this file.")
+def simulate(url: str, devices: int, count: int, rate: float, protobuf: bool, seed: int | None,
+             log_path: Path | None) -> None:
+    """Publish simulated ChirpStack v4 uplinks of Elsys ERS sensors."""
+    from urllib.parse import urlsplit
+
+    from edge.simulate import SentUplink, Simulator, publish
+
+    parts = urlsplit(url)
+    sim = Simulator(devices, protobuf=protobuf, seed=seed)
+    log_file = log_path.open("a") if log_path else None
+
+    def on_sent(s: SentUplink) -> None:
+        if log_file is not None:
+            log_file.write(json.dumps({"uplink_id": s.uplink_id, "dev_eui": s.dev_eui, "time": s.time,
+                                       "payload": s.payload.hex(), "fcnt": s.fcnt}) + "\n")
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        n = publish(parts.hostname or "127.0.0.1", parts.port or 1883, sim, count or None, rate or None,
+                    on_sent, stop)
+    finally:
+        if log_file is not None:
+            log_file.close()
+    click.echo(f"sent {n} uplinks from {devices} devices")
+
+
+@main.command()
+@click.option("--seconds", default=15.0, show_default=True, help="How long to send simulated traffic.")
+@click.option("--devices", "-n", default=5, show_default=True, help="Number of simulated devices.")
+@click.option("--rate", default=4.0, show_default=True, help="Uplinks per second.")
+@click.option("--format", "fmt", type=click.Choice(["senml+json", "senml+cbor"]), default="senml+json",
+              show_default=True, help="Upstream format.")
+def demo(seconds: float, devices: int, rate: float, fmt: str) -> None:
+    """Run the whole pipeline on simulated traffic between two local Mosquitto brokers."""
+    from edge.demo import run_demo
+
+    sys.exit(run_demo(seconds=seconds, devices=devices, rate=rate, fmt=fmt))

@@ -1,0 +1,350 @@
+"""Reads and validates the TOML configuration into frozen dataclasses; reports every problem."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/lorawan-edge/edge.toml")
+FORMATS = ("senml+json", "senml+cbor")
+TOPIC_PLACEHOLDERS = ("dev_eui", "application", "application_id", "gateway_id", "edge_id")
+
+
+@dataclass(frozen=True)
+class MqttEndpoint:
+    """Connection settings shared by the ChirpStack source and MQTT upstreams."""
+
+    url: str
+    client_id: str
+    username: str = ""
+    password_file: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    protocol: str = "5"
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 60.0
+
+    @property
+    def host(self) -> str:
+        """Broker host name or address."""
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """Broker port, defaulting by scheme."""
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        """True for mqtts:// URLs."""
+        return urlsplit(self.url).scheme == "mqtts"
+
+    def password(self) -> str | None:
+        """The password, read from its file at connect time (never stored in config or logs)."""
+        if not self.password_file:
+            return None
+        return Path(self.password_file).read_text().strip()
+
+
+@dataclass(frozen=True)
+class ChirpStackConfig:
+    """The ChirpStack MQTT integration we read uplinks from."""
+
+    mqtt: MqttEndpoint
+    topic: str = "application/+/device/+/event/+"
+    session_expiry_s: int = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class DecoderRuleConfig:
+    """A config rule choosing a decoder for devices."""
+
+    decoder: str
+    dev_eui: tuple[str, ...] = ()
+    device_profile: tuple[str, ...] = ()
+    application: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """How decoders are chosen."""
+
+    use_chirpstack_object: bool = True
+    tag: str = "decoder"
+    rules: tuple[DecoderRuleConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """The SQLite store-and-forward buffer."""
+
+    path: str = "/var/lib/lorawan-edge/buffer.sqlite"
+    max_size_mb: float = 1024.0
+    batch_max: int = 500
+    batch_ms: int = 30
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """One destination broker with its own format, topics and progress."""
+
+    name: str
+    mqtt: MqttEndpoint
+    format: str = "senml+json"
+    topic: str = "lorawan/{dev_eui}"
+    link_topic: str = "lorawan/{dev_eui}/link"
+    notice_topic: str = "lorawan-edge/{edge_id}/notice"
+    qos: int = 1
+    max_inflight: int = 20
+    max_message_bytes: int = 65536
+    read_batch: int = 2000
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    edge_id: str
+    chirpstack: ChirpStackConfig
+    buffer: BufferConfig
+    upstreams: tuple[UpstreamConfig, ...]
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    log_level: str = "info"
+    source_path: str = ""
+
+
+class _Reader:
+    """Walks one TOML table, collecting problems instead of stopping at the first."""
+
+    def __init__(self, table: Any, where: str, problems: list[str]) -> None:
+        self.where = where
+        self.problems = problems
+        if not isinstance(table, dict):
+            problems.append(f"{where}: must be a table")
+            table = {}
+        self.table: dict[str, Any] = table
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any, required: bool = False) -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            if required:
+                self.problems.append(f"{self.key(name)}: is required")
+            return default
+        value = self.table[name]
+        # TOML integers are acceptable where a float is expected; booleans are never numbers.
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind in (int, float):
+            self.problems.append(f"{self.key(name)}: must be a number, not a boolean")
+            return default
+        if not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            self.problems.append(f"{self.key(name)}: must be {names}, got {type(value).__name__}")
+            return default
+        return value
+
+    def positive(self, name: str, kind: type, default: Any) -> Any:
+        value = self.get(name, kind, default)
+        if value <= 0:
+            self.problems.append(f"{self.key(name)}: must be greater than 0")
+            return default
+        return value
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        value = self.get(name, (list, str), [])
+        if isinstance(value, str):
+            value = [value]
+        if not all(isinstance(v, str) for v in value):
+            self.problems.append(f"{self.key(name)}: must be a list of strings")
+            return ()
+        return tuple(value)
+
+    def done(self) -> None:
+        for name in sorted(set(self.table) - self.used):
+            self.problems.append(f"{self.key(name)}: unknown key")
+
+
+def _check_file(r: _Reader, name: str, value: str) -> None:
+    if value and not Path(value).is_file():
+        r.problems.append(f"{r.key(name)}: file {value!r} does not exist")
+
+
+def _mqtt(r: _Reader, url_key: str, default_client: str, edge_id: str) -> MqttEndpoint:
+    url = r.get(url_key, str, "", required=True)
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("mqtt", "mqtts") or not parts.hostname):
+        r.problems.append(f"{r.key(url_key)}: must be mqtt://host[:port] or mqtts://host[:port], got {url!r}")
+    if parts.username or parts.password:
+        r.problems.append(f"{r.key(url_key)}: must not carry credentials; use username and password_file")
+    endpoint = MqttEndpoint(
+        url=url,
+        client_id=r.get("client_id", str, default_client).replace("{edge_id}", edge_id),
+        username=r.get("username", str, ""),
+        password_file=r.get("password_file", str, ""),
+        ca_file=r.get("ca_file", str, ""),
+        cert_file=r.get("cert_file", str, ""),
+        key_file=r.get("key_file", str, ""),
+        protocol=str(r.get("protocol", (str, int), "5")),
+        keepalive_s=r.positive("keepalive_s", int, 30),
+        reconnect_min_s=r.positive("reconnect_min_s", float, 0.5),
+        reconnect_max_s=r.positive("reconnect_max_s", float, 60.0),
+    )
+    for name in ("password_file", "ca_file", "cert_file", "key_file"):
+        _check_file(r, name, getattr(endpoint, name))
+    if endpoint.protocol not in ("5", "3.1.1"):
+        r.problems.append(f"{r.key('protocol')}: must be \"5\" or \"3.1.1\"")
+    if bool(endpoint.cert_file) != bool(endpoint.key_file):
+        r.problems.append(f"{r.key('cert_file')}: cert_file and key_file go together (mTLS)")
+    if (endpoint.ca_file or endpoint.cert_file) and not endpoint.tls:
+        r.problems.append(f"{r.key(url_key)}: TLS files are set but the URL is not mqtts://")
+    if endpoint.password_file and not endpoint.username:
+        r.problems.append(f"{r.key('password_file')}: needs username")
+    return endpoint
+
+
+def _topic(r: _Reader, name: str, default: str, allow_empty: bool = False) -> str:
+    value: str = r.get(name, str, default)
+    if not value:
+        if not allow_empty:
+            r.problems.append(f"{r.key(name)}: must not be empty")
+        return value
+    if "+" in value or "#" in value:
+        r.problems.append(f"{r.key(name)}: wildcards are not allowed in a publish topic")
+    try:
+        value.format(**{p: "x" for p in TOPIC_PLACEHOLDERS})
+    except (KeyError, IndexError, ValueError) as exc:
+        known = ", ".join("{" + p + "}" for p in TOPIC_PLACEHOLDERS)
+        r.problems.append(f"{r.key(name)}: unknown placeholder {exc}; use {known}")
+    return value
+
+
+def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
+    """Validate a parsed TOML document; raises ConfigError listing every problem."""
+    problems: list[str] = []
+    top = _Reader(doc, "", problems)
+
+    edge = _Reader(top.get("edge", dict, {}), "edge", problems)
+    edge_id = edge.get("id", str, "") or os.environ.get("EDGE_ID", "") or socket.gethostname()
+    log_level = edge.get("log_level", str, "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        problems.append("edge.log_level: must be debug, info, warning or error")
+    edge.done()
+
+    cs = _Reader(top.get("chirpstack", dict, {}, required=True), "chirpstack", problems)
+    chirpstack = ChirpStackConfig(
+        mqtt=_mqtt(cs, "mqtt_url", "lorawan-edge-{edge_id}", edge_id),
+        topic=cs.get("topic", str, "application/+/device/+/event/+"),
+        session_expiry_s=cs.positive("session_expiry_s", int, 30 * 24 * 3600),
+    )
+    cs.done()
+
+    dec = _Reader(top.get("decoding", dict, {}), "decoding", problems)
+    rules: list[DecoderRuleConfig] = []
+    for i, raw in enumerate(dec.get("rule", list, [])):
+        rr = _Reader(raw, f"decoding.rule[{i}]", problems)
+        rule = DecoderRuleConfig(
+            decoder=rr.get("decoder", str, "", required=True),
+            dev_eui=tuple(e.lower() for e in rr.strings("dev_eui")),
+            device_profile=rr.strings("device_profile"),
+            application=rr.strings("application"),
+        )
+        if not (rule.dev_eui or rule.device_profile or rule.application):
+            problems.append(f"decoding.rule[{i}]: needs dev_eui, device_profile or application")
+        rr.done()
+        rules.append(rule)
+    decoding = DecodingConfig(
+        use_chirpstack_object=dec.get("use_chirpstack_object", bool, True),
+        tag=dec.get("tag", str, "decoder"),
+        rules=tuple(rules),
+    )
+    dec.done()
+
+    buf = _Reader(top.get("buffer", dict, {}), "buffer", problems)
+    buffer = BufferConfig(
+        path=buf.get("path", str, BufferConfig.path),
+        max_size_mb=buf.positive("max_size_mb", float, BufferConfig.max_size_mb),
+        batch_max=buf.positive("batch_max", int, BufferConfig.batch_max),
+        batch_ms=buf.positive("batch_ms", int, BufferConfig.batch_ms),
+    )
+    buf.done()
+
+    upstreams: list[UpstreamConfig] = []
+    raw_ups = top.get("upstream", list, [], required=True)
+    if isinstance(raw_ups, list) and not raw_ups and "upstream" in doc:
+        problems.append("upstream: at least one [[upstream]] is required")
+    names: set[str] = set()
+    for i, raw in enumerate(raw_ups):
+        ur = _Reader(raw, f"upstream[{i}]", problems)
+        name = ur.get("name", str, f"upstream{i}", required=True)
+        if name in names:
+            problems.append(f"upstream[{i}].name: {name!r} is used twice")
+        if not name.replace("-", "").replace("_", "").isalnum():
+            problems.append(f"upstream[{i}].name: use letters, digits, '-' and '_' only")
+        names.add(name)
+        up = UpstreamConfig(
+            name=name,
+            mqtt=_mqtt(ur, "url", f"lorawan-edge-{{edge_id}}-{name}", edge_id),
+            format=ur.get("format", str, "senml+json"),
+            topic=_topic(ur, "topic", UpstreamConfig.topic),
+            link_topic=_topic(ur, "link_topic", UpstreamConfig.link_topic, allow_empty=True),
+            notice_topic=_topic(ur, "notice_topic", UpstreamConfig.notice_topic),
+            qos=ur.get("qos", int, 1),
+            max_inflight=ur.positive("max_inflight", int, UpstreamConfig.max_inflight),
+            max_message_bytes=ur.positive("max_message_bytes", int, UpstreamConfig.max_message_bytes),
+            read_batch=ur.positive("read_batch", int, UpstreamConfig.read_batch),
+        )
+        if up.format not in FORMATS:
+            problems.append(f"upstream[{i}].format: must be one of {', '.join(FORMATS)}")
+        if up.qos not in (1, 2):
+            problems.append(f"upstream[{i}].qos: must be 1 or 2 (QoS 0 cannot be acknowledged)")
+        if up.max_message_bytes < 1024:
+            problems.append(f"upstream[{i}].max_message_bytes: must be at least 1024")
+        ur.done()
+        upstreams.append(up)
+    top.done()
+    if problems:
+        raise ConfigError(problems)
+    return Config(edge_id=edge_id, chirpstack=chirpstack, buffer=buffer, upstreams=tuple(upstreams),
+                  decoding=decoding, log_level=log_level, source_path=source_path)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the TOML file at `path`."""
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
+    try:
+        doc = tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
+    return parse_config(doc, str(p))
+
+
+def describe(cfg: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, without secrets (for `edge validate --show`)."""
+
+    def plain(obj: Any) -> Any:
+        if hasattr(obj, "__dataclass_fields__"):
+            return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
+        if isinstance(obj, tuple | list):
+            return [plain(v) for v in obj]
+        return obj
+
+    result: dict[str, Any] = plain(cfg)
+    return result

@@ -1,0 +1,1 @@
+"""Payload decoding: turning uplink bytes into readings from the shared vocabulary."""

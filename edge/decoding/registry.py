@@ -1,0 +1,112 @@
+"""Chooses the decoder for each uplink and turns its output into readings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from edge.decoding.base import Decoder, DecodeResult, DeviceContext, Field, normalize
+from edge.model import DecodeStatus, Reading, Uplink
+
+log = logging.getLogger(__name__)
+
+# Field names ChirpStack codecs commonly return, mapped to the vocabulary. Used only for
+# ChirpStack's own `object`, where no decoder declared its fields.
+OBJECT_FIELDS: dict[str, Field] = {
+    "temperature": Field("temperature", "Cel"),
+    "humidity": Field("humidity", "%RH"),
+    "relativeHumidity": Field("humidity", "%RH"),
+    "light": Field("illuminance", "lx"),
+    "illuminance": Field("illuminance", "lx"),
+    "co2": Field("co2", "/", scale=1e-6),
+    "pressure": Field("pressure", "Pa", scale=100),
+    "batteryVoltage": Field("battery-voltage", "V"),
+    "battery": Field("battery", "%EL"),
+    "vdd": Field("battery-voltage", "V", scale=1e-3),
+    "motion": Field("motion", "count"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Config rule: any listed criterion that matches selects `decoder` (first rule wins)."""
+
+    decoder: str
+    dev_eui: frozenset[str] = frozenset()
+    device_profile: frozenset[str] = frozenset()
+    application: frozenset[str] = frozenset()
+
+    def matches(self, uplink: Uplink) -> bool:
+        """True when the uplink's device is named by this rule."""
+        dev = uplink.device
+        return (
+            dev.dev_eui in self.dev_eui
+            or bool(self.device_profile & {dev.device_profile_name, dev.device_profile_id})
+            or bool(self.application & {dev.application_name, dev.application_id})
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """The outcome of decoding one uplink."""
+
+    status: int
+    readings: list[Reading]
+    decoder: str = ""
+    error: str = ""
+
+
+class DecoderRegistry:
+    """Decoders by id (and alias), plus the rules that pick one for a device.
+
+    Selection order: the device's ChirpStack tag `decoder`, then the config rules, then
+    ChirpStack's `object` if present, else the uplink stays undecoded (raw kept).
+    """
+
+    def __init__(self, decoders: Iterable[Decoder], rules: Sequence[Rule] = (), use_object: bool = True,
+                 tag: str = "decoder") -> None:
+        self._by_id: dict[str, Decoder] = {}
+        for decoder in decoders:
+            for name in (decoder.id, *getattr(decoder, "aliases", ())):
+                self._by_id.setdefault(name, decoder)
+        self._rules = tuple(rules)
+        self._use_object = use_object
+        self._tag = tag
+
+    def ids(self) -> list[str]:
+        """Every id a decoder can be selected by."""
+        return sorted(self._by_id)
+
+    def get(self, decoder_id: str) -> Decoder | None:
+        """The decoder with this id or alias."""
+        return self._by_id.get(decoder_id)
+
+    def choose(self, uplink: Uplink) -> str:
+        """The id of the decoder chosen for this uplink, or '' for none."""
+        tagged = uplink.device.tags.get(self._tag)
+        if tagged:
+            return tagged
+        for rule in self._rules:
+            if rule.matches(uplink):
+                return rule.decoder
+        return ""
+
+    def decode(self, uplink: Uplink) -> Decoded:
+        """Decode one uplink; never raises."""
+        chosen = self.choose(uplink)
+        if chosen:
+            decoder = self._by_id.get(chosen)
+            if decoder is None:
+                return Decoded(DecodeStatus.FAILED, [], chosen, f"no decoder with id {chosen!r}")
+            context = DeviceContext(uplink.device.dev_eui, {}, uplink.device.tags, uplink.time)
+            try:
+                result: DecodeResult = decoder.decode(uplink.payload, uplink.fport, context)
+                if result.errors:
+                    return Decoded(DecodeStatus.FAILED, [], chosen, "; ".join(map(str, result.errors)))
+                return Decoded(DecodeStatus.DECODED, normalize(result.data, decoder.fields), chosen)
+            except Exception as exc:
+                return Decoded(DecodeStatus.FAILED, [], chosen, f"{type(exc).__name__}: {exc}")
+        if self._use_object and uplink.object is not None:
+            return Decoded(DecodeStatus.CHIRPSTACK, normalize(uplink.object, OBJECT_FIELDS), "chirpstack")
+        return Decoded(DecodeStatus.UNDECODED, [])

@@ -1,0 +1,127 @@
+"""Stored entries → SenML packs (RFC 8428) in JSON or CBOR; pure functions, no I/O.
+
+Layout of a pack (docs/records.md): for each uplink, a first record carries the base name
+`urn:dev:mac:<dev_eui>_` (RFC 9039; repeated only when it changes), the base time `bt` = the
+uplink's ChirpStack receive time, and the uplink's stable id as `{"n": "uplink", "vs":
+"urn:uuid:<deduplicationId>"}`. The readings follow with name, unit and value. Several uplinks of
+one device may share a pack while a backlog drains; each starts with its own `bt` and id record,
+so every reading resolves to (name, time) and carries its uplink id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cbor2
+import orjson
+
+from edge.model import Entry
+
+JSON = "senml+json"
+CBOR = "senml+cbor"
+CONTENT_TYPES = {JSON: "application/senml+json", CBOR: "application/senml+cbor"}
+
+# RFC 8428 §6 Table 4.
+_LABELS = {"bn": -2, "bt": -3, "n": 0, "u": 1, "v": 2, "vs": 3, "vb": 4, "t": 6}
+
+
+def _value(record: dict[str, Any], value: Any) -> None:
+    if isinstance(value, bool):
+        record["vb"] = value
+    elif isinstance(value, str):
+        record["vs"] = value
+    else:
+        record["v"] = value
+
+
+def _id_record(bn: str | None, t: float, uplink_id: str) -> dict[str, Any]:
+    rec: dict[str, Any] = {}
+    if bn is not None:
+        rec["bn"] = bn
+    rec["bt"] = t
+    rec["n"] = "uplink"
+    rec["vs"] = f"urn:uuid:{uplink_id}"
+    return rec
+
+
+def measurement_records(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """SenML records (JSON labels) for the readings of consecutive uplinks of one device."""
+    out: list[dict[str, Any]] = []
+    last_bn = None
+    for e in entries:
+        bn = f"urn:dev:mac:{e.dev_eui}_"
+        out.append(_id_record(bn if bn != last_bn else None, e.time, e.uplink_id))
+        last_bn = bn
+        for r in e.readings:
+            rec: dict[str, Any] = {"n": r.name}
+            if r.unit:
+                rec["u"] = r.unit
+            _value(rec, r.value)
+            out.append(rec)
+    return out
+
+
+def link_records(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """SenML records for the radio metadata of the same uplinks (their own pack and topic).
+
+    RSSI is given in dBW (dBm − 30), SNR in dB, frequency in Hz: primary units only (RFC 8798 §3).
+    """
+    out: list[dict[str, Any]] = []
+    last_bn = None
+    for e in entries:
+        bn = f"urn:dev:mac:{e.dev_eui}_lorawan_"
+        out.append(_id_record(bn if bn != last_bn else None, e.time, e.uplink_id))
+        last_bn = bn
+        r = e.radio
+        if r.fcnt is not None:
+            out.append({"n": "fcnt", "u": "count", "v": r.fcnt})
+        if r.fport is not None:
+            out.append({"n": "fport", "v": r.fport})
+        if r.frequency is not None:
+            out.append({"n": "frequency", "u": "Hz", "v": r.frequency})
+        if r.spreading_factor is not None:
+            out.append({"n": "sf", "v": r.spreading_factor})
+        if r.dr is not None:
+            out.append({"n": "dr", "v": r.dr})
+        if r.rssi is not None:
+            out.append({"n": "rssi", "u": "dBW", "v": r.rssi - 30})
+        if r.snr is not None:
+            out.append({"n": "snr", "u": "dB", "v": r.snr})
+        out.append({"n": "gateways", "u": "count", "v": r.gateways})
+        if r.gateway_id:
+            out.append({"n": "gateway", "vs": f"urn:dev:mac:{r.gateway_id}"})
+    return out
+
+
+def encode(records: list[dict[str, Any]], fmt: str) -> bytes:
+    """Encode a pack as SenML JSON or SenML CBOR (integer labels)."""
+    if fmt == JSON:
+        return orjson.dumps(records)
+    if fmt == CBOR:
+        return bytes(cbor2.dumps([{_LABELS[k]: v for k, v in rec.items()} for rec in records]))
+    raise ValueError(f"unknown SenML format {fmt!r}")
+
+
+def decode(payload: bytes, fmt: str) -> list[dict[str, Any]]:
+    """Decode a pack back to JSON-labelled records (tests and tools)."""
+    if fmt == JSON:
+        records: list[dict[str, Any]] = orjson.loads(payload)
+        return records
+    names = {v: k for k, v in _LABELS.items()}
+    return [{names.get(k, k): v for k, v in rec.items()} for rec in cbor2.loads(payload)]
+
+
+def resolve(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Resolve a pack (RFC 8428 §4.6): absolute names and times, no base fields."""
+    out: list[dict[str, Any]] = []
+    bn, bt = "", 0.0
+    for rec in records:
+        bn = rec.get("bn", bn)
+        bt = rec.get("bt", bt)
+        item = {"n": bn + rec.get("n", ""), "t": bt + rec.get("t", 0)}
+        for key in ("u", "v", "vs", "vb"):
+            if key in rec:
+                item[key] = rec[key]
+        out.append(item)
+    return out

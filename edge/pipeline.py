@@ -1,0 +1,279 @@
+"""Composition root: builds the source, decoders, buffer, formats and sinks from config and runs them.
+
+Threads: one for the ChirpStack source (receive → parse → decode → commit → acknowledge), one per
+upstream (read → format → publish → advance). They share nothing but the SQLite file; the only
+in-memory signal is a per-sink Event set after each commit so idle sinks wake at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from edge.buffer.store import Batch, Buffer, NewUplink
+from edge.config import Config, UpstreamConfig
+from edge.decoding.base import Decoder
+from edge.decoding.builtin import builtin_decoders
+from edge.decoding.registry import DecoderRegistry, Rule
+from edge.formats import senml
+from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Uplink
+from edge.sinks.base import Backlog, Formatter, OutMessage
+from edge.sinks.mqtt import MqttSink
+from edge.sources.chirpstack_events import parse
+from edge.sources.chirpstack_mqtt import ChirpStackSource, Message
+
+log = logging.getLogger(__name__)
+
+# How many recent uplink ids are remembered to drop duplicates. Redeliveries after a crash are
+# bounded by the broker's in-flight window, far below this.
+DEDUP_WINDOW = 32768
+_STATUS_COUNTER = {
+    DecodeStatus.DECODED: "decoded",
+    DecodeStatus.CHIRPSTACK: "chirpstack",
+    DecodeStatus.UNDECODED: "undecoded",
+    DecodeStatus.FAILED: "decode_failed",
+}
+
+
+class RecentIds:
+    """A bounded set of the most recent uplink ids (oldest forgotten first)."""
+
+    def __init__(self, capacity: int, seed: Sequence[str] = ()) -> None:
+        self.capacity = capacity
+        self._order: deque[str] = deque()
+        self._set: set[str] = set()
+        for uplink_id in reversed(seed):
+            self.add(uplink_id)
+
+    def __contains__(self, uplink_id: str) -> bool:
+        return uplink_id in self._set
+
+    def add(self, uplink_id: str) -> None:
+        """Remember an id, forgetting the oldest beyond capacity."""
+        self._set.add(uplink_id)
+        self._order.append(uplink_id)
+        if len(self._order) > self.capacity:
+            self._set.discard(self._order.popleft())
+
+    def discard(self, uplink_id: str) -> None:
+        """Forget an id (its batch was not committed)."""
+        self._set.discard(uplink_id)
+
+
+def _topic_fields(entry: Entry, edge_id: str) -> dict[str, str]:
+    return {"dev_eui": entry.dev_eui, "application": entry.application_id,
+            "application_id": entry.application_id, "gateway_id": entry.gateway_id or "unknown",
+            "edge_id": edge_id}
+
+
+def _chunks(entries: list[Entry], max_bytes: int) -> list[list[Entry]]:
+    """Split one device's entries so that each pack stays under max_bytes (estimated)."""
+    out: list[list[Entry]] = []
+    current: list[Entry] = []
+    size = 2
+    for e in entries:
+        # Generous per-record estimate: base fields and id record ~110 B, then ~40 B + name per reading.
+        est = 120 + sum(40 + len(r.name) for r in e.readings)
+        if current and size + est > max_bytes:
+            out.append(current)
+            current, size = [], 2
+        current.append(e)
+        size += est
+    if current:
+        out.append(current)
+    return out
+
+
+def make_formatter(up: UpstreamConfig, edge_id: str) -> Formatter:
+    """The formatter of one upstream: groups entries by topic and packs them (senml.py)."""
+    content_type = senml.CONTENT_TYPES[up.format]
+
+    def grouped(entries: Sequence[Entry], template: str) -> dict[str, list[Entry]]:
+        groups: dict[str, list[Entry]] = {}
+        for e in entries:
+            groups.setdefault(template.format(**_topic_fields(e, edge_id)), []).append(e)
+        return groups
+
+    def format_entries(entries: Sequence[Entry]) -> list[OutMessage]:
+        out: list[OutMessage] = []
+        with_readings = [e for e in entries if e.readings]
+        for topic, group in grouped(with_readings, up.topic).items():
+            for chunk in _chunks(group, up.max_message_bytes):
+                out.append(OutMessage(topic, senml.encode(senml.measurement_records(chunk), up.format),
+                                      content_type))
+        if up.link_topic:
+            for topic, group in grouped(entries, up.link_topic).items():
+                for chunk in _chunks(group, up.max_message_bytes):
+                    out.append(OutMessage(topic, senml.encode(senml.link_records(chunk), up.format), content_type))
+        return out
+
+    return format_entries
+
+
+class BufferBacklog:
+    """The Backlog a sink sees: its own buffer connection and cursor, and its gap notices."""
+
+    def __init__(self, buffer: Buffer, sink: str, notice_topic: str, edge_id: str) -> None:
+        self.buffer = buffer
+        self.sink = sink
+        self.notice_topic = notice_topic.format(edge_id=edge_id, dev_eui="", application="",
+                                                application_id="", gateway_id="")
+        self.edge_id = edge_id
+        buffer.register_sink(sink)
+
+    def cursor(self) -> int:
+        """The sink's durable cursor."""
+        return self.buffer.register_sink(self.sink)
+
+    def read(self, after_id: int, limit: int) -> list[Entry]:
+        """Entries after `after_id`."""
+        return self.buffer.read(after_id, limit)
+
+    def advance(self, upto_id: int, delivered: int) -> None:
+        """Persist delivery progress."""
+        self.buffer.advance(self.sink, upto_id, delivered)
+
+    def notices(self) -> list[tuple[int, OutMessage]]:
+        """Gap notices as JSON messages (docs/records.md, "Gap notices")."""
+        out = []
+        for gap in self.buffer.gaps(self.sink):
+            body: dict[str, Any] = {"type": "gap", "edge_id": self.edge_id, "upstream": self.sink,
+                                    "dropped": gap.count, "first_time": gap.first_time,
+                                    "last_time": gap.last_time, "reason": "buffer full"}
+            out.append((gap.id, OutMessage(self.notice_topic, orjson.dumps(body), "application/json")))
+        return out
+
+    def notice_delivered(self, notice_id: int) -> None:
+        """Forget a delivered gap notice."""
+        self.buffer.gap_delivered(notice_id)
+
+
+class Pipeline:
+    """Everything `edge run` runs."""
+
+    def __init__(self, cfg: Config, decoders: Sequence[Decoder] | None = None) -> None:
+        self.cfg = cfg
+        self.registry = DecoderRegistry(
+            builtin_decoders() if decoders is None else decoders,
+            rules=[Rule(r.decoder, frozenset(r.dev_eui), frozenset(r.device_profile), frozenset(r.application))
+                   for r in cfg.decoding.rules],
+            use_object=cfg.decoding.use_chirpstack_object,
+            tag=cfg.decoding.tag,
+        )
+        self.max_bytes = int(cfg.buffer.max_size_mb * 1024 * 1024)
+        self.buffer = Buffer(cfg.buffer.path, max_bytes=self.max_bytes)
+        self.seen = RecentIds(DEDUP_WINDOW, self.buffer.recent_uplink_ids(DEDUP_WINDOW))
+        self._warned: set[tuple[str, str]] = set()
+        self.source = ChirpStackSource(cfg.chirpstack, self.handle, batch_max=cfg.buffer.batch_max,
+                                       batch_ms=cfg.buffer.batch_ms)
+        self.sinks = [
+            MqttSink(up, self._backlog_factory(up), make_formatter(up, cfg.edge_id), threading.Event())
+            for up in cfg.upstreams
+        ]
+        self.commits = 0
+        self.failed = False
+        self.on_commit: Callable[[], None] | None = None
+
+    def _backlog_factory(self, up: UpstreamConfig) -> Callable[[], Backlog]:
+        def factory() -> Backlog:
+            # NORMAL: a lost cursor update after power loss only re-sends delivered records.
+            conn = Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes, synchronous="NORMAL")
+            return BufferBacklog(conn, up.name, up.notice_topic, self.cfg.edge_id)
+
+        return factory
+
+    def handle(self, messages: list[Message]) -> None:
+        """Parse, drop duplicates, decode and commit one batch (runs on the source thread)."""
+        batch = Batch()
+        batch.count("received", len(messages))
+        fresh: list[str] = []
+        for msg in messages:
+            event = parse(msg.topic, msg.payload, msg.received)
+            if isinstance(event, Uplink):
+                if event.uplink_id in self.seen:
+                    batch.count("duplicates")
+                    continue
+                self.seen.add(event.uplink_id)
+                fresh.append(event.uplink_id)
+                decoded = self.registry.decode(event)
+                batch.count(_STATUS_COUNTER[decoded.status])
+                if decoded.error:
+                    self._decode_failed(event, decoded.decoder, decoded.error)
+                batch.uplinks.append(NewUplink(event, msg.topic, msg.payload, msg.received, decoded.status,
+                                               decoded.decoder, decoded.error, decoded.readings))
+            elif isinstance(event, DeviceEvent):
+                batch.count("events")
+                batch.events.append((event, msg.topic, msg.payload))
+            else:
+                assert isinstance(event, Malformed)
+                batch.count("malformed")
+                batch.malformed.append((event, msg.received))
+                log.warning("Malformed message on %s stored for inspection: %s", event.topic, event.error)
+        try:
+            self.buffer.append(batch)
+        except Exception:
+            for uplink_id in fresh:
+                self.seen.discard(uplink_id)
+            raise
+        self.commits += 1
+        if self.buffer.used_bytes() > self.max_bytes:
+            self.buffer.enforce_size()
+        for sink in self.sinks:
+            sink.wake.set()
+        if self.on_commit is not None:
+            self.on_commit()
+
+    def _decode_failed(self, uplink: Uplink, decoder: str, error: str) -> None:
+        key = (uplink.device.dev_eui, decoder)
+        # Once per device and decoder at WARNING; every further failure is only counted.
+        if key not in self._warned and len(self._warned) < 10000:
+            self._warned.add(key)
+            log.warning("Decoder %s failed for device %s (raw uplink kept for `edge redecode`): %s",
+                        decoder, uplink.device.dev_eui, error)
+        else:
+            log.debug("Decoder %s failed for device %s: %s", decoder, uplink.device.dev_eui, error)
+
+    def run(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
+        """Run the source and every sink until `stop` is set, then drain and return."""
+        threads = [threading.Thread(target=self._guard, args=(self.source.run, stop, "source"),
+                                    name="source", daemon=True)]
+        for sink in self.sinks:
+            threads.append(threading.Thread(target=self._guard, args=(sink.run, stop, f"upstream {sink.name}"),
+                                            name=f"sink-{sink.name}", daemon=True))
+        for t in threads:
+            t.start()
+        log.info("lorawan-edge %s running: %d upstream(s), buffer %s.", self.cfg.edge_id, len(self.sinks),
+                 self.cfg.buffer.path)
+        if ready is not None:
+            ready()
+        while not stop.wait(1.0):
+            pass
+        for t in threads:
+            t.join(timeout=10)
+        self.buffer.close()
+
+    def _guard(self, target: Callable[[threading.Event], None], stop: threading.Event, what: str) -> None:
+        # A thread that dies must not leave a half-working gateway: stop everything, so systemd
+        # (Restart=on-failure) restarts the whole process from the durable buffer.
+        try:
+            target(stop)
+        except Exception:
+            log.exception("The %s thread failed; stopping lorawan-edge so it restarts cleanly.", what)
+            self.failed = True
+            stop.set()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until true or `timeout` seconds passed (tools and tests)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,1 @@
+"""Sinks: deliver formatted records upstream and report what was acknowledged."""

@@ -1,0 +1,41 @@
+"""The sink contract: what a sink reads from, what it sends, and when it may release records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge.model import Entry
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """One upstream message: where it goes, its bytes, and its media type."""
+
+    topic: str
+    payload: bytes
+    content_type: str
+
+
+# Turns consecutive stored entries into the messages that carry them upstream.
+Formatter = Callable[[Sequence[Entry]], list[OutMessage]]
+
+
+class Backlog(Protocol):
+    """A sink's view of the buffer: its own cursor over the stored entries.
+
+    Call order: `cursor` once at start, then `read` with increasing ids; `advance` only with ids
+    whose messages the destination acknowledged, in order. `notices` are out-of-band messages
+    (gap notices) that must be delivered once, confirmed with `notice_delivered`.
+    """
+
+    def cursor(self) -> int: ...
+
+    def read(self, after_id: int, limit: int) -> list[Entry]: ...
+
+    def advance(self, upto_id: int, delivered: int) -> None: ...
+
+    def notices(self) -> list[tuple[int, OutMessage]]: ...
+
+    def notice_delivered(self, notice_id: int) -> None: ...

@@ -1,0 +1,256 @@
+"""Publishes formatted batches upstream over MQTT with QoS 1 and a bounded in-flight window.
+
+Delivery is pipelined: the sink reads a batch of entries, formats it into messages and
+publishes them while earlier batches still wait for PUBACKs, never exceeding `max_inflight`
+unacknowledged messages. A batch is released from the buffer (cursor advanced) only once every
+message of it and of all earlier batches was acknowledged. On any disconnect the in-flight state
+is dropped and reading restarts from the durable cursor: at-least-once, duplicates carry the same
+record ids. Each upstream runs its own thread, so one being down never holds back another.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.config import UpstreamConfig
+from edge.mqtt import Backoff, make_client
+from edge.sinks.base import Backlog, Formatter, OutMessage
+
+log = logging.getLogger(__name__)
+
+# How often delivered progress is written to the buffer while busy. Losing it (crash) only
+# re-sends what was delivered since; writing per batch would cost an SD write per batch.
+PROGRESS_INTERVAL_S = 0.25
+
+
+@dataclass(slots=True)
+class _Batch:
+    last_id: int
+    entries: int
+    queued: deque[OutMessage]
+    unacked: int = 0
+
+
+@dataclass(slots=True)
+class SinkStats:
+    """Counters a sink keeps in memory for status and metrics."""
+
+    published: int = 0
+    acknowledged: int = 0
+    rejected: int = 0
+    reconnects: int = 0
+    connected: bool = False
+    last_error: str = ""
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class MqttSink:
+    """One MQTT upstream; `run` blocks until `stop` is set."""
+
+    def __init__(self, cfg: UpstreamConfig, backlog_factory: Callable[[], Backlog], formatter: Formatter,
+                 wake: threading.Event) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._backlog_factory = backlog_factory
+        self.format = formatter
+        self.wake = wake
+        self.stats = SinkStats()
+        self._v5 = cfg.mqtt.protocol == "5"
+        self._props: dict[str, Properties] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._batches: deque[_Batch] = deque()
+        self._by_mid: dict[int, _Batch | int] = {}  # mid -> batch, or notice id for notices
+        self._inflight = 0
+        self._link_ok = False
+        self._notices_sent: set[int] = set()
+
+    def _properties(self, content_type: str) -> Properties | None:
+        if not self._v5:
+            return None
+        props = self._props.get(content_type)
+        if props is None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ContentType = content_type
+            self._props[content_type] = props
+        return props
+
+    # paho callbacks run on this sink's thread, inside client.loop().
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object,
+                    properties: object) -> None:
+        if getattr(reason, "is_failure", False):
+            self.stats.last_error = f"connection refused: {reason}"
+            log.error("Upstream %s (%s) refused the connection: %s", self.name, self.cfg.mqtt.url, reason)
+            return
+        self._link_ok = True
+        self.stats.connected = True
+        log.info("Connected to upstream %s (%s).", self.name, self.cfg.mqtt.url)
+
+    def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, reason: object,
+                       properties: object) -> None:
+        self._link_ok = False
+        self.stats.connected = False
+
+    def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: object,
+                    properties: object) -> None:
+        owner = self._by_mid.pop(mid, None)
+        if owner is None:
+            return
+        self._inflight -= 1
+        failed = bool(getattr(reason, "is_failure", False))
+        if failed:
+            # The broker refused this message (MQTT 5 PUBACK reason >= 0x80, e.g. not authorized).
+            # Retrying cannot help; count it and move on so one bad message never blocks the queue.
+            self.stats.rejected += 1
+            log.error("Upstream %s rejected a message: %s.", self.name, reason)
+        else:
+            self.stats.acknowledged += 1
+        if isinstance(owner, int):
+            self._acked_notices.append(owner)
+        else:
+            owner.unacked -= 1
+
+    def _connect(self) -> paho.Client:
+        cfg = self.cfg.mqtt
+        client = make_client(cfg, clean=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.max_inflight_messages_set(self.cfg.max_inflight)
+        # We never queue beyond the window ourselves; paho's queue bound is a safety net whose
+        # overflow (MQTT_ERR_QUEUE_SIZE) we check on every publish.
+        client.max_queued_messages_set(self.cfg.max_inflight * 2)
+        if self._v5:
+            # Clean start: the broker keeps no state for us; unacknowledged messages are re-read
+            # from the buffer after a reconnect instead.
+            client.connect(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True)
+        else:
+            client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+        return client
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver until `stop` is set."""
+        backlog = self._backlog_factory()
+        backoff = Backoff(self.cfg.mqtt.reconnect_min_s, self.cfg.mqtt.reconnect_max_s)
+        while not stop.is_set():
+            self._reset()
+            try:
+                client = self._connect()
+            except (OSError, ValueError) as exc:
+                self.stats.last_error = str(exc)
+                delay = backoff.next()
+                log.warning("Cannot connect to upstream %s (%s): %s; retrying in %.1f s.", self.name,
+                            self.cfg.mqtt.url, exc, delay)
+                stop.wait(delay)
+                continue
+            try:
+                self._session(client, backlog, stop, backoff)
+            finally:
+                self._link_ok = False
+                self.stats.connected = False
+                try:
+                    client.disconnect()
+                    client.loop(timeout=0)
+                except OSError:
+                    pass
+            if not stop.is_set():
+                self.stats.reconnects += 1
+                delay = backoff.next()
+                log.warning("Lost upstream %s (%s); reconnecting in %.1f s.", self.name, self.cfg.mqtt.url, delay)
+                stop.wait(delay)
+
+    def _session(self, client: paho.Client, backlog: Backlog, stop: threading.Event, backoff: Backoff) -> None:
+        deadline = time.monotonic() + 10
+        while not self._link_ok:
+            if client.loop(timeout=0.1) != paho.MQTT_ERR_SUCCESS or stop.is_set():
+                return
+            if time.monotonic() > deadline:
+                log.warning("Upstream %s did not accept the connection in time.", self.name)
+                return
+        backoff.reset()
+        self._acked_notices: list[int] = []
+        read_pos = backlog.cursor()
+        delivered_pending = 0
+        committed_pos = read_pos
+        last_progress = time.monotonic()
+        check_notices = True
+        window = self.cfg.max_inflight
+        while not stop.is_set():
+            # Gap notices first: a receiver learns about a hole before the data after it.
+            if check_notices:
+                check_notices = False
+                for notice_id, message in backlog.notices():
+                    if notice_id in self._notices_sent:
+                        continue
+                    if not self._publish(client, message, notice_id):
+                        return
+                    self._notices_sent.add(notice_id)
+            # Read ahead while the window has room and nothing read is still waiting to go out.
+            queued = any(b.queued for b in self._batches)
+            if not queued and self._inflight < window and len(self._batches) < 4:
+                self.wake.clear()
+                entries = backlog.read(read_pos, self.cfg.read_batch)
+                if entries:
+                    read_pos = entries[-1].id
+                    self._batches.append(_Batch(read_pos, len(entries), deque(self.format(entries))))
+            # Publish what fits in the window.
+            for batch in self._batches:
+                while batch.queued and self._inflight < window:
+                    if not self._publish(client, batch.queued.popleft(), batch):
+                        return
+                if self._inflight >= window:
+                    break
+            can_send = self._inflight < window and any(b.queued for b in self._batches)
+            idle = not self._batches and self._inflight == 0
+            # Waiting for PUBACKs: select() returns as soon as one arrives, so the timeout only
+            # bounds how late keepalive work runs. Idle: poll the socket, then sleep on `wake`,
+            # which the pipeline sets after each commit.
+            rc = client.loop(timeout=0.0 if (can_send or idle) else 0.05)
+            if rc != paho.MQTT_ERR_SUCCESS or not self._link_ok:
+                self.stats.last_error = f"connection lost ({paho.error_string(rc)})"
+                return
+            # Release batches that are completely acknowledged, in order.
+            while self._batches and not self._batches[0].queued and self._batches[0].unacked == 0:
+                done = self._batches.popleft()
+                committed_pos = done.last_id
+                delivered_pending += done.entries
+            for notice_id in self._acked_notices:
+                backlog.notice_delivered(notice_id)
+                check_notices = True
+            self._acked_notices.clear()
+            now = time.monotonic()
+            if delivered_pending and (now - last_progress >= PROGRESS_INTERVAL_S or not self._batches):
+                backlog.advance(committed_pos, delivered_pending)
+                delivered_pending = 0
+                last_progress = now
+            if idle and not self.wake.is_set():
+                self.wake.wait(0.05)
+            if idle and now - last_progress > 5:
+                check_notices = True
+                last_progress = now
+        if delivered_pending:
+            backlog.advance(committed_pos, delivered_pending)
+
+    def _publish(self, client: paho.Client, message: OutMessage, owner: _Batch | int) -> bool:
+        info = client.publish(message.topic, message.payload, qos=self.cfg.qos,
+                              properties=self._properties(message.content_type))
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            self.stats.last_error = f"publish failed ({paho.error_string(info.rc)})"
+            return False
+        self._by_mid[info.mid] = owner
+        self._inflight += 1
+        self.stats.published += 1
+        if isinstance(owner, _Batch):
+            owner.unacked += 1
+        return True

@@ -1,0 +1,1 @@
+"""Sources: where uplinks come from (ChirpStack's MQTT integration)."""

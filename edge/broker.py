@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -34,6 +36,7 @@ class Mosquitto:
         self.host = host
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="edge-mosquitto-"))
+        self._give_to_broker_user()
         self.conf = self.dir / "mosquitto.conf"
         # max_queued_messages 0 = unlimited: Mosquitto's default of 1000 queued messages per
         # offline persistent session would drop events while the gateway is down.
@@ -44,6 +47,17 @@ class Mosquitto:
             f"log_dest file {self.dir}/mosquitto.log\n{extra}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _give_to_broker_user(self) -> None:
+        # Started as root, Mosquitto drops to the `mosquitto` user; without this it could not
+        # write its persistence file or log here, and a restart would lose queued sessions.
+        if os.geteuid() != 0:
+            return
+        try:
+            user = pwd.getpwnam("mosquitto")
+        except KeyError:
+            return
+        os.chown(self.dir, user.pw_uid, user.pw_gid)
 
     @property
     def url(self) -> str:

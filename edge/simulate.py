@@ -7,6 +7,7 @@ import random
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -135,20 +136,18 @@ def publish(url_host: str, port: int, sim: Simulator, count: int | None, rate: f
     client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                          client_id=f"edge-simulator-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
     acked = 0
-    outstanding: dict[int, SentUplink] = {}
-    lock = threading.Condition()
+    # Polled, not called back: a callback that takes a lock the publishing thread holds while
+    # inside paho's publish() deadlocks on paho's own mutex.
+    pending: deque[tuple[paho.MQTTMessageInfo, SentUplink]] = deque()
 
-    def on_publish(c: paho.Client, u: object, mid: int, rc: object, p: object) -> None:
+    def settle() -> None:
         nonlocal acked
-        with lock:
-            sent = outstanding.pop(mid, None)
-            if sent is not None:
-                acked += 1
-                if on_sent is not None:
-                    on_sent(sent)
-            lock.notify_all()
+        while pending and pending[0][0].is_published():
+            acked += 1
+            sent = pending.popleft()[1]
+            if on_sent is not None:
+                on_sent(sent)
 
-    client.on_publish = on_publish
     client.max_inflight_messages_set(window)
     client.connect(url_host, port, 30)
     client.loop_start()
@@ -161,15 +160,18 @@ def publish(url_host: str, port: int, sim: Simulator, count: int | None, rate: f
                 delay = start + n / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            with lock:
-                while len(outstanding) >= window * 2:
-                    lock.wait(0.5)
-                info = client.publish(topic, body, qos=1)
-                outstanding[info.mid] = sent
+            settle()
+            while len(pending) >= window * 2:
+                time.sleep(0.001)
+                settle()
+            info = client.publish(topic, body, qos=1)
+            if info.rc != paho.MQTT_ERR_SUCCESS and info.rc != paho.MQTT_ERR_NO_CONN:
+                raise RuntimeError(f"publish failed: {paho.error_string(info.rc)}")
+            pending.append((info, sent))
         deadline = time.monotonic() + 30
-        with lock:
-            while outstanding and time.monotonic() < deadline:
-                lock.wait(0.5)
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+            settle()
     finally:
         client.disconnect()
         client.loop_stop()

@@ -7,7 +7,18 @@ import importlib
 from edge.decoding.base import Decoder
 
 # One module per vendor; each exposes DECODERS, a tuple of decoder instances.
-MODULES: tuple[str, ...] = ("elsys",)
+MODULES: tuple[str, ...] = (
+    "elsys",
+    "milesight",
+    "decentlab",
+    "dragino",
+    "netvox",
+    "browan",
+    "talkpool",
+    "elvaco",
+    "adeunis",
+    "cayenne",
+)
 
 
 def builtin_decoders() -> list[Decoder]:

@@ -48,9 +48,11 @@ def _pr26_pressure(x: Sequence[int], p: Mapping[str, float]) -> float:
 
 
 def _trs11_permittivity(x: Sequence[int], p: Mapping[str, float]) -> float:
-    # Topp-style polynomial from the data sheet, on the raw reading in tenths.
+    # The data sheet's polynomial on the raw reading in tenths, squared. Powers are written as
+    # products: that rounds like Go's math.Pow, which produced the TTN example's value.
     r = x[0] / 10
-    return float((0.000000002887 * r**3 - 0.0000208 * r**2 + 0.05276 * r - 43.39) ** 2)
+    root = 0.000000002887 * (r * r * r) - 0.0000208 * (r * r) + 0.05276 * r - 43.39
+    return root * root
 
 
 _MBX = (

@@ -76,7 +76,8 @@ def _bcd(raw: bytes) -> int:
 
 def _scale(value: int | float, exponent: int) -> int | float:
     # Divide rather than multiply by 10^-n so 998997 / 100 is exactly the double 9989.97.
-    return value * 10**exponent if exponent >= 0 else value / 10**-exponent
+    factor: int = 10 ** abs(exponent)
+    return value * factor if exponent >= 0 else value / factor
 
 
 class CMi4110Decoder:

@@ -132,7 +132,12 @@ class MilesightDecoder:
             if spec is None:
                 # Channel sizes come only from the table, so an unknown channel cannot be
                 # skipped. Milesight's codecs stop here and return what came before, and the
-                # AM307 example relies on it (it carries an AM107-style 05 6A channel), so do too.
+                # AM307 example relies on it (it carries an AM107-style 05 6A channel), so do too;
+                # only a payload with no known channel at all is an error.
+                if not data:
+                    return DecodeResult(
+                        None, errors=[f"unknown channel 0x{channel_id:02x} 0x{channel_type:02x} at byte {i}"]
+                    )
                 break
             size, put = spec
             value = payload[i + 2 : i + 2 + size]

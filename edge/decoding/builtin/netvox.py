@@ -130,8 +130,8 @@ DECODERS = (
         _CONFIG_RESPONSES,
         {
             "Volt": Field("battery-voltage", "V"),
-            # Netvox reports the contact as 1 ("On") when the magnet is away: window open.
-            "OnOff": Field("door-open"),
+            # The raw contact state: the manuals name it only On/Off, not which one means open.
+            "OnOff": Field("digital-input"),
         },
         ("netvox/r311a-codec",),
         aliases=("netvox/r718f", "netvox/r730f"),

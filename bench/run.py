@@ -1,0 +1,436 @@
+"""lorawan-edge benchmark: throughput, backlog drain (loopback and 50 ms WAN), RSS, CPU and disk vs. a bare paho relay."""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from common import (
+    BENCH,
+    PYTHON,
+    Broker,
+    Child,
+    ProcSample,
+    buffer_count,
+    free_port,
+    machine_facts,
+    make_workdir,
+    proc_sample,
+    vm_hwm_mb,
+)
+from netns import UPSTREAM_ADDR, Wan
+
+PHASES = ("relay", "e2e", "drain", "wan", "rss")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each phase moves."""
+
+    stream: int  # uplinks fed through the relay and through the pipeline
+    drain: int  # uplinks in the loopback drain backlog
+    wan: int  # uplinks in the WAN drain backlog (5 readings each)
+    big: int  # uplinks in the large backlog for rss_mb_peak (0: skipped)
+    wan_timeout: float  # give up on the WAN drain after this many seconds
+    devices: int = 1000
+
+
+FULL = Sizes(stream=100_000, drain=200_000, wan=200_000, big=1_000_000, wan_timeout=200.0)
+QUICK = Sizes(stream=20_000, drain=40_000, wan=20_000, big=200_000, wan_timeout=60.0)
+
+# The upstream settings used for every pipeline phase (reported on the `config:` line).
+UPSTREAM = {"max_inflight": 20, "read_batch": 2000, "max_message_bytes": 65536}
+BUFFER = {"max_size_mb": 4096, "batch_max": 500, "batch_ms": 30}
+
+EDGE_CONFIG = """\
+[edge]
+id = "bench"
+log_level = "info"
+
+[chirpstack]
+mqtt_url = "{a_url}"
+client_id = "lorawan-edge-bench"
+reconnect_min_s = 0.05
+reconnect_max_s = 0.1
+
+[buffer]
+path = "{buffer}"
+max_size_mb = {max_size_mb}
+batch_max = {batch_max}
+batch_ms = {batch_ms}
+
+[[upstream]]
+name = "city"
+url = "{b_url}"
+format = "senml+json"
+topic = "lorawan/{{dev_eui}}"
+link_topic = "lorawan/{{dev_eui}}/link"
+max_inflight = {max_inflight}
+read_batch = {read_batch}
+max_message_bytes = {max_message_bytes}
+reconnect_min_s = 0.05
+reconnect_max_s = 0.1
+"""
+
+
+def emit(name: str, value: object) -> None:
+    """Print one `name: value` result line at once."""
+    print(f"{name}: {value}", flush=True)
+
+
+def note(text: str) -> None:
+    """Progress for the operator, on stderr (stdout carries only results)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    """One benchmark run: a scratch directory, the sizes, and results shared between phases."""
+
+    def __init__(self, sizes: Sizes, workdir: Path) -> None:
+        self.sizes = sizes
+        self.wd = workdir
+        self.relay_rate: float | None = None
+        self.backlog_200k: Path | None = None
+        self.seed = 100
+
+    def next_seed(self) -> int:
+        """A fresh simulator seed, so no two feeds share uplink ids."""
+        self.seed += 1
+        return self.seed
+
+    # -- building blocks --------------------------------------------------------------------------
+
+    def edge_config(self, name: str, *, a_url: str, b_url: str, buffer: Path) -> Path:
+        path = self.wd / f"{name}.toml"
+        path.write_text(EDGE_CONFIG.format(a_url=a_url, b_url=b_url, buffer=buffer, **BUFFER, **UPSTREAM))
+        return path
+
+    def start_edge(self, name: str, config: Path, netns: str | None = None) -> tuple[Child, Path]:
+        log = self.wd / f"{name}.log"
+        edge = Child(name, [PYTHON, "-m", "edge", "run", "--config", str(config)], netns=netns, stderr_path=log)
+        wait_log(edge, log, "Connected to ChirpStack broker", 30)
+        return edge, log
+
+    def feed(self, name: str, port: int, count: int) -> Child:
+        """Start a publisher and wait until its events are generated (it publishes on `go`)."""
+        feed = Child(name, [PYTHON, str(BENCH / "feed.py"), "--port", str(port), "--count", str(count),
+                            "--devices", str(self.sizes.devices), "--seed", str(self.next_seed())], stdin=True)
+        feed.wait_line("ready", 60 + count / 10_000)
+        return feed
+
+    def counter(self, name: str, port: int, expect: int, *, mode: str, netns: str | None = None,
+                persistent: str = "", prime: bool = False) -> Child:
+        argv = [PYTHON, str(BENCH / "counter.py"), "--port", str(port), "--mode", mode, "--expect", str(expect),
+                "--step", str(max(1, expect // 100))]
+        if persistent:
+            argv += ["--persistent", "--client-id", persistent]
+        if prime:
+            argv.append("--prime")
+        counter = Child(name, argv, netns=netns)
+        counter.wait_line("ready", 20)
+        return counter
+
+    # -- phases -------------------------------------------------------------------------------------
+
+    def stream(self, kind: str) -> None:
+        """relay or e2e: feed `stream` uplinks into A, count what arrives at B, rate over 10 %..90 %."""
+        n = self.sizes.stream
+        a, b = Broker(f"a-{kind}", self.wd), Broker(f"b-{kind}", self.wd)
+        a.start()
+        b.start()
+        try:
+            counter = self.counter(f"counter-{kind}", b.port, n, mode="messages" if kind == "relay" else "senml")
+            if kind == "relay":
+                proc = Child("relay", [PYTHON, str(BENCH / "relay.py"), "--a-port", str(a.port),
+                                       "--b-port", str(b.port)])
+                proc.wait_line("ready", 20)
+            else:
+                cfg = self.edge_config("e2e", a_url=f"mqtt://127.0.0.1:{a.port}", b_url=f"mqtt://127.0.0.1:{b.port}",
+                                       buffer=self.wd / "e2e" / "buffer.sqlite")
+                proc, _ = self.start_edge("edge-e2e", cfg)
+                wait_log(proc, self.wd / "edge-e2e.log", "Connected to upstream", 20)
+            feed = self.feed(f"feed-{kind}", a.port, n)
+            before = proc_sample(proc.pid)
+            note(f"{kind}: publishing {n} uplinks")
+            feed.send("go")
+            done = counter.wait_line("done", 60 + n / 1000)
+            after = proc_sample(proc.pid)
+            fed = feed.wait_line("done", 60).split()
+            got = int(done.split()[2])
+            if got < n:
+                raise RuntimeError(f"{kind}: only {got} of {n} arrived at B")
+            rate = window_rate(progress(counter), n)
+            messages = int(done.split()[3])
+            note(f"{kind}: feed published at {fed[4]}/s; {messages} messages at B")
+            cpu_us = (after.cpu_s - before.cpu_s) / n * 1e6
+            if kind == "relay":
+                self.relay_rate = rate
+                emit("relay_uplinks_per_s", f"{rate:.0f}")
+                emit("relay_cpu_us_per_msg", f"{cpu_us:.0f}")
+            else:
+                emit("e2e_uplinks_per_s", f"{rate:.0f}")
+                if self.relay_rate:
+                    emit("e2e_ratio_vs_relay", f"{rate / self.relay_rate:.2f}")
+                emit("e2e_messages", messages)
+                emit("cpu_us_per_uplink", f"{cpu_us:.0f}")
+                emit("disk_bytes_written_per_uplink", f"{(after.write_bytes - before.write_bytes) / n:.0f}")
+            proc.stop()
+            feed.stop()
+            counter.stop()
+        finally:
+            a.stop()
+            b.stop()
+
+    def build_backlog(self, name: str, n: int) -> Path:
+        """`edge run` with upstream B down while n uplinks flow in through broker A."""
+        buffer = self.wd / name / "buffer.sqlite"
+        a = Broker(f"a-{name}", self.wd)
+        a.start()
+        try:
+            cfg = self.edge_config(name, a_url=f"mqtt://127.0.0.1:{a.port}", b_url=f"mqtt://127.0.0.1:{free_port()}",
+                                   buffer=buffer)
+            edge, _ = self.start_edge(f"edge-{name}", cfg)
+            feed = self.feed(f"feed-{name}", a.port, n)
+            note(f"{name}: filling a backlog of {n} uplinks through `edge run` (upstream down)")
+            t0 = time.monotonic()
+            feed.send("go")
+            end = t0 + 60 + n / 1000
+            while buffer_count(buffer) < n and time.monotonic() < end:
+                if edge.proc.poll() is not None:
+                    raise RuntimeError(f"edge exited with {edge.proc.returncode}; see {self.wd}/edge-{name}.log")
+                time.sleep(0.2)
+            stored = buffer_count(buffer)
+            if stored < n:
+                raise RuntimeError(f"{name}: only {stored} of {n} uplinks stored")
+            note(f"{name}: stored {n} in {time.monotonic() - t0:.1f} s")
+            feed.stop()
+            edge.stop()
+        finally:
+            a.stop()
+        return buffer
+
+    def prefill(self, name: str, n: int) -> Path:
+        """Pipeline.handle in a helper process (no MQTT): for the large backlog only."""
+        buffer = self.wd / name / "buffer.sqlite"
+        cfg = self.edge_config(name, a_url="mqtt://127.0.0.1:1", b_url="mqtt://127.0.0.1:1", buffer=buffer)
+        note(f"{name}: filling a backlog of {n} uplinks through Pipeline.handle")
+        t0 = time.monotonic()
+        filler = Child(f"prefill-{name}", [PYTHON, str(BENCH / "prefill.py"), "--config", str(cfg), "--count",
+                                           str(n), "--devices", str(self.sizes.devices),
+                                           "--seed", str(self.next_seed())],
+                       stderr_path=self.wd / f"prefill-{name}.log")
+        filler.wait_line("done", 120 + n / 2000)
+        filler.stop()
+        note(f"{name}: stored {buffer_count(buffer)} in {time.monotonic() - t0:.1f} s")
+        return buffer
+
+    def drain(self, name: str, buffer: Path, n: int, wan: Wan | None = None,
+              timeout: float = 300.0) -> dict[str, float]:
+        """Start a fresh `edge run` on a full buffer with B down, then start B and time until all n arrived."""
+        edge_ns = wan.edge_ns if wan else None
+        up_ns = wan.upstream_ns if wan else None
+        proxy = wan is not None and not wan.netem
+        if wan:
+            a = Broker(f"a-{name}", self.wd, port=1883, netns=edge_ns)
+            b = Broker(f"b-{name}", self.wd, port=1884 if proxy else 1883, host="127.0.0.1",
+                       bind="127.0.0.1" if proxy else "0.0.0.0", netns=up_ns, persistence=True)
+            b_url = f"mqtt://{UPSTREAM_ADDR}:1883"
+        else:
+            a = Broker(f"a-{name}", self.wd)
+            b = Broker(f"b-{name}", self.wd, persistence=True)
+            b_url = f"mqtt://127.0.0.1:{b.port}"
+        result: dict[str, float] = {}
+        a.start()
+        b.start()
+        try:
+            if proxy:
+                assert wan is not None
+                delay = Child("delayproxy", [PYTHON, str(BENCH / "delayproxy.py"), "--listen-host", UPSTREAM_ADDR,
+                                             "--listen-port", "1883", "--target-port", str(b.port),
+                                             "--rtt-ms", str(2 * wan.one_way_ms)], netns=up_ns)
+                delay.wait_line("ready", 20)
+            if wan:
+                probe = Child("probe", [PYTHON, str(BENCH / "netns.py"), "probe", UPSTREAM_ADDR, "1883"],
+                              netns=edge_ns)
+                result["rtt_ms"] = float(probe.wait_line("rtt", 30).split()[1])
+                probe.stop()
+            # Create the counter's persistent subscription, then take B away: while B is down the edge
+            # starts on the backlog; once B is back, B queues for the counter whatever arrives first.
+            client_id = f"bench-{name}-counter"
+            self.counter(f"prime-{name}", b.port, n, mode="senml", netns=up_ns, persistent=client_id,
+                         prime=True).wait_line("done", 20)
+            b.stop()
+            cfg = self.edge_config(name, a_url=f"mqtt://127.0.0.1:{a.port}", b_url=b_url, buffer=buffer)
+            edge, log = self.start_edge(f"edge-{name}", cfg, netns=edge_ns)
+            note(f"{name}: draining {n} uplinks{' over the WAN' if wan else ''}")
+            before = proc_sample(edge.pid)
+            t0 = time.monotonic()
+            b.start()
+            counter = self.counter(f"counter-{name}", b.port, n, mode="senml", netns=up_ns, persistent=client_id)
+            deadline = t0 + timeout
+            done = ""
+            while not done and time.monotonic() < deadline:
+                try:
+                    done = counter.wait_line("done", 1.0)
+                except TimeoutError:
+                    result["rss_mb"] = vm_hwm_mb(edge.pid)
+            result["rss_mb"] = vm_hwm_mb(edge.pid)
+            after = proc_sample(edge.pid)
+            points = progress(counter)
+            if done:
+                t_end, got, messages = float(done.split()[1]), int(done.split()[2]), int(done.split()[3])
+            else:
+                t_end = time.monotonic()
+                got = points[-1][1] if points else 0
+                messages = points[-1][2] if points else 0
+            result.update(seconds=t_end - t0, arrived=got, messages=messages, cpu_s=after.cpu_s - before.cpu_s)
+            note(f"{name}: {got} of {n} in {t_end - t0:.1f} s, {messages} messages, edge cpu {result['cpu_s']:.1f} s")
+            edge.stop()
+            counter.stop()
+        finally:
+            b.stop()
+            a.stop()
+            Child.stop_all_named("delayproxy")
+        return result
+
+    def run_drain(self) -> None:
+        n = self.sizes.drain
+        buffer = self.build_backlog("backlog", n)
+        if self.sizes.wan:
+            # The WAN phase drains a copy of the same backlog shape (first `wan` uplinks or all of it).
+            copy = self.wd / "backlog-wan"
+            copy.mkdir(exist_ok=True)
+            for suffix in ("", "-wal"):
+                src = Path(f"{buffer}{suffix}")
+                if src.exists():
+                    shutil.copyfile(src, copy / f"buffer.sqlite{suffix}")
+            self.backlog_200k = copy / "buffer.sqlite"
+        r = self.drain("drain", buffer, n)
+        if r["arrived"] < n:
+            emit("drain_records_per_s", f"failed ({r['arrived']:.0f} of {n} arrived)")
+            return
+        rate = n / r["seconds"]
+        emit("drain_records_per_s", f"{rate:.0f}")
+        if self.relay_rate:
+            emit("drain_ratio_vs_relay", f"{rate / self.relay_rate:.2f}")
+        emit("drain_messages", f"{r['messages']:.0f}")
+        emit("drain_cpu_us_per_uplink", f"{r['cpu_s'] / n * 1e6:.0f}")
+        emit("rss_mb_peak_200k" if n == 200_000 else f"rss_mb_peak_{n // 1000}k", f"{r['rss_mb']:.1f}")
+
+    def run_wan(self) -> None:
+        n = self.sizes.wan
+        wan = Wan()
+        if not wan.setup():
+            emit("drain_wan_s", f"skipped ({wan.reason})")
+            return
+        try:
+            buffer = self.backlog_200k if self.backlog_200k and self.sizes.drain == n else None
+            if buffer is None:
+                buffer = self.build_backlog("backlog-wan", n)
+            r = self.drain("wan", buffer, n, wan=wan, timeout=self.sizes.wan_timeout)
+        finally:
+            wan.teardown()
+        how = "tc netem 25 ms each way" if wan.netem else f"delay proxy 25 ms each way ({wan.reason})"
+        emit("wan_rtt_ms", f"{r['rtt_ms']:.1f} ({how})")
+        readings = n * 5
+        if r["arrived"] < n:
+            emit("drain_wan_s", f">{r['seconds']:.0f} (timeout: {r['arrived']:.0f} of {n} uplinks arrived)")
+        else:
+            emit("drain_wan_s", f"{r['seconds']:.1f} ({n} uplinks = {readings} readings, {r['messages']:.0f} messages)")
+        emit("rss_mb_peak_wan", f"{r['rss_mb']:.1f}")
+
+    def run_rss(self) -> None:
+        n = self.sizes.big
+        buffer = self.prefill("big", n)
+        r = self.drain("big", buffer, n, timeout=120 + n / 2000)
+        if r["arrived"] < n:
+            emit("rss_mb_peak", f"failed ({r['arrived']:.0f} of {n} arrived); peak {r['rss_mb']:.1f}")
+            return
+        emit("rss_mb_peak", f"{r['rss_mb']:.1f} ({n} uplinks backlog)")
+        emit(f"drain_{n // 1000}k_records_per_s", f"{n / r['seconds']:.0f}")
+
+
+def wait_log(child: Child, log: Path, needle: str, timeout: float) -> None:
+    """Wait until `needle` appears in a child's log file."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}; see {log}")
+        if log.exists() and needle in log.read_text(errors="replace"):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{child.name}: '{needle}' not logged within {timeout} s; see {log}")
+
+
+def progress(counter: Child) -> list[tuple[float, int, int]]:
+    """(time, count, messages) from a counter's progress lines."""
+    out = []
+    for line in list(counter.lines):
+        if line.startswith("p "):
+            _, t, count, messages = line.split()
+            out.append((float(t), int(count), int(messages)))
+    return out
+
+
+def window_rate(points: list[tuple[float, int, int]], total: int, lo: float = 0.1, hi: float = 0.9) -> float:
+    """Arrivals per second between the first progress points at lo and hi of the total (warm-up and tail cut)."""
+    start = next(p for p in points if p[1] >= lo * total)
+    end = next(p for p in points if p[1] >= hi * total)
+    return (end[1] - start[1]) / (end[0] - start[0])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="smaller counts (about 2 minutes)")
+    ap.add_argument("--only", choices=PHASES, help="run one phase (e2e and drain also run the relay baseline)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, buffers)")
+    args = ap.parse_args()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    atexit.register(Child.stop_all)
+    sizes = QUICK if args.quick else FULL
+    wd = make_workdir()
+    bench = Bench(sizes, wd)
+    started = time.monotonic()
+    emit("machine", machine_facts())
+    emit("config", " ".join(f"{k}={v}" for k, v in {**UPSTREAM, **BUFFER}.items())
+         + f" devices={sizes.devices} format=senml+json protocol=5")
+    wanted = set(PHASES) if args.only is None else {args.only}
+    if wanted & {"e2e", "drain"}:
+        wanted.add("relay")
+    try:
+        if "relay" in wanted:
+            bench.stream("relay")
+        if "e2e" in wanted:
+            bench.stream("e2e")
+        if "drain" in wanted:
+            bench.run_drain()
+        if "wan" in wanted:
+            bench.run_wan()
+        if "rss" in wanted and sizes.big:
+            bench.run_rss()
+    except KeyboardInterrupt:
+        note("interrupted; stopping everything")
+        return 130
+    finally:
+        Child.stop_all()
+        if args.keep:
+            note(f"scratch directory kept: {wd}")
+        else:
+            shutil.rmtree(wd, ignore_errors=True)
+    emit("runtime_s", f"{time.monotonic() - started:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The built-in decoders against the TTN Device Repository examples, our codec YAMLs and bad bytes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge.decoding.base import Decoder, DecodeResult, DeviceContext, normalize
+from edge.decoding.builtin import builtin_decoders
+from edge.vocabulary import BY_NAME
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "ttn-codec-examples"
+DECODERS_DIR = REPO / "decoders"
+CONTEXT = DeviceContext("0000000000000000")
+DECODERS = builtin_decoders()
+
+# The fixture README allows a relative tolerance for this one example only: its expected value
+# came from Go's math.Pow and JS engines differ from it in the 14th significant digit.
+TOLERANT = {("decentlab", "dl-trs11"): 1e-9}
+
+
+def _same(actual: Any, expected: Any, rel_tol: float = 0.0) -> bool:
+    """Deep equality as the TTN validator compares JSON: 41 == 41.0, but a bool is no number."""
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        return type(actual) is type(expected) and actual == expected
+    if isinstance(actual, int | float) and isinstance(expected, int | float):
+        return actual == expected or (rel_tol > 0 and math.isclose(actual, expected, rel_tol=rel_tol))
+    if isinstance(actual, dict) and isinstance(expected, dict):
+        return actual.keys() == expected.keys() and all(_same(actual[k], expected[k], rel_tol) for k in actual)
+    if isinstance(actual, list) and isinstance(expected, list):
+        return len(actual) == len(expected) and all(_same(a, e, rel_tol) for a, e in zip(actual, expected, strict=True))
+    return type(actual) is type(expected) and actual == expected
+
+
+def _by_ttn_codec(codec: str) -> Decoder:
+    found = [d for d in DECODERS if codec in getattr(d, "ttn_codecs", ())]
+    assert len(found) == 1, f"{len(found)} built-in decoders claim TTN codec {codec}"
+    return found[0]
+
+
+def _by_id(decoder_id: str) -> Decoder:
+    found = [d for d in DECODERS if decoder_id in (d.id, *getattr(d, "aliases", ()))]
+    assert len(found) == 1, f"{len(found)} built-in decoders answer to {decoder_id}"
+    return found[0]
+
+
+def _fixture_lines() -> list[Any]:
+    cases = []
+    for path in sorted(FIXTURES.glob("*.jsonl")):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            cases.append(pytest.param(json.loads(line), id=f"{path.stem}:{n}"))
+    return cases
+
+
+def _yaml_examples() -> list[Any]:
+    cases = []
+    for path in sorted(DECODERS_DIR.glob("**/*.yaml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        decoder_id = f"{path.parent.name}/{path.stem}"
+        for n, example in enumerate(doc["uplinkDecoder"]["examples"], 1):
+            cases.append(pytest.param(decoder_id, example, id=f"{decoder_id}:{n}"))
+    return cases
+
+
+def _check(result: DecodeResult, data: Any, warnings: list[str], errors: list[str], rel_tol: float = 0.0) -> None:
+    assert isinstance(result, DecodeResult)
+    assert result.errors == errors
+    assert result.warnings == warnings
+    assert _same(result.data, data, rel_tol), f"got {result.data!r}, expected {data!r}"
+
+
+def test_fixtures_present() -> None:
+    # Without this the parametrized tests below would silently collect nothing.
+    assert len(_fixture_lines()) == 49
+
+
+@pytest.mark.parametrize("line", _fixture_lines())
+def test_builtin_decoder_matches_ttn_example(line: dict[str, Any]) -> None:
+    decoder = _by_ttn_codec(f"{line['vendor']}/{line['codec_id']}")
+    expected = line["expected"]
+    result = decoder.decode(bytes.fromhex(line["bytes_hex"]), line["fPort"], CONTEXT)
+    rel_tol = TOLERANT.get((line["vendor"], line["device"]), 0.0)
+    _check(result, expected["data"], expected["warnings"], expected["errors"], rel_tol)
+    if expected["errors"]:
+        assert result.data is None
+
+
+def test_codec_yaml_files_present() -> None:
+    # Every built-in decoder except Elsys (whose examples are the fixture lines) ships a YAML.
+    stems = {f"{p.parent.name}/{p.stem}" for p in DECODERS_DIR.glob("**/*.yaml")}
+    missing = [d.id for d in DECODERS if not d.id.startswith("elsys/") and d.id not in stems]
+    assert missing == []
+
+
+@pytest.mark.parametrize(("decoder_id", "example"), _yaml_examples())
+def test_codec_yaml_example_passes(decoder_id: str, example: dict[str, Any]) -> None:
+    decoder = _by_id(decoder_id)
+    given_input, output = example["input"], example["output"]
+    result = decoder.decode(bytes(given_input["bytes"]), given_input["fPort"], CONTEXT)
+    _check(result, output.get("data"), output.get("warnings", []), output.get("errors", []))
+
+
+def test_codec_yaml_has_error_case() -> None:
+    for path in DECODERS_DIR.glob("**/*.yaml"):
+        examples = yaml.safe_load(path.read_text(encoding="utf-8"))["uplinkDecoder"]["examples"]
+        assert any(e["output"].get("errors") for e in examples), f"{path} has no error example"
+
+
+def test_builtin_decoders_ids_unique() -> None:
+    names = [n for d in DECODERS for n in (d.id, *getattr(d, "aliases", ()))]
+    assert len(names) == len(set(names))
+    for name in names:
+        vendor, _, model = name.partition("/")
+        assert vendor and model and name == name.lower() and " " not in name and "_" not in name
+
+
+@pytest.mark.parametrize("decoder", DECODERS, ids=lambda d: d.id)
+def test_builtin_decoder_follows_protocol(decoder: Decoder) -> None:
+    assert isinstance(decoder, Decoder)
+    for codec in getattr(decoder, "ttn_codecs", ()):
+        assert codec.split("/")[0] == decoder.id.split("/")[0]
+
+
+@pytest.mark.parametrize("decoder", DECODERS, ids=lambda d: d.id)
+def test_builtin_decoder_fields_use_vocabulary(decoder: Decoder) -> None:
+    for key, field in decoder.fields.items():
+        quantity = BY_NAME.get(field.name)
+        assert quantity is not None, f"{decoder.id}: {key} maps to {field.name!r}, not in the vocabulary"
+        assert field.unit == quantity.unit, f"{decoder.id}: {key} has unit {field.unit!r}, not {quantity.unit!r}"
+
+
+def _assert_readings_use_vocabulary(decoder: Decoder, data: Any) -> None:
+    mapped = {f.name for f in decoder.fields.values()}
+    for reading in normalize(data, decoder.fields):
+        quantity = BY_NAME.get(reading.name)
+        if reading.name in mapped:
+            assert quantity is not None, f"{decoder.id}: reading {reading.name!r} not in the vocabulary"
+            if isinstance(reading.value, int | float) and not isinstance(reading.value, bool):
+                assert reading.unit == quantity.unit, f"{decoder.id}: {reading}"
+            else:
+                # A string or boolean reading carries no unit (e.g. Netvox's "2.3(low battery)").
+                assert reading.unit is None
+        else:
+            # Unmapped keys are kept unit-less under their own name, which must not pose as a
+            # vocabulary quantity (a unit-less "temperature" would be ambiguous downstream).
+            assert reading.unit is None
+            assert quantity is None, f"{decoder.id}: unmapped reading {reading.name!r} shadows the vocabulary"
+
+
+@pytest.mark.parametrize("line", _fixture_lines())
+def test_builtin_decoder_example_readings_use_vocabulary(line: dict[str, Any]) -> None:
+    decoder = _by_ttn_codec(f"{line['vendor']}/{line['codec_id']}")
+    result = decoder.decode(bytes.fromhex(line["bytes_hex"]), line["fPort"], CONTEXT)
+    _assert_readings_use_vocabulary(decoder, result.data)
+
+
+@pytest.mark.parametrize(("decoder_id", "example"), _yaml_examples())
+def test_builtin_decoder_yaml_readings_use_vocabulary(decoder_id: str, example: dict[str, Any]) -> None:
+    decoder = _by_id(decoder_id)
+    _assert_readings_use_vocabulary(decoder, example["output"].get("data"))
+
+
+def _safe_decode(decoder: Decoder, payload: bytes, fport: int) -> None:
+    result = decoder.decode(payload, fport, CONTEXT)
+    assert isinstance(result, DecodeResult)
+    if result.errors:
+        assert result.data is None
+    else:
+        assert isinstance(result.data, dict)
+        normalize(result.data, decoder.fields)
+
+
+@pytest.mark.parametrize("decoder", DECODERS, ids=lambda d: d.id)
+@settings(max_examples=300, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=st.binary(max_size=64), fport=st.sampled_from([1, 2, 6, 7, 10, 85, 102, 103, 224]))
+def test_builtin_decoder_random_bytes_never_raise(decoder: Decoder, payload: bytes, fport: int) -> None:
+    _safe_decode(decoder, payload, fport)
+
+
+@pytest.mark.parametrize("decoder", DECODERS, ids=lambda d: d.id)
+@settings(max_examples=100, database=None, deadline=None)
+@given(fport=st.integers(min_value=0, max_value=255))
+def test_builtin_decoder_empty_payload_never_raises(decoder: Decoder, fport: int) -> None:
+    _safe_decode(decoder, b"", fport)
+
+
+@pytest.mark.parametrize("line", _fixture_lines())
+def test_builtin_decoder_truncated_example_never_raises(line: dict[str, Any]) -> None:
+    decoder = _by_ttn_codec(f"{line['vendor']}/{line['codec_id']}")
+    payload = bytes.fromhex(line["bytes_hex"])
+    for cut in range(len(payload)):
+        _safe_decode(decoder, payload[:cut], line["fPort"])
+
+
+@pytest.mark.parametrize("line", _fixture_lines())
+@settings(max_examples=50, database=None, deadline=None)
+@given(data=st.data())
+def test_builtin_decoder_mutated_example_never_raises(line: dict[str, Any], data: st.DataObject) -> None:
+    # Random bytes rarely get past a header check; flipping bytes of a real frame does.
+    decoder = _by_ttn_codec(f"{line['vendor']}/{line['codec_id']}")
+    payload = bytearray.fromhex(line["bytes_hex"])
+    if payload:
+        index = data.draw(st.integers(min_value=0, max_value=len(payload) - 1))
+        payload[index] = data.draw(st.integers(min_value=0, max_value=255))
+    extra = data.draw(st.binary(max_size=8))
+    _safe_decode(decoder, bytes(payload) + extra, line["fPort"])

@@ -106,6 +106,12 @@ class Child:
             Child.registry.remove(self)
 
     @classmethod
+    def stop_all_named(cls, name: str) -> None:
+        """Stop the running children called `name`."""
+        for child in [c for c in cls.registry if c.name == name]:
+            child.stop()
+
+    @classmethod
     def stop_all(cls) -> None:
         """Stop every child still running, newest first."""
         for child in reversed(list(cls.registry)):

@@ -391,7 +391,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smaller counts (about 2 minutes)")
     ap.add_argument("--only", choices=PHASES, help="run one phase (e2e and drain also run the relay baseline)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, buffers)")
+    ap.add_argument("--max-inflight", type=int, default=UPSTREAM["max_inflight"], help="upstream max_inflight")
+    ap.add_argument("--read-batch", type=int, default=UPSTREAM["read_batch"], help="upstream read_batch")
     args = ap.parse_args()
+    UPSTREAM.update(max_inflight=args.max_inflight, read_batch=args.read_batch)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

@@ -28,7 +28,7 @@ class Mosquitto:
     """
 
     def __init__(self, port: int | None = None, *, host: str = "127.0.0.1", persistence: bool = True,
-                 extra: str = "") -> None:
+                 extra: str = "", head: str = "") -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -40,8 +40,9 @@ class Mosquitto:
         self.conf = self.dir / "mosquitto.conf"
         # max_queued_messages 0 = unlimited: Mosquitto's default of 1000 queued messages per
         # offline persistent session would drop events while the gateway is down.
+        # `head` holds global options (e.g. per_listener_settings), `extra` further listeners.
         self.conf.write_text(
-            f"listener {self.port} {host}\nallow_anonymous true\n"
+            f"{head}\nlistener {self.port} {host}\nallow_anonymous true\n"
             f"persistence {'true' if persistence else 'false'}\npersistence_location {self.dir}/\n"
             "autosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\n"
             f"log_dest file {self.dir}/mosquitto.log\n{extra}\n"

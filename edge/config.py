@@ -31,7 +31,7 @@ class MqttEndpoint:
     protocol: str = "5"
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 60.0
+    reconnect_max_s: float = 10.0
 
     @property
     def host(self) -> str:
@@ -201,7 +201,7 @@ def _mqtt(r: _Reader, url_key: str, default_client: str, edge_id: str) -> MqttEn
         protocol=str(r.get("protocol", (str, int), "5")),
         keepalive_s=r.positive("keepalive_s", int, 30),
         reconnect_min_s=r.positive("reconnect_min_s", float, 0.5),
-        reconnect_max_s=r.positive("reconnect_max_s", float, 60.0),
+        reconnect_max_s=r.positive("reconnect_max_s", float, 10.0),
     )
     for name in ("password_file", "ca_file", "cert_file", "key_file"):
         _check_file(r, name, getattr(endpoint, name))

@@ -74,3 +74,29 @@ QUANTITIES: tuple[Quantity, ...] = (
 )
 
 BY_NAME: dict[str, Quantity] = {q.name: q for q in QUANTITIES}
+
+
+def markdown() -> str:
+    """docs/vocabulary.md, generated from QUANTITIES (`python -m edge.vocabulary > docs/vocabulary.md`)."""
+    lines = [
+        "# Reading vocabulary",
+        "",
+        "Every decoder maps its fields to these names and units (generated from `edge/vocabulary.py`;",
+        "a test keeps this file in step). A reading's SenML name is `urn:dev:mac:<dev_eui>_<name>`",
+        "(RFC 9039). Units are registered SenML primary units (RFC 8428 §12.1, RFC 8798), so packs stay",
+        "at SenML version 10 and receivers need no secondary-unit support: ppm is sent as a ratio `/`,",
+        "hPa as Pa, mm as m, mV as V, kWh as J.",
+        "",
+        "Fields a decoder returns that have no entry here are still forwarded, without a unit, under",
+        "their own key made SenML-safe (`batteryVoltage` → `battery-voltage`), so nothing decoded is lost.",
+        "",
+        "| name | unit | meaning |",
+        "|---|---|---|",
+    ]
+    for q in QUANTITIES:
+        lines.append(f"| `{q.name}` | {('`' + q.unit + '`') if q.unit else '—'} | {q.description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -100,3 +100,40 @@ def test_e2e_cbor_upstream(broker_factory, make_config, edge_process, recorder):
         assert rec.copies[s.uplink_id][0] == expected_readings(s)
     props = [m.properties for m in rec.messages if not m.topic.endswith("/link")]
     assert all(p.ContentType == "application/senml+cbor" for p in props)
+
+
+def test_e2e_buffer_full_drops_oldest_and_sends_gap_notice(broker_factory, make_config, edge_process, recorder,
+                                                          tmp_path):
+    """Upstream down, buffer bound reached: oldest dropped, counted, announced; the newest still arrive."""
+    import json
+    import sqlite3
+
+    chirpstack, upstream = broker_factory(), broker_factory()
+    rec = recorder(upstream)  # its persistent session survives the broker restart below
+    time.sleep(0.3)
+    upstream.stop()
+    edge = edge_process(make_config(chirpstack.url, upstream.url, max_size_mb=0.5))
+    edge.start()
+    edge.wait_connected()
+    sent: list[SentUplink] = []
+    publish(chirpstack.host, chirpstack.port, Simulator(20, seed=9), 1500, None, sent.append)
+    db = sqlite3.connect(tmp_path / "buffer.sqlite")
+    end = time.monotonic() + 30
+    received = "SELECT value FROM counters WHERE name='received'"
+    while time.monotonic() < end and db.execute(received).fetchone()[0] < 1500:
+        time.sleep(0.1)
+    dropped = db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()[0]
+    assert dropped > 0
+    upstream.start()
+    # The newest uplinks survive the bound and arrive.
+    assert rec.wait_for({s.uplink_id for s in sent[-100:]}, 30)
+    end = time.monotonic() + 10
+    notices: list[dict] = []
+    while time.monotonic() < end and sum(n["dropped"] for n in notices) < dropped:
+        notices = [json.loads(m.payload) for m in list(rec.messages) if m.topic == "lorawan-edge/test/notice"]
+        time.sleep(0.1)
+    assert notices and all(n["type"] == "gap" and n["upstream"] == "city" for n in notices)
+    # Every uplink either arrived or was announced as dropped.
+    assert sum(n["dropped"] for n in notices) == dropped
+    assert len(rec.ids() & {s.uplink_id for s in sent}) + dropped == 1500
+    assert edge.terminate() == 0

@@ -238,8 +238,16 @@ class Buffer:
                     (cursor, upto),
                 ).fetchone()
                 if count:
-                    db.execute("INSERT INTO gaps(sink, first_id, last_id, count, first_time, last_time, created)"
-                               " VALUES (?,?,?,?,?,?,?)", (name, first, last, count, t0, t1, now))
+                    # A gap that directly continues the sink's last undelivered gap extends it, so an
+                    # outage produces one notice, not one per trimming round.
+                    prev = db.execute("SELECT id, last_id FROM gaps WHERE sink = ? ORDER BY id DESC LIMIT 1",
+                                      (name,)).fetchone()
+                    if prev is not None and prev[1] == cursor:
+                        db.execute("UPDATE gaps SET last_id = ?, count = count + ?, last_time = ? WHERE id = ?",
+                                   (last, count, t1, prev[0]))
+                    else:
+                        db.execute("INSERT INTO gaps(sink, first_id, last_id, count, first_time, last_time, created)"
+                                   " VALUES (?,?,?,?,?,?,?)", (name, first, last, count, t0, t1, now))
                     db.execute("UPDATE sinks SET cursor = max(cursor, ?), dropped = dropped + ? WHERE name = ?",
                                (upto, count, name))
                     dropped = max(dropped, count)

@@ -167,7 +167,8 @@ class MqttSink:
             if not stop.is_set():
                 self.stats.reconnects += 1
                 delay = backoff.next()
-                log.warning("Lost upstream %s (%s); reconnecting in %.1f s.", self.name, self.cfg.mqtt.url, delay)
+                log.warning("Lost upstream %s (%s): %s; reconnecting in %.1f s.", self.name, self.cfg.mqtt.url,
+                            self.stats.last_error or "closed", delay)
                 stop.wait(delay)
 
     def _session(self, client: paho.Client, backlog: Backlog, stop: threading.Event, backoff: Backoff) -> None:
@@ -193,6 +194,9 @@ class MqttSink:
                 for notice_id, message in backlog.notices():
                     if notice_id in self._notices_sent:
                         continue
+                    if self._inflight >= window:
+                        check_notices = True  # the rest once acknowledgements free the window
+                        break
                     if not self._publish(client, message, notice_id):
                         return
                     self._notices_sent.add(notice_id)

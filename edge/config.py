@@ -82,6 +82,11 @@ class DecodingConfig:
     use_chirpstack_object: bool = True
     tag: str = "decoder"
     rules: tuple[DecoderRuleConfig, ...] = ()
+    plugins_allow: tuple[str, ...] = ()
+    plugins_block: tuple[str, ...] = ()
+    codec_paths: tuple[str, ...] = ()
+    js_time_limit_ms: int = 100
+    js_memory_limit_mb: int = 16
 
 
 @dataclass(frozen=True)
@@ -270,7 +275,15 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         use_chirpstack_object=dec.get("use_chirpstack_object", bool, True),
         tag=dec.get("tag", str, "decoder"),
         rules=tuple(rules),
+        plugins_allow=dec.strings("plugins_allow"),
+        plugins_block=dec.strings("plugins_block"),
+        codec_paths=dec.strings("codec_paths"),
+        js_time_limit_ms=dec.positive("js_time_limit_ms", int, 100),
+        js_memory_limit_mb=dec.positive("js_memory_limit_mb", int, 16),
     )
+    for i, codec_path in enumerate(decoding.codec_paths):
+        if not Path(codec_path).exists():
+            problems.append(f"decoding.codec_paths[{i}]: {codec_path!r} does not exist")
     dec.done()
 
     buf = _Reader(top.get("buffer", dict, {}), "buffer", problems)

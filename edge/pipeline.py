@@ -19,10 +19,10 @@ import orjson
 from edge.buffer.store import Batch, Buffer, NewUplink
 from edge.config import Config, UpstreamConfig
 from edge.decoding.base import Decoder
-from edge.decoding.builtin import builtin_decoders
 from edge.decoding.registry import DecoderRegistry, Rule
 from edge.formats import senml
 from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Uplink
+from edge.plugins import load_decoders
 from edge.sinks.base import Backlog, Formatter, OutMessage
 from edge.sinks.mqtt import MqttSink
 from edge.sources.chirpstack_events import parse
@@ -159,8 +159,11 @@ class Pipeline:
 
     def __init__(self, cfg: Config, decoders: Sequence[Decoder] | None = None) -> None:
         self.cfg = cfg
+        if decoders is None:
+            loaded = load_decoders(cfg.decoding.plugins_allow, cfg.decoding.plugins_block)
+            decoders = [info.decoder for info in loaded.decoders]
         self.registry = DecoderRegistry(
-            builtin_decoders() if decoders is None else decoders,
+            decoders,
             rules=[Rule(r.decoder, frozenset(r.dev_eui), frozenset(r.device_profile), frozenset(r.application))
                    for r in cfg.decoding.rules],
             use_object=cfg.decoding.use_chirpstack_object,

@@ -183,3 +183,12 @@ def demo(seconds: float, devices: int, rate: float, fmt: str) -> None:
     from edge.demo import run_demo
 
     sys.exit(run_demo(seconds=seconds, devices=devices, rate=rate, fmt=fmt))
+
+
+def _register() -> None:
+    from edge.cli.decoders import decoders
+
+    main.add_command(decoders)
+
+
+_register()

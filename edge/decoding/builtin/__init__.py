@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from edge.decoding.base import Decoder
+from edge.hookspecs import hookimpl
 
 # One module per vendor; each exposes DECODERS, a tuple of decoder instances.
 MODULES: tuple[str, ...] = (
@@ -19,6 +20,12 @@ MODULES: tuple[str, ...] = (
     "adeunis",
     "cayenne",
 )
+
+
+@hookimpl
+def edge_decoders() -> list[Decoder]:
+    """The built-in decoders, registered through the same hook third-party plugins use."""
+    return builtin_decoders()
 
 
 def builtin_decoders() -> list[Decoder]:

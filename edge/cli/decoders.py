@@ -1,0 +1,135 @@
+"""`edge decoders`: list decoders, test codec examples, scaffold a decoder plugin package."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from edge.decoding.base import Decoder
+from edge.decoding.examples import Outcome, codec_files, codec_id, load_examples, run_examples
+
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,35}/[a-z0-9][a-z0-9-]{0,35}$")
+
+
+@click.group()
+def decoders() -> None:
+    """List decoders, test them against codec examples, scaffold new ones."""
+
+
+@decoders.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_(as_json: bool) -> None:
+    """Show every decoder, where it came from and its version."""
+    from edge.plugins import load_decoders
+
+    loaded = load_decoders()
+    rows = [{"id": i.decoder.id, "aliases": list(getattr(i.decoder, "aliases", ())),
+             "ttn_codecs": list(getattr(i.decoder, "ttn_codecs", ())), "source": i.source, "version": i.version}
+            for i in loaded.decoders]
+    if as_json:
+        click.echo(json.dumps({"decoders": rows, "problems": loaded.problems}, indent=2))
+        return
+    for r in rows:
+        extra = f"  (also {', '.join(r['aliases'])})" if r["aliases"] else ""
+        click.echo(f"{r['id']:<28} {r['source']} {r['version']}{extra}")
+    for problem in loaded.problems:
+        click.echo(f"problem: {problem}", err=True)
+    click.echo(f"{len(rows)} decoders")
+
+
+def _native_index() -> tuple[dict[str, Decoder], dict[str, Decoder]]:
+    from edge.plugins import load_decoders
+
+    loaded = load_decoders()
+    by_codec: dict[str, Decoder] = {}
+    for info in loaded.decoders:
+        for codec in getattr(info.decoder, "ttn_codecs", ()):
+            by_codec.setdefault(codec, info.decoder)
+    return loaded.by_id(), by_codec
+
+
+def _js_decoder(path: Path, time_limit_ms: int) -> Decoder:
+    from edge.decoding.js.codec import JsCodecDecoder
+
+    return JsCodecDecoder.from_yaml(path, time_limit_ms=time_limit_ms)
+
+
+@decoders.command("test")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--decoder", "decoder_id", default=None, help="Run every file through this native decoder.")
+@click.option("--native", is_flag=True,
+              help="Run each file through the native decoder that declares its codec id (or has it as id).")
+@click.option("--time-limit-ms", default=1000, show_default=True,
+              help="CPU time per JS decode (TTN's validator allows 1 s).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only failures and the summary.")
+def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_limit_ms: int, quiet: bool) -> None:
+    """Run the uplink examples of TTN-style codec YAML files (or folders of them).
+
+    By default each file's own JavaScript codec (uplinkDecoder.fileName) runs in the sandbox.
+    Ends with the line `N passed, M failed`; exit status 0 only when all pass.
+    """
+    by_id: dict[str, Decoder] = {}
+    by_codec: dict[str, Decoder] = {}
+    if decoder_id or native:
+        by_id, by_codec = _native_index()
+    if decoder_id and decoder_id not in by_id:
+        raise click.UsageError(f"no decoder with id {decoder_id!r} (see `edge decoders list`)")
+    passed = failed = skipped = 0
+    for path in codec_files(paths):
+        examples = load_examples(path)
+        if not examples:
+            continue
+        decoder: Decoder | None
+        try:
+            if decoder_id:
+                decoder = by_id[decoder_id]
+            elif native:
+                # A TTN codec YAML is claimed through `ttn_codecs`; our own examples files are
+                # named after the decoder id itself (decoders/<vendor>/<model>.yaml).
+                decoder = by_codec.get(codec_id(path)) or by_id.get(codec_id(path))
+            else:
+                decoder = _js_decoder(path, time_limit_ms)
+        except Exception as exc:  # noqa: BLE001 - a codec that cannot load fails its examples, not the run
+            click.echo(f"FAIL {path}: cannot load codec: {exc}")
+            failed += len(examples)
+            continue
+        if decoder is None:
+            click.echo(f"skip {path}: no native decoder declares codec {codec_id(path)}")
+            skipped += len(examples)
+            continue
+        for outcome in run_examples(decoder, examples):
+            if outcome.passed:
+                passed += 1
+                if not quiet:
+                    click.echo(f"ok   {path}#{outcome.example.index} {outcome.example.description}")
+            else:
+                failed += 1
+                _report(path, outcome)
+    summary = f"{passed} passed, {failed} failed"
+    click.echo(summary + (f", {skipped} skipped" if skipped else ""))
+    if failed or not passed:
+        raise SystemExit(1)
+
+
+def _report(path: Path, outcome: Outcome) -> None:
+    click.echo(f"FAIL {path}#{outcome.example.index} {outcome.example.description}")
+    for line in outcome.diff().splitlines():
+        click.echo(f"     {line}")
+
+
+@decoders.command("new")
+@click.argument("decoder_id")
+@click.option("--dir", "parent", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where to create the package folder.")
+def new(decoder_id: str, parent: Path) -> None:
+    """Scaffold a decoder plugin package for VENDOR/MODEL that passes its own tests."""
+    from edge.cli.scaffold import scaffold
+
+    if not ID_RE.match(decoder_id):
+        raise click.UsageError("the id must be VENDOR/MODEL: lowercase letters, digits and dashes, ≤36 each")
+    root = scaffold(decoder_id, parent)
+    click.echo(f"created {root}")
+    click.echo(f"next: cd {root} && pip install -e . && pytest   (then `edge decoders list` shows {decoder_id})")

@@ -1,0 +1,160 @@
+"""Writes a new decoder plugin package (`edge decoders new`): pyproject, decoder, examples, test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PYPROJECT = '''[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "edge-decoder-{vendor}"
+version = "0.1.0"
+description = "lorawan-edge decoder for {vendor} {model}"
+requires-python = ">=3.11"
+dependencies = ["lorawan-edge"]
+
+[project.optional-dependencies]
+test = ["pytest"]
+
+# lorawan-edge finds the decoders of this package through this entry point.
+[project.entry-points."edge.decoders"]
+{vendor_py} = "{package}"
+
+[tool.setuptools]
+packages = ["{package}"]
+'''
+
+INIT = '''"""lorawan-edge decoders for {vendor} devices."""
+
+from edge import Decoder, hookimpl
+
+from {package}.{model_py} import {cls}
+
+
+@hookimpl
+def edge_decoders() -> list[Decoder]:
+    """The decoders this package provides."""
+    return [{cls}()]
+'''
+
+DECODER = '''"""Decoder for the {vendor} {model}: <say which vendor document the payload layout comes from>."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge import DecodeResult, DeviceContext, Field
+
+
+class {cls}:
+    """{vendor} {model}: fPort 1, byte 0-1 temperature (signed, 0.1 °C), byte 2 humidity (%RH)."""
+
+    id = "{decoder_id}"
+    # TTN Device Repository codec ids this decoder reproduces, e.g. ("{vendor}/{model}-codec",).
+    ttn_codecs: tuple[str, ...] = ()
+    # Vendor keys -> the shared vocabulary (docs/vocabulary.md in lorawan-edge): name, SenML unit, scale.
+    fields = {{
+        "temperature": Field("temperature", "Cel"),
+        "humidity": Field("humidity", "%RH"),
+    }}
+
+    def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
+        """Decode one uplink; report bad input in `errors`, never raise."""
+        if fport != 1:
+            return DecodeResult(None, errors=["unknown FPort"])
+        if len(payload) != 3:
+            return DecodeResult(None, errors=[f"expected 3 bytes, got {{len(payload)}}"])
+        data: dict[str, Any] = {{
+            "temperature": int.from_bytes(payload[0:2], "big", signed=True) / 10,
+            "humidity": payload[2],
+        }}
+        return DecodeResult(data)
+'''
+
+EXAMPLES = '''# Uplink examples in the TTN Device Repository codec form; `pytest` runs them all
+# (and `edge decoders test --decoder {decoder_id} examples/` from the command line).
+uplinkDecoder:
+  examples:
+    - description: Temperature 22.6 °C, humidity 41 %RH
+      input:
+        fPort: 1
+        bytes: [0x00, 0xE2, 0x29]
+      output:
+        data:
+          temperature: 22.6
+          humidity: 41
+    - description: Below zero
+      input:
+        fPort: 1
+        bytes: [0xFF, 0x9C, 0x50]
+      output:
+        data:
+          temperature: -10.0
+          humidity: 80
+    - description: Unknown FPort
+      input:
+        fPort: 2
+        bytes: [0x00]
+      output:
+        errors:
+          - unknown FPort
+'''
+
+TEST = '''"""Runs every example of examples/*.yaml through the decoder (edge.testing is lorawan-edge's pytest plugin)."""
+
+from pathlib import Path
+
+import pytest
+
+from edge.testing import assert_examples
+from {package} import edge_decoders
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples(path):
+    (decoder,) = edge_decoders()
+    assert_examples(decoder, path)
+'''
+
+README = '''# edge-decoder-{vendor}
+
+A [lorawan-edge](https://pypi.org/project/lorawan-edge/) decoder plugin for the {vendor} {model}.
+
+    pip install -e '.[test]'
+    pytest                      # runs examples/*.yaml through the decoder
+    edge decoders list          # shows {decoder_id} once installed
+
+See lorawan-edge's decoders/CONTRIBUTING.md for the contract.
+'''
+
+
+def scaffold(decoder_id: str, parent: Path) -> Path:
+    """Create `edge-decoder-<vendor>/` under `parent`; refuses to overwrite an existing folder."""
+    vendor, model = decoder_id.split("/")
+    vendor_py, model_py = vendor.replace("-", "_"), model.replace("-", "_")
+    package = f"edge_decoder_{vendor_py}"
+    cls = "".join(part.capitalize() for part in model.split("-")) + "Decoder"
+    if cls[0].isdigit():
+        cls = "D" + cls
+    values = {"vendor": vendor, "model": model, "vendor_py": vendor_py, "model_py": model_py,
+              "package": package, "cls": cls, "decoder_id": decoder_id}
+    root = parent / f"edge-decoder-{vendor}"
+    if root.exists():
+        raise FileExistsError(f"{root} already exists")
+    files = {
+        "pyproject.toml": PYPROJECT,
+        "README.md": README,
+        f"{package}/__init__.py": INIT,
+        f"{package}/{model_py}.py": DECODER,
+        f"examples/{model}.yaml": EXAMPLES,
+        "tests/test_examples.py": TEST,
+    }
+    for rel, template in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(template.format(**values), encoding="utf-8")
+    return root

@@ -86,7 +86,7 @@ def load_decoders(allow: Sequence[str] = (), block: Sequence[str] = (), *, entry
             try:
                 plugin = ep.load()
                 pm.register(plugin, name=f"{dist}:{ep.name}")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must never stop the gateway
                 msg = f"decoder plugin {ep.name} ({dist} {version}) failed to load: {type(exc).__name__}: {exc}"
                 loaded.problems.append(msg)
                 log.error("%s; skipped.", msg)
@@ -96,7 +96,7 @@ def load_decoders(allow: Sequence[str] = (), block: Sequence[str] = (), *, entry
         source, version = sources.get(impl.plugin_name, (impl.plugin_name, "?"))
         try:
             decoders = list(impl.function())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as above: report, skip, keep going
             msg = f"decoder plugin {impl.plugin_name} failed in edge_decoders(): {type(exc).__name__}: {exc}"
             loaded.problems.append(msg)
             log.error("%s; skipped.", msg)

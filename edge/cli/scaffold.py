@@ -102,7 +102,7 @@ uplinkDecoder:
           - unknown FPort
 '''
 
-TEST = '''"""Runs every example of examples/*.yaml through the decoder (edge.testing is lorawan-edge's pytest plugin)."""
+TEST = '''"""Runs every example of examples/*.yaml through the decoder (edge.testing: lorawan-edge's plugin)."""
 
 from pathlib import Path
 

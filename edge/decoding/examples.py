@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from edge.decoding.base import DecodeResult, Decoder, DeviceContext
+from edge.decoding.base import Decoder, DecodeResult, DeviceContext
 
 REL_TOL = 1e-9
 

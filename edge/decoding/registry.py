@@ -105,7 +105,7 @@ class DecoderRegistry:
                 if result.errors:
                     return Decoded(DecodeStatus.FAILED, [], chosen, "; ".join(map(str, result.errors)))
                 return Decoded(DecodeStatus.DECODED, normalize(result.data, decoder.fields), chosen)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a broken decoder costs one uplink, never the pipeline
                 return Decoded(DecodeStatus.FAILED, [], chosen, f"{type(exc).__name__}: {exc}")
         if self._use_object and uplink.object is not None:
             return Decoded(DecodeStatus.CHIRPSTACK, normalize(uplink.object, OBJECT_FIELDS), "chirpstack")

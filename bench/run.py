@@ -39,11 +39,12 @@ class Sizes:
     wan: int  # uplinks in the WAN drain backlog (5 readings each)
     big: int  # uplinks in the large backlog for rss_mb_peak (0: skipped)
     wan_timeout: float  # give up on the WAN drain after this many seconds
+    repeat: int  # relay and e2e runs, alternating; the best of each is reported
     devices: int = 1000
 
 
-FULL = Sizes(stream=100_000, drain=200_000, wan=200_000, big=1_000_000, wan_timeout=200.0)
-QUICK = Sizes(stream=20_000, drain=40_000, wan=20_000, big=200_000, wan_timeout=60.0)
+FULL = Sizes(stream=100_000, drain=200_000, wan=200_000, big=1_000_000, wan_timeout=90.0, repeat=2)
+QUICK = Sizes(stream=20_000, drain=40_000, wan=10_000, big=100_000, wan_timeout=40.0, repeat=1)
 
 # The upstream settings used for every pipeline phase (reported on the `config:` line).
 UPSTREAM = {"max_inflight": 20, "read_batch": 2000, "max_message_bytes": 65536}
@@ -118,10 +119,10 @@ class Bench:
         wait_log(edge, log, "Connected to ChirpStack broker", 30)
         return edge, log
 
-    def feed(self, name: str, port: int, count: int) -> Child:
+    def feed(self, name: str, port: int, count: int, seed: int) -> Child:
         """Start a publisher and wait until its events are generated (it publishes on `go`)."""
         feed = Child(name, [PYTHON, str(BENCH / "feed.py"), "--port", str(port), "--count", str(count),
-                            "--devices", str(self.sizes.devices), "--seed", str(self.next_seed())], stdin=True)
+                            "--devices", str(self.sizes.devices), "--seed", str(seed)], stdin=True)
         feed.wait_line("ready", 60 + count / 10_000)
         return feed
 
@@ -139,7 +140,7 @@ class Bench:
 
     # -- phases -------------------------------------------------------------------------------------
 
-    def stream(self, kind: str) -> None:
+    def stream(self, kind: str, seed: int) -> dict[str, float]:
         """relay or e2e: feed `stream` uplinks into A, count what arrives at B, rate over 10 %..90 %."""
         n = self.sizes.stream
         a, b = Broker(f"a-{kind}", self.wd), Broker(f"b-{kind}", self.wd)
@@ -152,41 +153,54 @@ class Bench:
                                        "--b-port", str(b.port)])
                 proc.wait_line("ready", 20)
             else:
+                buffer = self.wd / f"e2e-{seed}" / "buffer.sqlite"
                 cfg = self.edge_config("e2e", a_url=f"mqtt://127.0.0.1:{a.port}", b_url=f"mqtt://127.0.0.1:{b.port}",
-                                       buffer=self.wd / "e2e" / "buffer.sqlite")
-                proc, _ = self.start_edge("edge-e2e", cfg)
-                wait_log(proc, self.wd / "edge-e2e.log", "Connected to upstream", 20)
-            feed = self.feed(f"feed-{kind}", a.port, n)
+                                       buffer=buffer)
+                proc, log = self.start_edge(f"edge-e2e-{seed}", cfg)
+                wait_log(proc, log, "Connected to upstream", 20)
+            feed = self.feed(f"feed-{kind}", a.port, n, seed)
             before = proc_sample(proc.pid)
-            note(f"{kind}: publishing {n} uplinks")
             feed.send("go")
             done = counter.wait_line("done", 60 + n / 1000)
             after = proc_sample(proc.pid)
             fed = feed.wait_line("done", 60).split()
-            got = int(done.split()[2])
+            got, messages = int(done.split()[2]), int(done.split()[3])
             if got < n:
                 raise RuntimeError(f"{kind}: only {got} of {n} arrived at B")
             rate = window_rate(progress(counter), n)
-            messages = int(done.split()[3])
-            note(f"{kind}: feed published at {fed[4]}/s; {messages} messages at B")
-            cpu_us = (after.cpu_s - before.cpu_s) / n * 1e6
-            if kind == "relay":
-                self.relay_rate = rate
-                emit("relay_uplinks_per_s", f"{rate:.0f}")
-                emit("relay_cpu_us_per_msg", f"{cpu_us:.0f}")
-            else:
-                emit("e2e_uplinks_per_s", f"{rate:.0f}")
-                if self.relay_rate:
-                    emit("e2e_ratio_vs_relay", f"{rate / self.relay_rate:.2f}")
-                emit("e2e_messages", messages)
-                emit("cpu_us_per_uplink", f"{cpu_us:.0f}")
-                emit("disk_bytes_written_per_uplink", f"{(after.write_bytes - before.write_bytes) / n:.0f}")
+            note(f"{kind}: {rate:.0f}/s (publisher {fed[4]}/s), {messages} messages at B,"
+                 f" cpu {(after.cpu_s - before.cpu_s) / n * 1e6:.0f} us per uplink")
             proc.stop()
             feed.stop()
             counter.stop()
+            if kind == "e2e":
+                shutil.rmtree(buffer.parent, ignore_errors=True)
         finally:
             a.stop()
             b.stop()
+        return {"rate": rate, "messages": messages, "cpu_us": (after.cpu_s - before.cpu_s) / n * 1e6,
+                "disk": (after.write_bytes - before.write_bytes) / n}
+
+    def run_stream(self, e2e: bool) -> None:
+        """Relay (and e2e) `repeat` times, alternating, on the same feed; the best run of each counts."""
+        relays: list[dict[str, float]] = []
+        e2es: list[dict[str, float]] = []
+        seed = self.next_seed()
+        for _ in range(self.sizes.repeat):
+            relays.append(self.stream("relay", seed))
+            if e2e:
+                e2es.append(self.stream("e2e", seed))
+        relay = max(relays, key=lambda r: r["rate"])
+        self.relay_rate = relay["rate"]
+        emit("relay_uplinks_per_s", f"{relay['rate']:.0f}")
+        emit("relay_cpu_us_per_msg", f"{relay['cpu_us']:.0f}")
+        if e2e:
+            best = max(e2es, key=lambda r: r["rate"])
+            emit("e2e_uplinks_per_s", f"{best['rate']:.0f}")
+            emit("e2e_ratio_vs_relay", f"{best['rate'] / relay['rate']:.2f}")
+            emit("e2e_messages", f"{best['messages']:.0f}")
+            emit("cpu_us_per_uplink", f"{best['cpu_us']:.0f}")
+            emit("disk_bytes_written_per_uplink", f"{best['disk']:.0f}")
 
     def build_backlog(self, name: str, n: int) -> Path:
         """`edge run` with upstream B down while n uplinks flow in through broker A."""
@@ -197,7 +211,7 @@ class Bench:
             cfg = self.edge_config(name, a_url=f"mqtt://127.0.0.1:{a.port}", b_url=f"mqtt://127.0.0.1:{free_port()}",
                                    buffer=buffer)
             edge, _ = self.start_edge(f"edge-{name}", cfg)
-            feed = self.feed(f"feed-{name}", a.port, n)
+            feed = self.feed(f"feed-{name}", a.port, n, self.next_seed())
             note(f"{name}: filling a backlog of {n} uplinks through `edge run` (upstream down)")
             t0 = time.monotonic()
             feed.send("go")
@@ -341,7 +355,10 @@ class Bench:
         emit("wan_rtt_ms", f"{r['rtt_ms']:.1f} ({how})")
         readings = n * 5
         if r["arrived"] < n:
-            emit("drain_wan_s", f">{r['seconds']:.0f} (timeout: {r['arrived']:.0f} of {n} uplinks arrived)")
+            rate = r["arrived"] / r["seconds"]
+            projected = f"~{n / rate:.0f} s for all at that rate" if rate else "nothing arrived"
+            emit("drain_wan_s", f">{r['seconds']:.0f} (time limit: {r['arrived']:.0f} of {n} uplinks arrived,"
+                 f" {r['messages']:.0f} messages; {projected})")
         else:
             emit("drain_wan_s", f"{r['seconds']:.1f} ({n} uplinks = {readings} readings, {r['messages']:.0f} messages)")
         emit("rss_mb_peak_wan", f"{r['rss_mb']:.1f}")
@@ -413,9 +430,7 @@ def main() -> int:
         wanted.add("relay")
     try:
         if "relay" in wanted:
-            bench.stream("relay")
-        if "e2e" in wanted:
-            bench.stream("e2e")
+            bench.run_stream(e2e="e2e" in wanted)
         if "drain" in wanted:
             bench.run_drain()
         if "wan" in wanted:

@@ -103,8 +103,9 @@ class DecodeStatus:
     CHIRPSTACK = 1  # ChirpStack's `object` was used
     UNDECODED = 2  # no decoder and no object: raw only
     FAILED = 3  # a decoder was chosen and failed; raw kept for `edge redecode`
+    SUPERSEDED = 4  # `edge redecode` stored a newer decode of this uplink under a new row
 
-    NAMES = ("decoded", "chirpstack", "undecoded", "failed")
+    NAMES = ("decoded", "chirpstack", "undecoded", "failed", "superseded")
 
 
 @dataclass(frozen=True, slots=True)

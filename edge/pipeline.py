@@ -154,21 +154,64 @@ class BufferBacklog:
         self.buffer.gap_delivered(notice_id)
 
 
+def build_registry(cfg: Config, decoders: Sequence[Decoder] | None = None) -> DecoderRegistry:
+    """The decoder registry the config asks for: built-ins, allowed plugins, rules."""
+    if decoders is None:
+        loaded = load_decoders(cfg.decoding.plugins_allow, cfg.decoding.plugins_block)
+        decoders = [info.decoder for info in loaded.decoders]
+    return DecoderRegistry(
+        decoders,
+        rules=[Rule(r.decoder, frozenset(r.dev_eui), frozenset(r.device_profile), frozenset(r.application))
+               for r in cfg.decoding.rules],
+        use_object=cfg.decoding.use_chirpstack_object,
+        tag=cfg.decoding.tag,
+    )
+
+
+def redecode(cfg: Config, *, dev_eui: str | None = None, decoder: str | None = None, since: float | None = None,
+             until: float | None = None, everything: bool = False, dry_run: bool = False,
+             registry: DecoderRegistry | None = None) -> dict[str, int]:
+    """Re-run the current decoders over stored raw uplinks and queue the new readings upstream.
+
+    By default only uplinks that failed to decode or had no decoder are taken; `everything` takes
+    all matching ones. Each re-decoded uplink is stored as a new row (so every upstream's cursor
+    reaches it and sends it, under the same uplink id) and the old row is marked superseded in the
+    same transaction. Safe while `edge run` is running: SQLite serialises the writers.
+    """
+    registry = registry or build_registry(cfg)
+    buffer = Buffer(cfg.buffer.path, max_bytes=int(cfg.buffer.max_size_mb * 1024 * 1024))
+    totals = {name: 0 for name in ("seen", *_STATUS_COUNTER.values())}
+    statuses = None if everything else (DecodeStatus.FAILED, DecodeStatus.UNDECODED)
+    try:
+        for rows in buffer.raw_uplinks(dev_eui=dev_eui, decoder=decoder, since=since, until=until,
+                                       statuses=statuses, upto=buffer.last_id()):
+            batch = Batch()
+            for row_id, topic, payload, received in rows:
+                event = parse(topic, payload, received)
+                if not isinstance(event, Uplink):
+                    continue
+                decoded = registry.decode(event)
+                totals["seen"] += 1
+                totals[_STATUS_COUNTER[decoded.status]] += 1
+                if decoded.status in (DecodeStatus.FAILED, DecodeStatus.UNDECODED) and not everything:
+                    continue  # nothing new to send; keep the row as it is
+                batch.uplinks.append(NewUplink(event, topic, payload, received, decoded.status, decoded.decoder,
+                                               decoded.error, decoded.readings))
+                batch.supersedes.append(row_id)
+            batch.count("redecoded", len(batch.uplinks))
+            if batch.uplinks and not dry_run:
+                buffer.append(batch)
+    finally:
+        buffer.close()
+    return totals
+
+
 class Pipeline:
     """Everything `edge run` runs."""
 
     def __init__(self, cfg: Config, decoders: Sequence[Decoder] | None = None) -> None:
         self.cfg = cfg
-        if decoders is None:
-            loaded = load_decoders(cfg.decoding.plugins_allow, cfg.decoding.plugins_block)
-            decoders = [info.decoder for info in loaded.decoders]
-        self.registry = DecoderRegistry(
-            decoders,
-            rules=[Rule(r.decoder, frozenset(r.dev_eui), frozenset(r.device_profile), frozenset(r.application))
-                   for r in cfg.decoding.rules],
-            use_object=cfg.decoding.use_chirpstack_object,
-            tag=cfg.decoding.tag,
-        )
+        self.registry = build_registry(cfg, decoders)
         self.max_bytes = int(cfg.buffer.max_size_mb * 1024 * 1024)
         self.buffer = Buffer(cfg.buffer.path, max_bytes=self.max_bytes)
         self.seen = RecentIds(DEDUP_WINDOW, self.buffer.recent_uplink_ids(DEDUP_WINDOW))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from edge.model import DeviceEvent, Entry, Malformed, RadioInfo, Reading, Uplink
 log = logging.getLogger(__name__)
 
 COUNTERS = ("received", "duplicates", "decoded", "chirpstack", "undecoded", "decode_failed",
-            "malformed", "events", "dropped")
+            "malformed", "events", "dropped", "redecoded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,7 @@ class Batch:
     events: list[tuple[DeviceEvent, str, bytes]] = field(default_factory=list)
     malformed: list[tuple[Malformed, float]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    supersedes: list[int] = field(default_factory=list)  # rows this batch's uplinks re-decode
 
     def count(self, name: str, n: int = 1) -> None:
         """Add n to a counter in this batch."""
@@ -168,7 +169,9 @@ class Buffer:
                     " application_name=excluded.application_name, device_profile=excluded.device_profile,"
                     " last_uplink=excluded.last_uplink, last_time=excluded.last_time, fcnt=excluded.fcnt,"
                     " rssi=excluded.rssi, snr=excluded.snr, gateway_id=excluded.gateway_id,"
-                    " decoder=excluded.decoder, status=excluded.status, readings=excluded.readings",
+                    " decoder=excluded.decoder, status=excluded.status, readings=excluded.readings"
+                    # A re-decoded older uplink must not replace the device's newest one.
+                    " WHERE excluded.last_time >= devices.last_time",
                     devices.values(),
                 )
             if batch.events:
@@ -183,6 +186,8 @@ class Buffer:
                     "INSERT INTO malformed(received, topic, error, payload) VALUES (?,?,?,?)",
                     [(received, m.topic, m.error, m.payload) for m, received in batch.malformed],
                 )
+            if batch.supersedes:
+                db.executemany("UPDATE uplinks SET status = 4 WHERE id = ?", [(i,) for i in batch.supersedes])
             if batch.counts:
                 db.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
                                [(n, name) for name, n in batch.counts.items()])
@@ -262,6 +267,34 @@ class Buffer:
                 db.execute("ROLLBACK")
             raise
         return dropped
+
+    def raw_uplinks(self, *, dev_eui: str | None = None, decoder: str | None = None, since: float | None = None,
+                    until: float | None = None, statuses: Sequence[int] | None = None,
+                    upto: int | None = None, batch: int = 500) -> Iterator[list[tuple[int, str, bytes, float]]]:
+        """Stored raw uplinks (id, topic, payload, received) matching the filters, in id batches.
+
+        Rows already superseded by a re-decode are never returned.
+        """
+        where = ["u.status != 4"]
+        args: list[Any] = []
+        filters = (("u.id <= ?", upto), ("u.dev_eui = ?", dev_eui), ("u.decoder = ?", decoder),
+                   ("u.time >= ?", since), ("u.time < ?", until))
+        for clause, value in filters:
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        if statuses is not None:
+            where.append(f"u.status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        after = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT u.id, r.topic, r.payload, r.received FROM uplinks u JOIN raw r ON r.id = u.id"
+                f" WHERE u.id > ? AND {' AND '.join(where)} ORDER BY u.id LIMIT ?", (after, *args, batch)).fetchall()
+            if not rows:
+                return
+            yield [(int(r[0]), str(r[1]), bytes(r[2]), float(r[3])) for r in rows]
+            after = rows[-1][0]
 
     def recent_uplink_ids(self, n: int) -> list[str]:
         """The ids of the last n stored uplinks, to seed duplicate detection after a restart."""

@@ -192,3 +192,37 @@ def _register() -> None:
 
 
 _register()
+
+
+def _timestamp(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-11-25T10:00:00Z)") from None
+    # A time without an offset is taken as UTC, the gateway's clock.
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--device", "dev_eui", default=None, help="Only this DevEUI.")
+@click.option("--decoder", default=None, help="Only uplinks that were decoded (or failed) with this decoder id.")
+@click.option("--since", default=None, help="Only uplinks received at or after this ISO 8601 time.")
+@click.option("--until", default=None, help="Only uplinks received before this ISO 8601 time.")
+@click.option("--all", "everything", is_flag=True,
+              help="Re-decode every matching uplink, not only failed and undecoded ones.")
+@click.option("--dry-run", is_flag=True, help="Decode and count, but store and send nothing.")
+def redecode(config_path: Path, dev_eui: str | None, decoder: str | None, since: str | None, until: str | None,
+             everything: bool, dry_run: bool) -> None:
+    """Re-run today's decoders over stored raw uplinks and send the new readings upstream."""
+    from edge.pipeline import redecode as run_redecode
+
+    cfg = _load(config_path)
+    totals = run_redecode(cfg, dev_eui=dev_eui.lower() if dev_eui else None, decoder=decoder,
+                          since=_timestamp(since), until=_timestamp(until), everything=everything, dry_run=dry_run)
+    verb = "would be queued" if dry_run else "queued for every upstream"
+    click.echo(f"{totals['seen']} uplinks re-decoded: {totals['decoded']} decoded, {totals['chirpstack']} from"
+               f" ChirpStack's object, {totals['undecoded']} without decoder, {totals['decode_failed']} still failing;"
+               f" new readings {verb}.")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import cast
 
 import pluggy
 
@@ -95,7 +96,8 @@ def load_decoders(allow: Sequence[str] = (), block: Sequence[str] = (), *, entry
     for impl in pm.hook.edge_decoders.get_hookimpls():
         source, version = sources.get(impl.plugin_name, (impl.plugin_name, "?"))
         try:
-            decoders = list(impl.function())
+            returned = cast(Iterable[object], impl.function())  # pluggy types hook functions as `object`
+            decoders = list(returned)
         except Exception as exc:  # noqa: BLE001 - as above: report, skip, keep going
             msg = f"decoder plugin {impl.plugin_name} failed in edge_decoders(): {type(exc).__name__}: {exc}"
             loaded.problems.append(msg)

@@ -40,25 +40,21 @@ def main() -> None:
 @main.command()
 @CONFIG_OPTION
 def run(config_path: Path) -> None:
-    """Run the gateway pipeline until SIGTERM or Ctrl-C."""
+    """Run the gateway pipeline until SIGTERM or Ctrl-C (SIGHUP reloads decoder rules)."""
     from edge.pipeline import Pipeline
+    from edge.service import Service
     from edge.telemetry import setup_logging
 
     cfg = _load(config_path)
     setup_logging(cfg.log_level)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         pipeline = Pipeline(cfg)
     except EdgeError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
-    pipeline.run(stop)
+    service = Service(pipeline, config_path)
+    service.install_signals()
+    service.run()
     if pipeline.failed:
         raise SystemExit(1)
 

@@ -66,6 +66,7 @@ class MqttSink:
         self.stats = SinkStats()
         self._v5 = cfg.mqtt.protocol == "5"
         self._props: dict[str, Properties] = {}
+        self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
         self._reset()
 
     def _reset(self) -> None:
@@ -144,6 +145,7 @@ class MqttSink:
         backlog = self._backlog_factory()
         backoff = Backoff(self.cfg.mqtt.reconnect_min_s, self.cfg.mqtt.reconnect_max_s)
         while not stop.is_set():
+            self.heartbeat = time.monotonic()
             self._reset()
             try:
                 client = self._connect()
@@ -188,6 +190,7 @@ class MqttSink:
         check_notices = True
         window = self.cfg.max_inflight
         while not stop.is_set():
+            self.heartbeat = time.monotonic()
             # Gap notices first: a receiver learns about a hole before the data after it.
             if check_notices:
                 check_notices = False

@@ -52,6 +52,7 @@ class ChirpStackSource:
         self._deadline = 0.0
         self._client: paho.Client | None = None
         self._link_ok = False
+        self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
 
     # paho callbacks (VERSION2 signatures) run on this source's thread inside client.loop().
 
@@ -125,6 +126,7 @@ class ChirpStackSource:
         """Receive until `stop` is set, reconnecting with jittered, capped backoff."""
         backoff = Backoff(self.cfg.mqtt.reconnect_min_s, self.cfg.mqtt.reconnect_max_s)
         while not stop.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 client = self._connect()
             except (OSError, ValueError) as exc:
@@ -137,6 +139,7 @@ class ChirpStackSource:
             connack_by = time.monotonic() + 10
             try:
                 while not stop.is_set():
+                    self.heartbeat = time.monotonic()
                     timeout = max(0.0, self._deadline - time.monotonic()) if self._batch else 0.5
                     rc = client.loop(timeout=min(timeout, 0.5))
                     if self._batch and time.monotonic() >= self._deadline:

@@ -1,0 +1,117 @@
+"""systemd glue: sd_notify READY/STATUS/WATCHDOG, drain on SIGTERM, reload on SIGHUP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edge.config import load_config
+from edge.errors import ConfigError
+from edge.pipeline import Pipeline, build_registry
+
+log = logging.getLogger(__name__)
+
+
+def notify(message: str) -> bool:
+    """Send one sd_notify message; False when not started by systemd (no NOTIFY_SOCKET)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError:
+            return False
+    return True
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between watchdog pings (half of WatchdogSec), or None when no watchdog is set."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+class Service:
+    """Runs a Pipeline as a systemd service."""
+
+    def __init__(self, pipeline: Pipeline, config_path: Path,
+                 on_reload: Callable[[Pipeline], None] | None = None) -> None:
+        self.pipeline = pipeline
+        self.config_path = config_path
+        self.stop = threading.Event()
+        self._reload = threading.Event()
+        self._on_reload = on_reload
+
+    def install_signals(self) -> None:
+        """SIGTERM/SIGINT drain and stop; SIGHUP reloads what can change safely."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    def healthy(self, now: float, limit: float) -> bool:
+        """True while every pipeline thread has made progress within `limit` seconds."""
+        beats = [self.pipeline.source.heartbeat, *(s.heartbeat for s in self.pipeline.sinks)]
+        return all(now - beat < limit for beat in beats)
+
+    def status_line(self) -> str:
+        """The one-line STATUS shown by `systemctl status`."""
+        p = self.pipeline
+        ups = ", ".join(f"{s.name} {'up' if s.stats.connected else 'down'}" for s in p.sinks)
+        source = "connected" if p.source.connected.is_set() else "disconnected"
+        return f"ChirpStack {source}; {p.commits} commits; upstreams: {ups}"
+
+    def reload(self) -> None:
+        """Apply the parts of a changed config that are safe to change live: log level, decoder rules.
+
+        Anything else (brokers, buffer, upstreams) needs a restart; that is logged, not applied.
+        """
+        try:
+            cfg = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("Reload refused, the configuration is invalid: %s", "; ".join(exc.problems))
+            return
+        old = self.pipeline.cfg
+        logging.getLogger().setLevel(cfg.log_level.upper())
+        self.pipeline.registry = build_registry(cfg)
+        changed = [name for name in ("chirpstack", "buffer", "upstreams")
+                   if getattr(cfg, name) != getattr(old, name)]
+        if changed:
+            log.warning("Reloaded log level and decoder rules; changes to %s need a restart.", ", ".join(changed))
+        else:
+            log.info("Reloaded log level and decoder rules.")
+
+    def run(self) -> None:
+        """Run until stopped, keeping systemd informed."""
+        interval = watchdog_interval()
+        limit = max(30.0, 4 * (interval or 0))
+        runner = threading.Thread(target=self.pipeline.run, args=(self.stop,), name="pipeline")
+        runner.start()
+        notify("READY=1")
+        next_status = 0.0
+        while runner.is_alive() and not self.stop.wait(min(interval or 1.0, 1.0)):
+            now = time.monotonic()
+            if self._reload.is_set():
+                self._reload.clear()
+                notify("RELOADING=1")
+                self.reload()
+                notify("READY=1")
+            if interval is not None and self.healthy(now, limit):
+                notify("WATCHDOG=1")
+            if now >= next_status:
+                notify(f"STATUS={self.status_line()}")
+                next_status = now + 5
+        notify("STOPPING=1")
+        self.stop.set()
+        runner.join()

@@ -1,0 +1,82 @@
+"""systemd integration: sd_notify over a real datagram socket, the watchdog, SIGHUP and SIGTERM on a real process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.service import notify, watchdog_interval
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_service_notify_without_systemd_is_a_no_op(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify("READY=1") is False
+
+
+def test_service_watchdog_interval_is_half_of_watchdog_sec(monkeypatch):
+    monkeypatch.setenv("WATCHDOG_USEC", "60000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert watchdog_interval() == 30.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")
+    assert watchdog_interval() is None
+
+
+@pytest.mark.mosquitto
+def test_service_run_notifies_ready_status_watchdog_and_stops_on_sigterm(broker_factory, make_config, tmp_path):
+    """`edge run` under a fake systemd: READY, STATUS and WATCHDOG arrive; SIGHUP reloads; SIGTERM exits 0."""
+    chirpstack, upstream = broker_factory(), broker_factory()
+    cfg = make_config(chirpstack.url, upstream.url)
+    sock_path = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(sock_path))
+    server.settimeout(0.5)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="2000000")
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    got: list[str] = []
+    try:
+        end = time.monotonic() + 20
+        while time.monotonic() < end and not ({"READY=1", "WATCHDOG=1"} <= set(got)
+                                              and any(m.startswith("STATUS=") for m in got)):
+            try:
+                got.append(server.recv(4096).decode())
+            except TimeoutError:
+                pass
+        assert "READY=1" in got and "WATCHDOG=1" in got
+        assert any(m.startswith("STATUS=ChirpStack connected") for m in got), got
+        proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and "RELOADING=1" not in got:
+            try:
+                got.append(server.recv(4096).decode())
+            except TimeoutError:
+                pass
+        assert "RELOADING=1" in got
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert b"Reloaded log level and decoder rules" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        server.close()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_service_unit_exposure_is_ok():
+    out = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(REPO / "systemd/lorawan-edge.service")],
+                         capture_output=True, text=True, timeout=60)
+    line = next(x for x in out.stdout.splitlines() if "Overall exposure level" in x)
+    exposure = float(line.split(":")[1].split()[0])
+    assert exposure <= 2.5, line

@@ -155,7 +155,8 @@ def test_store_failed_batch_commits_nothing(buf: Buffer) -> None:
     assert buf.counters() == before
     assert buf.recent_malformed() == []
     assert not buf.db.in_transaction
-    assert buf.append(batch_of(uplink(4))) == [3]  # the rolled-back ids may be given again; never lower
+    # The rolled-back id was never committed, so no sink can have seen it: giving it again is safe.
+    assert buf.append(batch_of(uplink(4))) == [2]
 
 
 # -- durability settings ----------------------------------------------------------------------------
@@ -217,11 +218,15 @@ def test_store_sink_cursors_independent(buf: Buffer) -> None:
 
 # -- size bound and gaps -----------------------------------------------------------------------------
 
-def _fill(buf: Buffer, n: int) -> list[int]:
+def _fill_more(buf: Buffer, first: int, n: int) -> list[int]:
     ids: list[int] = []
-    for start in range(1, n + 1, 50):
-        ids += buf.append(batch_of(*(uplink(i, payload_size=300) for i in range(start, min(start + 50, n + 1)))))
+    for start in range(first, first + n, 50):
+        ids += buf.append(batch_of(*(uplink(i, payload_size=300) for i in range(start, min(start + 50, first + n)))))
     return ids
+
+
+def _fill(buf: Buffer, n: int) -> list[int]:
+    return _fill_more(buf, 1, n)
 
 
 def test_store_enforce_size_drops_oldest_and_records_gaps(path: Path) -> None:
@@ -306,18 +311,48 @@ def test_store_enforce_size_trims_events_when_no_uplinks_left(path: Path) -> Non
         buf.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: store.Buffer.enforce_size drops in 5 % rounds and _drop_through "
-                                       "inserts one gap row per round, so one overflow of a contiguous range "
-                                       "gives a sink dozens of adjacent gaps (and as many upstream notices) "
-                                       "instead of one (docs/records.md: one message per gap)")
-def test_store_one_enforce_size_records_one_gap_per_sink(path: Path) -> None:
+def test_store_one_overflow_records_one_gap_per_sink(path: Path) -> None:
+    """Trimming runs in 5 % rounds; adjacent drops for a sink that has not moved extend one gap."""
     buf = Buffer(path)
     try:
         _fill(buf, 600)
         buf.register_sink("behind")
         buf.max_bytes = buf.used_bytes() // 3
         buf.enforce_size()
-        assert len(buf.gaps("behind")) == 1
+        (gap,) = buf.gaps("behind")
+        assert gap.first_id == 1 and gap.count == gap.last_id
+        # More overflow while the sink is still away extends the same gap ...
+        _fill_more(buf, 601, 200)
+        buf.enforce_size()
+        (longer,) = buf.gaps("behind")
+        assert (longer.id, longer.first_id) == (gap.id, 1) and longer.last_id > gap.last_id
+        assert longer.count == longer.last_id
+        # ... but once its notice was delivered, the next drop is a new gap.
+        buf.gap_delivered(longer.id)
+        _fill_more(buf, 801, 200)
+        buf.enforce_size()
+        (fresh,) = buf.gaps("behind")
+        assert fresh.first_id == longer.last_id + 1
+    finally:
+        buf.close()
+
+
+def test_store_gap_not_merged_across_delivered_rows(path: Path) -> None:
+    buf = Buffer(path)
+    try:
+        _fill(buf, 600)
+        buf.register_sink("slow")
+        buf.max_bytes = buf.used_bytes() // 2
+        buf.enforce_size()
+        (first,) = buf.gaps("slow")
+        cursor = buf.register_sink("slow")
+        delivered = buf.read(cursor, 10)
+        buf.advance("slow", delivered[-1].id, len(delivered))  # the sink delivered 10 rows in between
+        buf.max_bytes = buf.used_bytes() // 2
+        buf.enforce_size()
+        gaps = buf.gaps("slow")
+        assert len(gaps) == 2 and gaps[0].id == first.id
+        assert gaps[1].first_id == delivered[-1].id + 1
     finally:
         buf.close()
 

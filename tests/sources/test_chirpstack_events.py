@@ -192,9 +192,14 @@ def test_parse_v4_up_codec_error_has_no_object() -> None:
     log = parse(topic("log"), (CHIRPSTACK / "v4_log_uplink_codec.serialised.json").read_bytes(), RECEIVED)
     assert isinstance(up, Uplink) and isinstance(log, DeviceEvent)
     assert up.object is None
-    assert up.radio.fcnt == 43
-    assert up.payload == bytes.fromhex("00e601c20ce4")
+    assert up.uplink_id == "9d3b1f0e-2c55-4c47-9a51-6b1d2f0c7e11"
+    assert up.time == pytest.approx(ts("2026-03-02T10:15:04.204113Z"), abs=1e-6)
+    assert (up.device.dev_eui, up.fport, up.payload) == ("0101010101010101", 2, bytes.fromhex("00e601c20ce4"))
+    r = up.radio
+    assert (r.fcnt, r.frequency, r.spreading_factor, r.rssi, r.snr, r.gateways) == (43, 868300000, 7, -57.0, 9.5, 1)
     assert log.kind == "log" and "UPLINK_CODEC" in log.summary
+    # The log event points at the failed uplink through context.deduplication_id.
+    assert load(CHIRPSTACK / "v4_log_uplink_codec.serialised.json")["context"]["deduplication_id"] == up.uplink_id
 
 
 def test_parse_time_nanoseconds_offset_and_z_agree() -> None:
@@ -487,7 +492,7 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 @st.composite
 def mutated_documents(draw: st.DrawFn) -> dict[str, Any]:
     """A fixture document with 1-4 values replaced by random JSON, or keys deleted."""
-    doc = copy.deepcopy(draw(st.sampled_from(SEED_DOCS)))
+    doc: dict[str, Any] = copy.deepcopy(draw(st.sampled_from(SEED_DOCS)))
     for _ in range(draw(st.integers(1, 4))):
         paths = _paths(doc)
         if not paths:

@@ -190,11 +190,19 @@ def _check_file(r: _Reader, name: str, value: str) -> None:
 
 def _mqtt(r: _Reader, url_key: str, default_client: str, edge_id: str) -> MqttEndpoint:
     url = r.get(url_key, str, "", required=True)
-    parts = urlsplit(url)
-    if url and (parts.scheme not in ("mqtt", "mqtts") or not parts.hostname):
-        r.problems.append(f"{r.key(url_key)}: must be mqtt://host[:port] or mqtts://host[:port], got {url!r}")
-    if parts.username or parts.password:
-        r.problems.append(f"{r.key(url_key)}: must not carry credentials; use username and password_file")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        r.problems.append(f"{r.key(url_key)}: not a valid URL ({exc})")
+        parts = urlsplit("")
+    else:
+        # The URL itself is never echoed: it may carry a password that must not reach the journal.
+        if url and (parts.scheme not in ("mqtt", "mqtts") or not parts.hostname):
+            r.problems.append(f"{r.key(url_key)}: must be mqtt://host[:port] or mqtts://host[:port]"
+                              f" (scheme {parts.scheme!r})")
+        if parts.username or parts.password:
+            r.problems.append(f"{r.key(url_key)}: must not carry credentials; use username and password_file")
     endpoint = MqttEndpoint(
         url=url,
         client_id=r.get("client_id", str, default_client).replace("{edge_id}", edge_id),
@@ -231,7 +239,7 @@ def _topic(r: _Reader, name: str, default: str, allow_empty: bool = False) -> st
         r.problems.append(f"{r.key(name)}: wildcards are not allowed in a publish topic")
     try:
         value.format(**{p: "x" for p in TOPIC_PLACEHOLDERS})
-    except (KeyError, IndexError, ValueError) as exc:
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
         known = ", ".join("{" + p + "}" for p in TOPIC_PLACEHOLDERS)
         r.problems.append(f"{r.key(name)}: unknown placeholder {exc}; use {known}")
     return value

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -46,24 +47,23 @@ class RecentIds:
 
     def __init__(self, capacity: int, seed: Sequence[str] = ()) -> None:
         self.capacity = capacity
-        self._order: deque[str] = deque()
-        self._set: set[str] = set()
+        self._ids: OrderedDict[str, None] = OrderedDict()
         for uplink_id in reversed(seed):
             self.add(uplink_id)
 
     def __contains__(self, uplink_id: str) -> bool:
-        return uplink_id in self._set
+        return uplink_id in self._ids
 
     def add(self, uplink_id: str) -> None:
         """Remember an id, forgetting the oldest beyond capacity."""
-        self._set.add(uplink_id)
-        self._order.append(uplink_id)
-        if len(self._order) > self.capacity:
-            self._set.discard(self._order.popleft())
+        self._ids[uplink_id] = None
+        self._ids.move_to_end(uplink_id)
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
 
     def discard(self, uplink_id: str) -> None:
         """Forget an id (its batch was not committed)."""
-        self._set.discard(uplink_id)
+        self._ids.pop(uplink_id, None)
 
 
 def _topic_fields(entry: Entry, edge_id: str) -> dict[str, str]:
@@ -72,14 +72,17 @@ def _topic_fields(entry: Entry, edge_id: str) -> dict[str, str]:
             "edge_id": edge_id}
 
 
-def _chunks(entries: list[Entry], max_bytes: int) -> list[list[Entry]]:
-    """Split one device's entries so that each pack stays under max_bytes (estimated)."""
+def _chunks(entries: list[Entry], max_bytes: int, per_entry: int, per_reading: int) -> list[list[Entry]]:
+    """Split one topic's entries into runs whose packs should stay under max_bytes (estimated).
+
+    The estimate keeps the split linear; `_packs` checks the real size and halves a run that is
+    still too large.
+    """
     out: list[list[Entry]] = []
     current: list[Entry] = []
     size = 2
     for e in entries:
-        # Generous per-record estimate: base fields and id record ~110 B, then ~40 B + name per reading.
-        est = 120 + sum(40 + len(r.name) for r in e.readings)
+        est = per_entry + per_reading * len(e.readings) + sum(len(r.name) for r in e.readings)
         if current and size + est > max_bytes:
             out.append(current)
             current, size = [], 2
@@ -88,6 +91,27 @@ def _chunks(entries: list[Entry], max_bytes: int) -> list[list[Entry]]:
     if current:
         out.append(current)
     return out
+
+
+def _packs(entries: list[Entry], records: Callable[[Sequence[Entry]], list[dict[str, Any]]], fmt: str,
+           max_bytes: int) -> list[bytes]:
+    """Encode entries as packs of at most max_bytes each.
+
+    A single uplink too large on its own is split by readings; each part repeats the uplink's id
+    record, so every reading still resolves with its uplink id.
+    """
+    payload = senml.encode(records(entries), fmt)
+    if len(payload) <= max_bytes:
+        return [payload]
+    if len(entries) == 1:
+        readings = entries[0].readings
+        if len(readings) < 2:
+            return [payload]  # cannot be made smaller; the broker decides
+        half = len(readings) // 2
+        parts = [replace(entries[0], readings=readings[:half]), replace(entries[0], readings=readings[half:])]
+        return _packs(parts[:1], records, fmt, max_bytes) + _packs(parts[1:], records, fmt, max_bytes)
+    half = len(entries) // 2
+    return _packs(entries[:half], records, fmt, max_bytes) + _packs(entries[half:], records, fmt, max_bytes)
 
 
 def make_formatter(up: UpstreamConfig, edge_id: str) -> Formatter:
@@ -103,14 +127,17 @@ def make_formatter(up: UpstreamConfig, edge_id: str) -> Formatter:
     def format_entries(entries: Sequence[Entry]) -> list[OutMessage]:
         out: list[OutMessage] = []
         with_readings = [e for e in entries if e.readings]
+        limit = up.max_message_bytes
         for topic, group in grouped(with_readings, up.topic).items():
-            for chunk in _chunks(group, up.max_message_bytes):
-                out.append(OutMessage(topic, senml.encode(senml.measurement_records(chunk), up.format),
-                                      content_type))
+            # ~110 B for the base fields and id record, ~45 B per reading plus its name.
+            for chunk in _chunks(group, limit, 130, 45):
+                for payload in _packs(chunk, senml.measurement_records, up.format, limit):
+                    out.append(OutMessage(topic, payload, content_type))
         if up.link_topic:
             for topic, group in grouped(entries, up.link_topic).items():
-                for chunk in _chunks(group, up.max_message_bytes):
-                    out.append(OutMessage(topic, senml.encode(senml.link_records(chunk), up.format), content_type))
+                for chunk in _chunks(group, limit, 420, 0):  # ~380 B of radio metadata per uplink
+                    for payload in _packs(chunk, senml.link_records, up.format, limit):
+                        out.append(OutMessage(topic, payload, content_type))
         return out
 
     return format_entries

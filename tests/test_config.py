@@ -281,8 +281,6 @@ def test_config_problems_do_not_stop_at_first_upstream() -> None:
 
 # -- bugs -------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: config._topic catches KeyError/IndexError/ValueError only; "
-                                       "'{dev_eui.foo}' raises AttributeError out of parse_config")
 def test_config_topic_attribute_placeholder_is_a_config_error() -> None:
     doc = minimal()
     doc["upstream"][0]["topic"] = "lorawan/{dev_eui.foo}"
@@ -290,8 +288,6 @@ def test_config_topic_attribute_placeholder_is_a_config_error() -> None:
     assert any(p.startswith("upstream[0].topic: ") for p in problems)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config._mqtt calls urlsplit unguarded; 'mqtt://[::1' raises "
-                                       "ValueError('Invalid IPv6 URL') out of parse_config")
 def test_config_unparseable_url_is_a_config_error() -> None:
     doc = minimal()
     doc["chirpstack"]["mqtt_url"] = "mqtt://[::1"
@@ -299,8 +295,6 @@ def test_config_unparseable_url_is_a_config_error() -> None:
     assert any(p.startswith("chirpstack.mqtt_url: ") for p in problems)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config._mqtt never reads urlsplit(url).port; 'mqtt://host:99999' "
-                                       "validates, then MqttEndpoint.port raises ValueError at every connect")
 @pytest.mark.parametrize("url", ["mqtt://127.0.0.1:99999", "mqtt://127.0.0.1:port"])
 def test_config_bad_port_is_a_config_error(url: str) -> None:
     doc = minimal()
@@ -309,8 +303,6 @@ def test_config_bad_port_is_a_config_error(url: str) -> None:
     assert any(p.startswith("chirpstack.mqtt_url: ") for p in problems)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config._mqtt echoes the whole URL (got {url!r}) in the scheme "
-                                       "problem, so a password in a bad URL is printed by `edge validate`")
 def test_config_problem_text_never_echoes_a_url_password() -> None:
     doc = minimal()
     doc["chirpstack"]["mqtt_url"] = f"http://edge:{SECRET}@127.0.0.1"

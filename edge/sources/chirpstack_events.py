@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -19,6 +21,7 @@ import orjson
 from edge.model import DeviceEvent, DeviceInfo, Event, Malformed, RadioInfo, Uplink
 
 EVENT_KINDS = frozenset({"up", "join", "status", "log", "ack", "txack", "location", "error", "integration"})
+_EUI = re.compile(r"[0-9A-Fa-f]{16}")
 # Namespace for v3 uplink ids, which ChirpStack v3 does not provide (see _v3_uplink_id).
 _V3_NAMESPACE = uuid.UUID("8f2b7a4e-3c1d-5b6a-9e0f-1a2b3c4d5e6f")
 
@@ -45,6 +48,8 @@ def parse(topic: str, payload: bytes, received: float) -> Event:
     try:
         if not kind:
             raise _Bad("topic is not a ChirpStack event topic")
+        if kind not in EVENT_KINDS:
+            raise _Bad(f"unknown event type {kind!r}")
         stripped = payload.lstrip()
         if stripped[:1] == b"{":
             try:
@@ -70,16 +75,15 @@ def _time(value: Any, fallback: float) -> float:
         return fallback
     if not isinstance(value, str):
         raise _Bad("time is not a string")
-    return datetime.fromisoformat(value).timestamp()
+    parsed = datetime.fromisoformat(value)
+    # ChirpStack always writes an offset; a time without one is read as UTC, never as the
+    # gateway's local zone.
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def _eui(value: Any, field: str) -> str:
-    if not isinstance(value, str) or len(value) != 16:
+    if not isinstance(value, str) or not _EUI.fullmatch(value):
         raise _Bad(f"{field} is not a 16-digit hex EUI")
-    try:
-        bytes.fromhex(value)
-    except ValueError:
-        raise _Bad(f"{field} is not a 16-digit hex EUI") from None
     return value.lower()
 
 
@@ -94,10 +98,24 @@ def _b64(value: Any, field: str) -> bytes:
         raise _Bad(f"{field} is not base64") from None
 
 
-def _int(value: Any, default: int | None = None) -> int | None:
+def _int(value: Any, default: int | None = None, *, field: str = "value", maximum: int = 2**32 - 1) -> int | None:
+    """An unsigned integer field within its protobuf range; anything else makes the event malformed."""
     if value is None:
         return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise _Bad(f"{field} is not an integer: {value!r}")
+    if not 0 <= value <= maximum:
+        raise _Bad(f"{field} is out of range: {value!r}")
     return int(value)
+
+
+def _number(value: Any, field: str) -> float | None:
+    """A float field (RSSI, SNR) that must be finite and plausible."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or abs(value) > 1e4:
+        raise _Bad(f"{field} is not a plausible number: {value!r}")
+    return float(value)
 
 
 def _tags(value: Any) -> dict[str, str]:
@@ -137,14 +155,9 @@ def _best_rx(
             best = rx
     if best is None:
         return None, None, None, 0
-    rssi = best.get("rssi")
-    snr = best.get(snr_key)
-    return (
-        float(rssi) if rssi is not None else None,
-        float(snr) if snr is not None else None,
-        best.get(gw_key),
-        len(rx_info),
-    )
+    gateway = best.get(gw_key)
+    return _number(best.get("rssi"), "rssi"), _number(best.get(snr_key), "snr"), \
+        gateway if isinstance(gateway, str) else None, len(rx_info)
 
 
 def _from_v4(kind: str, doc: dict[str, Any], received: float) -> Event:
@@ -160,7 +173,7 @@ def _from_v4(kind: str, doc: dict[str, Any], received: float) -> Event:
         obj = doc.get("object")
         if obj is not None and not isinstance(obj, dict):
             raise _Bad("object is not a JSON object")
-        fport = _int(doc.get("fPort"), 0) or 0
+        fport = _int(doc.get("fPort"), 0, field="fPort", maximum=255) or 0
         return Uplink(
             uplink_id=dedup,
             device=device,
@@ -168,11 +181,11 @@ def _from_v4(kind: str, doc: dict[str, Any], received: float) -> Event:
             fport=fport,
             payload=_b64(doc.get("data"), "data"),
             radio=RadioInfo(
-                fcnt=_int(doc.get("fCnt"), 0),
+                fcnt=_int(doc.get("fCnt"), 0, field="fCnt"),
                 fport=fport,
-                frequency=_int(tx.get("frequency")) if isinstance(tx, dict) else None,
-                spreading_factor=_int(lora.get("spreadingFactor")),
-                dr=_int(doc.get("dr")),
+                frequency=_int(tx.get("frequency"), field="frequency") if isinstance(tx, dict) else None,
+                spreading_factor=_int(lora.get("spreadingFactor"), field="spreadingFactor", maximum=12),
+                dr=_int(doc.get("dr"), field="dr", maximum=15),
                 rssi=rssi,
                 snr=snr,
                 gateway_id=gateway.lower() if isinstance(gateway, str) else None,
@@ -181,8 +194,12 @@ def _from_v4(kind: str, doc: dict[str, Any], received: float) -> Event:
             object=obj,
             confirmed=bool(doc.get("confirmed", False)),
         )
-    return DeviceEvent(kind, device.dev_eui, device.application_id, when, _summary(kind, doc),
-                       str(doc.get("deduplicationId") or doc.get("queueItemId") or ""))
+    context = doc.get("context")
+    if not isinstance(context, dict):
+        context = {}
+    # A log event names the uplink it is about in context.deduplication_id (e.g. UPLINK_CODEC).
+    event_id = doc.get("deduplicationId") or doc.get("queueItemId") or context.get("deduplication_id") or ""
+    return DeviceEvent(kind, device.dev_eui, device.application_id, when, _summary(kind, doc), str(event_id))
 
 
 def _summary(kind: str, doc: dict[str, Any]) -> str:
@@ -211,10 +228,11 @@ def _v3_eui(value: Any, field: str) -> str:
     return raw.hex()
 
 
-def _v3_uplink_id(dev_eui: str, fcnt: int | None, when: str) -> str:
-    # v3 events carry no deduplication id; the same uplink always has the same dev_eui, fCnt and
-    # receive time, so a name-based UUID of the three is stable across redeliveries.
-    return str(uuid.uuid5(_V3_NAMESPACE, f"{dev_eui}/{fcnt}/{when}"))
+def _v3_uplink_id(dev_eui: str, fcnt: int | None, when: str, data: str) -> str:
+    # v3 events carry no deduplication id; a redelivery repeats dev_eui, fCnt, receive time and
+    # payload, so a name-based UUID of the four is stable. The payload keeps two uplinks apart
+    # when gateways without GPS give no time and the frame counter was reset.
+    return str(uuid.uuid5(_V3_NAMESPACE, f"{dev_eui}/{fcnt}/{when}/{data}"))
 
 
 def _from_v3(kind: str, doc: dict[str, Any], received: float) -> Event:
@@ -251,16 +269,17 @@ def _from_v3(kind: str, doc: dict[str, Any], received: float) -> Event:
         raise _Bad("object is not a JSON object")
     tx = doc.get("txInfo") or {}
     lora = tx.get("loRaModulationInfo") or {}
-    fcnt = _int(doc.get("fCnt"), 0)
-    fport = _int(doc.get("fPort"), 0) or 0
+    fcnt = _int(doc.get("fCnt"), 0, field="fCnt")
+    fport = _int(doc.get("fPort"), 0, field="fPort", maximum=255) or 0
     return Uplink(
-        uplink_id=_v3_uplink_id(dev_eui, fcnt, stamp),
+        uplink_id=_v3_uplink_id(dev_eui, fcnt, stamp, str(doc.get("data") or "")),
         device=device,
         time=when,
         fport=fport,
         payload=_b64(doc.get("data"), "data"),
-        radio=RadioInfo(fcnt=fcnt, fport=fport, frequency=_int(tx.get("frequency")),
-                        spreading_factor=_int(lora.get("spreadingFactor")), dr=_int(doc.get("dr")),
+        radio=RadioInfo(fcnt=fcnt, fport=fport, frequency=_int(tx.get("frequency"), field="frequency"),
+                        spreading_factor=_int(lora.get("spreadingFactor"), field="spreadingFactor", maximum=12),
+                        dr=_int(doc.get("dr"), field="dr", maximum=15),
                         rssi=rssi, snr=snr, gateway_id=gateway.lower() if isinstance(gateway, str) else None,
                         gateways=gateways),
         object=obj,

@@ -63,6 +63,12 @@ class ChirpStackConfig:
     mqtt: MqttEndpoint
     topic: str = "application/+/device/+/event/+"
     session_expiry_s: int = 30 * 24 * 3600
+    api_url: str = ""
+    api_token_file: str = ""
+    tenant_id: str = ""
+    api_ca_file: str = ""
+    api_timeout_s: float = 10.0
+    api_sync_interval_s: int = 3600
 
 
 @dataclass(frozen=True)
@@ -245,6 +251,17 @@ def _topic(r: _Reader, name: str, default: str, allow_empty: bool = False) -> st
     return value
 
 
+def _api_url_ok(url: str) -> bool:
+    """host:port (plaintext gRPC), http://host:port, or https://host with an optional port."""
+    try:
+        parts = urlsplit(url if "://" in url else f"grpc://{url}")
+        if not parts.hostname:
+            return False
+        return parts.scheme == "https" or (parts.scheme in ("grpc", "http") and parts.port is not None)
+    except ValueError:
+        return False
+
+
 def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
     """Validate a parsed TOML document; raises ConfigError listing every problem."""
     problems: list[str] = []
@@ -262,7 +279,21 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         mqtt=_mqtt(cs, "mqtt_url", "lorawan-edge-{edge_id}", edge_id),
         topic=cs.get("topic", str, "application/+/device/+/event/+"),
         session_expiry_s=cs.positive("session_expiry_s", int, 30 * 24 * 3600),
+        api_url=cs.get("api_url", str, ""),
+        api_token_file=cs.get("api_token_file", str, ""),
+        tenant_id=cs.get("tenant_id", str, ""),
+        api_ca_file=cs.get("api_ca_file", str, ""),
+        api_timeout_s=cs.positive("api_timeout_s", float, 10.0),
+        api_sync_interval_s=cs.get("api_sync_interval_s", int, 3600),
     )
+    _check_file(cs, "api_token_file", chirpstack.api_token_file)
+    _check_file(cs, "api_ca_file", chirpstack.api_ca_file)
+    if chirpstack.api_url and not chirpstack.api_token_file:
+        problems.append("chirpstack.api_token_file: is required with api_url")
+    if chirpstack.api_url and not _api_url_ok(chirpstack.api_url):
+        problems.append("chirpstack.api_url: must be host:port, http://host:port or https://host[:port]")
+    if chirpstack.api_sync_interval_s < 0:
+        problems.append("chirpstack.api_sync_interval_s: must be 0 (only at start) or more")
     cs.done()
 
     dec = _Reader(top.get("decoding", dict, {}), "decoding", problems)

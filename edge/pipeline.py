@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,7 +21,9 @@ import orjson
 from edge.buffer.store import Batch, Buffer, NewUplink
 from edge.config import Config, UpstreamConfig
 from edge.decoding.base import Decoder
-from edge.decoding.registry import DecoderRegistry, Rule
+from edge.decoding.registry import NO_HINTS, OBJECT_FIELDS, DecoderRegistry, Rule
+from edge.device_cache import DeviceCache
+from edge.errors import EdgeError
 from edge.formats import senml
 from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Uplink
 from edge.plugins import load_decoders
@@ -186,13 +189,42 @@ def build_registry(cfg: Config, decoders: Sequence[Decoder] | None = None) -> De
     if decoders is None:
         loaded = load_decoders(cfg.decoding.plugins_allow, cfg.decoding.plugins_block)
         decoders = [info.decoder for info in loaded.decoders]
+        decoders += js_codecs(cfg, decoders)
     return DecoderRegistry(
         decoders,
         rules=[Rule(r.decoder, frozenset(r.dev_eui), frozenset(r.device_profile), frozenset(r.application))
                for r in cfg.decoding.rules],
         use_object=cfg.decoding.use_chirpstack_object,
         tag=cfg.decoding.tag,
+        js_time_limit_s=cfg.decoding.js_time_limit_ms / 1000,
+        js_memory_limit=cfg.decoding.js_memory_limit_mb << 20,
     )
+
+
+def js_codecs(cfg: Config, natives: Sequence[Decoder]) -> list[Decoder]:
+    """The TTN codec YAMLs named in `decoding.codec_paths`, each run by its own JavaScript codec.
+
+    A native decoder that declares the same TTN codec id lends its `fields`, since both return the
+    same `data`; otherwise the codec's keys pass through unit-less except the common ones.
+    """
+    if not cfg.decoding.codec_paths:
+        return []
+    from edge.decoding.examples import codec_files, codec_id
+    from edge.decoding.js.codec import JsCodecDecoder
+    from edge.decoding.js.runtime import JsLimits
+
+    claimed = {codec: d for d in natives for codec in getattr(d, "ttn_codecs", ())}
+    limits = JsLimits(time_limit=cfg.decoding.js_time_limit_ms / 1000,
+                      memory_limit=cfg.decoding.js_memory_limit_mb << 20)
+    found: list[Decoder] = []
+    for path in codec_files(Path(p) for p in cfg.decoding.codec_paths):
+        native = claimed.get(codec_id(path))
+        try:
+            found.append(JsCodecDecoder.from_yaml(path, fields=native.fields if native else OBJECT_FIELDS,
+                                                  limits=limits))
+        except EdgeError as exc:
+            log.error("JS codec %s cannot be used: %s", path, exc)
+    return found
 
 
 def redecode(cfg: Config, *, dev_eui: str | None = None, decoder: str | None = None, since: float | None = None,
@@ -242,6 +274,8 @@ class Pipeline:
         self.max_bytes = int(cfg.buffer.max_size_mb * 1024 * 1024)
         self.buffer = Buffer(cfg.buffer.path, max_bytes=self.max_bytes)
         self.seen = RecentIds(DEDUP_WINDOW, self.buffer.recent_uplink_ids(DEDUP_WINDOW))
+        # The ChirpStack device registry cache (variables, profile codecs), when an API is configured.
+        self.devices = DeviceCache(cfg.chirpstack, cfg.buffer.path) if cfg.chirpstack.api_url else None
         self._warned: set[tuple[str, str]] = set()
         self.source = ChirpStackSource(cfg.chirpstack, self.handle, batch_max=cfg.buffer.batch_max,
                                        batch_ms=cfg.buffer.batch_ms)
@@ -274,7 +308,8 @@ class Pipeline:
                     continue
                 self.seen.add(event.uplink_id)
                 fresh.append(event.uplink_id)
-                decoded = self.registry.decode(event)
+                hints = self.devices.hints(event.device.dev_eui) if self.devices is not None else NO_HINTS
+                decoded = self.registry.decode(event, hints)
                 batch.count(_STATUS_COUNTER[decoded.status])
                 if decoded.error:
                     self._decode_failed(event, decoded.decoder, decoded.error)
@@ -319,6 +354,9 @@ class Pipeline:
         for sink in self.sinks:
             threads.append(threading.Thread(target=self._guard, args=(sink.run, stop, f"upstream {sink.name}"),
                                             name=f"sink-{sink.name}", daemon=True))
+        if self.devices is not None:
+            threads.append(threading.Thread(target=self._guard, args=(self.devices.run, stop, "device registry"),
+                                            name="device-registry", daemon=True))
         for t in threads:
             t.start()
         log.info("lorawan-edge %s running: %d upstream(s), buffer %s.", self.cfg.edge_id, len(self.sinks),

@@ -140,3 +140,14 @@ def test_cli_decoders_test_skips_unclaimed_codec_yaml(tmp_path):
                                        "decoders/elsys"])
     assert "skip" in result.output
     assert result.output.strip().splitlines()[-1].endswith("0 failed, 1 skipped")
+
+
+def test_cli_decoders_test_runs_the_yaml_js_codec_by_default():
+    result = CliRunner().invoke(main, ["decoders", "test", "tests/decoding/js/codecs/elsys"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].endswith("passed, 0 failed")
+
+
+def test_cli_decoders_test_js_codec_that_cannot_load_fails():
+    result = CliRunner().invoke(main, ["decoders", "test", "tests/decoding/js/codecs/acme/outside-codec.yaml"])
+    assert result.exit_code == 1

@@ -100,6 +100,14 @@ def v1_initial() -> str:
         """
 
 
+@migration
+def v2_device_registry() -> str:
+    """ChirpStack applications, devices and device profiles, cached for decoding and `edge devices`."""
+    from edge.buffer.registry import SCHEMA_V2  # imported here: registry imports this module
+
+    return SCHEMA_V2
+
+
 def migrate(db: sqlite3.Connection) -> int:
     """Bring the schema to the newest version; returns the version reached."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])

@@ -348,12 +348,18 @@ class Buffer:
         """Every counter by name."""
         return {str(n): int(v) for n, v in self.db.execute("SELECT name, value FROM counters")}
 
-    def sinks(self) -> list[dict[str, Any]]:
-        """Per-sink progress: cursor, backlog, oldest undelivered age, delivered, dropped."""
+    def sinks(self, configured: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Per-sink progress: cursor, backlog, oldest undelivered age, delivered, dropped.
+
+        `configured` names upstreams that may not have started yet; they are listed with
+        everything buffered as their backlog.
+        """
         out: list[dict[str, Any]] = []
         now = time.time()
-        for name, cursor, delivered, dropped, last in self.db.execute(
-                "SELECT name, cursor, delivered, dropped, last_delivery FROM sinks ORDER BY name").fetchall():
+        rows = self.db.execute("SELECT name, cursor, delivered, dropped, last_delivery FROM sinks").fetchall()
+        known = {r[0] for r in rows}
+        rows += [(name, 0, 0, 0, None) for name in configured if name not in known]
+        for name, cursor, delivered, dropped, last in sorted(rows):
             backlog, oldest = self.db.execute(
                 "SELECT count(*), min(time) FROM uplinks WHERE id > ?", (cursor,)).fetchone()
             out.append({

@@ -40,7 +40,11 @@ def main() -> None:
 @main.command()
 @CONFIG_OPTION
 def run(config_path: Path) -> None:
-    """Run the gateway pipeline until SIGTERM or Ctrl-C (SIGHUP reloads decoder rules)."""
+    """Run the gateway service (SIGTERM stops, SIGHUP reloads).
+
+    Receives ChirpStack events, decodes, buffers and forwards until SIGTERM or Ctrl-C; SIGHUP
+    reloads the log level and decoder rules.
+    """
     from edge.pipeline import Pipeline
     from edge.service import Service
     from edge.telemetry import setup_logging
@@ -81,7 +85,7 @@ def _ago(ts: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--devices", default=20, show_default=True, help="How many devices to list.")
 def status(config_path: Path, as_json: bool, devices: int) -> None:
-    """Show backlog per upstream, counters and the last uplink per device."""
+    """Show backlogs, counters and each device's last uplink."""
     from edge.buffer.store import Buffer
     from edge.model import DecodeStatus
 
@@ -95,7 +99,7 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         "buffer": {"path": cfg.buffer.path, "used_bytes": buf.used_bytes(),
                    "max_bytes": int(cfg.buffer.max_size_mb * 1024 * 1024)},
         "counters": buf.counters(),
-        "upstreams": buf.sinks(),
+        "upstreams": buf.sinks([u.name for u in cfg.upstreams]),
         "devices": buf.devices(devices),
         "events": buf.recent_events(10),
         "malformed": buf.recent_malformed(5),
@@ -175,7 +179,11 @@ def simulate(url: str, devices: int, count: int, rate: float, protobuf: bool, se
 @click.option("--format", "fmt", type=click.Choice(["senml+json", "senml+cbor"]), default="senml+json",
               show_default=True, help="Upstream format.")
 def demo(seconds: float, devices: int, rate: float, fmt: str) -> None:
-    """Run the whole pipeline on simulated traffic between two local Mosquitto brokers."""
+    """Run the whole pipeline on simulated traffic (two local brokers).
+
+    Starts two throwaway Mosquitto brokers, simulated ChirpStack traffic and the pipeline, and
+    prints the records as they arrive upstream.
+    """
     from edge.demo import run_demo
 
     sys.exit(run_demo(seconds=seconds, devices=devices, rate=rate, fmt=fmt))
@@ -183,8 +191,15 @@ def demo(seconds: float, devices: int, rate: float, fmt: str) -> None:
 
 def _register() -> None:
     from edge.cli.decoders import decoders
+    from edge.cli.devices import devices, downlink
+    from edge.cli.doctor import doctor
+    from edge.cli.watch import watch
 
     main.add_command(decoders)
+    main.add_command(doctor)
+    main.add_command(watch)
+    main.add_command(devices)
+    main.add_command(downlink)
 
 
 _register()
@@ -212,7 +227,11 @@ def _timestamp(value: str | None) -> float | None:
 @click.option("--dry-run", is_flag=True, help="Decode and count, but store and send nothing.")
 def redecode(config_path: Path, dev_eui: str | None, decoder: str | None, since: str | None, until: str | None,
              everything: bool, dry_run: bool) -> None:
-    """Re-run today's decoders over stored raw uplinks and send the new readings upstream."""
+    """Decode stored raw uplinks again and send the new readings.
+
+    Re-runs today's decoders over stored raw uplinks (by default those that failed or had no
+    decoder) and queues the new readings for every upstream.
+    """
     from edge.pipeline import redecode as run_redecode
 
     cfg = _load(config_path)

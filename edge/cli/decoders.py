@@ -16,7 +16,7 @@ ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,35}/[a-z0-9][a-z0-9-]{0,35}$")
 
 @click.group()
 def decoders() -> None:
-    """List decoders, test them against codec examples, scaffold new ones."""
+    """List, test and scaffold decoders."""
 
 
 @decoders.command("list")
@@ -53,8 +53,9 @@ def _native_index() -> tuple[dict[str, Decoder], dict[str, Decoder]]:
 
 def _js_decoder(path: Path, time_limit_ms: int) -> Decoder:
     from edge.decoding.js.codec import JsCodecDecoder
+    from edge.decoding.js.runtime import JsLimits
 
-    return JsCodecDecoder.from_yaml(path, time_limit_ms=time_limit_ms)
+    return JsCodecDecoder.from_yaml(path, limits=JsLimits(time_limit=time_limit_ms / 1000))
 
 
 @decoders.command("test")
@@ -66,10 +67,11 @@ def _js_decoder(path: Path, time_limit_ms: int) -> Decoder:
               help="CPU time per JS decode (TTN's validator allows 1 s).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only failures and the summary.")
 def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_limit_ms: int, quiet: bool) -> None:
-    """Run the uplink examples of TTN-style codec YAML files (or folders of them).
+    """Run the uplink examples of codec YAML files or folders.
 
-    By default each file's own JavaScript codec (uplinkDecoder.fileName) runs in the sandbox.
-    Ends with the line `N passed, M failed`; exit status 0 only when all pass.
+    Takes TTN-style codec YAML files (or folders of them). By default each file's own JavaScript
+    codec (uplinkDecoder.fileName) runs in the sandbox. Ends with the line `N passed, M failed`;
+    exit status 0 only when all pass.
     """
     by_id: dict[str, Decoder] = {}
     by_codec: dict[str, Decoder] = {}
@@ -125,7 +127,11 @@ def _report(path: Path, outcome: Outcome) -> None:
 @click.option("--dir", "parent", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Where to create the package folder.")
 def new(decoder_id: str, parent: Path) -> None:
-    """Scaffold a decoder plugin package for VENDOR/MODEL that passes its own tests."""
+    """Scaffold a decoder plugin package for VENDOR/MODEL.
+
+    The package has the entry point, a decoder module, an examples file and a test that runs them,
+    and passes its own tests out of the box.
+    """
     from edge.cli.scaffold import scaffold
 
     if not ID_RE.match(decoder_id):

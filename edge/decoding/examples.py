@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,15 @@ from typing import Any
 import yaml
 
 from edge.decoding.base import Decoder, DecodeResult, DeviceContext
+from edge.errors import ConfigError
 
+# The TTN fixture README: one example differs from Go's math.Pow in the 14th significant digit.
 REL_TOL = 1e-9
 
 
 @dataclass(frozen=True)
 class Example:
-    """One uplink example of a codec YAML."""
+    """One `uplinkDecoder.examples` entry: its input and its expected output in compared form."""
 
     source: Path
     index: int
@@ -47,41 +49,130 @@ class Outcome:
 
     example: Example
     actual: dict[str, Any]
-    passed: bool
+    differences: list[str]
+
+    @property
+    def passed(self) -> bool:
+        """True when the output matched."""
+        return not self.differences
 
     def diff(self) -> str:
-        """A unified diff of expected vs actual output, as pretty JSON."""
+        """Each difference on its own line, then a unified diff of expected vs actual as JSON."""
         want = json.dumps(self.example.expected, indent=2, sort_keys=True).splitlines()
         got = json.dumps(self.actual, indent=2, sort_keys=True).splitlines()
-        return "\n".join(difflib.unified_diff(want, got, "expected", "actual", lineterm=""))
+        return "\n".join([*self.differences, *difflib.unified_diff(want, got, "expected", "actual", lineterm="")])
 
 
-def same(actual: Any, expected: Any, rel_tol: float = REL_TOL) -> bool:
-    """Deep equality by TTN's rules (see module docstring)."""
-    if isinstance(actual, bool) or isinstance(expected, bool):
-        return type(actual) is type(expected) and actual == expected
-    if isinstance(actual, int | float) and isinstance(expected, int | float):
-        return actual == expected or math.isclose(actual, expected, rel_tol=rel_tol)
-    if isinstance(actual, dict) and isinstance(expected, dict):
-        return actual.keys() == expected.keys() and all(same(actual[k], expected[k], rel_tol) for k in actual)
-    if isinstance(actual, list) and isinstance(expected, list):
-        return len(actual) == len(expected) and all(
-            same(a, e, rel_tol) for a, e in zip(actual, expected, strict=True))
-    return type(actual) is type(expected) and actual == expected
+def read_yaml(path: Path) -> Mapping[str, Any]:
+    """A codec YAML file as a mapping.
+
+    Raises:
+        ConfigError: the file cannot be read or is not a YAML mapping.
+    """
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{path}: cannot read codec YAML: {exc}"]) from None
+    if not isinstance(doc, Mapping):
+        raise ConfigError([f"{path}: a codec YAML must be a mapping"])
+    return doc
 
 
-def normal_form(output: Any) -> dict[str, Any]:
-    """An output brought to the compared form: data, warnings and errors always present."""
-    output = json.loads(json.dumps(output)) if output is not None else {}
-    if not isinstance(output, dict):
-        output = {"data": output}
-    return {"data": output.get("data"), "warnings": output.get("warnings") or [],
-            "errors": output.get("errors") or []}
+def load_examples(path: Path) -> list[Example]:
+    """The uplink examples of a TTN codec YAML (an absent `examples` list gives []).
+
+    Raises:
+        ConfigError: the YAML is unreadable or an example is malformed.
+    """
+    doc = read_yaml(path)
+    uplink = doc.get("uplinkDecoder")
+    raw = uplink.get("examples") if isinstance(uplink, Mapping) else None
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError([f"{path}: uplinkDecoder.examples must be a list"])
+    examples: list[Example] = []
+    for n, item in enumerate(raw, 1):
+        where = f"{path}: uplinkDecoder.examples[{n}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError([f"{where} must be a mapping"])
+        given = item.get("input")
+        output = item.get("output", {})
+        fport = given.get("fPort") if isinstance(given, Mapping) else None
+        data = given.get("bytes") if isinstance(given, Mapping) else None
+        problems = []
+        if isinstance(fport, bool) or not isinstance(fport, int):
+            problems.append(f"{where}.input.fPort must be an integer")
+        if not isinstance(data, list) or not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255
+                                                 for b in data):
+            problems.append(f"{where}.input.bytes must be a list of integers 0-255")
+        if not isinstance(output, Mapping):
+            problems.append(f"{where}.output must be a mapping")
+        if problems or not isinstance(fport, int) or not isinstance(data, list) or not isinstance(output, Mapping):
+            raise ConfigError(problems)
+        examples.append(Example(path, n, str(item.get("description", "")), fport, bytes(data), ttn_form(output)))
+    return examples
 
 
-def result_form(result: DecodeResult) -> dict[str, Any]:
-    """A DecodeResult in the compared form."""
-    return normal_form({"data": result.data, "warnings": list(result.warnings), "errors": list(result.errors)})
+def compare(expected: Mapping[str, Any] | DecodeResult, actual: Mapping[str, Any] | DecodeResult,
+            *, rel_tol: float = REL_TOL) -> list[str]:
+    """Compare codec outputs by the TTN validator's rules; the differences, empty when equal."""
+    differences: list[str] = []
+    _diff("", ttn_form(expected), ttn_form(actual), rel_tol, differences)
+    return differences
+
+
+def ttn_form(output: Mapping[str, Any] | DecodeResult) -> dict[str, Any]:
+    """An output after a JSON round trip, with `data`, `warnings` and `errors` always present."""
+    doc: dict[str, Any]
+    if isinstance(output, DecodeResult):
+        doc = _json_value({"data": output.data, "warnings": output.warnings, "errors": output.errors})
+    else:
+        doc = _json_value(output)
+    if doc.get("warnings") is None:
+        doc["warnings"] = []
+    if doc.get("errors") is None:
+        doc["errors"] = []
+    doc.setdefault("data", None)
+    return doc
+
+
+def _json_value(value: Any) -> Any:
+    """What JSON.parse(JSON.stringify(value)) gives: non-finite numbers become null, tuples lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return json.loads(json.dumps(value, default=str))
+
+
+def _diff(path: str, expected: Any, actual: Any, rel_tol: float, out: list[str]) -> None:
+    where = path or "output"
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        if type(expected) is not type(actual) or expected != actual:
+            out.append(f"{where}: expected {expected!r}, got {actual!r}")
+    elif isinstance(expected, int | float) and isinstance(actual, int | float):
+        if expected != actual and not math.isclose(expected, actual, rel_tol=rel_tol):
+            out.append(f"{where}: expected {expected!r}, got {actual!r}")
+    elif isinstance(expected, dict) and isinstance(actual, dict):
+        for key in sorted(expected.keys() - actual.keys()):
+            out.append(f"{where}: missing key {key!r}")
+        for key in sorted(actual.keys() - expected.keys()):
+            out.append(f"{where}: unexpected key {key!r}")
+        for key in sorted(expected.keys() & actual.keys()):
+            _diff(f"{path}.{key}" if path else key, expected[key], actual[key], rel_tol, out)
+    elif isinstance(expected, list) and isinstance(actual, list):
+        if len(expected) != len(actual):
+            out.append(f"{where}: expected {len(expected)} items, got {len(actual)}")
+        else:
+            for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+                _diff(f"{path}[{i}]", e, a, rel_tol, out)
+    elif type(expected) is not type(actual) or expected != actual:
+        out.append(f"{where}: expected {expected!r}, got {actual!r}")
 
 
 def codec_files(paths: Iterable[Path]) -> list[Path]:
@@ -95,18 +186,6 @@ def codec_files(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def load_examples(path: Path) -> list[Example]:
-    """The uplink examples of one codec YAML (TTN Device Repository form)."""
-    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    section = doc.get("uplinkDecoder") or {}
-    examples: list[Example] = []
-    for i, ex in enumerate(section.get("examples") or [], 1):
-        given = ex.get("input") or {}
-        examples.append(Example(path, i, str(ex.get("description", "")), int(given.get("fPort", 0)),
-                                bytes(given.get("bytes") or []), normal_form(ex.get("output"))))
-    return examples
-
-
 def codec_id(path: Path) -> str:
     """The TTN codec id of a codec YAML: `<vendor-folder>/<file-stem>`."""
     return f"{path.parent.name}/{path.stem}"
@@ -115,10 +194,10 @@ def codec_id(path: Path) -> str:
 def run_example(decoder: Decoder, example: Example, dev_eui: str = "0000000000000000") -> Outcome:
     """Decode one example; an exception from the decoder is reported as an error output."""
     try:
-        actual = result_form(decoder.decode(example.payload, example.fport, DeviceContext(dev_eui)))
-    except Exception as exc:  # noqa: BLE001 - a crashing decoder is a failed example, not a crash here
+        actual = ttn_form(decoder.decode(example.payload, example.fport, DeviceContext(dev_eui)))
+    except Exception as exc:  # noqa: BLE001 - a failing codec fails its example, not the whole run
         actual = {"data": None, "warnings": [], "errors": [f"decoder raised {type(exc).__name__}: {exc}"]}
-    return Outcome(example, actual, same(actual, example.expected))
+    return Outcome(example, actual, compare(example.expected, actual))
 
 
 def run_examples(decoder: Decoder, examples: Iterable[Example]) -> Iterator[Outcome]:

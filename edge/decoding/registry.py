@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from edge.decoding.base import Decoder, DecodeResult, DeviceContext, Field, normalize
 from edge.model import DecodeStatus, Reading, Uplink
@@ -48,6 +48,24 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceHints:
+    """What the ChirpStack device registry cache knows beyond the MQTT event (issue #4).
+
+    `profile_js` is the device profile's own codec script when its codec runtime is JS.
+    """
+
+    tags: Mapping[str, str] = field(default_factory=dict)
+    variables: Mapping[str, str] = field(default_factory=dict)
+    profile_id: str = ""
+    profile_tags: Mapping[str, str] = field(default_factory=dict)
+    profile_js: str = ""
+
+
+PROFILE_JS = "profile-js"  # the choice "run the device profile's own JS codec"
+NO_HINTS = DeviceHints()
+
+
+@dataclass(frozen=True, slots=True)
 class Decoded:
     """The outcome of decoding one uplink."""
 
@@ -65,7 +83,7 @@ class DecoderRegistry:
     """
 
     def __init__(self, decoders: Iterable[Decoder], rules: Sequence[Rule] = (), use_object: bool = True,
-                 tag: str = "decoder") -> None:
+                 tag: str = "decoder", js_time_limit_s: float = 0.1, js_memory_limit: int = 16 << 20) -> None:
         self._by_id: dict[str, Decoder] = {}
         for decoder in decoders:
             for name in (decoder.id, *getattr(decoder, "aliases", ())):
@@ -73,6 +91,8 @@ class DecoderRegistry:
         self._rules = tuple(rules)
         self._use_object = use_object
         self._tag = tag
+        self._js_limits = (js_time_limit_s, js_memory_limit)
+        self._profile_codecs: dict[str, tuple[str, Decoder]] = {}  # profile id -> (script, decoder)
 
     def ids(self) -> list[str]:
         """Every id a decoder can be selected by."""
@@ -82,24 +102,55 @@ class DecoderRegistry:
         """The decoder with this id or alias."""
         return self._by_id.get(decoder_id)
 
-    def choose(self, uplink: Uplink) -> str:
-        """The id of the decoder chosen for this uplink, or '' for none."""
-        tagged = uplink.device.tags.get(self._tag)
+    def choose(self, uplink: Uplink, hints: DeviceHints = NO_HINTS) -> str:
+        """The id of the decoder chosen for this uplink, PROFILE_JS, or '' for none.
+
+        Order: the device's `decoder` tag (cached device first, else the event's tags), config
+        rules, the device profile's `decoder` tag, the profile's own JS codec.
+        """
+        tagged = (hints.tags or uplink.device.tags).get(self._tag)
         if tagged:
             return tagged
         for rule in self._rules:
             if rule.matches(uplink):
                 return rule.decoder
+        profile_tagged = hints.profile_tags.get(self._tag)
+        if profile_tagged:
+            return profile_tagged
+        if hints.profile_js:
+            return PROFILE_JS
         return ""
 
-    def decode(self, uplink: Uplink) -> Decoded:
+    def _profile_decoder(self, hints: DeviceHints) -> Decoder:
+        cached = self._profile_codecs.get(hints.profile_id)
+        if cached is not None and cached[0] == hints.profile_js:
+            return cached[1]
+        # Imported here: the JS engine is loaded only on gateways whose profiles use it.
+        from edge.decoding.js.codec import JsCodecDecoder
+        from edge.decoding.js.runtime import JsLimits
+
+        decoder = JsCodecDecoder.from_script(
+            f"{PROFILE_JS}/{hints.profile_id}", hints.profile_js, fields=OBJECT_FIELDS,
+            limits=JsLimits(time_limit=self._js_limits[0], memory_limit=self._js_limits[1]))
+        self._profile_codecs[hints.profile_id] = (hints.profile_js, decoder)
+        return decoder
+
+    def decode(self, uplink: Uplink, hints: DeviceHints = NO_HINTS) -> Decoded:
         """Decode one uplink; never raises."""
-        chosen = self.choose(uplink)
+        chosen = self.choose(uplink, hints)
         if chosen:
-            decoder = self._by_id.get(chosen)
+            decoder: Decoder | None
+            if chosen == PROFILE_JS:
+                try:
+                    decoder = self._profile_decoder(hints)
+                except Exception as exc:  # noqa: BLE001 - a profile script that does not load fails this uplink
+                    return Decoded(DecodeStatus.FAILED, [], chosen, f"profile codec does not load: {exc}")
+            else:
+                decoder = self._by_id.get(chosen)
             if decoder is None:
                 return Decoded(DecodeStatus.FAILED, [], chosen, f"no decoder with id {chosen!r}")
-            context = DeviceContext(uplink.device.dev_eui, {}, uplink.device.tags, uplink.time)
+            context = DeviceContext(uplink.device.dev_eui, hints.variables, hints.tags or uplink.device.tags,
+                                    uplink.time)
             try:
                 result: DecodeResult = decoder.decode(uplink.payload, uplink.fport, context)
                 if result.errors:

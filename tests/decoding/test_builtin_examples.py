@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 
 from edge.decoding.base import Decoder, DecodeResult, DeviceContext, normalize
 from edge.decoding.builtin import builtin_decoders
+from edge.decoding.examples import compare
 from edge.vocabulary import BY_NAME
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,19 +25,6 @@ DECODERS = builtin_decoders()
 # The fixture README allows a relative tolerance for this one example only: its expected value
 # came from Go's math.Pow and JS engines differ from it in the 14th significant digit.
 TOLERANT = {("decentlab", "dl-trs11"): 1e-9}
-
-
-def _same(actual: Any, expected: Any, rel_tol: float = 0.0) -> bool:
-    """Deep equality as the TTN validator compares JSON: 41 == 41.0, but a bool is no number."""
-    if isinstance(actual, bool) or isinstance(expected, bool):
-        return type(actual) is type(expected) and actual == expected
-    if isinstance(actual, int | float) and isinstance(expected, int | float):
-        return actual == expected or (rel_tol > 0 and math.isclose(actual, expected, rel_tol=rel_tol))
-    if isinstance(actual, dict) and isinstance(expected, dict):
-        return actual.keys() == expected.keys() and all(_same(actual[k], expected[k], rel_tol) for k in actual)
-    if isinstance(actual, list) and isinstance(expected, list):
-        return len(actual) == len(expected) and all(_same(a, e, rel_tol) for a, e in zip(actual, expected, strict=True))
-    return type(actual) is type(expected) and actual == expected
 
 
 def _by_ttn_codec(codec: str) -> Decoder:
@@ -74,7 +61,8 @@ def _check(result: DecodeResult, data: Any, warnings: list[str], errors: list[st
     assert isinstance(result, DecodeResult)
     assert result.errors == errors
     assert result.warnings == warnings
-    assert _same(result.data, data, rel_tol), f"got {result.data!r}, expected {data!r}"
+    assert not compare({"data": data}, {"data": result.data}, rel_tol=rel_tol), \
+        f"got {result.data!r}, expected {data!r}"
 
 
 def test_fixtures_present() -> None:

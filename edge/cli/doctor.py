@@ -1,0 +1,466 @@
+"""`edge doctor`: checks an installation end to end and says, per problem, what to fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import socket
+import sqlite3
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import paho.mqtt.client as paho
+
+from edge.cli import CONFIG_OPTION
+from edge.config import Config, MqttEndpoint, load_config
+from edge.errors import ConfigError
+from edge.mqtt import make_client
+
+NET_TIMEOUT = 3.0  # DNS, TCP, TLS, SUBACK: a dead host must not keep a technician waiting
+MQTT_TIMEOUT = 5.0  # CONNACK and PUBACK; brokers on a busy uplink can be slower than a handshake
+MB = 1 << 20
+FIX_CORRUPT = ("stop the service, move the buffer file aside (keep it for analysis) and start the service again;"
+               " it creates an empty buffer")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The outcome of one check; `fix` is one line, given for WARN and FAIL only."""
+
+    check: str
+    status: str  # OK, WARN or FAIL
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        """The human form: `STATUS  check: detail — fix: ...`."""
+        text = f"{self.status:<4}  {self.check}: {self.detail}"
+        return f"{text} — fix: {self.fix}" if self.fix else text
+
+
+class _Report:
+    """Collects findings and hands each to `on_finding` at once, so progress shows on a slow network."""
+
+    def __init__(self, on_finding: Callable[[Finding], None] | None) -> None:
+        self.findings: list[Finding] = []
+        self.on_finding = on_finding
+
+    def add(self, check: str, status: str, detail: str, fix: str = "") -> None:
+        finding = Finding(check, status, detail, fix if status != "OK" else "")
+        self.findings.append(finding)
+        if self.on_finding is not None:
+            self.on_finding(finding)
+
+
+def _resolve(host: str) -> list[str]:
+    # getaddrinfo has no timeout of its own; a daemon thread lets us give up on a hanging resolver.
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            out.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(NET_TIMEOUT)
+    if not out:
+        raise TimeoutError(f"no answer within {NET_TIMEOUT:.0f} s")
+    if isinstance(out[0], OSError):
+        raise out[0]
+    return sorted({str(info[4][0]) for info in out[0]})
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def _check_network(r: _Report, label: str, section: str, ep: MqttEndpoint) -> bool:
+    """DNS, TCP and (for mqtts) TLS with certificate expiry; False at the first step that fails."""
+    url_key = f"{section}.{'mqtt_url' if section == 'chirpstack' else 'url'}"
+    try:
+        addresses = _resolve(ep.host)
+    except OSError as exc:
+        r.add(f"{label} dns", "FAIL", f"cannot resolve {ep.host}: {_why(exc)}",
+              f"check the host name in {url_key} and the DNS servers in /etc/resolv.conf")
+        return False
+    r.add(f"{label} dns", "OK", f"{ep.host} is {', '.join(addresses[:3])}")
+    started = time.monotonic()
+    try:
+        sock = socket.create_connection((ep.host, ep.port), timeout=NET_TIMEOUT)
+    except OSError as exc:
+        r.add(f"{label} tcp", "FAIL", f"cannot connect to {ep.host}:{ep.port}: {_why(exc)}",
+              f"make sure the broker runs and port {ep.port} is reachable from here (firewall, {url_key})")
+        return False
+    with sock:
+        r.add(f"{label} tcp", "OK", f"connected to {ep.host}:{ep.port} in {(time.monotonic() - started) * 1000:.0f} ms")
+        if not ep.tls:
+            return True
+        try:
+            context = ssl.create_default_context(cafile=ep.ca_file or None)
+            if ep.cert_file:
+                context.load_cert_chain(ep.cert_file, ep.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            r.add(f"{label} tls", "FAIL", f"cannot load the CA or client certificate: {_why(exc)}",
+                  f"check ca_file, cert_file and key_file in [{section}]")
+            return False
+        try:
+            with context.wrap_socket(sock, server_hostname=ep.host) as tls:
+                cert, version = tls.getpeercert() or {}, tls.version()
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or _why(exc)
+            fix = (f"renew the certificate of {ep.host}" if "expired" in reason
+                   else f"set ca_file in [{section}] to the CA that signed {ep.host}'s certificate")
+            r.add(f"{label} tls", "FAIL", f"certificate of {ep.host} not accepted: {reason}", fix)
+            return False
+        except (ssl.SSLError, OSError) as exc:
+            r.add(f"{label} tls", "FAIL", f"TLS handshake with {ep.host}:{ep.port} failed: {_why(exc)}",
+                  f"check that port {ep.port} is a TLS listener, and cert_file/key_file if it asks for a client"
+                  " certificate")
+            return False
+    not_after = str(cert.get("notAfter", ""))
+    days = (ssl.cert_time_to_seconds(not_after) - time.time()) / 86400 if not_after else None
+    if days is not None and days < 30:
+        r.add(f"{label} tls", "WARN", f"{version}; the certificate of {ep.host} expires in {days:.0f} days"
+              f" ({not_after})", f"renew the certificate of {ep.host} before {not_after}")
+    else:
+        r.add(f"{label} tls", "OK", f"{version}; certificate valid" + (f" for {days:.0f} more days" if days else ""))
+    return True
+
+
+class _Session:
+    """A short MQTT connection under a throwaway client id, so the service's own session is never taken over."""
+
+    def __init__(self, ep: MqttEndpoint) -> None:
+        self.ep = replace(ep, client_id=f"{ep.client_id}-doctor")
+        self.client = make_client(self.ep, clean=True)
+        self.client.connect_timeout = NET_TIMEOUT
+        self.connack = threading.Event()
+        self.reason: Any = None
+        self.subacks: dict[int, list[Any]] = {}
+        self.pubacks: dict[int, Any] = {}
+        self.messages: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subacks.__setitem__(mid, list(codes))
+        self.client.on_publish = lambda c, u, mid, code, p: self.pubacks.__setitem__(mid, code)
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload), time.time()))
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: Any, props: object) -> None:
+        self.reason = reason
+        self.connack.set()
+
+    def open(self) -> str:
+        """Connect and wait for CONNACK; returns '' when accepted, else what went wrong."""
+        try:
+            if self.ep.protocol == "5":
+                self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s, clean_start=True)
+            else:
+                self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s)
+        except (OSError, ValueError) as exc:
+            return f"cannot connect: {_why(exc)}"
+        self.client.loop_start()
+        if not self.connack.wait(MQTT_TIMEOUT):
+            return f"no CONNACK within {MQTT_TIMEOUT:.0f} s"
+        return f"the broker refused the connection: {self.reason}" if self.reason.is_failure else ""
+
+    def wait(self, acks: dict[int, Any], mid: int, timeout: float) -> Any:
+        """The acknowledgement of `mid`, or None after `timeout` seconds."""
+        end = time.monotonic() + timeout
+        while mid not in acks and time.monotonic() < end:
+            time.sleep(0.02)
+        return acks.get(mid)
+
+    def close(self) -> None:
+        """Disconnect; the clean session leaves nothing behind at the broker."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _check_mqtt(r: _Report, label: str, section: str, ep: MqttEndpoint) -> _Session | None:
+    try:
+        session = _Session(ep)
+    except (OSError, ssl.SSLError) as exc:
+        # Typically a technician running doctor as a user who cannot read the service's 0600 secrets.
+        r.add(f"{label} mqtt", "FAIL", f"cannot read the password or TLS files: {_why(exc)}",
+              "run doctor as the service's user or root (sudo), or fix the files' permissions")
+        return None
+    problem = session.open()
+    if not problem:
+        r.add(f"{label} mqtt", "OK", f"connected as {session.ep.client_id} (MQTT {ep.protocol})")
+        return session
+    session.close()
+    auth = "authori" in problem or "password" in problem
+    fix = (f"check username and password_file in [{section}] against the broker's accounts" if auth
+           else f"check that {ep.host}:{ep.port} is an MQTT broker and protocol = \"{ep.protocol}\" suits it")
+    r.add(f"{label} mqtt", "FAIL", problem, fix)
+    return None
+
+
+def _newest_uplink(cfg: Config) -> float | None:
+    """ChirpStack time of the newest uplink any device sent, from the buffer (None when unknown)."""
+    try:
+        db = sqlite3.connect(f"file:{cfg.buffer.path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT max(last_time) FROM devices").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None  # the buffer checks report why
+    return float(row[0]) if row and row[0] is not None else None
+
+
+def _check_chirpstack(r: _Report, cfg: Config, listen: float) -> float | None:
+    """Every ChirpStack broker check; returns how late a live uplink arrived by its own time stamp, if one came."""
+    from edge.model import Malformed, Uplink
+    from edge.sources.chirpstack_events import parse
+
+    ep, topic = cfg.chirpstack.mqtt, cfg.chirpstack.topic
+    session = _check_mqtt(r, "chirpstack", "chirpstack", ep) if _check_network(r, "chirpstack", "chirpstack", ep) \
+        else None
+    message, started = None, time.monotonic()
+    if session is not None:
+        # QoS 0 on a clean session: the broker queues nothing for us and nothing is acknowledged
+        # on the service's behalf.
+        _, mid = session.client.subscribe(topic, qos=0)
+        codes = session.wait(session.subacks, mid or 0, NET_TIMEOUT)
+        if codes is None or any(c.is_failure for c in codes):
+            r.add("chirpstack subscribe", "FAIL", f"subscription to {topic} {'refused' if codes else 'not answered'}",
+                  f"allow user {ep.username or '(anonymous)'} to read {topic} in the broker's ACL")
+        else:
+            r.add("chirpstack subscribe", "OK", f"subscribed to {topic}")
+            try:
+                message = session.messages.get(timeout=listen) if listen > 0 else None
+            except queue.Empty:
+                pass
+        session.close()
+    if message is not None:
+        event = parse(*message)
+        if isinstance(event, Malformed):
+            r.add("chirpstack events", "WARN", f"a message on {event.topic} cannot be parsed: {event.error}",
+                  "set ChirpStack's MQTT integration to send v4 JSON or protobuf events")
+            return None
+        r.add("chirpstack events", "OK", f"live {message[0].rsplit('/', 1)[-1]} event after"
+              f" {time.monotonic() - started:.1f} s")
+        return message[2] - event.time if isinstance(event, Uplink) else None
+    newest = _newest_uplink(cfg)
+    if newest is not None and time.time() - newest < 3600:
+        r.add("chirpstack events", "OK", f"last uplink {max(0.0, time.time() - newest):.0f} s ago (buffer)")
+    else:
+        last = "never" if newest is None else datetime.fromtimestamp(newest, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        heard = f"; none in {listen:g} s of listening" if session is not None and listen > 0 else ""
+        r.add("chirpstack events", "WARN", f"no uplink in the last hour (last: {last}){heard}",
+              "check that sensors and gateways are online and ChirpStack's MQTT integration publishes to"
+              f" {ep.host}; `edge doctor --listen 120` waits for a live event")
+    return None
+
+
+def _check_upstream(r: _Report, cfg: Config, index: int, publish_test: bool) -> None:
+    up = cfg.upstreams[index]
+    label, section = f"upstream {up.name}", f"upstream[{index}]"
+    if not _check_network(r, label, section, up.mqtt):
+        return
+    session = _check_mqtt(r, label, section, up.mqtt)
+    if session is None or not publish_test:
+        if session is not None:
+            session.close()
+        return
+    # Formatted the way the pipeline formats gap notices, so the test lands where they do.
+    topic = up.notice_topic.format(edge_id=cfg.edge_id, dev_eui="", application="", application_id="", gateway_id="")
+    body = json.dumps({"type": "doctor-test", "edge_id": cfg.edge_id, "upstream": up.name,
+                       "time": datetime.now(UTC).isoformat(), "note": "test message from `edge doctor`; ignore it"})
+    info = session.client.publish(topic, body, qos=1)
+    code = session.wait(session.pubacks, info.mid, MQTT_TIMEOUT)
+    session.close()
+    if code is None:
+        r.add(f"{label} publish", "FAIL", f"no PUBACK for the test message on {topic} within {MQTT_TIMEOUT:.0f} s",
+              f"check the broker's ACL for user {up.mqtt.username or '(anonymous)'} and its logs")
+    elif code.is_failure:
+        r.add(f"{label} publish", "FAIL", f"test message on {topic} refused: {code}",
+              f"allow user {up.mqtt.username or '(anonymous)'} to publish to {topic} in the broker's ACL")
+    else:
+        r.add(f"{label} publish", "OK", f"test message on {topic} acknowledged (QoS 1)")
+
+
+def _check_disk(r: _Report, cfg: Config) -> None:
+    directory = Path(cfg.buffer.path).parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent  # before the first run the buffer's own directory may not exist yet
+    usage = shutil.disk_usage(directory)
+    percent = 100 * usage.free / usage.total if usage.total else 0.0
+    detail = f"{usage.free / MB:.0f} MB free ({percent:.0f} %) on the filesystem of {directory}"
+    if usage.free < 50 * MB:
+        r.add("disk", "FAIL", detail, "free space on this filesystem or move buffer.path; new uplinks cannot be stored")
+    elif usage.free < 500 * MB or percent < 10:
+        r.add("disk", "WARN", detail, f"free space; the buffer may grow to {cfg.buffer.max_size_mb:g} MB (max_size_mb)")
+    else:
+        r.add("disk", "OK", detail)
+
+
+def _check_buffer(r: _Report, cfg: Config) -> None:
+    from edge.buffer.migrations import MIGRATIONS
+    from edge.buffer.store import Buffer, connect
+
+    path = Path(cfg.buffer.path)
+    if not path.exists():
+        r.add("buffer file", "WARN", f"{path} does not exist yet", "start the service; `edge run` creates it")
+        return
+    if not os.access(path, os.R_OK):
+        r.add("buffer file", "FAIL", f"{path} is not readable by this user",
+              "run doctor as the service's user or root (sudo); the buffer is created owner-only")
+        return
+    r.add("buffer file", "OK", f"{path}, {path.stat().st_size / MB:.1f} MB")
+    try:
+        db = connect(path, readonly=True)
+        try:
+            result = [str(row[0]) for row in db.execute("PRAGMA quick_check")]
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        r.add("buffer integrity", "FAIL", f"{path} cannot be read: {exc}", FIX_CORRUPT)
+        return
+    if result != ["ok"]:
+        # One row may hold several problems, one per line, under a "*** in database main ***" heading.
+        problems = [p for row in result for p in row.splitlines() if p and not p.startswith("***")]
+        r.add("buffer integrity", "FAIL", f"quick_check found {len(problems)} problem(s): {'; '.join(problems[:2])}",
+              FIX_CORRUPT)
+        return
+    r.add("buffer integrity", "OK", "quick_check ok")
+    if version > len(MIGRATIONS):
+        r.add("buffer schema", "FAIL", f"version {version} is newer than this lorawan-edge ({len(MIGRATIONS)})",
+              "install the lorawan-edge version that wrote this buffer")
+        return
+    r.add("buffer schema", "OK" if version == len(MIGRATIONS) else "WARN", f"version {version} of {len(MIGRATIONS)}",
+          "none needed: `edge run` upgrades the schema when it starts")
+    buffer = Buffer(path, readonly=True)
+    try:
+        sinks = {s["name"]: s for s in buffer.sinks()}
+    finally:
+        buffer.close()
+    for up in cfg.upstreams:
+        sink = sinks.get(up.name)
+        if sink is None:
+            r.add(f"upstream {up.name} backlog", "WARN", "no delivery progress recorded",
+                  "restart the service so that it picks up this upstream")
+            continue
+        age = sink["oldest_undelivered_age_s"]
+        detail = f"{sink['backlog']} uplinks waiting" + (f", the oldest for {_age(age)}" if age else "")
+        status = "FAIL" if age and age > 86400 else "WARN" if age and age > 3600 else "OK"
+        r.add(f"upstream {up.name} backlog", status, detail,
+              f"see the upstream {up.name} checks above; the backlog is sent by itself once it accepts data")
+
+
+def _ntp_synchronized() -> bool | None:
+    if shutil.which("timedatectl") is None:
+        return None
+    try:
+        done = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"], capture_output=True,
+                              text=True, timeout=NET_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    answer = done.stdout.strip()
+    # Without systemd as init (containers) timedatectl exists but cannot answer.
+    return {"yes": True, "no": False}.get(answer) if done.returncode == 0 else None
+
+
+def _check_clock(r: _Report, cfg: Config, skew: float | None) -> None:
+    synced = _ntp_synchronized()
+    if synced:
+        r.add("clock", "OK", "NTP synchronized (timedatectl)")
+    elif synced is False:
+        r.add("clock", "WARN", "the system clock is not NTP-synchronized",
+              "run `timedatectl set-ntp true` and make sure an NTP server is reachable (UDP 123)")
+    elif skew is not None and abs(skew) < 30:
+        r.add("clock", "OK", f"agrees with ChirpStack's clock: a live uplink arrived {skew:.1f} s after its time")
+    else:
+        seen = "" if skew is None else f"; a live uplink arrived {skew:.0f} s after its ChirpStack time"
+        r.add("clock", "WARN", f"cannot tell whether the clock is synchronized (no timedatectl answer){seen}",
+              "check time sync (chrony, ntpd) by hand; `edge doctor --listen 60` compares with ChirpStack's clock")
+    newest = _newest_uplink(cfg)
+    if newest is not None and newest - time.time() > 300:
+        r.add("clock vs buffer", "WARN", f"the newest uplink is {newest - time.time():.0f} s ahead of the local clock",
+              "the local clock is behind or ChirpStack's is ahead: fix time sync on both hosts")
+
+
+def _check_decoders(r: _Report, cfg: Config) -> None:
+    from edge.plugins import BUILTIN, load_decoders
+
+    loaded = load_decoders(cfg.decoding.plugins_allow, cfg.decoding.plugins_block)
+    for problem in loaded.problems:
+        r.add("decoders", "WARN", problem, "reinstall or upgrade that package, or list it in decoding.plugins_block")
+    ids = loaded.by_id()
+    for i, rule in enumerate(cfg.decoding.rules):
+        if rule.decoder not in ids:
+            r.add("decoders", "WARN", f"decoding.rule[{i}] names {rule.decoder!r}, which is not installed",
+                  "use an id from `edge decoders list` or install the plugin that provides it")
+    builtin = sum(1 for info in loaded.decoders if info.source == BUILTIN)
+    r.add("decoders", "OK", f"{len(loaded.decoders)} loaded ({builtin} built-in, {len(loaded.decoders) - builtin}"
+          " from plugins)")
+
+
+def run_checks(config_path: Path, *, publish_test: bool = False, listen: float = 0.0,
+               on_finding: Callable[[Finding], None] | None = None) -> list[Finding]:
+    """Run every check against the installation described by a config file.
+
+    Args:
+        config_path: the edge.toml to check; when it is invalid, only the config findings are returned.
+        publish_test: also publish a QoS 1 `doctor-test` message to every upstream's notice topic.
+        listen: seconds to wait for a live ChirpStack event (0: judge by the buffer's newest uplink).
+        on_finding: called with each finding as soon as it is made.
+
+    Returns:
+        Every finding, in the order the checks ran.
+    """
+    r = _Report(on_finding)
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            r.add("config", "FAIL", problem, f"edit {config_path}, then run `edge validate --config {config_path}`")
+        return r.findings
+    r.add("config", "OK", f"{config_path} is valid ({len(cfg.upstreams)} upstream(s))")
+    skew = _check_chirpstack(r, cfg, listen)
+    for index in range(len(cfg.upstreams)):
+        _check_upstream(r, cfg, index, publish_test)
+    _check_disk(r, cfg)
+    _check_buffer(r, cfg)
+    _check_clock(r, cfg, skew)
+    _check_decoders(r, cfg)
+    return r.findings
+
+
+@click.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as a JSON list.")
+@click.option("--publish-test", is_flag=True, help="Publish a QoS 1 test message to each upstream's notice topic.")
+@click.option("--listen", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds to wait for a live ChirpStack event (0: use the buffer's newest uplink).")
+def doctor(config_path: Path, as_json: bool, publish_test: bool, listen: float) -> None:
+    """Check config, brokers, certificates, disk, buffer, clock and decoders; say what to fix."""
+    findings = run_checks(config_path, publish_test=publish_test, listen=listen,
+                          on_finding=None if as_json else lambda f: click.echo(f.line()))
+    counts = {status: sum(1 for f in findings if f.status == status) for status in ("OK", "WARN", "FAIL")}
+    if as_json:
+        click.echo(json.dumps([asdict(f) for f in findings], indent=2))
+    else:
+        verdict = "problems found" if counts["FAIL"] else "no failures"
+        click.echo(f"{len(findings)} checks: {counts['OK']} OK, {counts['WARN']} WARN, {counts['FAIL']} FAIL"
+                   f" — {verdict}")
+    if counts["FAIL"]:
+        raise SystemExit(1)

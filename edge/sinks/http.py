@@ -1,0 +1,412 @@
+"""POSTs formatted batches to one HTTP upstream (NGSI-LD batch upsert or SenML) with httpx.
+
+Delivery is sequential and at-least-once: the sink reads a batch of entries after its cursor,
+formats it into messages and POSTs them one by one, in order, to the configured endpoint. The
+cursor is advanced only once every message of the batch was settled. How a response settles a
+message (the httpx exception tree it relies on is drawn in `httpx/_exceptions.py`)::
+
+    2xx                           accepted (a 207 with NGSI-LD `errors` is also dead-lettered)
+    408 425 429 5xx               kept: retried after a jittered, capped backoff or Retry-After
+    3xx 401 403 404 405 407 415   kept: the endpoint or credentials are wrong, not the data;
+                                  retried and logged at ERROR until the operator fixes them
+    any other 4xx                 rejected: handed to `dead_letter`, then the sink moves past it
+    httpx.TransportError          kept: timeouts, refused or reset connections, TLS failures
+
+After a crash or restart the batch is read again from the durable cursor, so a receiver may see
+a message twice; NGSI-LD upserts with stable entity ids and SenML records with uplink ids make
+that harmless. Each upstream runs in its own thread, so one being down never holds back another.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import logging
+import math
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from edge.mqtt import Backoff
+from edge.sinks.base import Backlog, Formatter, OutMessage
+
+log = logging.getLogger(__name__)
+
+# How long an idle sink sleeps on `wake` before it looks at `stop` and the buffer again.
+IDLE_WAIT_S = 0.25
+# How often an idle sink asks the buffer for gap notices.
+NOTICE_CHECK_S = 5.0
+# The part of a response body kept for the dead-letter store and the log.
+EXCERPT_CHARS = 500
+
+# Statuses that mean "try again later" (RFC 9110 §15.5.9, RFC 8470 §5.2, RFC 6585 §4).
+_TRANSIENT = frozenset({408, 425, 429})
+# Statuses that mean the endpoint, the credentials or the media type are wrong. Every message would
+# get the same answer, so rejecting them would empty the whole buffer into the dead-letter store.
+_MISCONFIGURED = frozenset({401, 403, 404, 405, 407, 415})
+
+DeadLetter = Callable[[OutMessage, int, str], None]
+"""Receives a message the upstream refused for good: (message, HTTP status, body excerpt)."""
+
+
+@dataclass(frozen=True)
+class HttpUpstreamConfig:
+    """One HTTP destination (to move into edge/config.py as the `[[http_upstream]]` section).
+
+    Attributes:
+        name: unique upstream name; also the buffer cursor's name.
+        endpoint: the full URL to POST to; for NGSI-LD
+            `<broker>/ngsi-ld/v1/entityOperations/upsert?options=update`.
+        format: "ngsi-ld", "senml+json" or "senml+cbor".
+        bearer_token_file: a file whose content is sent as `Authorization: Bearer <token>`.
+        ca_file: PEM bundle to verify the server with instead of the system store.
+        cert_file: client certificate (PEM) for mutual TLS.
+        key_file: the client certificate's key, if not in `cert_file`.
+        timeout_s: connect, read and write timeout of one request.
+        max_batch: the most entries read from the buffer and settled together.
+        backoff_min_s: the first retry delay (jittered).
+        backoff_max_s: the longest retry delay without a Retry-After.
+        retry_after_max_s: the longest Retry-After honoured.
+        headers: extra request headers, e.g. (("NGSILD-Tenant", "city"),).
+        notice_endpoint: where gap notices are POSTed as JSON; empty to keep them in the buffer.
+        proxy: an HTTP(S) proxy URL; the environment's proxy variables are not used.
+    """
+
+    name: str
+    endpoint: str
+    format: str = "ngsi-ld"
+    bearer_token_file: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    timeout_s: float = 10.0
+    max_batch: int = 100
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 60.0
+    retry_after_max_s: float = 600.0
+    headers: tuple[tuple[str, str], ...] = ()
+    notice_endpoint: str = ""
+    proxy: str = ""
+
+
+@dataclass(slots=True)
+class HttpSinkStats:
+    """Counters a sink keeps in memory for status and metrics (the MqttSink's fields plus retries)."""
+
+    published: int = 0  # requests sent, retries included
+    acknowledged: int = 0  # messages answered with 2xx
+    rejected: int = 0  # messages handed to dead_letter
+    reconnects: int = 0  # requests that failed below HTTP (timeout, refused, reset, TLS)
+    retries: int = 0  # messages kept for another attempt, for any reason
+    connected: bool = False  # the last request got an HTTP answer
+    last_error: str = ""
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class _Outcome(Enum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    RETRY = "retry"
+
+
+def classify(status: int) -> str:
+    """What an HTTP status means for the message: "accepted", "retry" or "rejected".
+
+    Args:
+        status: the response status code.
+
+    Returns:
+        "accepted" for 2xx; "retry" for 408, 425, 429, 5xx and the configuration-class codes
+        (3xx, 401, 403, 404, 405, 407, 415); "rejected" for every other status.
+    """
+    if 200 <= status < 300:
+        return "accepted"
+    if status in _TRANSIENT or status >= 500 or status in _MISCONFIGURED or 300 <= status < 400:
+        return "retry"
+    return "rejected"
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """The delay a Retry-After header asks for (RFC 9110 §10.2.3), or None if absent or unreadable.
+
+    Args:
+        value: the header, delta-seconds ("120") or an HTTP date ("Wed, 21 Oct 2026 07:28:00 GMT").
+        now: the current POSIX time, for tests; the wall clock when None.
+
+    Returns:
+        Seconds to wait, never negative.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # RFC 9110 dates are GMT
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def read_token(path: str) -> str:
+    """The bearer token in `path`, surrounding whitespace removed.
+
+    Args:
+        path: the token file.
+
+    Returns:
+        The token.
+
+    Raises:
+        ValueError: the file is missing, unreadable or empty (the message names the file, never the token).
+    """
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the bearer token file {path}: {exc.__class__.__name__}") from None
+    if not token:
+        raise ValueError(f"the bearer token file {path} is empty")
+    return token
+
+
+def redact(url: str) -> str:
+    """The URL without user info and query, for logs (an API key may sit in either)."""
+    try:
+        u = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "<invalid URL>"
+    port = f":{u.port}" if u.port else ""
+    return f"{u.scheme}://{u.host}{port}{u.path}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _excerpt(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except (UnicodeDecodeError, LookupError):
+        text = repr(response.content[:EXCERPT_CHARS])
+    return text[:EXCERPT_CHARS]
+
+
+class HttpSink:
+    """One HTTP upstream; `run` blocks until `stop` is set.
+
+    Call order: construct (reads the token and TLS files, so bad ones fail at startup), then `run` once
+    on the sink's own thread. `stats` and `heartbeat` may be read from any thread.
+    """
+
+    def __init__(self, cfg: HttpUpstreamConfig, backlog_factory: Callable[[], Backlog], formatter: Formatter,
+                 wake: threading.Event, transport: httpx.BaseTransport | None = None,
+                 dead_letter: DeadLetter | None = None) -> None:
+        """Prepare the sink; no connection is made before `run`.
+
+        Args:
+            cfg: the upstream's settings.
+            backlog_factory: opens the sink's own view of the buffer, on the sink's thread.
+            formatter: turns entries into the messages to POST, in order.
+            wake: set by the pipeline after each buffer commit, so an idle sink wakes at once.
+            transport: an httpx transport to use instead of the network (tests, proxies); TLS
+                settings then belong to the transport.
+            dead_letter: receives rejected messages; when None they are logged at ERROR and dropped.
+
+        Raises:
+            ValueError: the endpoint is not an http(s) URL, or the token file or a TLS file cannot be read.
+        """
+        self.cfg = cfg
+        self.name = cfg.name
+        self._backlog_factory = backlog_factory
+        self.format = formatter
+        self.wake = wake
+        self._transport = transport
+        self._dead_letter = dead_letter
+        self.stats = HttpSinkStats()
+        self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
+        for url in (cfg.endpoint, cfg.notice_endpoint):
+            if url and httpx.URL(url).scheme not in ("http", "https"):
+                raise ValueError(f"upstream {cfg.name}: {redact(url)} is not an http(s) URL")
+        self._token = read_token(cfg.bearer_token_file) if cfg.bearer_token_file else ""
+        self._tls = self._tls_context()
+        host = httpx.URL(cfg.endpoint).host
+        if self._token and httpx.URL(cfg.endpoint).scheme == "http" and not _is_loopback(host):
+            log.warning("Upstream %s sends its bearer token without TLS to %s.", self.name, redact(cfg.endpoint))
+
+    def _tls_context(self) -> ssl.SSLContext:
+        cfg = self.cfg
+        # Verification is always on: no option turns off certificate or host name checks. The client
+        # certificate goes into the context too; httpx 0.28 deprecates its separate `cert=`.
+        try:
+            context = ssl.create_default_context(cafile=cfg.ca_file or None)
+            if cfg.cert_file:
+                context.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"upstream {cfg.name}: cannot load its TLS files: {exc}") from None
+        return context
+
+    def _client(self) -> httpx.Client:
+        cfg = self.cfg
+        headers = dict(cfg.headers)
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        # trust_env=False: no proxy variables or .netrc credentials from the service's environment.
+        return httpx.Client(verify=self._tls, timeout=httpx.Timeout(cfg.timeout_s), headers=headers,
+                            transport=self._transport, trust_env=False, proxy=cfg.proxy or None,
+                            follow_redirects=False)
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver until `stop` is set.
+
+        Args:
+            stop: set by the pipeline to end the loop; a request in progress finishes or times out first.
+        """
+        backlog = self._backlog_factory()
+        backoff = Backoff(self.cfg.backoff_min_s, self.cfg.backoff_max_s)
+        with self._client() as client:
+            self._loop(client, backlog, stop, backoff)
+
+    def _loop(self, client: httpx.Client, backlog: Backlog, stop: threading.Event, backoff: Backoff) -> None:
+        cursor = backlog.cursor()
+        pending: deque[OutMessage] = deque()
+        batch_last, batch_entries = cursor, 0
+        notices_checked = -math.inf
+        while not stop.is_set():
+            self.heartbeat = time.monotonic()
+            if not pending and batch_entries == 0:
+                # Gap notices first, so a receiver learns about a hole before the data after it.
+                if self.cfg.notice_endpoint and self.heartbeat - notices_checked >= NOTICE_CHECK_S:
+                    if not self._send_notices(client, backlog, stop, backoff):
+                        continue
+                    notices_checked = self.heartbeat
+                self.wake.clear()  # before reading, so a commit after the read is not missed
+                entries = backlog.read(cursor, self.cfg.max_batch)
+                if not entries:
+                    self.wake.wait(IDLE_WAIT_S)
+                    continue
+                pending = deque(self.format(entries))
+                batch_last, batch_entries = entries[-1].id, len(entries)
+            # A retry resumes at the first unsettled message; earlier ones of the batch are not re-sent.
+            while pending and not stop.is_set():
+                self.heartbeat = time.monotonic()
+                if not self._deliver(client, self.cfg.endpoint, pending[0], stop, backoff):
+                    break
+                pending.popleft()
+            if not pending and batch_entries:
+                backlog.advance(batch_last, batch_entries)
+                cursor, batch_entries = batch_last, 0
+
+    def _send_notices(self, client: httpx.Client, backlog: Backlog, stop: threading.Event, backoff: Backoff) -> bool:
+        for notice_id, message in backlog.notices():
+            if stop.is_set() or not self._deliver(client, self.cfg.notice_endpoint, message, stop, backoff):
+                return False
+            backlog.notice_delivered(notice_id)
+        return True
+
+    def _deliver(self, client: httpx.Client, url: str, message: OutMessage, stop: threading.Event,
+                 backoff: Backoff) -> bool:
+        """POST one message; True once it is settled (accepted or rejected), False after waiting to retry."""
+        outcome, delay = self._post(client, url, message)
+        if outcome is _Outcome.RETRY:
+            self.stats.retries += 1
+            self._sleep(stop, backoff.next() if delay is None else delay)
+            return False
+        backoff.reset()
+        return True
+
+    def _post(self, client: httpx.Client, url: str, message: OutMessage) -> tuple[_Outcome, float | None]:
+        where = redact(url)
+        self.stats.published += 1
+        try:
+            response = client.post(url, content=message.payload, headers={"Content-Type": message.content_type})
+        except httpx.TransportError as exc:
+            # Timeouts, refused or reset connections, TLS failures: the network, not the data.
+            self.stats.connected = False
+            self.stats.reconnects += 1
+            self.stats.last_error = f"{exc.__class__.__name__}: {exc}"
+            log.warning("Upstream %s (%s) did not answer: %s; retrying.", self.name, where, self.stats.last_error)
+            return _Outcome.RETRY, None
+        self.stats.connected = True
+        status = response.status_code
+        verdict = classify(status)
+        if verdict == "accepted":
+            self.stats.acknowledged += 1
+            if status == 207:
+                self._partial(message, response)
+            return _Outcome.ACCEPTED, None
+        excerpt = _excerpt(response)
+        self.stats.last_error = f"HTTP {status}: {excerpt[:120]}"
+        if verdict == "rejected":
+            self.stats.rejected += 1
+            log.error("Upstream %s (%s) rejected a %s message with HTTP %d: %s", self.name, where,
+                      message.content_type, status, excerpt[:200])
+            if self._dead_letter is not None:
+                self._dead_letter(message, status, excerpt)
+            return _Outcome.REJECTED, None
+        if status in _MISCONFIGURED or 300 <= status < 400:
+            log.error("Upstream %s (%s) answered HTTP %d; check its endpoint and credentials. Data is kept.",
+                      self.name, where, status)
+            if status == 401 and self.cfg.bearer_token_file:
+                self._reload_token(client)
+            return _Outcome.RETRY, None
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        if wait is not None:
+            wait = min(wait, self.cfg.retry_after_max_s)
+        log.warning("Upstream %s (%s) answered HTTP %d; retrying in %s.", self.name, where, status,
+                    "the backoff delay" if wait is None else f"{wait:.1f} s (Retry-After)")
+        return _Outcome.RETRY, wait
+
+    def _partial(self, message: OutMessage, response: httpx.Response) -> None:
+        # NGSI-LD batch operations answer 207 with {"success": [...], "errors": [...]} when some
+        # entities failed (CIM 009 §5.6.7-5.6.8). The rest was applied; the failed part is kept for
+        # the operator instead of being retried forever.
+        try:
+            body: Any = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(body, dict) and body.get("errors"):
+            self.stats.extra["partial"] = self.stats.extra.get("partial", 0) + 1
+            excerpt = _excerpt(response)
+            log.warning("Upstream %s applied a batch only in part: %s", self.name, excerpt[:200])
+            if self._dead_letter is not None:
+                self._dead_letter(message, response.status_code, excerpt)
+
+    def _reload_token(self, client: httpx.Client) -> None:
+        # The token file may have been rotated by an external agent since startup.
+        try:
+            token = read_token(self.cfg.bearer_token_file)
+        except ValueError as exc:
+            log.error("Upstream %s: %s.", self.name, exc)
+            return
+        if token != self._token:
+            self._token = token
+            client.headers["Authorization"] = f"Bearer {token}"
+            log.info("Upstream %s: re-read the rotated bearer token file.", self.name)
+
+    def _sleep(self, stop: threading.Event, delay: float) -> None:
+        # In slices, so the watchdog keeps seeing a live thread during a long Retry-After.
+        end = time.monotonic() + delay
+        while not stop.is_set():
+            self.heartbeat = time.monotonic()
+            left = end - self.heartbeat
+            if left <= 0:
+                return
+            stop.wait(min(left, 1.0))

@@ -1,0 +1,242 @@
+"""`edge doctor` against real Mosquitto brokers, a running gateway, a TLS upstream and damaged buffers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge.broker import Mosquitto, free_port
+from edge.buffer.store import Batch, Buffer, NewUplink
+from edge.cli.doctor import doctor
+from edge.model import Uplink
+from edge.simulate import Simulator, publish
+from edge.sources.chirpstack_events import parse
+from tests.pki import make_pki
+
+pytestmark = pytest.mark.mosquitto
+
+
+def _doctor(cfg: Path, *args: str) -> tuple[int, list[str], float]:
+    started = time.monotonic()
+    result = CliRunner().invoke(doctor, ["--config", str(cfg), *args], catch_exceptions=False)
+    return result.exit_code, result.output.splitlines(), time.monotonic() - started
+
+
+def _line(lines: list[str], check: str) -> str:
+    found = [line for line in lines if line[6:].startswith(f"{check}:")]  # after "STATUS  "
+    assert found, f"no line for check {check!r} in:\n" + "\n".join(lines)
+    return found[0]
+
+
+def _fill_buffer(cfg_path: Path, uplinks: int = 3) -> None:
+    """Store simulated uplinks as `edge run` would, and register the upstream's cursor."""
+    path = cfg_path.parent / "buffer.sqlite"
+    buffer = Buffer(path)
+    batch = Batch()
+    for topic, payload, _ in Simulator(2, seed=3).events(uplinks):
+        event = parse(topic, payload, time.time())
+        assert isinstance(event, Uplink)
+        batch.uplinks.append(NewUplink(event, topic, payload, time.time(), 2, "", "", []))
+    buffer.append(batch)
+    buffer.register_sink("city")
+    buffer.close()
+
+
+def test_doctor_live_gateway_all_ok_and_test_message_arrives(broker_factory, make_config, edge_process, recorder):
+    chirpstack, upstream = broker_factory(), broker_factory()
+    cfg = make_config(chirpstack.url, upstream.url)
+    edge = edge_process(cfg)
+    edge.start()
+    edge.wait_connected()
+    rec = recorder(upstream)
+    publish(chirpstack.host, chirpstack.port, Simulator(2, seed=1), 6, None)
+    code, lines, _ = _doctor(cfg, "--publish-test")
+    assert code == 0, "\n".join(lines)
+    assert all(line.split()[0] in ("OK", "WARN") for line in lines[:-1]), "\n".join(lines)
+    for check in ("config", "chirpstack dns", "chirpstack tcp", "chirpstack mqtt", "chirpstack subscribe",
+                  "chirpstack events", "upstream city dns", "upstream city tcp", "upstream city mqtt",
+                  "upstream city publish", "disk", "buffer file", "buffer integrity", "buffer schema",
+                  "upstream city backlog", "decoders"):
+        assert _line(lines, check).startswith("OK"), _line(lines, check)
+    assert "0 FAIL" in lines[-1]
+    # The test message is on the notice topic and says what it is.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(m.topic.endswith("/notice") for m in rec.messages):
+        time.sleep(0.05)
+    notice = next(m for m in rec.messages if m.topic == "lorawan-edge/test/notice")
+    assert json.loads(notice.payload)["type"] == "doctor-test"
+    # Doctor used its own client id: the service's persistent session was never taken over.
+    assert "Lost ChirpStack broker" not in edge.log.read_text()
+    assert edge.terminate() == 0
+
+
+def test_doctor_listen_reports_a_live_event(broker_factory, make_config):
+    chirpstack, upstream = broker_factory(), broker_factory()
+    cfg = make_config(chirpstack.url, upstream.url)
+    sender = threading.Thread(target=publish, args=(chirpstack.host, chirpstack.port, Simulator(1, seed=2), 40, 8.0))
+    sender.start()
+    try:
+        code, lines, elapsed = _doctor(cfg, "--listen", "10")
+    finally:
+        sender.join()
+    assert code == 0, "\n".join(lines)
+    assert "live up event" in _line(lines, "chirpstack events")
+    assert elapsed < 10
+    # No buffer yet (the service never ran): a warning, not a failure.
+    assert _line(lines, "buffer file").startswith("WARN")
+
+
+def test_doctor_no_recent_uplink_warns_with_fix(broker_factory, make_config):
+    chirpstack, upstream = broker_factory(), broker_factory()
+    cfg = make_config(chirpstack.url, upstream.url)
+    code, lines, _ = _doctor(cfg)
+    assert code == 0
+    line = _line(lines, "chirpstack events")
+    assert line.startswith("WARN") and "no uplink in the last hour (last: never)" in line and "— fix: " in line
+
+
+def test_doctor_stopped_upstream_fails_fast_with_fix(broker_factory, make_config):
+    chirpstack, upstream = broker_factory(), broker_factory()
+    cfg = make_config(chirpstack.url, upstream.url)
+    _fill_buffer(cfg)
+    upstream.stop()
+    code, lines, elapsed = _doctor(cfg, "--publish-test")
+    assert code == 1
+    line = _line(lines, "upstream city tcp")
+    assert line.startswith("FAIL") and f"127.0.0.1:{upstream.port}" in line
+    assert "— fix: make sure the broker runs" in line
+    assert _line(lines, "chirpstack mqtt").startswith("OK")
+    assert elapsed < 8
+    assert "1 FAIL" in lines[-1]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "torn-pages"])
+def test_doctor_corrupted_buffer_fails_integrity(broker_factory, make_config, damage):
+    chirpstack, upstream = broker_factory(), broker_factory()
+    cfg = make_config(chirpstack.url, upstream.url)
+    path = cfg.parent / "buffer.sqlite"
+    if damage == "garbage":
+        path.write_bytes(os.urandom(64 * 1024))
+    else:
+        _fill_buffer(cfg, uplinks=300)
+        db = Buffer(path)
+        db.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+        data = bytearray(path.read_bytes())
+        page = int.from_bytes(data[16:18], "big")
+        # Overwrite pages after the schema page: the header still says "SQLite format 3".
+        data[page * 2: page * 5] = b"\xa5" * (page * 3)
+        path.write_bytes(bytes(data))
+    code, lines, _ = _doctor(cfg)
+    assert code == 1
+    line = _line(lines, "buffer integrity")
+    assert line.startswith("FAIL") and "— fix: stop the service, move the buffer file aside" in line
+
+
+def test_doctor_json_lists_every_finding(broker_factory, make_config):
+    chirpstack, upstream = broker_factory(), broker_factory()
+    cfg = make_config(chirpstack.url, upstream.url)
+    _fill_buffer(cfg)
+    result = CliRunner().invoke(doctor, ["--config", str(cfg), "--json"])
+    assert result.exit_code == 0, result.output
+    findings = json.loads(result.output)
+    assert isinstance(findings, list) and len(findings) >= 15
+    for f in findings:
+        assert set(f) == {"check", "status", "detail", "fix"}
+        assert f["status"] in ("OK", "WARN", "FAIL")
+        assert bool(f["fix"]) == (f["status"] != "OK")
+    assert {f["check"] for f in findings} >= {"config", "chirpstack mqtt", "upstream city mqtt", "disk",
+                                              "buffer integrity", "upstream city backlog", "clock", "decoders"}
+
+
+def test_doctor_invalid_config_names_the_key(tmp_path):
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('[chirpstack]\nmqtt_url = "http://x"\n\n[[upstream]]\nname = "city"\nurl = "mqtt://h"\nqos = 0\n')
+    code, lines, _ = _doctor(cfg)
+    assert code == 1
+    assert any(line.startswith("FAIL  config: chirpstack.mqtt_url: must be mqtt://") for line in lines)
+    assert any("upstream[0].qos" in line and "— fix: edit" in line for line in lines)
+
+
+def test_doctor_dead_host_finishes_fast(make_config):
+    # Nothing listens on these ports: connection refused, immediately.
+    cfg = make_config(f"mqtt://127.0.0.1:{free_port()}", f"mqtt://127.0.0.1:{free_port()}")
+    code, lines, elapsed = _doctor(cfg, "--listen", "30")
+    assert code == 1
+    assert _line(lines, "chirpstack tcp").startswith("FAIL")
+    assert _line(lines, "upstream city tcp").startswith("FAIL")
+    assert elapsed < 8
+
+
+@pytest.fixture
+def tls_upstream():
+    """A broker with an mTLS + password listener (setup as in tests/sinks/test_mqtt_tls.py)."""
+    shared = Path(tempfile.mkdtemp(prefix="edge-pki-"))  # outside the 0700 tmp_path: the broker drops root
+    os.chmod(shared, 0o755)
+    pki = make_pki(shared / "pki")
+    pwfile = shared / "pki" / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "edge", "s3cret-Pa55"], check=True)
+    os.chmod(pwfile, 0o644)
+    tls_port = free_port()
+    broker = Mosquitto(head="per_listener_settings true",
+                       extra=(f"listener {tls_port} 127.0.0.1\ncafile {pki.ca}\ncertfile {pki.server_cert}\n"
+                              f"keyfile {pki.server_key}\nrequire_certificate true\npassword_file {pwfile}\n"
+                              "allow_anonymous false\n"))
+    broker.start()
+    yield tls_port, pki
+    broker.close()
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def _tls_config(make_config, chirpstack, port, pki, secret, ca=None):
+    cfg = make_config(chirpstack.url, f"mqtts://127.0.0.1:{port}")
+    cfg.write_text(cfg.read_text().replace(
+        'topic = "lorawan/{dev_eui}"',
+        f'topic = "lorawan/{{dev_eui}}"\nca_file = "{ca or pki.ca}"\ncert_file = "{pki.client_cert}"\n'
+        f'key_file = "{pki.client_key}"\nusername = "edge"\npassword_file = "{secret}"'))
+    return cfg
+
+
+def test_doctor_tls_upstream_warns_on_near_expiry_and_never_prints_the_password(tls_upstream, broker_factory,
+                                                                                make_config, tmp_path):
+    port, pki = tls_upstream
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-Pa55\n")
+    cfg = _tls_config(make_config, broker_factory(), port, pki, secret)
+    code, lines, _ = _doctor(cfg, "--publish-test")
+    assert code == 0, "\n".join(lines)
+    # tests/pki.py issues a one-day server certificate: under 30 days left is a warning.
+    assert _line(lines, "upstream city tls").startswith("WARN  upstream city tls: TLSv1")
+    assert "expires in" in _line(lines, "upstream city tls")
+    assert _line(lines, "upstream city mqtt").startswith("OK")
+    assert _line(lines, "upstream city publish").startswith("OK")
+    assert "s3cret" not in "\n".join(lines)
+
+
+def test_doctor_tls_upstream_untrusted_ca_and_wrong_password_fail(tls_upstream, broker_factory, make_config,
+                                                                  tmp_path):
+    port, pki = tls_upstream
+    chirpstack = broker_factory()
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-Pa55\n")
+    other = make_pki(tmp_path / "other", ca_name="not-the-city-ca")
+    code, lines, _ = _doctor(_tls_config(make_config, chirpstack, port, pki, secret, ca=other.ca))
+    assert code == 1
+    line = _line(lines, "upstream city tls")
+    assert line.startswith("FAIL") and "— fix: set ca_file in [upstream[0]]" in line
+
+    secret.write_text("wrong-password\n")
+    code, lines, _ = _doctor(_tls_config(make_config, chirpstack, port, pki, secret))
+    assert code == 1
+    line = _line(lines, "upstream city mqtt")
+    assert line.startswith("FAIL") and "— fix: check username and password_file in [upstream[0]]" in line
+    assert "wrong-password" not in "\n".join(lines)

@@ -1,0 +1,179 @@
+"""A real gRPC server on loopback that plays ChirpStack's API from in-memory data, for the client's tests."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from chirpstack_api import api
+
+# Called at the start of every RPC with (method, request, context); it may abort the call.
+Hook = Callable[[str, Any, grpc.ServicerContext], None]
+
+
+@dataclass
+class Enqueued:
+    """One DeviceService.Enqueue the server received."""
+
+    id: str
+    dev_eui: str
+    f_port: int
+    confirmed: bool
+    data: bytes
+    object: dict[str, Any]
+
+
+@dataclass
+class State:
+    """ChirpStack's data as the fake serves it."""
+
+    token: str = "secret-token"
+    admin: bool = True  # False: a tenant key, TenantService.List is denied
+    tenant_ids: list[str] = field(default_factory=list)
+    allowed_tenants: set[str] | None = None  # None: every tenant; else others are PERMISSION_DENIED
+    applications: dict[str, list[api.ApplicationListItem]] = field(default_factory=dict)  # by tenant
+    devices: dict[str, api.Device] = field(default_factory=dict)  # by dev_eui
+    profiles: dict[str, api.DeviceProfile] = field(default_factory=dict)
+    enqueued: list[Enqueued] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    hook: Hook | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_device(self, tenant_id: str, app_id: str, dev_eui: str, profile_id: str, **fields: Any) -> api.Device:
+        """Add a device (and its tenant and application if new)."""
+        if tenant_id not in self.tenant_ids:
+            self.tenant_ids.append(tenant_id)
+        apps = self.applications.setdefault(tenant_id, [])
+        if all(a.id != app_id for a in apps):
+            apps.append(api.ApplicationListItem(id=app_id, name=f"app-{app_id[:4]}"))
+        device = api.Device(dev_eui=dev_eui, application_id=app_id, device_profile_id=profile_id,
+                            name=fields.pop("name", f"dev-{dev_eui[-4:]}"), **fields)
+        self.devices[dev_eui] = device
+        return device
+
+
+def _page(items: list[Any], limit: int, offset: int) -> list[Any]:
+    # ChirpStack: limit=0 returns no items, only total_count.
+    return items[offset:offset + limit] if limit else []
+
+
+class _Base:
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def _enter(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
+        with self.state.lock:
+            self.state.calls.append(method)
+        if self.state.hook is not None:
+            self.state.hook(method, request, context)
+        metadata = dict(context.invocation_metadata())
+        if metadata.get("authorization") != f"Bearer {self.state.token}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed: invalid token")
+
+    def _tenant(self, tenant_id: str, context: grpc.ServicerContext) -> None:
+        allowed = self.state.allowed_tenants
+        if allowed is not None and tenant_id not in allowed:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "Permission denied")
+
+
+class TenantService(_Base, api.TenantServiceServicer):
+    def List(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("TenantService.List", request, context)
+        if not self.state.admin:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "Permission denied")
+        items = [api.TenantListItem(id=t, name=f"tenant-{t[:4]}") for t in self.state.tenant_ids]
+        return api.ListTenantsResponse(total_count=len(items), result=_page(items, request.limit, request.offset))
+
+
+class ApplicationService(_Base, api.ApplicationServiceServicer):
+    def List(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("ApplicationService.List", request, context)
+        if not request.tenant_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id is required")
+        self._tenant(request.tenant_id, context)
+        items = self.state.applications.get(request.tenant_id, [])
+        return api.ListApplicationsResponse(total_count=len(items),
+                                            result=_page(items, request.limit, request.offset))
+
+
+class DeviceService(_Base, api.DeviceServiceServicer):
+    def List(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("DeviceService.List", request, context)
+        if not request.application_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "application_id is required")
+        devices = sorted((d for d in self.state.devices.values() if d.application_id == request.application_id),
+                         key=lambda d: d.dev_eui)
+        items = [api.DeviceListItem(dev_eui=d.dev_eui, name=d.name, description=d.description,
+                                    device_profile_id=d.device_profile_id, tags=dict(d.tags)) for d in devices]
+        return api.ListDevicesResponse(total_count=len(items), result=_page(items, request.limit, request.offset))
+
+    def Get(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("DeviceService.Get", request, context)
+        device = self.state.devices.get(request.dev_eui)
+        if device is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "Object does not exist")
+        return api.GetDeviceResponse(device=device)
+
+    def Enqueue(self, request: Any, context: grpc.ServicerContext) -> Any:
+        from google.protobuf import json_format
+
+        self._enter("DeviceService.Enqueue", request, context)
+        item = request.queue_item
+        if item.dev_eui not in self.state.devices:
+            context.abort(grpc.StatusCode.NOT_FOUND, "Object does not exist")
+        queue_id = str(uuid.uuid4())
+        obj = json_format.MessageToDict(item.object) if item.HasField("object") else {}
+        with self.state.lock:
+            self.state.enqueued.append(Enqueued(queue_id, item.dev_eui, item.f_port, item.confirmed, item.data, obj))
+        return api.EnqueueDeviceQueueItemResponse(id=queue_id)
+
+
+class DeviceProfileService(_Base, api.DeviceProfileServiceServicer):
+    def Get(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("DeviceProfileService.Get", request, context)
+        profile = self.state.profiles.get(request.id)
+        if profile is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "Object does not exist")
+        return api.GetDeviceProfileResponse(device_profile=profile)
+
+
+class FakeChirpStack:
+    """The four services on 127.0.0.1 and a free port; `url` is what the client takes."""
+
+    def __init__(self, state: State | None = None, tls: tuple[bytes, bytes] | None = None) -> None:
+        self.state = state or State()
+        self.tls = tls  # (certificate chain PEM, private key PEM): serve TLS instead of plaintext
+        self._server: grpc.Server | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """host:port of the running server."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> FakeChirpStack:
+        """Start serving (again, on the same port when restarted)."""
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        api.add_TenantServiceServicer_to_server(TenantService(self.state), server)
+        api.add_ApplicationServiceServicer_to_server(ApplicationService(self.state), server)
+        api.add_DeviceServiceServicer_to_server(DeviceService(self.state), server)
+        api.add_DeviceProfileServiceServicer_to_server(DeviceProfileService(self.state), server)
+        if self.tls is None:
+            self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        else:
+            creds = grpc.ssl_server_credentials([(self.tls[1], self.tls[0])])
+            self.port = server.add_secure_port(f"127.0.0.1:{self.port}", creds)
+        server.start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        """Stop at once; in-flight calls are cancelled, new ones find no listener."""
+        if self._server is not None:
+            self._server.stop(grace=None).wait()
+            self._server = None

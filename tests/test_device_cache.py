@@ -1,0 +1,130 @@
+"""The device registry cache in the pipeline: profile JS codecs with device variables, unknown devices
+fetched once, and decoding that keeps working with ChirpStack's API gone (real gRPC server, real SQLite)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import pytest
+from chirpstack_api import api
+
+from edge.config import load_config
+from edge.pipeline import Pipeline, wait_until
+from edge.simulate import Simulator
+from edge.sources.chirpstack_mqtt import Message
+from tests.grpc_server import FakeChirpStack, State
+
+PROFILE_JS = """
+function decodeUplink(input) {
+  var raw = (input.bytes[1] << 8) | input.bytes[2];
+  return {data: {temperature: raw / 10 + Number(input.variables.offset || 0)}};
+}
+"""
+
+
+def _uplinks(dev_index: int, count: int) -> list[Message]:
+    """Simulated uplinks of one device, with the `decoder` tag removed so the profile decides."""
+    sim = Simulator(dev_index + 1, seed=dev_index)
+    out = []
+    for topic, body, sent in sim.events(count * (dev_index + 1)):
+        if sent.dev_eui.endswith(f"{dev_index:06x}"):
+            doc = orjson.loads(body)
+            del doc["deviceInfo"]["tags"]["decoder"]
+            out.append(Message(topic, orjson.dumps(doc), time.time()))
+    return out
+
+
+@pytest.fixture
+def chirpstack_api():
+    state = State()
+    state.profiles["p-js"] = api.DeviceProfile(id="p-js", name="Thermometer (JS)",
+                                               payload_codec_runtime=api.CodecRuntime.JS,
+                                               payload_codec_script=PROFILE_JS)
+    state.add_device("t1", "app1", "a81758fffe000000", "p-js", variables={"offset": "100"})
+    fake = FakeChirpStack(state).start()
+    yield fake, state
+    fake.stop()
+
+
+def _config(make_config, tmp_path, fake):
+    token = tmp_path / "api.token"
+    token.write_text("secret-token\n")
+    path = make_config("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:2")
+    text = path.read_text().replace(
+        "reconnect_max_s = 1.0\n\n[buffer]",
+        f'reconnect_max_s = 1.0\napi_url = "{fake.url}"\napi_token_file = "{token}"\ntenant_id = "t1"\n\n[buffer]', 1)
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_device_cache_profile_js_codec_gets_device_variables(chirpstack_api, make_config, tmp_path):
+    fake, _ = chirpstack_api
+    cfg = _config(make_config, tmp_path, fake)
+    pipeline = Pipeline(cfg)
+    stop = threading.Event()
+    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        assert wait_until(lambda: pipeline.devices.last_sync_ok is not None, 10)
+        msgs = _uplinks(0, 3)
+        pipeline.handle(msgs)
+        stored = pipeline.buffer.read(0, 10)
+        assert len(stored) == 3
+        for entry, msg in zip(stored, msgs, strict=True):
+            payload_temp = int.from_bytes(_payload(msg)[1:3], "big") / 10
+            assert [(r.name, r.unit) for r in entry.readings] == [("temperature", "Cel")]
+            assert entry.readings[0].value == pytest.approx(payload_temp + 100)
+        decoder = pipeline.buffer.db.execute("SELECT DISTINCT decoder FROM uplinks").fetchall()
+        assert decoder == [("profile-js",)]
+    finally:
+        stop.set()
+        worker.join(10)
+
+
+def test_device_cache_unknown_device_is_fetched_once_then_used(chirpstack_api, make_config, tmp_path):
+    fake, state = chirpstack_api
+    cfg = _config(make_config, tmp_path, fake)
+    pipeline = Pipeline(cfg)
+    stop = threading.Event()
+    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        assert wait_until(lambda: pipeline.devices.last_sync_ok is not None, 10)
+        # Added in ChirpStack after the sync: the first uplink is not held back, the next is decoded.
+        state.add_device("t1", "app1", "a81758fffe000001", "p-js", variables={"offset": "0"})
+        first, *rest = _uplinks(1, 3)
+        pipeline.handle([first])
+        assert wait_until(lambda: pipeline.devices.hints("a81758fffe000001").profile_js != "", 10)
+        pipeline.handle(rest)
+        stored = pipeline.buffer.read(0, 10)
+        assert [bool(e.readings) for e in stored] == [False, True, True]
+        assert state.calls.count("DeviceService.Get") >= 1
+    finally:
+        stop.set()
+        worker.join(10)
+
+
+def test_device_cache_serves_with_the_api_gone(chirpstack_api, make_config, tmp_path):
+    fake, _ = chirpstack_api
+    cfg = _config(make_config, tmp_path, fake)
+    first = Pipeline(cfg)
+    stop = threading.Event()
+    worker = threading.Thread(target=first.devices.run, args=(stop,), daemon=True)
+    worker.start()
+    assert wait_until(lambda: first.devices.last_sync_ok is not None, 10)
+    stop.set()
+    worker.join(10)
+    first.buffer.close()
+    fake.stop()
+    # A restart with ChirpStack's API unreachable: decoding still uses the cached profile codec.
+    second = Pipeline(cfg)
+    second.handle(_uplinks(0, 2))
+    assert all(e.readings for e in second.buffer.read(0, 10))
+
+
+def _payload(msg: Message) -> bytes:
+    import base64
+
+    return base64.b64decode(orjson.loads(msg.payload)["data"])

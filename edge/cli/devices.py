@@ -354,10 +354,16 @@ def _payload(hex_: str | None, obj: str | None) -> bytes | Mapping[str, Any]:
 @click.option("--json", "obj", metavar="OBJECT",
               help="Payload as a JSON object, encoded by the device profile's codec in ChirpStack.")
 @click.option("--confirmed", is_flag=True, help="Ask the device to acknowledge the downlink.")
+@click.option("--wait", "wait_s", type=click.FloatRange(0), default=0, metavar="SECONDS",
+              help="Wait this long for ChirpStack's txack (or, with --confirmed, ack) event, seen by `edge run`.")
 def downlink(config_path: Path, api_url: str | None, token_file: Path | None, ca_file: Path | None,
              timeout: float | None, dev_eui: str, fport: int, hex_: str | None, obj: str | None,
-             confirmed: bool) -> None:
-    """Queue a downlink for DEV_EUI in ChirpStack and print its queue item id."""
+             confirmed: bool, wait_s: float) -> None:
+    """Queue a downlink for DEV_EUI in ChirpStack and print its queue item id.
+
+    With --wait, also report the matching ack/txack event that `edge run` stored (a class A
+    device receives its downlink only after its next uplink, so wait long enough for that).
+    """
     payload = _payload(hex_, obj)
     # The config is optional here: a downlink needs no buffer, and options can say everything.
     cfg = _load(config_path) if config_path.exists() else None
@@ -367,3 +373,11 @@ def downlink(config_path: Path, api_url: str | None, token_file: Path | None, ca
     except EdgeError as exc:
         _fail(exc)
     click.echo(queue_id)
+    if wait_s:
+        if cfg is None:
+            raise click.UsageError("--wait reads the buffer of `edge run`: give --config")
+        event = wait_for_queue_item(cfg.buffer.path, queue_id, wait_s, kinds=("ack",) if confirmed else ("txack",))
+        if event is None:
+            click.echo(f"no {'ack' if confirmed else 'txack'} event for {queue_id} within {wait_s:g} s", err=True)
+            raise SystemExit(1)
+        click.echo(f"{event['kind']}: {event['summary']}")

@@ -309,3 +309,47 @@ def test_wait_for_queue_item(env: SimpleNamespace) -> None:
     assert acked is not None and acked["summary"].endswith("acknowledged=True")
     buf.close()
 
+
+
+def test_downlink_wait_reports_the_txack_that_edge_run_stored(env: SimpleNamespace, server: FakeChirpStack,
+                                                              make_config: Any) -> None:
+    """--wait polls the buffer for the txack event the pipeline stores from ChirpStack's MQTT events."""
+    import json
+    import threading
+    import time
+
+    from edge.config import load_config
+    from edge.pipeline import Pipeline
+    from edge.sources.chirpstack_mqtt import Message
+
+    cfg_path = make_config("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:2")
+    pipeline = Pipeline(load_config(cfg_path))
+
+    def chirpstack_confirms() -> None:
+        while not server.state.enqueued:
+            time.sleep(0.05)
+        txack = json.loads((Path(__file__).parents[1] / "fixtures/chirpstack/v4_txack.docs.json").read_text())
+        txack["queueItemId"] = server.state.enqueued[0].id
+        topic = f"application/app/device/{eui(5)}/event/txack"
+        pipeline.handle([Message(topic, json.dumps(txack).encode(), time.time())])
+
+    helper = threading.Thread(target=chirpstack_confirms, daemon=True)
+    helper.start()
+    result = run("downlink", "-c", str(cfg_path), "--api-url", server.url, "--token-file", str(env.token),
+                 eui(5), "--fport", "10", "--hex", "01", "--wait", "10")
+    helper.join(5)
+    assert result.exit_code == 0, result.output
+    queue_id = server.state.enqueued[0].id
+    assert result.output.splitlines() == [queue_id, f"txack: queueItemId={queue_id} acknowledged=None"]
+
+
+def test_downlink_wait_times_out_clearly(env: SimpleNamespace, server: FakeChirpStack, make_config: Any) -> None:
+    from edge.config import load_config
+    from edge.pipeline import Pipeline
+
+    cfg_path = make_config("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:2")
+    Pipeline(load_config(cfg_path)).buffer.close()  # the buffer exists, no event ever arrives
+    result = run("downlink", "-c", str(cfg_path), "--api-url", server.url, "--token-file", str(env.token),
+                 eui(5), "--fport", "10", "--hex", "01", "--wait", "0.5")
+    assert result.exit_code == 1
+    assert "no txack event" in result.output

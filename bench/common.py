@@ -117,7 +117,7 @@ class Child:
         for child in reversed(list(cls.registry)):
             try:
                 child.stop(timeout=5.0)
-            except Exception as exc:  # keep stopping the others
+            except (OSError, subprocess.SubprocessError) as exc:  # keep stopping the others
                 print(f"warning: could not stop {child.name}: {exc}", file=sys.stderr)
 
 
@@ -237,7 +237,7 @@ def vm_hwm_mb(pid: int) -> float:
 # -- facts and buffer -------------------------------------------------------------------------------
 
 def machine_facts() -> str:
-    """cpu, python, paho, sqlite and mosquitto versions on one line."""
+    """cpu, python, paho, sqlite and mosquitto versions, kernel and current load on one line."""
     import paho.mqtt
 
     cpu = platform.processor() or "?"
@@ -256,7 +256,8 @@ def machine_facts() -> str:
     except (OSError, subprocess.TimeoutExpired):
         pass
     return (f"cpu={cpu.replace(' ', '_')}x{os.cpu_count()} python={platform.python_version()}"
-            f" paho={paho.mqtt.__version__} sqlite={sqlite3.sqlite_version} mosquitto={mosq}")
+            f" paho={paho.mqtt.__version__} sqlite={sqlite3.sqlite_version} mosquitto={mosq}"
+            f" kernel={platform.release()} load1={os.getloadavg()[0]:.2f}")
 
 
 def buffer_count(path: Path) -> int:

@@ -26,10 +26,12 @@ def main() -> int:
     ap.add_argument("--client-id", default="bench-counter")
     ap.add_argument("--persistent", action="store_true", help="persistent session (clean_session false)")
     ap.add_argument("--prime", action="store_true", help="only create the persistent subscription, then exit")
+    ap.add_argument("--linger", type=float, default=0.0,
+                    help="after `done`, keep counting messages until none came for this many seconds (max 10 s)")
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args()
 
-    state = {"stop": False, "count": 0, "messages": 0, "bytes": 0, "mark": args.step}
+    state = {"stop": False, "count": 0, "messages": 0, "bytes": 0, "packs": 0, "mark": args.step, "last": 0.0}
     ids: set[bytes] = set()
 
     def on_term(signum: int, frame: object) -> None:
@@ -53,13 +55,17 @@ def main() -> int:
     senml = args.mode == "senml"
 
     def on_message(c: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
+        state["last"] = time.monotonic()
         state["messages"] += 1
         payload = msg.payload
         state["bytes"] += len(payload)
         if senml:
             if msg.topic.endswith("/link"):
                 return
-            ids.update(UPLINK_ID.findall(payload))
+            found = UPLINK_ID.findall(payload)
+            if found:
+                state["packs"] += 1
+                ids.update(found)
             count = len(ids)
         else:
             count = state["messages"]
@@ -84,7 +90,14 @@ def main() -> int:
                 client.reconnect()
             except OSError:
                 pass
-    print(f"done {time.monotonic():.6f} {state['count']} {state['messages']} {state['bytes']}", flush=True)
+    print(f"done {time.monotonic():.6f} {state['count']} {state['messages']} {state['bytes']} {state['packs']}",
+          flush=True)
+    if args.linger > 0 and state["count"] >= args.expect:
+        # Packs still on their way (the link packs of the last batch follow its measurement packs).
+        end = time.monotonic() + 10
+        while time.monotonic() < min(end, state["last"] + args.linger):
+            client.loop(timeout=0.05)
+        print(f"final {state['count']} {state['messages']} {state['bytes']} {state['packs']}", flush=True)
     # Let the last PUBACKs go out before leaving a persistent session.
     for _ in range(5):
         client.loop(timeout=0.02)

@@ -1,13 +1,15 @@
-"""lorawan-edge benchmark: throughput, backlog drain (loopback and 50 ms WAN), RSS, CPU and disk vs. a bare paho relay."""
+"""lorawan-edge benchmark: throughput, backlog drain (loopback, 50 ms WAN), RSS, CPU and disk vs. a bare paho relay."""
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import os
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -17,7 +19,6 @@ from common import (
     PYTHON,
     Broker,
     Child,
-    ProcSample,
     buffer_count,
     free_port,
     machine_facts,
@@ -98,7 +99,7 @@ class Bench:
         self.sizes = sizes
         self.wd = workdir
         self.relay_rate: float | None = None
-        self.backlog_200k: Path | None = None
+        self.backlog_copy: Path | None = None
         self.seed = 100
 
     def next_seed(self) -> int:
@@ -127,9 +128,9 @@ class Bench:
         return feed
 
     def counter(self, name: str, port: int, expect: int, *, mode: str, netns: str | None = None,
-                persistent: str = "", prime: bool = False) -> Child:
+                persistent: str = "", prime: bool = False, linger: float = 0.0) -> Child:
         argv = [PYTHON, str(BENCH / "counter.py"), "--port", str(port), "--mode", mode, "--expect", str(expect),
-                "--step", str(max(1, expect // 100))]
+                "--step", str(max(1, expect // 100)), "--linger", str(linger)]
         if persistent:
             argv += ["--persistent", "--client-id", persistent]
         if prime:
@@ -147,7 +148,8 @@ class Bench:
         a.start()
         b.start()
         try:
-            counter = self.counter(f"counter-{kind}", b.port, n, mode="messages" if kind == "relay" else "senml")
+            counter = self.counter(f"counter-{kind}", b.port, n, mode="messages" if kind == "relay" else "senml",
+                                   linger=0.5)
             if kind == "relay":
                 proc = Child("relay", [PYTHON, str(BENCH / "relay.py"), "--a-port", str(a.port),
                                        "--b-port", str(b.port)])
@@ -164,7 +166,8 @@ class Bench:
             done = counter.wait_line("done", 60 + n / 1000)
             after = proc_sample(proc.pid)
             fed = feed.wait_line("done", 60).split()
-            got, messages = int(done.split()[2]), int(done.split()[3])
+            got = int(done.split()[2])
+            messages = int(counter.wait_line("final", 15).split()[2])
             if got < n:
                 raise RuntimeError(f"{kind}: only {got} of {n} arrived at B")
             rate = window_rate(progress(counter), n)
@@ -278,16 +281,19 @@ class Bench:
             # Create the counter's persistent subscription, then take B away: while B is down the edge
             # starts on the backlog; once B is back, B queues for the counter whatever arrives first.
             client_id = f"bench-{name}-counter"
-            self.counter(f"prime-{name}", b.port, n, mode="senml", netns=up_ns, persistent=client_id,
-                         prime=True).wait_line("done", 20)
+            prime = self.counter(f"prime-{name}", b.port, n, mode="senml", netns=up_ns, persistent=client_id,
+                                 prime=True)
+            prime.wait_line("done", 20)
+            prime.stop()
             b.stop()
             cfg = self.edge_config(name, a_url=f"mqtt://127.0.0.1:{a.port}", b_url=b_url, buffer=buffer)
-            edge, log = self.start_edge(f"edge-{name}", cfg, netns=edge_ns)
+            edge, _ = self.start_edge(f"edge-{name}", cfg, netns=edge_ns)
             note(f"{name}: draining {n} uplinks{' over the WAN' if wan else ''}")
             before = proc_sample(edge.pid)
             t0 = time.monotonic()
             b.start()
-            counter = self.counter(f"counter-{name}", b.port, n, mode="senml", netns=up_ns, persistent=client_id)
+            counter = self.counter(f"counter-{name}", b.port, n, mode="senml", netns=up_ns, persistent=client_id,
+                                   linger=1.0)
             deadline = t0 + timeout
             done = ""
             while not done and time.monotonic() < deadline:
@@ -295,19 +301,22 @@ class Bench:
                     done = counter.wait_line("done", 1.0)
                 except TimeoutError:
                     result["rss_mb"] = vm_hwm_mb(edge.pid)
+            t_stop = time.monotonic()
             result["rss_mb"] = vm_hwm_mb(edge.pid)
             after = proc_sample(edge.pid)
-            points = progress(counter)
             if done:
-                t_end, got, messages = float(done.split()[1]), int(done.split()[2]), int(done.split()[3])
+                final = counter.wait_line("final", 15).split()  # trailing link packs counted too
             else:
-                t_end = time.monotonic()
-                got = points[-1][1] if points else 0
-                messages = points[-1][2] if points else 0
-            result.update(seconds=t_end - t0, arrived=got, messages=messages, cpu_s=after.cpu_s - before.cpu_s)
-            note(f"{name}: {got} of {n} in {t_end - t0:.1f} s, {messages} messages, edge cpu {result['cpu_s']:.1f} s")
+                counter.stop()
+                final = counter.wait_line("done", 5).split()[1:]  # printed on SIGTERM too
             edge.stop()
             counter.stop()
+            (self.wd / f"counter-{name}.txt").write_text("\n".join(counter.lines) + "\n")
+            got, messages, size, packs = int(final[1]), int(final[2]), int(final[3]), int(final[4])
+            t_end = float(done.split()[1]) if done else t_stop
+            result.update(seconds=t_end - t0, arrived=got, messages=messages, packs=packs, mbytes=size / 1e6,
+                          cpu_s=after.cpu_s - before.cpu_s)
+            note(f"{name}: {got} of {n} in {t_end - t0:.1f} s, {messages} messages, edge cpu {result['cpu_s']:.1f} s")
         finally:
             b.stop()
             a.stop()
@@ -317,15 +326,15 @@ class Bench:
     def run_drain(self) -> None:
         n = self.sizes.drain
         buffer = self.build_backlog("backlog", n)
-        if self.sizes.wan:
-            # The WAN phase drains a copy of the same backlog shape (first `wan` uplinks or all of it).
-            copy = self.wd / "backlog-wan"
+        if self.sizes.wan == n:
+            # The WAN phase drains a copy of the same backlog (copied before this drain moves the cursor).
+            copy = self.wd / "backlog-copy"
             copy.mkdir(exist_ok=True)
             for suffix in ("", "-wal"):
                 src = Path(f"{buffer}{suffix}")
                 if src.exists():
                     shutil.copyfile(src, copy / f"buffer.sqlite{suffix}")
-            self.backlog_200k = copy / "buffer.sqlite"
+            self.backlog_copy = copy / "buffer.sqlite"
         r = self.drain("drain", buffer, n)
         if r["arrived"] < n:
             emit("drain_records_per_s", f"failed ({r['arrived']:.0f} of {n} arrived)")
@@ -334,7 +343,8 @@ class Bench:
         emit("drain_records_per_s", f"{rate:.0f}")
         if self.relay_rate:
             emit("drain_ratio_vs_relay", f"{rate / self.relay_rate:.2f}")
-        emit("drain_messages", f"{r['messages']:.0f}")
+        emit("drain_messages", f"{r['messages']:.0f} ({r['packs']:.0f} measurement packs, {n / r['packs']:.1f} uplinks"
+             f" per pack, {r['mbytes']:.0f} MB)")
         emit("drain_cpu_us_per_uplink", f"{r['cpu_s'] / n * 1e6:.0f}")
         emit("rss_mb_peak_200k" if n == 200_000 else f"rss_mb_peak_{n // 1000}k", f"{r['rss_mb']:.1f}")
 
@@ -345,7 +355,7 @@ class Bench:
             emit("drain_wan_s", f"skipped ({wan.reason})")
             return
         try:
-            buffer = self.backlog_200k if self.backlog_200k and self.sizes.drain == n else None
+            buffer = self.backlog_copy if self.backlog_copy and self.sizes.drain == n else None
             if buffer is None:
                 buffer = self.build_backlog("backlog-wan", n)
             r = self.drain("wan", buffer, n, wan=wan, timeout=self.sizes.wan_timeout)
@@ -428,15 +438,24 @@ def main() -> int:
     wanted = set(PHASES) if args.only is None else {args.only}
     if wanted & {"e2e", "drain"}:
         wanted.add("relay")
+    phases: list[tuple[str, Callable[[], None]]] = [
+        ("relay", lambda: bench.run_stream(e2e="e2e" in wanted)),
+        ("drain", bench.run_drain),
+        ("wan", bench.run_wan),
+        ("rss", bench.run_rss),
+    ]
+    failed = 0
     try:
-        if "relay" in wanted:
-            bench.run_stream(e2e="e2e" in wanted)
-        if "drain" in wanted:
-            bench.run_drain()
-        if "wan" in wanted:
-            bench.run_wan()
-        if "rss" in wanted and sizes.big:
-            bench.run_rss()
+        for name, run in phases:
+            if name not in wanted or (name == "rss" and not sizes.big):
+                continue
+            try:
+                run()
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                # One phase failing (e.g. records missing upstream) must not hide the others.
+                failed += 1
+                emit(f"{name}_error", str(exc))
+                Child.stop_all()
     except KeyboardInterrupt:
         note("interrupted; stopping everything")
         return 130
@@ -446,8 +465,8 @@ def main() -> int:
             note(f"scratch directory kept: {wd}")
         else:
             shutil.rmtree(wd, ignore_errors=True)
-    emit("runtime_s", f"{time.monotonic() - started:.0f}")
-    return 0
+    emit("runtime_s", f"{time.monotonic() - started:.0f} (load1 at end {os.getloadavg()[0]:.2f})")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -106,6 +106,46 @@ class BufferConfig:
 
 
 @dataclass(frozen=True)
+class ShareRules:
+    """What one destination may receive (`share` table of an upstream); empty selectors select all.
+
+    A device passes when it matches every selector that is set: `devices` (DevEUIs),
+    `applications` and `device_profiles` (names or ids), `tags` (all must match). Of its readings,
+    only `quantities` (if set) and none of `drop_quantities` are sent. `radio = false` sends no
+    radio metadata; `round` gives decimals per quantity ("*" for all); `thin_s` sends at most one
+    uplink per device per interval.
+    """
+
+    devices: tuple[str, ...] = ()
+    applications: tuple[str, ...] = ()
+    device_profiles: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    quantities: tuple[str, ...] = ()
+    drop_quantities: tuple[str, ...] = ()
+    radio: bool = True
+    round: tuple[tuple[str, int], ...] = ()
+    thin_s: float = 0.0
+
+    @property
+    def selects_devices(self) -> bool:
+        """True when some device selector is set."""
+        return bool(self.devices or self.applications or self.device_profiles or self.tags)
+
+
+@dataclass(frozen=True)
+class NgsiLdConfig:
+    """How an HTTP upstream in NGSI-LD format builds its entities (`ngsi_ld` table)."""
+
+    entity_type: str = ""
+    climate_type: str = "IndoorEnvironmentObserved"
+    device_entity: bool = True
+    batch_size: int = 100
+    locations: tuple[tuple[str, float, float], ...] = ()
+    device_types: tuple[tuple[str, str], ...] = ()
+    attributes: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     """One destination broker with its own format, topics and progress."""
 
@@ -118,7 +158,50 @@ class UpstreamConfig:
     qos: int = 1
     max_inflight: int = 20
     max_message_bytes: int = 65536
-    read_batch: int = 2000
+    read_batch: int = 50000
+    share: ShareRules = field(default_factory=ShareRules)
+
+
+@dataclass(frozen=True)
+class HttpUpstreamConfig:
+    """One HTTP destination (`[[http_upstream]]`), e.g. an NGSI-LD context broker.
+
+    Attributes:
+        name: unique upstream name; also the buffer cursor's name.
+        endpoint: the full URL to POST to; for NGSI-LD
+            `<broker>/ngsi-ld/v1/entityOperations/upsert?options=update`.
+        format: "ngsi-ld", "senml+json" or "senml+cbor".
+        bearer_token_file: a file whose content is sent as `Authorization: Bearer <token>`.
+        ca_file: PEM bundle to verify the server with instead of the system store.
+        cert_file: client certificate (PEM) for mutual TLS.
+        key_file: the client certificate's key, if not in `cert_file`.
+        timeout_s: connect, read and write timeout of one request.
+        max_batch: the most entries read from the buffer and settled together.
+        backoff_min_s: the first retry delay (jittered).
+        backoff_max_s: the longest retry delay without a Retry-After.
+        retry_after_max_s: the longest Retry-After honoured.
+        headers: extra request headers, e.g. (("NGSILD-Tenant", "city"),).
+        notice_endpoint: where gap notices are POSTed as JSON; empty to keep them in the buffer.
+        proxy: an HTTP(S) proxy URL; the environment's proxy variables are not used.
+    """
+
+    name: str
+    endpoint: str
+    format: str = "ngsi-ld"
+    bearer_token_file: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    timeout_s: float = 10.0
+    max_batch: int = 100
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 60.0
+    retry_after_max_s: float = 600.0
+    headers: tuple[tuple[str, str], ...] = ()
+    notice_endpoint: str = ""
+    proxy: str = ""
+    share: ShareRules = field(default_factory=lambda: ShareRules())
+    ngsi_ld: NgsiLdConfig = field(default_factory=lambda: NgsiLdConfig())
 
 
 @dataclass(frozen=True)
@@ -130,6 +213,7 @@ class Config:
     buffer: BufferConfig
     upstreams: tuple[UpstreamConfig, ...]
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    http_upstreams: tuple[HttpUpstreamConfig, ...] = ()
     log_level: str = "info"
     source_path: str = ""
 
@@ -335,18 +419,24 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
     buf.done()
 
     upstreams: list[UpstreamConfig] = []
-    raw_ups = top.get("upstream", list, [], required=True)
-    if isinstance(raw_ups, list) and not raw_ups and "upstream" in doc:
-        problems.append("upstream: at least one [[upstream]] is required")
+    raw_ups = top.get("upstream", list, [])
+    raw_http = top.get("http_upstream", list, [])
+    if not raw_ups and not raw_http:
+        problems.append("upstream: at least one [[upstream]] (MQTT) or [[http_upstream]] is required")
     names: set[str] = set()
+
+    def upstream_name(ur: _Reader, i: int) -> str:
+        name: str = ur.get("name", str, f"upstream{i}", required=True)
+        if name in names:
+            problems.append(f"{ur.key('name')}: {name!r} is used twice (names key each upstream's progress)")
+        if not name.replace("-", "").replace("_", "").isalnum():
+            problems.append(f"{ur.key('name')}: use letters, digits, '-' and '_' only")
+        names.add(name)
+        return name
+
     for i, raw in enumerate(raw_ups):
         ur = _Reader(raw, f"upstream[{i}]", problems)
-        name = ur.get("name", str, f"upstream{i}", required=True)
-        if name in names:
-            problems.append(f"upstream[{i}].name: {name!r} is used twice")
-        if not name.replace("-", "").replace("_", "").isalnum():
-            problems.append(f"upstream[{i}].name: use letters, digits, '-' and '_' only")
-        names.add(name)
+        name = upstream_name(ur, i)
         up = UpstreamConfig(
             name=name,
             mqtt=_mqtt(ur, "url", f"lorawan-edge-{{edge_id}}-{name}", edge_id),
@@ -358,6 +448,7 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             max_inflight=ur.positive("max_inflight", int, UpstreamConfig.max_inflight),
             max_message_bytes=ur.positive("max_message_bytes", int, UpstreamConfig.max_message_bytes),
             read_batch=ur.positive("read_batch", int, UpstreamConfig.read_batch),
+            share=_share(ur),
         )
         if up.format not in FORMATS:
             problems.append(f"upstream[{i}].format: must be one of {', '.join(FORMATS)}")
@@ -367,11 +458,105 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             problems.append(f"upstream[{i}].max_message_bytes: must be at least 1024")
         ur.done()
         upstreams.append(up)
+    http_upstreams: list[HttpUpstreamConfig] = []
+    for i, raw in enumerate(raw_http):
+        hr = _Reader(raw, f"http_upstream[{i}]", problems)
+        name = upstream_name(hr, i)
+        endpoint = hr.get("endpoint", str, "", required=True)
+        if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
+            problems.append(f"{hr.key('endpoint')}: must be an http:// or https:// URL")
+        headers = hr.get("headers", dict, {})
+        http = HttpUpstreamConfig(
+            name=name, endpoint=endpoint, format=hr.get("format", str, "ngsi-ld"),
+            bearer_token_file=hr.get("bearer_token_file", str, ""), ca_file=hr.get("ca_file", str, ""),
+            cert_file=hr.get("cert_file", str, ""), key_file=hr.get("key_file", str, ""),
+            timeout_s=hr.positive("timeout_s", float, 10.0), max_batch=hr.positive("max_batch", int, 100),
+            backoff_min_s=hr.positive("backoff_min_s", float, 1.0),
+            backoff_max_s=hr.positive("backoff_max_s", float, 60.0),
+            retry_after_max_s=hr.positive("retry_after_max_s", float, 600.0),
+            headers=tuple((str(k), str(v)) for k, v in headers.items()),
+            notice_endpoint=hr.get("notice_endpoint", str, ""), proxy=hr.get("proxy", str, ""),
+            share=_share(hr), ngsi_ld=_ngsi_ld(hr),
+        )
+        for key in ("bearer_token_file", "ca_file", "cert_file", "key_file"):
+            _check_file(hr, key, getattr(http, key))
+        if http.format not in (*FORMATS, "ngsi-ld"):
+            problems.append(f"{hr.key('format')}: must be ngsi-ld, senml+json or senml+cbor")
+        if http.endpoint.startswith("http://") and (http.ca_file or http.cert_file):
+            problems.append(f"{hr.key('endpoint')}: TLS files are set but the endpoint is not https://")
+        hr.done()
+        http_upstreams.append(http)
     top.done()
     if problems:
         raise ConfigError(problems)
     return Config(edge_id=edge_id, chirpstack=chirpstack, buffer=buffer, upstreams=tuple(upstreams),
-                  decoding=decoding, log_level=log_level, source_path=source_path)
+                  decoding=decoding, log_level=log_level, source_path=source_path,
+                  http_upstreams=tuple(http_upstreams))
+
+
+def _share(parent: _Reader) -> ShareRules:
+    """The optional `share` table of an upstream."""
+    if "share" not in parent.table:
+        parent.used.add("share")
+        return ShareRules()
+    r = _Reader(parent.get("share", dict, {}), parent.key("share"), parent.problems)
+    tags = r.get("tags", dict, {})
+    rounding = r.get("round", dict, {})
+    rules = ShareRules(
+        devices=tuple(e.lower() for e in r.strings("devices")),
+        applications=r.strings("applications"),
+        device_profiles=r.strings("device_profiles"),
+        tags=tuple((str(k), str(v)) for k, v in tags.items()),
+        quantities=r.strings("quantities"),
+        drop_quantities=r.strings("drop_quantities"),
+        radio=r.get("radio", bool, True),
+        round=tuple((str(k), v) for k, v in rounding.items() if isinstance(v, int) and not isinstance(v, bool)),
+        thin_s=r.get("thin_s", float, 0.0),
+    )
+    if len(rules.round) != len(rounding) or any(not 0 <= d <= 12 for _, d in rules.round):
+        r.problems.append(f"{r.key('round')}: each value must be a number of decimals from 0 to 12")
+    if rules.thin_s < 0:
+        r.problems.append(f"{r.key('thin_s')}: must be 0 (off) or more seconds")
+    from edge.vocabulary import BY_NAME
+
+    for key in ("quantities", "drop_quantities"):
+        unknown = [q for q in getattr(rules, key) if q not in BY_NAME]
+        if unknown:
+            r.problems.append(f"{r.key(key)}: not in the vocabulary (docs/vocabulary.md): {', '.join(unknown)}")
+    r.done()
+    return rules
+
+
+def _ngsi_ld(parent: _Reader) -> NgsiLdConfig:
+    """The optional `ngsi_ld` table of an HTTP upstream."""
+    if "ngsi_ld" not in parent.table:
+        parent.used.add("ngsi_ld")
+        return NgsiLdConfig()
+    r = _Reader(parent.get("ngsi_ld", dict, {}), parent.key("ngsi_ld"), parent.problems)
+    locations = []
+    for dev, pos in r.get("locations", dict, {}).items():
+        if (isinstance(pos, list) and len(pos) == 2 and all(isinstance(x, int | float) for x in pos)
+                and -90 <= pos[0] <= 90 and -180 <= pos[1] <= 180):
+            locations.append((str(dev).lower(), float(pos[0]), float(pos[1])))
+        else:
+            r.problems.append(f"{r.key('locations')}.{dev}: must be [latitude, longitude] in degrees")
+    attributes = r.get("attributes", list, [])
+    if not all(isinstance(a, dict) for a in attributes):
+        r.problems.append(f"{r.key('attributes')}: must be a list of tables")
+        attributes = []
+    cfg = NgsiLdConfig(
+        entity_type=r.get("entity_type", str, ""),
+        climate_type=r.get("climate_type", str, "IndoorEnvironmentObserved"),
+        device_entity=r.get("device_entity", bool, True),
+        batch_size=r.positive("batch_size", int, 100),
+        locations=tuple(locations),
+        device_types=tuple((str(k).lower(), str(v)) for k, v in r.get("device_types", dict, {}).items()),
+        attributes=tuple(attributes),
+    )
+    if cfg.climate_type not in ("IndoorEnvironmentObserved", "WeatherObserved"):
+        r.problems.append(f"{r.key('climate_type')}: must be IndoorEnvironmentObserved or WeatherObserved")
+    r.done()
+    return cfg
 
 
 def load_config(path: str | Path) -> Config:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 # A reading's value: SenML's v (number), vb (boolean) or vs (string).
 Value = float | int | bool | str
@@ -108,15 +111,139 @@ class DecodeStatus:
     NAMES = ("decoded", "chirpstack", "undecoded", "failed", "superseded")
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A buffered uplink as a sink reads it: everything needed to format it, nothing more."""
+def _record(name: str, value: Value, unit: str | None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"n": name}
+    if unit:
+        rec["u"] = unit
+    rec["vb" if isinstance(value, bool) else "vs" if isinstance(value, str) else "v"] = value
+    return rec
 
-    id: int
-    uplink_id: str
-    dev_eui: str
-    application_id: str
-    gateway_id: str
-    time: float
-    readings: list[Reading]
-    radio: RadioInfo
+
+def readings_json(readings: Sequence[Reading]) -> bytes:
+    """Readings in their canonical stored form: a JSON array of SenML records (n, u, v|vs|vb).
+
+    The buffer stores records in this form, so a SenML JSON pack is assembled by splicing bytes
+    and other formats parse it back; it is records, not a formatted payload.
+    """
+    return orjson.dumps([_record(r.name, r.value, r.unit) for r in readings])
+
+
+def readings_from_json(blob: bytes) -> list[Reading]:
+    """The inverse of readings_json."""
+    out = []
+    for rec in orjson.loads(blob):
+        value = rec["v"] if "v" in rec else rec["vs"] if "vs" in rec else rec["vb"]
+        out.append(Reading(rec["n"], value, rec.get("u")))
+    return out
+
+
+def radio_json(r: RadioInfo) -> bytes:
+    """Radio metadata in canonical stored form: SenML records in primary units (RSSI in dBW)."""
+    recs: list[dict[str, Any]] = []
+    if r.fcnt is not None:
+        recs.append({"n": "fcnt", "u": "count", "v": r.fcnt})
+    if r.fport is not None:
+        recs.append({"n": "fport", "v": r.fport})
+    if r.frequency is not None:
+        recs.append({"n": "frequency", "u": "Hz", "v": r.frequency})
+    if r.spreading_factor is not None:
+        recs.append({"n": "sf", "v": r.spreading_factor})
+    if r.dr is not None:
+        recs.append({"n": "dr", "v": r.dr})
+    if r.rssi is not None:
+        recs.append({"n": "rssi", "u": "dBW", "v": r.rssi - 30})  # dBm is only a secondary unit
+    if r.snr is not None:
+        recs.append({"n": "snr", "u": "dB", "v": r.snr})
+    recs.append({"n": "gateways", "u": "count", "v": r.gateways})
+    if r.gateway_id:
+        recs.append({"n": "gateway", "vs": f"urn:dev:mac:{r.gateway_id}"})
+    return orjson.dumps(recs)
+
+
+def radio_from_json(blob: bytes) -> RadioInfo:
+    """The inverse of radio_json."""
+    values = {rec["n"]: rec.get("v", rec.get("vs")) for rec in orjson.loads(blob)}
+    rssi = values.get("rssi")
+    gateway = values.get("gateway")
+    return RadioInfo(fcnt=values.get("fcnt"), fport=values.get("fport"), frequency=values.get("frequency"),
+                     spreading_factor=values.get("sf"), dr=values.get("dr"),
+                     rssi=None if rssi is None else rssi + 30, snr=values.get("snr"),
+                     gateway_id=gateway.removeprefix("urn:dev:mac:") if gateway else None,
+                     gateways=values.get("gateways", 0))
+
+
+class Entry:
+    """A buffered uplink as a sink reads it: everything needed to format it, nothing more.
+
+    Built from the buffer with the stored record blobs, which are parsed only if a formatter asks
+    for `readings` or `radio` (the SenML JSON path splices the blobs and never parses them);
+    built in code from readings and radio objects.
+    """
+
+    __slots__ = ("_radio", "_radio_json", "_readings", "_readings_json", "application_id", "dev_eui",
+                 "gateway_id", "id", "time", "uplink_id")
+
+    def __init__(self, id: int, uplink_id: str, dev_eui: str, application_id: str, gateway_id: str,
+                 time: float, readings: Sequence[Reading] | None = None, radio: RadioInfo | None = None, *,
+                 readings_blob: bytes | None = None, radio_blob: bytes | None = None) -> None:
+        self.id = id
+        self.uplink_id = uplink_id
+        self.dev_eui = dev_eui
+        self.application_id = application_id
+        self.gateway_id = gateway_id
+        self.time = time
+        self._readings = None if readings is None else list(readings)
+        self._radio = radio
+        self._readings_json = readings_blob
+        self._radio_json = radio_blob
+
+    @property
+    def readings(self) -> list[Reading]:
+        """The uplink's readings."""
+        if self._readings is None:
+            self._readings = readings_from_json(self._readings_json or b"[]")
+        return self._readings
+
+    @property
+    def radio(self) -> RadioInfo:
+        """The uplink's radio metadata."""
+        if self._radio is None:
+            self._radio = radio_from_json(self._radio_json) if self._radio_json else RadioInfo()
+        return self._radio
+
+    @property
+    def readings_json(self) -> bytes:
+        """The readings as a JSON array of SenML records."""
+        if self._readings_json is None:
+            self._readings_json = readings_json(self._readings or [])
+        return self._readings_json
+
+    @property
+    def radio_json(self) -> bytes:
+        """The radio metadata as a JSON array of SenML records."""
+        if self._radio_json is None:
+            self._radio_json = radio_json(self.radio)
+        return self._radio_json
+
+    @property
+    def has_readings(self) -> bool:
+        """True when the uplink has readings (checked without parsing them)."""
+        if self._readings is not None:
+            return bool(self._readings)
+        return bool(self._readings_json) and self._readings_json != b"[]"
+
+    def __repr__(self) -> str:
+        return f"Entry(id={self.id}, uplink_id={self.uplink_id!r}, dev_eui={self.dev_eui!r}, time={self.time})"
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """One upstream message: where it goes (topic or ''), its bytes, and its media type."""
+
+    topic: str
+    payload: bytes
+    content_type: str
+
+
+# Turns consecutive stored entries into the messages that carry them upstream (edge.formats).
+Formatter = Callable[[Sequence[Entry]], list[OutMessage]]

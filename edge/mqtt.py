@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import random
 import ssl
-from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -32,23 +30,3 @@ def make_client(endpoint: MqttEndpoint, *, clean: bool, manual_ack: bool = False
             context.load_cert_chain(endpoint.cert_file, endpoint.key_file)
         client.tls_set_context(context)
     return client
-
-
-@dataclass
-class Backoff:
-    """Capped exponential backoff with full jitter; reset only after the broker accepted us."""
-
-    minimum: float
-    maximum: float
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next(self) -> float:
-        """The delay before the next attempt."""
-        ceiling = min(self.maximum, self.minimum * (2 ** min(self.attempt, 16)))
-        self.attempt += 1
-        return self.minimum / 2 + self.rng.uniform(0, ceiling)
-
-    def reset(self) -> None:
-        """Start over after a successful connection."""
-        self.attempt = 0

@@ -11,8 +11,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # How many recent uplink ids are remembered to drop duplicates. Redeliveries after a crash are
 # bounded by the broker's in-flight window, far below this.
-DEDUP_WINDOW = 32768
+DEDUP_WINDOW = 8192
 _STATUS_COUNTER = {
     DecodeStatus.DECODED: "decoded",
     DecodeStatus.CHIRPSTACK: "chirpstack",
@@ -75,17 +74,13 @@ def _topic_fields(entry: Entry, edge_id: str) -> dict[str, str]:
             "edge_id": edge_id}
 
 
-def _chunks(entries: list[Entry], max_bytes: int, per_entry: int, per_reading: int) -> list[list[Entry]]:
-    """Split one topic's entries into runs whose packs should stay under max_bytes (estimated).
-
-    The estimate keeps the split linear; `_packs` checks the real size and halves a run that is
-    still too large.
-    """
+def _chunks(entries: list[Entry], max_bytes: int, link: bool) -> list[list[Entry]]:
+    """Split one topic's entries into runs whose SenML pack stays under max_bytes."""
     out: list[list[Entry]] = []
     current: list[Entry] = []
     size = 2
     for e in entries:
-        est = per_entry + per_reading * len(e.readings) + sum(len(r.name) for r in e.readings)
+        est = senml.section_size(e, link)
         if current and size + est > max_bytes:
             out.append(current)
             current, size = [], 2
@@ -96,51 +91,44 @@ def _chunks(entries: list[Entry], max_bytes: int, per_entry: int, per_reading: i
     return out
 
 
-def _packs(entries: list[Entry], records: Callable[[Sequence[Entry]], list[dict[str, Any]]], fmt: str,
-           max_bytes: int) -> list[bytes]:
-    """Encode entries as packs of at most max_bytes each.
-
-    A single uplink too large on its own is split by readings; each part repeats the uplink's id
-    record, so every reading still resolves with its uplink id.
-    """
-    payload = senml.encode(records(entries), fmt)
-    if len(payload) <= max_bytes:
-        return [payload]
-    if len(entries) == 1:
-        readings = entries[0].readings
-        if len(readings) < 2:
-            return [payload]  # cannot be made smaller; the broker decides
-        half = len(readings) // 2
-        parts = [replace(entries[0], readings=readings[:half]), replace(entries[0], readings=readings[half:])]
-        return _packs(parts[:1], records, fmt, max_bytes) + _packs(parts[1:], records, fmt, max_bytes)
-    half = len(entries) // 2
-    return _packs(entries[:half], records, fmt, max_bytes) + _packs(entries[half:], records, fmt, max_bytes)
+def _split_readings(entry: Entry, max_bytes: int) -> list[Entry]:
+    """An uplink too large for one pack, as parts that each repeat its id record (rare)."""
+    readings = entry.readings
+    if senml.section_size(entry, False) <= max_bytes or len(readings) < 2:
+        return [entry]
+    half = len(readings) // 2
+    return [part for chunk in (readings[:half], readings[half:])
+            for part in _split_readings(Entry(entry.id, entry.uplink_id, entry.dev_eui, entry.application_id,
+                                              entry.gateway_id, entry.time, chunk, entry.radio), max_bytes)]
 
 
 def make_formatter(up: UpstreamConfig, edge_id: str) -> Formatter:
-    """The formatter of one upstream: groups entries by topic and packs them (senml.py)."""
+    """The formatter of one upstream: groups entries by topic and packs them (senml.py).
+
+    Consecutive uplinks of one device share a pack while a backlog drains; a pack stays under
+    `max_message_bytes` (a single uplink larger than that is split by readings).
+    """
     content_type = senml.CONTENT_TYPES[up.format]
+    limit = up.max_message_bytes
 
     def grouped(entries: Sequence[Entry], template: str) -> dict[str, list[Entry]]:
         groups: dict[str, list[Entry]] = {}
+        fixed = "{" not in template
         for e in entries:
-            groups.setdefault(template.format(**_topic_fields(e, edge_id)), []).append(e)
+            topic = template if fixed else template.format(**_topic_fields(e, edge_id))
+            groups.setdefault(topic, []).append(e)
         return groups
 
     def format_entries(entries: Sequence[Entry]) -> list[OutMessage]:
         out: list[OutMessage] = []
-        with_readings = [e for e in entries if e.readings]
-        limit = up.max_message_bytes
+        with_readings = [part for e in entries if e.has_readings for part in _split_readings(e, limit)]
         for topic, group in grouped(with_readings, up.topic).items():
-            # ~110 B for the base fields and id record, ~45 B per reading plus its name.
-            for chunk in _chunks(group, limit, 130, 45):
-                for payload in _packs(chunk, senml.measurement_records, up.format, limit):
-                    out.append(OutMessage(topic, payload, content_type))
+            for chunk in _chunks(group, limit, link=False):
+                out.append(OutMessage(topic, senml.pack(chunk, up.format), content_type))
         if up.link_topic:
             for topic, group in grouped(entries, up.link_topic).items():
-                for chunk in _chunks(group, limit, 420, 0):  # ~380 B of radio metadata per uplink
-                    for payload in _packs(chunk, senml.link_records, up.format, limit):
-                        out.append(OutMessage(topic, payload, content_type))
+                for chunk in _chunks(group, limit, link=True):
+                    out.append(OutMessage(topic, senml.pack(chunk, up.format, link=True), content_type))
         return out
 
     return format_entries
@@ -164,6 +152,10 @@ class BufferBacklog:
     def read(self, after_id: int, limit: int) -> list[Entry]:
         """Entries after `after_id`."""
         return self.buffer.read(after_id, limit)
+
+    def read_grouped(self, after_id: int, limit: int) -> tuple[int, int, Iterator[list[Entry]]]:
+        """A window of entries after `after_id`, grouped by device."""
+        return self.buffer.read_grouped(after_id, limit)
 
     def advance(self, upto_id: int, delivered: int) -> None:
         """Persist delivery progress."""

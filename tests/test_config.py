@@ -227,7 +227,7 @@ CASES: list[tuple[str, Patch, str, str]] = [
     ("missing-chirpstack", _del("chirpstack"), "chirpstack", "is required"),
     ("missing-mqtt-url", _set("chirpstack", {}), "chirpstack.mqtt_url", "is required"),
     ("missing-upstream", _del("upstream"), "upstream", "is required"),
-    ("empty-upstream", _set("upstream", []), "upstream", "at least one [[upstream]] is required"),
+    ("empty-upstream", _set("upstream", []), "upstream", "at least one [[upstream]] (MQTT) or [[http_upstream]]"),
     ("missing-upstream-name", _set("upstream.0", {"url": "mqtt://b.example.org"}), "upstream[0].name",
      "is required"),
     ("rule-without-criteria", _rule(decoder="elsys/ers"), "decoding.rule[0]",

@@ -102,10 +102,10 @@ def test_formatter_splits_measurement_packs_under_max_bytes(fmt: str) -> None:
 
 
 def test_formatter_single_entry_per_message_when_limit_is_small() -> None:
-    chunks = _chunks([entry(i) for i in range(1, 4)], 1, 130, 45)
+    chunks = _chunks([entry(i) for i in range(1, 4)], 1, link=False)
     assert [[e.id for e in c] for c in chunks] == [[1], [2], [3]]  # never an empty chunk
-    assert _chunks([], 1024, 130, 45) == []
-    assert [[e.id for e in c] for c in _chunks([entry(i) for i in range(1, 4)], 1 << 20, 130, 45)] == [[1, 2, 3]]
+    assert _chunks([], 1024, link=False) == []
+    assert [[e.id for e in c] for c in _chunks([entry(i) for i in range(1, 4)], 1 << 20, link=True)] == [[1, 2, 3]]
 
 
 @pytest.mark.parametrize("fmt", ["senml+json", "senml+cbor"])

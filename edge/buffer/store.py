@@ -21,7 +21,7 @@ import orjson
 
 from edge.buffer.migrations import migrate
 from edge.errors import StorageCorrupt, StorageError
-from edge.model import DeviceEvent, Entry, Malformed, RadioInfo, Reading, Uplink
+from edge.model import DeviceEvent, Entry, Malformed, Reading, Uplink, radio_json, readings_json
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +74,6 @@ class Gap:
     last_time: float | None
 
 
-def _radio_blob(r: RadioInfo) -> bytes:
-    return orjson.dumps([r.fcnt, r.fport, r.frequency, r.spreading_factor, r.dr, r.rssi, r.snr,
-                         r.gateway_id, r.gateways])
-
-
-def _radio(blob: bytes) -> RadioInfo:
-    return RadioInfo(*orjson.loads(blob))
-
-
-def _readings(blob: bytes) -> list[Reading]:
-    return [Reading(n, v, u) for n, v, u in orjson.loads(blob)]
-
-
 def connect(path: str | Path, *, readonly: bool = False, synchronous: str = "FULL") -> sqlite3.Connection:
     """Open the buffer database with the settings this module relies on."""
     if readonly:
@@ -102,7 +89,7 @@ def connect(path: str | Path, *, readonly: bool = False, synchronous: str = "FUL
         db.execute(f"PRAGMA synchronous = {synchronous}")
         # Keep the WAL from growing without bound while sinks hold read transactions.
         db.execute("PRAGMA journal_size_limit = 67108864")
-    db.execute("PRAGMA cache_size = -4096")  # 4 MiB per connection keeps RSS flat on a Pi
+    db.execute("PRAGMA cache_size = -2048")  # 2 MiB per connection keeps RSS flat on a Pi
     return db
 
 
@@ -147,12 +134,12 @@ class Buffer:
                 devices: dict[str, tuple[Any, ...]] = {}
                 for new in batch.uplinks:
                     up = new.uplink
-                    readings = orjson.dumps([[r.name, r.value, r.unit] for r in new.readings])
+                    readings = readings_json(new.readings)
                     cur.execute(
                         "INSERT INTO uplinks(uplink_id, dev_eui, application_id, gateway_id, time, status,"
                         " decoder, error, readings, radio) VALUES (?,?,?,?,?,?,?,?,?,?)",
                         (up.uplink_id, up.device.dev_eui, up.device.application_id, up.radio.gateway_id or "",
-                         up.time, new.status, new.decoder, new.error or None, readings, _radio_blob(up.radio)),
+                         up.time, new.status, new.decoder, new.error or None, readings, radio_json(up.radio)),
                     )
                     row_id = int(cur.lastrowid or 0)
                     ids.append(row_id)
@@ -311,14 +298,56 @@ class Buffer:
         self.db.execute("INSERT OR IGNORE INTO sinks(name, cursor) VALUES (?, 0)", (name,))
         return int(self.db.execute("SELECT cursor FROM sinks WHERE name = ?", (name,)).fetchone()[0])
 
-    def read(self, after_id: int, limit: int) -> list[Entry]:
-        """Up to `limit` stored uplinks with id > after_id, oldest first."""
-        rows = self.db.execute(
+    def read(self, after_id: int, limit: int, max_bytes: int = 1 << 62) -> list[Entry]:
+        """Stored uplinks with id > after_id, oldest first: at most `limit`, and stopping once their
+        record blobs add up to `max_bytes` (at least one is returned), so memory stays bounded."""
+        cursor = self.db.execute(
             "SELECT id, uplink_id, dev_eui, application_id, gateway_id, time, readings, radio FROM uplinks"
             " WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
-        ).fetchall()
-        return [Entry(r[0], r[1], r[2], r[3], r[4], r[5], _readings(r[6]), _radio(r[7])) for r in rows]
+        )
+        out: list[Entry] = []
+        size = 0
+        for r in cursor:
+            out.append(Entry(r[0], r[1], r[2], r[3], r[4], r[5], readings_blob=r[6], radio_blob=r[7]))
+            size += len(r[6]) + len(r[7]) + 200  # + the row's ids and the Python objects around them
+            if size >= max_bytes:
+                break
+        cursor.close()
+        return out
+
+    def read_grouped(self, after_id: int, limit: int,
+                     group_max: int = 1000) -> tuple[int, int, Iterator[list[Entry]]]:
+        """A window of up to `limit` uplinks after `after_id`, grouped by device (see Backlog).
+
+        Only (id, dev_eui) of the window are held in memory; each group of at most `group_max`
+        uplinks of one device is fetched when the iterator reaches it. Rows trimmed meanwhile are
+        simply missing from their group.
+        """
+        rows = self.db.execute("SELECT id, dev_eui FROM uplinks WHERE id > ? ORDER BY id LIMIT ?",
+                               (after_id, limit)).fetchall()
+        if not rows:
+            return after_id, 0, iter(())
+        last_id, count = int(rows[-1][0]), len(rows)
+        by_device: dict[str, list[int]] = {}
+        for row_id, dev_eui in rows:
+            by_device.setdefault(dev_eui, []).append(row_id)
+        del rows
+
+        def groups() -> Iterator[list[Entry]]:
+            for ids in by_device.values():
+                for start in range(0, len(ids), group_max):
+                    group = self._fetch(ids[start:start + group_max])
+                    if group:
+                        yield group
+
+        return last_id, count, groups()
+
+    def _fetch(self, ids: Sequence[int]) -> list[Entry]:
+        rows = self.db.execute(
+            "SELECT id, uplink_id, dev_eui, application_id, gateway_id, time, readings, radio FROM uplinks"
+            f" WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id", list(ids)).fetchall()
+        return [Entry(r[0], r[1], r[2], r[3], r[4], r[5], readings_blob=r[6], radio_blob=r[7]) for r in rows]
 
     def advance(self, sink: str, upto_id: int, delivered: int) -> None:
         """Record that a sink has delivered everything up to `upto_id`."""

@@ -121,7 +121,7 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
                    f"  delivered={up['delivered']}  dropped={up['dropped']}  last={_ago(up['last_delivery'])}")
     click.echo("devices (last uplink):")
     for d in data["devices"]:
-        values = " ".join(f"{n}={v}{u or ''}" for n, v, u in d["readings"][:6])
+        values = " ".join(f"{r['n']}={r.get('v', r.get('vs', r.get('vb')))}{r.get('u', '')}" for r in d["readings"][:6])
         click.echo(f"  {d['dev_eui']} {d['name'][:20]:<20} {_ago(d['last_time']):>9} fcnt={d['fcnt']}"
                    f" rssi={d['rssi']} snr={d['snr']} {DecodeStatus.NAMES[d['status']]}:{d['decoder'] or '-'}"
                    f"  {values}")

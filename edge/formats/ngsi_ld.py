@@ -39,8 +39,7 @@ from typing import Any
 
 import orjson
 
-from edge.model import Entry, Reading
-from edge.sinks.base import Formatter, OutMessage
+from edge.model import Entry, Formatter, OutMessage, Reading
 
 CONTENT_TYPE = "application/ld+json"
 # Batch upsert (ETSI GS CIM 009 §5.6.8). `update` keeps attributes this gateway does not send;
@@ -236,11 +235,11 @@ class NgsiLdOptions:
 
     Attributes:
         entity_type: the observed type for every device of this upstream, or None to choose per device.
-        device_types: DevEUI → observed type, e.g. from a ChirpStack device tag `ngsi_type`; wins over
-            `entity_type`.
+        device_types: DevEUI (lower case) → observed type, e.g. from a ChirpStack device tag `ngsi_type`;
+            wins over `entity_type`.
         climate_type: the type for devices with only climate readings (temperature, humidity,
             illuminance, pressure): IndoorEnvironmentObserved or, for outdoor sensors, WeatherObserved.
-        locations: DevEUI → (latitude, longitude) in WGS84 degrees, from the device registry.
+        locations: DevEUI (lower case) → (latitude, longitude) in WGS84 degrees, from the device registry.
         attributes: the reading → attribute table (see `attribute_table`).
         contexts: entity type → @context URL; replaces the default Smart Data Models context of a type.
         device_entity: also upsert a Device entity per device and link it with refDevice.

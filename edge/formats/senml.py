@@ -26,15 +26,6 @@ CONTENT_TYPES = {JSON: "application/senml+json", CBOR: "application/senml+cbor"}
 _LABELS = {"bn": -2, "bt": -3, "n": 0, "u": 1, "v": 2, "vs": 3, "vb": 4, "t": 6}
 
 
-def _value(record: dict[str, Any], value: Any) -> None:
-    if isinstance(value, bool):
-        record["vb"] = value
-    elif isinstance(value, str):
-        record["vs"] = value
-    else:
-        record["v"] = value
-
-
 def _id_record(bn: str | None, t: float, uplink_id: str) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     if bn is not None:
@@ -45,21 +36,24 @@ def _id_record(bn: str | None, t: float, uplink_id: str) -> dict[str, Any]:
     return rec
 
 
-def measurement_records(entries: Sequence[Entry]) -> list[dict[str, Any]]:
-    """SenML records (JSON labels) for the readings of consecutive uplinks of one device."""
+def _base_name(entry: Entry, link: bool) -> str:
+    return f"urn:dev:mac:{entry.dev_eui}_lorawan_" if link else f"urn:dev:mac:{entry.dev_eui}_"
+
+
+def _records(entries: Sequence[Entry], link: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     last_bn = None
     for e in entries:
-        bn = f"urn:dev:mac:{e.dev_eui}_"
+        bn = _base_name(e, link)
         out.append(_id_record(bn if bn != last_bn else None, e.time, e.uplink_id))
         last_bn = bn
-        for r in e.readings:
-            rec: dict[str, Any] = {"n": r.name}
-            if r.unit:
-                rec["u"] = r.unit
-            _value(rec, r.value)
-            out.append(rec)
+        out.extend(orjson.loads(e.radio_json if link else e.readings_json))
     return out
+
+
+def measurement_records(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """SenML records (JSON labels) for the readings of consecutive uplinks of one device."""
+    return _records(entries, link=False)
 
 
 def link_records(entries: Sequence[Entry]) -> list[dict[str, Any]]:
@@ -67,31 +61,38 @@ def link_records(entries: Sequence[Entry]) -> list[dict[str, Any]]:
 
     RSSI is given in dBW (dBm − 30), SNR in dB, frequency in Hz: primary units only (RFC 8798 §3).
     """
-    out: list[dict[str, Any]] = []
+    return _records(entries, link=True)
+
+
+def section_size(entry: Entry, link: bool) -> int:
+    """The bytes one uplink adds to a SenML JSON pack (CBOR is smaller), for splitting packs."""
+    return len(entry.radio_json if link else entry.readings_json) + 140
+
+
+def pack(entries: Sequence[Entry], fmt: str, link: bool = False) -> bytes:
+    """One SenML pack for consecutive uplinks of one device: measurements, or radio metadata.
+
+    SenML JSON is assembled by splicing the stored record blobs (they are SenML records
+    already), with no parsing on this hot path; SenML CBOR re-encodes the parsed records.
+    """
+    if fmt != JSON:
+        return encode(_records(entries, link), fmt)
+    parts = [b"["]
     last_bn = None
     for e in entries:
-        bn = f"urn:dev:mac:{e.dev_eui}_lorawan_"
-        out.append(_id_record(bn if bn != last_bn else None, e.time, e.uplink_id))
+        if len(parts) > 1:
+            parts.append(b",")
+        bn = _base_name(e, link)
+        head = b'{"bn":' + orjson.dumps(bn) + b"," if bn != last_bn else b"{"
         last_bn = bn
-        r = e.radio
-        if r.fcnt is not None:
-            out.append({"n": "fcnt", "u": "count", "v": r.fcnt})
-        if r.fport is not None:
-            out.append({"n": "fport", "v": r.fport})
-        if r.frequency is not None:
-            out.append({"n": "frequency", "u": "Hz", "v": r.frequency})
-        if r.spreading_factor is not None:
-            out.append({"n": "sf", "v": r.spreading_factor})
-        if r.dr is not None:
-            out.append({"n": "dr", "v": r.dr})
-        if r.rssi is not None:
-            out.append({"n": "rssi", "u": "dBW", "v": r.rssi - 30})
-        if r.snr is not None:
-            out.append({"n": "snr", "u": "dB", "v": r.snr})
-        out.append({"n": "gateways", "u": "count", "v": r.gateways})
-        if r.gateway_id:
-            out.append({"n": "gateway", "vs": f"urn:dev:mac:{r.gateway_id}"})
-    return out
+        parts.append(head + b'"bt":' + orjson.dumps(e.time) + b',"n":"uplink","vs":"urn:uuid:'
+                     + e.uplink_id.encode() + b'"}')
+        blob = e.radio_json if link else e.readings_json
+        if len(blob) > 2:
+            parts.append(b",")
+            parts.append(blob[1:-1])
+    parts.append(b"]")
+    return b"".join(parts)
 
 
 def encode(records: list[dict[str, Any]], fmt: str) -> bytes:

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Protocol
 
-from edge.model import Entry
+from edge.model import Entry, Formatter, OutMessage
 
-
-@dataclass(frozen=True, slots=True)
-class OutMessage:
-    """One upstream message: where it goes, its bytes, and its media type."""
-
-    topic: str
-    payload: bytes
-    content_type: str
-
-
-# Turns consecutive stored entries into the messages that carry them upstream.
-Formatter = Callable[[Sequence[Entry]], list[OutMessage]]
+__all__ = ["Backlog", "Formatter", "OutMessage"]
 
 
 class Backlog(Protocol):
@@ -33,6 +21,11 @@ class Backlog(Protocol):
     def cursor(self) -> int: ...
 
     def read(self, after_id: int, limit: int) -> list[Entry]: ...
+
+    def read_grouped(self, after_id: int, limit: int) -> tuple[int, int, Iterator[list[Entry]]]:
+        """A window of up to `limit` entries after `after_id`: (last id, count, the entries grouped by
+        device, each group in id order and fetched lazily)."""
+        ...
 
     def advance(self, upto_id: int, delivered: int) -> None: ...
 

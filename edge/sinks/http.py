@@ -37,7 +37,8 @@ from typing import Any
 import httpx
 import orjson
 
-from edge.mqtt import Backoff
+from edge.backoff import Backoff
+from edge.config import HttpUpstreamConfig
 from edge.sinks.base import Backlog, Formatter, OutMessage
 
 log = logging.getLogger(__name__)
@@ -56,47 +57,11 @@ _TRANSIENT = frozenset({408, 425, 429})
 _MISCONFIGURED = frozenset({401, 403, 404, 405, 407, 415})
 
 DeadLetter = Callable[[OutMessage, int, str], None]
-"""Receives a message the upstream refused for good: (message, HTTP status, body excerpt)."""
+"""Receives a message the upstream refused for good: (message, HTTP status, body excerpt).
 
-
-@dataclass(frozen=True)
-class HttpUpstreamConfig:
-    """One HTTP destination (to move into edge/config.py as the `[[http_upstream]]` section).
-
-    Attributes:
-        name: unique upstream name; also the buffer cursor's name.
-        endpoint: the full URL to POST to; for NGSI-LD
-            `<broker>/ngsi-ld/v1/entityOperations/upsert?options=update`.
-        format: "ngsi-ld", "senml+json" or "senml+cbor".
-        bearer_token_file: a file whose content is sent as `Authorization: Bearer <token>`.
-        ca_file: PEM bundle to verify the server with instead of the system store.
-        cert_file: client certificate (PEM) for mutual TLS.
-        key_file: the client certificate's key, if not in `cert_file`.
-        timeout_s: connect, read and write timeout of one request.
-        max_batch: the most entries read from the buffer and settled together.
-        backoff_min_s: the first retry delay (jittered).
-        backoff_max_s: the longest retry delay without a Retry-After.
-        retry_after_max_s: the longest Retry-After honoured.
-        headers: extra request headers, e.g. (("NGSILD-Tenant", "city"),).
-        notice_endpoint: where gap notices are POSTed as JSON; empty to keep them in the buffer.
-        proxy: an HTTP(S) proxy URL; the environment's proxy variables are not used.
-    """
-
-    name: str
-    endpoint: str
-    format: str = "ngsi-ld"
-    bearer_token_file: str = ""
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    timeout_s: float = 10.0
-    max_batch: int = 100
-    backoff_min_s: float = 1.0
-    backoff_max_s: float = 60.0
-    retry_after_max_s: float = 600.0
-    headers: tuple[tuple[str, str], ...] = ()
-    notice_endpoint: str = ""
-    proxy: str = ""
+Called on the sink's own thread (open any SQLite connection there), before the cursor moves past
+the message: a crash in between re-sends the batch, so the same message may arrive twice.
+"""
 
 
 @dataclass(slots=True)
@@ -192,6 +157,16 @@ def redact(url: str) -> str:
     return f"{u.scheme}://{u.host}{port}{u.path}"
 
 
+def _http_url(upstream: str, url: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        parsed = httpx.URL("")
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"upstream {upstream}: {redact(url)} is not an http(s) URL")
+    return parsed
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -242,13 +217,12 @@ class HttpSink:
         self._dead_letter = dead_letter
         self.stats = HttpSinkStats()
         self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
-        for url in (cfg.endpoint, cfg.notice_endpoint):
-            if url and httpx.URL(url).scheme not in ("http", "https"):
-                raise ValueError(f"upstream {cfg.name}: {redact(url)} is not an http(s) URL")
+        endpoint = _http_url(cfg.name, cfg.endpoint)
+        if cfg.notice_endpoint:
+            _http_url(cfg.name, cfg.notice_endpoint)
         self._token = read_token(cfg.bearer_token_file) if cfg.bearer_token_file else ""
         self._tls = self._tls_context()
-        host = httpx.URL(cfg.endpoint).host
-        if self._token and httpx.URL(cfg.endpoint).scheme == "http" and not _is_loopback(host):
+        if self._token and endpoint.scheme == "http" and not _is_loopback(endpoint.host):
             log.warning("Upstream %s sends its bearer token without TLS to %s.", self.name, redact(cfg.endpoint))
 
     def _tls_context(self) -> ssl.SSLContext:

@@ -14,15 +14,16 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.backoff import Backoff
 from edge.config import UpstreamConfig
-from edge.mqtt import Backoff, make_client
+from edge.mqtt import make_client
 from edge.sinks.base import Backlog, Formatter, OutMessage
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,32 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.25
 
 
-@dataclass(slots=True)
 class _Batch:
-    last_id: int
-    entries: int
-    queued: deque[OutMessage]
-    unacked: int = 0
+    """One window of the backlog: its messages are produced lazily, one device group at a time."""
+
+    __slots__ = ("_messages", "_next", "entries", "last_id", "unacked")
+
+    def __init__(self, last_id: int, entries: int, messages: Iterator[OutMessage]) -> None:
+        self.last_id = last_id
+        self.entries = entries
+        self.unacked = 0
+        self._messages: Iterator[OutMessage] | None = messages
+        self._next: OutMessage | None = None
+
+    @property
+    def queued(self) -> bool:
+        """True while messages of this window may still be waiting to go out."""
+        if self._next is None and self._messages is not None:
+            self._next = next(self._messages, None)
+            if self._next is None:
+                self._messages = None
+        return self._next is not None
+
+    def take(self) -> OutMessage:
+        """The next message; call only when `queued` is True."""
+        message, self._next = self._next, None
+        assert message is not None
+        return message
 
 
 @dataclass(slots=True)
@@ -204,17 +225,19 @@ class MqttSink:
                         return
                     self._notices_sent.add(notice_id)
             # Read ahead while the window has room and nothing read is still waiting to go out.
+            # A window is grouped by device, so a backlog leaves in large packs; its messages are
+            # formatted only as the in-flight window frees up, so memory stays flat.
             queued = any(b.queued for b in self._batches)
-            if not queued and self._inflight < window and len(self._batches) < 4:
+            if not queued and self._inflight < window and len(self._batches) < 2:
                 self.wake.clear()
-                entries = backlog.read(read_pos, self.cfg.read_batch)
-                if entries:
-                    read_pos = entries[-1].id
-                    self._batches.append(_Batch(read_pos, len(entries), deque(self.format(entries))))
+                last_id, count, groups = backlog.read_grouped(read_pos, self.cfg.read_batch)
+                if count:
+                    read_pos = last_id
+                    self._batches.append(_Batch(last_id, count, (m for g in groups for m in self.format(g))))
             # Publish what fits in the window.
             for batch in self._batches:
-                while batch.queued and self._inflight < window:
-                    if not self._publish(client, batch.queued.popleft(), batch):
+                while self._inflight < window and batch.queued:
+                    if not self._publish(client, batch.take(), batch):
                         return
                 if self._inflight >= window:
                     break

@@ -18,8 +18,9 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.backoff import Backoff
 from edge.config import ChirpStackConfig
-from edge.mqtt import Backoff, make_client
+from edge.mqtt import make_client
 
 log = logging.getLogger(__name__)
 

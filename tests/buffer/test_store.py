@@ -139,7 +139,7 @@ def test_store_devices_last_uplink_per_device(buf: Buffer) -> None:
     mine = devices[0]
     assert (mine["last_time"], mine["fcnt"], mine["decoder"], mine["status"]) == (T0 + 3, 3, "elsys/ers",
                                                                                   DecodeStatus.DECODED)
-    assert mine["readings"] == [["humidity", 41, "%RH"]]
+    assert mine["readings"] == [{"n": "humidity", "u": "%RH", "v": 41}]
     assert mine["name"] == f"dev-{DEV}" and mine["application_name"] == "climate"
     assert buf.devices(limit=1) == devices[:1]
 

@@ -212,7 +212,7 @@ def test_cli_status_json(good_config: Path, filled: Pipeline) -> None:
     devices = {d["dev_eui"]: d for d in data["devices"]}
     assert set(devices) == {"a81758fffe0346f1", "0101010101010101"}
     elsys = devices["a81758fffe0346f1"]
-    assert elsys["readings"][0] == ["temperature", 22.4, "Cel"]
+    assert elsys["readings"][0] == {"n": "temperature", "u": "Cel", "v": 22.4}
     assert (elsys["decoder"], elsys["fcnt"], elsys["gateway_id"]) == ("elsys/ers", 1234, "acde48fffe000001")
     assert [e["kind"] for e in data["events"]] == ["join"]
     (bad,) = data["malformed"]

@@ -28,6 +28,8 @@ from common import (
 )
 from netns import UPSTREAM_ADDR, Wan
 
+from edge.config import UpstreamConfig
+
 PHASES = ("relay", "e2e", "drain", "wan", "rss")
 
 
@@ -48,7 +50,9 @@ FULL = Sizes(stream=100_000, drain=200_000, wan=200_000, big=1_000_000, wan_time
 QUICK = Sizes(stream=20_000, drain=40_000, wan=10_000, big=100_000, wan_timeout=40.0, repeat=1)
 
 # The upstream settings used for every pipeline phase (reported on the `config:` line).
-UPSTREAM = {"max_inflight": 20, "read_batch": 2000, "max_message_bytes": 65536}
+# The project's own defaults, so the bench measures what ships.
+UPSTREAM = {"max_inflight": UpstreamConfig.max_inflight, "read_batch": UpstreamConfig.read_batch,
+            "max_message_bytes": UpstreamConfig.max_message_bytes}
 BUFFER = {"max_size_mb": 4096, "batch_max": 500, "batch_ms": 30}
 
 EDGE_CONFIG = """\

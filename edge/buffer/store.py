@@ -25,6 +25,12 @@ from edge.model import DeviceEvent, Entry, Malformed, Reading, Uplink, radio_jso
 
 log = logging.getLogger(__name__)
 
+# Windows up to this many uplinks are read with one range query (see read_grouped).
+SMALL_WINDOW = 4096
+_IN_SIZES = (1, 4, 16, 64, 256, 1000)
+_IN_LISTS = {n: ",".join("?" * n) for n in _IN_SIZES}
+_ENTRY_COLUMNS = "id, uplink_id, dev_eui, application_id, gateway_id, time, readings, radio"
+
 COUNTERS = ("received", "duplicates", "decoded", "chirpstack", "undecoded", "decode_failed",
             "malformed", "events", "dropped", "redecoded")
 
@@ -130,25 +136,27 @@ class Buffer:
         db.execute("BEGIN IMMEDIATE")
         try:
             if batch.uplinks:
-                cur = db.cursor()
+                # AUTOINCREMENT gives the next ids in sequence and this transaction holds the write
+                # lock, so the batch's ids are known up front and both tables take one executemany.
+                first = self.last_id() + 1
+                ids = list(range(first, first + len(batch.uplinks)))
                 devices: dict[str, tuple[Any, ...]] = {}
-                for new in batch.uplinks:
+                rows = []
+                for row_id, new in zip(ids, batch.uplinks, strict=True):
                     up = new.uplink
                     readings = readings_json(new.readings)
-                    cur.execute(
-                        "INSERT INTO uplinks(uplink_id, dev_eui, application_id, gateway_id, time, status,"
-                        " decoder, error, readings, radio) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (up.uplink_id, up.device.dev_eui, up.device.application_id, up.radio.gateway_id or "",
-                         up.time, new.status, new.decoder, new.error or None, readings, radio_json(up.radio)),
-                    )
-                    row_id = int(cur.lastrowid or 0)
-                    ids.append(row_id)
-                    cur.execute("INSERT INTO raw(id, topic, payload, received) VALUES (?,?,?,?)",
-                                (row_id, new.topic, new.payload, new.received))
+                    rows.append((row_id, up.uplink_id, up.device.dev_eui, up.device.application_id,
+                                 up.radio.gateway_id or "", up.time, new.status, new.decoder, new.error or None,
+                                 readings, radio_json(up.radio)))
                     d = up.device
                     devices[d.dev_eui] = (d.dev_eui, d.device_name, d.application_id, d.application_name,
                                           d.device_profile_name, row_id, up.time, up.radio.fcnt, up.radio.rssi,
                                           up.radio.snr, up.radio.gateway_id, new.decoder, new.status, readings)
+                db.executemany("INSERT INTO uplinks(id, uplink_id, dev_eui, application_id, gateway_id, time, status,"
+                               " decoder, error, readings, radio) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+                db.executemany("INSERT INTO raw(id, topic, payload, received) VALUES (?,?,?,?)",
+                               [(row_id, new.topic, new.payload, new.received)
+                                for row_id, new in zip(ids, batch.uplinks, strict=True)])
                 # One upsert per device per batch, not per uplink: fewer page writes on the SD card.
                 db.executemany(
                     "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(dev_eui) DO UPDATE SET"
@@ -329,6 +337,12 @@ class Buffer:
         if not rows:
             return after_id, 0, iter(())
         last_id, count = int(rows[-1][0]), len(rows)
+        if count <= SMALL_WINDOW:
+            # Live traffic: one range query, grouped in memory (a few thousand rows at most).
+            grouped: dict[str, list[Entry]] = {}
+            for entry in self._fetch_range(after_id, last_id):
+                grouped.setdefault(entry.dev_eui, []).append(entry)
+            return last_id, count, iter(list(grouped.values()))
         by_device: dict[str, list[int]] = {}
         for row_id, dev_eui in rows:
             by_device.setdefault(dev_eui, []).append(row_id)
@@ -343,10 +357,19 @@ class Buffer:
 
         return last_id, count, groups()
 
+    def _fetch_range(self, after_id: int, last_id: int) -> list[Entry]:
+        rows = self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM uplinks WHERE id > ? AND id <= ? ORDER BY id",
+                               (after_id, last_id)).fetchall()
+        return [Entry(r[0], r[1], r[2], r[3], r[4], r[5], readings_blob=r[6], radio_blob=r[7]) for r in rows]
+
     def _fetch(self, ids: Sequence[int]) -> list[Entry]:
-        rows = self.db.execute(
-            "SELECT id, uplink_id, dev_eui, application_id, gateway_id, time, readings, radio FROM uplinks"
-            f" WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id", list(ids)).fetchall()
+        # IN lists are padded (repeating the last id) to a few fixed lengths, so that sqlite3's
+        # statement cache is hit instead of preparing a new statement for every group size.
+        size = next(b for b in _IN_SIZES if b >= len(ids))
+        args = [*ids, *([ids[-1]] * (size - len(ids)))]
+        rows = self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM uplinks WHERE id IN ({_IN_LISTS[size]})",
+                               args).fetchall()
+        rows.sort(key=lambda r: int(r[0]))
         return [Entry(r[0], r[1], r[2], r[3], r[4], r[5], readings_blob=r[6], radio_blob=r[7]) for r in rows]
 
     def advance(self, sink: str, upto_id: int, delivered: int) -> None:

@@ -1,9 +1,10 @@
 """Receives ChirpStack integration events over MQTT and acknowledges them only after commit.
 
-The client uses a fixed client id and a persistent session (v5: clean_start=False plus a session
-expiry; v3.1.1: clean_session=False) and subscribes with QoS 1, so the broker keeps events while
-the gateway is down. With paho's manual_ack, PUBACK is sent only after the `handle` callback has
-returned for the batch holding the message, i.e. after the buffer committed it.
+The subscriber uses a fixed client id and a persistent session (v5: clean start off plus a
+session expiry; v3.1.1: clean session off) and subscribes with QoS 1, so the broker keeps events
+while the gateway is down. PUBACK is sent only after the `handle` callback has returned for the
+batch holding the message, i.e. after the buffer committed it. A batch closes after `batch_max`
+messages (also the receive maximum announced to the broker) or `batch_ms`, whichever is first.
 """
 
 from __future__ import annotations
@@ -14,18 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from edge.backoff import Backoff
 from edge.config import ChirpStackConfig
-from edge.mqtt import make_client
+from edge.sources.mqtt_wire import ConnectionRefused, MqttSubscriber
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
     """One received MQTT message."""
 
@@ -48,80 +45,31 @@ class ChirpStackSource:
         self.batch_s = batch_ms / 1000
         self.connected = threading.Event()
         self.reconnects = 0
-        self._batch: list[Message] = []
-        self._mids: list[tuple[int, int]] = []
-        self._deadline = 0.0
-        self._client: paho.Client | None = None
-        self._link_ok = False
         self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
 
-    # paho callbacks (VERSION2 signatures) run on this source's thread inside client.loop().
-
-    def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object,
-                    properties: object) -> None:
-        if getattr(reason, "is_failure", False):
-            log.error("ChirpStack broker %s refused the connection: %s", self.cfg.mqtt.url, reason)
-            return
-        self._link_ok = True
-        client.subscribe(self.cfg.topic, qos=1)
-        self.connected.set()
+    def _connect(self) -> MqttSubscriber:
+        sub = MqttSubscriber(self.cfg.mqtt, session_expiry_s=self.cfg.session_expiry_s,
+                             receive_maximum=self.batch_max)
+        try:
+            present = sub.connect(self.cfg.topic)
+        except BaseException:
+            sub.close()
+            raise
         log.info("Connected to ChirpStack broker %s as %s (session present: %s).", self.cfg.mqtt.url,
-                 self.cfg.mqtt.client_id, getattr(flags, "session_present", "?"))
+                 self.cfg.mqtt.client_id, present)
+        return sub
 
-    def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, reason: object,
-                       properties: object) -> None:
-        self._link_ok = False
-        self.connected.clear()
-
-    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        if not self._batch:
-            self._deadline = time.monotonic() + self.batch_s
-        self._batch.append(Message(msg.topic, bytes(msg.payload), time.time()))
-        self._mids.append((msg.mid, msg.qos))
-        # A broker enforcing our receive maximum stops sending at batch_max unacknowledged
-        # messages, so the batch must close here rather than wait for the timer.
-        if len(self._batch) >= self.batch_max:
-            self._flush(client)
-
-    def _flush(self, client: paho.Client | None) -> None:
-        batch, mids = self._batch, self._mids
-        if not batch:
-            return
-        self._batch, self._mids = [], []
+    def _commit(self, batch: list[Message]) -> bool:
+        """Hand a batch to the pipeline; False (logged) when it could not be stored."""
         try:
             self.handle(batch)
         except Exception:
-            # Not committed, so not acknowledged: drop the connection so that the broker
+            # Not committed, so not acknowledged: the connection is dropped so that the broker
             # redelivers the batch on the next session.
             log.exception("Could not store %d received messages; they stay unacknowledged at the"
                           " ChirpStack broker and will be redelivered.", len(batch))
-            self._link_ok = False
-            if client is not None:
-                client.disconnect()
-            return
-        if client is None or not self._link_ok:
-            # Packet ids belong to the connection that delivered them; the broker redelivers
-            # these on the next session and the buffer drops them as duplicates.
-            return
-        for mid, qos in mids:
-            if qos > 0:
-                client.ack(mid, qos)
-
-    def _connect(self) -> paho.Client:
-        cfg = self.cfg.mqtt
-        client = make_client(cfg, clean=False, manual_ack=True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        if cfg.protocol == "5":
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self.cfg.session_expiry_s
-            # The broker may have this many unacknowledged QoS 1 messages in flight to us.
-            props.ReceiveMaximum = min(self.batch_max, 65535)
-            client.connect(cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=props)
-        else:
-            client.connect(cfg.host, cfg.port, cfg.keepalive_s)
-        return client
+            return False
+        return True
 
     def run(self, stop: threading.Event) -> None:
         """Receive until `stop` is set, reconnecting with jittered, capped backoff."""
@@ -129,42 +77,55 @@ class ChirpStackSource:
         while not stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                client = self._connect()
+                sub = self._connect()
+            except ConnectionRefused as exc:
+                delay = backoff.next()
+                log.error("ChirpStack broker %s refused us: %s; retrying in %.1f s.", self.cfg.mqtt.url, exc, delay)
+                stop.wait(delay)
+                continue
             except (OSError, ValueError) as exc:
                 delay = backoff.next()
                 log.warning("Cannot connect to ChirpStack broker %s (%s); retrying in %.1f s.",
                             self.cfg.mqtt.url, exc, delay)
                 stop.wait(delay)
                 continue
-            self._client = client
-            connack_by = time.monotonic() + 10
+            backoff.reset()
+            self.connected.set()
             try:
-                while not stop.is_set():
-                    self.heartbeat = time.monotonic()
-                    timeout = max(0.0, self._deadline - time.monotonic()) if self._batch else 0.5
-                    rc = client.loop(timeout=min(timeout, 0.5))
-                    if self._batch and time.monotonic() >= self._deadline:
-                        self._flush(client)
-                    if rc != paho.MQTT_ERR_SUCCESS or (not self._link_ok and self.connected.is_set()):
-                        break
-                    if self._link_ok:
-                        backoff.reset()
-                    elif time.monotonic() > connack_by:
-                        log.warning("ChirpStack broker %s did not accept the connection in time.",
-                                    self.cfg.mqtt.url)
-                        break
+                self._session(sub, stop)
+            except (ConnectionError, OSError) as exc:
+                log.warning("Lost ChirpStack broker %s: %s", self.cfg.mqtt.url, exc)
             finally:
-                self._link_ok = False
                 self.connected.clear()
-                # Commit what was received; it is not acknowledged on this connection.
-                self._flush(None)
-                try:
-                    client.disconnect()
-                except OSError:
-                    pass
-                self._client = None
+                sub.close()
             if not stop.is_set():
                 self.reconnects += 1
                 delay = backoff.next()
-                log.warning("Lost ChirpStack broker %s; reconnecting in %.1f s.", self.cfg.mqtt.url, delay)
+                log.warning("Reconnecting to ChirpStack broker %s in %.1f s.", self.cfg.mqtt.url, delay)
                 stop.wait(delay)
+
+    def _session(self, sub: MqttSubscriber, stop: threading.Event) -> None:
+        batch: list[Message] = []
+        acks: list[tuple[int, int]] = []
+        deadline = 0.0
+        try:
+            while not stop.is_set():
+                self.heartbeat = now = time.monotonic()
+                timeout = max(0.0, deadline - now) if batch else 0.5
+                for msg in sub.poll(min(timeout, 0.5)):
+                    if not batch:
+                        deadline = time.monotonic() + self.batch_s
+                    batch.append(Message(msg.topic, msg.payload, time.time()))
+                    acks.append((msg.mid, msg.qos))
+                # The broker stops at batch_max unacknowledged messages (our receive maximum), so a
+                # full batch is committed at once instead of waiting for the timer.
+                if batch and (len(batch) >= self.batch_max or time.monotonic() >= deadline):
+                    if not self._commit(batch):
+                        raise ConnectionError("the buffer could not store the batch")
+                    sub.ack(acks)
+                    batch, acks = [], []
+        finally:
+            # Commit what was received; it is not acknowledged on this connection (packet ids
+            # belong to it): the broker redelivers it and the buffer drops the duplicates.
+            if batch:
+                self._commit(batch)

@@ -12,22 +12,27 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from edge.buffer.store import Batch, Buffer, NewUplink
-from edge.config import Config, UpstreamConfig
+from edge.config import Config, HttpUpstreamConfig, UpstreamConfig
 from edge.decoding.base import Decoder
 from edge.decoding.registry import NO_HINTS, OBJECT_FIELDS, DecoderRegistry, Rule
 from edge.device_cache import DeviceCache
 from edge.errors import EdgeError
 from edge.formats import senml
+from edge.formats.share import ShareFilter
 from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Uplink
 from edge.plugins import load_decoders
 from edge.sinks.base import Backlog, Formatter, OutMessage
 from edge.sinks.mqtt import MqttSink
+
+if TYPE_CHECKING:
+    from edge.sinks.http import HttpSink
 from edge.sources.chirpstack_events import parse
 from edge.sources.chirpstack_mqtt import ChirpStackSource, Message
 
@@ -130,6 +135,36 @@ def make_formatter(up: UpstreamConfig, edge_id: str) -> Formatter:
                 for chunk in _chunks(group, limit, link=True):
                     out.append(OutMessage(topic, senml.pack(chunk, up.format, link=True), content_type))
         return out
+
+    return format_entries
+
+
+def shared(formatter: Formatter, share: ShareFilter) -> Formatter:
+    """The formatter behind an upstream's sharing rules (the formatter itself when there are none)."""
+    if not share.active:
+        return formatter
+    return lambda entries: formatter(share.apply(entries))
+
+
+def make_http_formatter(up: HttpUpstreamConfig) -> Formatter:
+    """NGSI-LD upsert bodies, or one SenML pack per device, for an HTTP upstream."""
+    if up.format == "ngsi-ld":
+        from edge.formats import ngsi_ld
+
+        n = up.ngsi_ld
+        options = ngsi_ld.NgsiLdOptions(
+            entity_type=n.entity_type or None, climate_type=n.climate_type, device_entity=n.device_entity,
+            batch_size=n.batch_size, locations={dev: (lat, lon) for dev, lat, lon in n.locations},
+            device_types=dict(n.device_types), attributes=ngsi_ld.attribute_table(n.attributes))
+        return ngsi_ld.make_ngsi_ld_formatter(options)
+    content_type = senml.CONTENT_TYPES[up.format]
+
+    def format_entries(entries: Sequence[Entry]) -> list[OutMessage]:
+        by_device: dict[str, list[Entry]] = {}
+        for e in entries:
+            if e.has_readings:
+                by_device.setdefault(e.dev_eui, []).append(e)
+        return [OutMessage("", senml.pack(group, up.format), content_type) for group in by_device.values()]
 
     return format_entries
 
@@ -271,21 +306,43 @@ class Pipeline:
         self._warned: set[tuple[str, str]] = set()
         self.source = ChirpStackSource(cfg.chirpstack, self.handle, batch_max=cfg.buffer.batch_max,
                                        batch_ms=cfg.buffer.batch_ms)
-        self.sinks = [
-            MqttSink(up, self._backlog_factory(up), make_formatter(up, cfg.edge_id), threading.Event())
-            for up in cfg.upstreams
-        ]
+        self.sinks: list[MqttSink | HttpSink] = []
+        for up in cfg.upstreams:
+            share = ShareFilter(up.share)
+            formatter = make_formatter(up if up.share.radio else replace(up, link_topic=""), cfg.edge_id)
+            self.sinks.append(MqttSink(up, self._backlog_factory(up.name, up.notice_topic, share),
+                                       shared(formatter, share), threading.Event()))
+        for http in cfg.http_upstreams:
+            # Imported here: httpx costs memory on gateways that only publish over MQTT.
+            from edge.sinks.http import HttpSink
+
+            share = ShareFilter(http.share)
+            self.sinks.append(HttpSink(http, self._backlog_factory(http.name, "", share),
+                                       shared(make_http_formatter(http), share), threading.Event(),
+                                       dead_letter=self._dead_letter_writer(http.name)))
         self.commits = 0
         self.failed = False
         self.on_commit: Callable[[], None] | None = None
 
-    def _backlog_factory(self, up: UpstreamConfig) -> Callable[[], Backlog]:
+    def _backlog_factory(self, name: str, notice_topic: str, share: ShareFilter) -> Callable[[], Backlog]:
         def factory() -> Backlog:
             # NORMAL: a lost cursor update after power loss only re-sends delivered records.
             conn = Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes, synchronous="NORMAL")
-            return BufferBacklog(conn, up.name, up.notice_topic, self.cfg.edge_id)
+            share.lookup = conn.device_meta  # runs on the sink's thread, like the connection
+            return BufferBacklog(conn, name, notice_topic, self.cfg.edge_id)
 
         return factory
+
+    def _dead_letter_writer(self, sink: str) -> Callable[[OutMessage, int, str], None]:
+        conn: list[Buffer] = []
+
+        def write(message: OutMessage, status: int, detail: str) -> None:
+            if not conn:  # opened lazily, on the sink's own thread
+                conn.append(Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes))
+            conn[0].add_dead_letter(sink, status, message.content_type, message.topic, message.payload, detail)
+            log.error("Upstream %s rejected a message (HTTP %d); kept as a dead letter: %s", sink, status, detail)
+
+        return write
 
     def handle(self, messages: list[Message]) -> None:
         """Parse, drop duplicates, decode and commit one batch (runs on the source thread)."""

@@ -108,6 +108,25 @@ def v2_device_registry() -> str:
     return SCHEMA_V2
 
 
+@migration
+def v3_sharing_and_dead_letters() -> str:
+    """Device tags and profile ids for sharing rules; dead letters of HTTP upstreams."""
+    return """
+        ALTER TABLE devices ADD COLUMN device_profile_id TEXT NOT NULL DEFAULT '';
+        ALTER TABLE devices ADD COLUMN tags BLOB NOT NULL DEFAULT '{}';
+        CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            sink TEXT NOT NULL,
+            created REAL NOT NULL,
+            status INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            detail TEXT NOT NULL
+        );
+    """
+
+
 def migrate(db: sqlite3.Connection) -> int:
     """Bring the schema to the newest version; returns the version reached."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])

@@ -151,7 +151,8 @@ class Buffer:
                     d = up.device
                     devices[d.dev_eui] = (d.dev_eui, d.device_name, d.application_id, d.application_name,
                                           d.device_profile_name, row_id, up.time, up.radio.fcnt, up.radio.rssi,
-                                          up.radio.snr, up.radio.gateway_id, new.decoder, new.status, readings)
+                                          up.radio.snr, up.radio.gateway_id, new.decoder, new.status, readings,
+                                          d.device_profile_id, orjson.dumps(d.tags))
                 db.executemany("INSERT INTO uplinks(id, uplink_id, dev_eui, application_id, gateway_id, time, status,"
                                " decoder, error, readings, radio) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
                 db.executemany("INSERT INTO raw(id, topic, payload, received) VALUES (?,?,?,?)",
@@ -159,12 +160,13 @@ class Buffer:
                                 for row_id, new in zip(ids, batch.uplinks, strict=True)])
                 # One upsert per device per batch, not per uplink: fewer page writes on the SD card.
                 db.executemany(
-                    "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(dev_eui) DO UPDATE SET"
+                    "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(dev_eui) DO UPDATE SET"
                     " name=excluded.name, application_id=excluded.application_id,"
                     " application_name=excluded.application_name, device_profile=excluded.device_profile,"
                     " last_uplink=excluded.last_uplink, last_time=excluded.last_time, fcnt=excluded.fcnt,"
                     " rssi=excluded.rssi, snr=excluded.snr, gateway_id=excluded.gateway_id,"
-                    " decoder=excluded.decoder, status=excluded.status, readings=excluded.readings"
+                    " decoder=excluded.decoder, status=excluded.status, readings=excluded.readings,"
+                    " device_profile_id=excluded.device_profile_id, tags=excluded.tags"
                     # A re-decoded older uplink must not replace the device's newest one.
                     " WHERE excluded.last_time >= devices.last_time",
                     devices.values(),
@@ -433,6 +435,36 @@ class Buffer:
             item["readings"] = orjson.loads(item["readings"])
             result.append(item)
         return result
+
+    def device_meta(self, dev_euis: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """What sharing rules select on, per device: application, profile (name and id), tags."""
+        wanted = sorted(set(dev_euis))
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            for dev, app_id, app_name, profile, profile_id, tags in self.db.execute(
+                    "SELECT dev_eui, application_id, application_name, device_profile, device_profile_id, tags"
+                    f" FROM devices WHERE dev_eui IN ({','.join('?' * len(chunk))})", chunk):
+                out[dev] = {"applications": {app_id, app_name}, "device_profiles": {profile, profile_id},
+                            "tags": orjson.loads(tags)}
+        return out
+
+    def add_dead_letter(self, sink: str, status: int, content_type: str, topic: str, payload: bytes,
+                        detail: str) -> None:
+        """Keep a message a destination rejected, for `edge deadletter list|replay`."""
+        self.db.execute("INSERT INTO dead_letters(sink, created, status, content_type, topic, payload, detail)"
+                        " VALUES (?,?,?,?,?,?,?)", (sink, time.time(), status, content_type, topic, payload, detail))
+
+    def dead_letters(self, sink: str | None = None) -> list[dict[str, Any]]:
+        """Rejected messages, oldest first."""
+        cols = ("id", "sink", "created", "status", "content_type", "topic", "payload", "detail")
+        where, args = ("WHERE sink = ?", (sink,)) if sink else ("", ())
+        return [dict(zip(cols, r, strict=True)) for r in self.db.execute(
+            f"SELECT {', '.join(cols)} FROM dead_letters {where} ORDER BY id", args)]
+
+    def remove_dead_letter(self, letter_id: int) -> None:
+        """Forget a dead letter (replayed successfully)."""
+        self.db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
 
     def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest device events (join, status, log, ack, txack, location)."""

@@ -99,7 +99,7 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         "buffer": {"path": cfg.buffer.path, "used_bytes": buf.used_bytes(),
                    "max_bytes": int(cfg.buffer.max_size_mb * 1024 * 1024)},
         "counters": buf.counters(),
-        "upstreams": buf.sinks([u.name for u in cfg.upstreams]),
+        "upstreams": buf.sinks([u.name for u in cfg.upstreams] + [u.name for u in cfg.http_upstreams]),
         "devices": buf.devices(devices),
         "events": buf.recent_events(10),
         "malformed": buf.recent_malformed(5),
@@ -193,11 +193,14 @@ def _register() -> None:
     from edge.cli.decoders import decoders
     from edge.cli.devices import devices, downlink
     from edge.cli.doctor import doctor
+    from edge.cli.sharing import deadletter, shares
     from edge.cli.watch import watch
 
     main.add_command(decoders)
     main.add_command(doctor)
     main.add_command(watch)
+    main.add_command(shares)
+    main.add_command(deadletter)
     main.add_command(devices)
     main.add_command(downlink)
 

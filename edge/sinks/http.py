@@ -247,6 +247,13 @@ class HttpSink:
                             transport=self._transport, trust_env=False, proxy=cfg.proxy or None,
                             follow_redirects=False)
 
+    def post_once(self, message: OutMessage) -> int:
+        """POST one message now, outside the delivery loop (`edge deadletter replay`); the HTTP status."""
+        with self._client() as client:
+            response = client.post(self.cfg.endpoint, content=message.payload,
+                                   headers={"Content-Type": message.content_type})
+            return response.status_code
+
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set.
 

@@ -1,0 +1,131 @@
+"""`edge shares` (what a destination receives) and `edge deadletter` (what a destination refused)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from edge.cli import CONFIG_OPTION, _load
+from edge.config import Config
+
+
+def _upstream_names(cfg: Config) -> list[str]:
+    return [u.name for u in cfg.upstreams] + [u.name for u in cfg.http_upstreams]
+
+
+@click.group()
+def shares() -> None:
+    """Inspect what each destination may receive."""
+
+
+@shares.command("explain")
+@CONFIG_OPTION
+@click.option("--upstream", "name", required=True, help="The upstream (destination) name.")
+@click.argument("dev_eui")
+def explain(config_path: Path, name: str, dev_eui: str) -> None:
+    """Show what UPSTREAM would receive for DEV_EUI's last uplink."""
+    from edge.buffer.store import Buffer
+    from edge.formats.share import ShareFilter
+    from edge.pipeline import make_formatter, make_http_formatter
+
+    cfg = _load(config_path)
+    mqtt = {u.name: u for u in cfg.upstreams}
+    http = {u.name: u for u in cfg.http_upstreams}
+    if name not in mqtt and name not in http:
+        raise click.UsageError(f"no upstream named {name!r}; configured: {', '.join(_upstream_names(cfg))}")
+    buf = Buffer(cfg.buffer.path, readonly=True)
+    dev_eui = dev_eui.lower()
+    row = buf.db.execute("SELECT last_uplink FROM devices WHERE dev_eui = ?", (dev_eui,)).fetchone()
+    if row is None:
+        raise click.ClickException(f"no uplink from {dev_eui} in the buffer yet")
+    entries = buf.read(row[0] - 1, 1)
+    if not entries or entries[0].dev_eui != dev_eui:
+        raise click.ClickException(f"the last uplink of {dev_eui} is no longer buffered")
+    rules = mqtt[name].share if name in mqtt else http[name].share
+    share = ShareFilter(rules, buf.device_meta)
+    allowed = share.apply(entries) if share.active else entries
+    if not allowed:
+        click.echo(f"{name} receives nothing from {dev_eui}: its sharing rules do not select this device"
+                   " (or thin it out).")
+        return
+    if name in mqtt:
+        up = mqtt[name]
+        from dataclasses import replace
+
+        messages = make_formatter(up if rules.radio else replace(up, link_topic=""), cfg.edge_id)(allowed)
+    else:
+        messages = make_http_formatter(http[name])(allowed)
+    kept = [r.name for r in allowed[0].readings]
+    dropped = sorted({r.name for r in entries[0].readings} - set(kept))
+    not_sent = f" (not: {', '.join(dropped)})" if dropped else ""
+    radio = "" if rules.radio else ", no radio metadata"
+    click.echo(f"{name} receives {len(kept)} of {len(entries[0].readings)} readings of {dev_eui}{not_sent}{radio}")
+    for m in messages:
+        body = m.payload.decode() if "json" in m.content_type else m.payload.hex()
+        click.echo(f"--- {m.topic or 'POST'} ({m.content_type}, {len(m.payload)} bytes)\n{body}")
+
+
+@click.group()
+def deadletter() -> None:
+    """List or replay messages an HTTP destination refused."""
+
+
+@deadletter.command("list")
+@CONFIG_OPTION
+@click.option("--upstream", "name", default=None, help="Only this upstream.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_(config_path: Path, name: str | None, as_json: bool) -> None:
+    """Show dead letters, oldest first."""
+    from edge.buffer.store import Buffer
+
+    cfg = _load(config_path)
+    letters = Buffer(cfg.buffer.path, readonly=True).dead_letters(name)
+    if as_json:
+        click.echo(json.dumps([{k: v for k, v in d.items() if k != "payload"} | {"bytes": len(d["payload"])}
+                               for d in letters], indent=2))
+        return
+    for d in letters:
+        when = datetime.fromtimestamp(d["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{d['id']:>6} {when} {d['sink']:<16} HTTP {d['status']}  {len(d['payload'])} B  {d['detail'][:80]}")
+    click.echo(f"{len(letters)} dead letter(s)")
+
+
+@deadletter.command("replay")
+@CONFIG_OPTION
+@click.option("--upstream", "name", required=True, help="The HTTP upstream whose dead letters to send again.")
+@click.option("--id", "ids", type=int, multiple=True, help="Only these dead letters (default: all of the upstream).")
+def replay(config_path: Path, name: str, ids: tuple[int, ...]) -> None:
+    """Send dead letters again (after fixing the destination); a 2xx removes each one."""
+    from edge.buffer.store import Buffer
+    from edge.model import OutMessage
+    from edge.sinks.http import HttpSink
+
+    cfg = _load(config_path)
+    http = {u.name: u for u in cfg.http_upstreams}
+    if name not in http:
+        raise click.UsageError(f"{name!r} is not an HTTP upstream")
+    buf = Buffer(cfg.buffer.path)
+    letters = [d for d in buf.dead_letters(name) if not ids or d["id"] in ids]
+    sink = HttpSink(http[name], lambda: None, lambda entries: [], threading.Event())  # type: ignore[arg-type,return-value]
+    ok = failed = 0
+    for d in letters:
+        try:
+            status = sink.post_once(OutMessage(d["topic"], d["payload"], d["content_type"]))
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next letter
+            click.echo(f"{d['id']}: failed ({exc})")
+            failed += 1
+            continue
+        if 200 <= status < 300:
+            buf.remove_dead_letter(d["id"])
+            ok += 1
+            click.echo(f"{d['id']}: delivered (HTTP {status})")
+        else:
+            failed += 1
+            click.echo(f"{d['id']}: refused again (HTTP {status})")
+    click.echo(f"{ok} delivered, {failed} still failing")
+    if failed:
+        raise SystemExit(1)

@@ -8,11 +8,15 @@ from typing import Any
 
 import orjson
 
+# The per-uplink types below are plain slotted dataclasses, not frozen ones: a frozen dataclass
+# sets each field through object.__setattr__, about five times slower to construct, and a dozen
+# of them are built for every uplink. They are treated as immutable all the same.
+
 # A reading's value: SenML's v (number), vb (boolean) or vs (string).
 Value = float | int | bool | str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reading:
     """One measured quantity, named from the shared vocabulary (docs/vocabulary.md).
 
@@ -25,7 +29,7 @@ class Reading:
     unit: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RadioInfo:
     """Link metadata of one uplink, reported for the gateway with the best RSSI."""
 
@@ -40,7 +44,7 @@ class RadioInfo:
     gateways: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeviceInfo:
     """What ChirpStack's event says about the device (MQTT events carry no variables)."""
 
@@ -54,7 +58,7 @@ class DeviceInfo:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Uplink:
     """One deduplicated LoRaWAN uplink as ChirpStack published it.
 
@@ -74,7 +78,7 @@ class Uplink:
     confirmed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeviceEvent:
     """A non-uplink event (join, status, log, ack, txack, location) kept for the operator."""
 
@@ -86,7 +90,7 @@ class DeviceEvent:
     event_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Malformed:
     """A message that could not be parsed; stored raw so nothing is lost."""
 

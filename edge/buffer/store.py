@@ -35,7 +35,7 @@ COUNTERS = ("received", "duplicates", "decoded", "chirpstack", "undecoded", "dec
             "malformed", "events", "dropped", "redecoded")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewUplink:
     """An uplink to store, with the outcome of decoding it and the message it came in."""
 

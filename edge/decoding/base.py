@@ -10,7 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 from edge.model import Reading, Value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeviceContext:
     """What a decoder may know about the device besides the payload."""
 
@@ -20,7 +20,7 @@ class DeviceContext:
     recv_time: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DecodeResult:
     """Vendor-shaped output, as TTN codecs return it: data plus warnings and errors.
 

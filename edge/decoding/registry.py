@@ -65,7 +65,7 @@ PROFILE_JS = "profile-js"  # the choice "run the device profile's own JS codec"
 NO_HINTS = DeviceHints()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decoded:
     """The outcome of decoding one uplink."""
 

@@ -113,7 +113,8 @@ class ShareRules:
     `applications` and `device_profiles` (names or ids), `tags` (all must match). Of its readings,
     only `quantities` (if set) and none of `drop_quantities` are sent. `radio = false` sends no
     radio metadata; `round` gives decimals per quantity ("*" for all); `thin_s` sends at most one
-    uplink per device per interval.
+    uplink per device per interval. `enrich` adds device metadata as string records ("name",
+    "application", "device_profile", "tag:<key>"), so receivers need no second lookup.
     """
 
     devices: tuple[str, ...] = ()
@@ -125,6 +126,7 @@ class ShareRules:
     radio: bool = True
     round: tuple[tuple[str, int], ...] = ()
     thin_s: float = 0.0
+    enrich: tuple[str, ...] = ()
 
     @property
     def selects_devices(self) -> bool:
@@ -160,6 +162,8 @@ class UpstreamConfig:
     max_message_bytes: int = 65536
     read_batch: int = 50000
     share: ShareRules = field(default_factory=ShareRules)
+    command_topic: str = ""
+    command_devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -449,7 +453,14 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             max_message_bytes=ur.positive("max_message_bytes", int, UpstreamConfig.max_message_bytes),
             read_batch=ur.positive("read_batch", int, UpstreamConfig.read_batch),
             share=_share(ur),
+            command_topic=_topic(ur, "command_topic", "", allow_empty=True),
+            command_devices=tuple(e.lower() for e in ur.strings("command_devices")),
         )
+        if up.command_topic and not up.command_devices:
+            problems.append(f"upstream[{i}].command_devices: downlink commands need an allow-list of DevEUIs")
+        if up.command_topic and not chirpstack.api_url:
+            problems.append(f"upstream[{i}].command_topic: downlink commands go through ChirpStack's API;"
+                            " set chirpstack.api_url and api_token_file")
         if up.format not in FORMATS:
             problems.append(f"upstream[{i}].format: must be one of {', '.join(FORMATS)}")
         if up.qos not in (1, 2):
@@ -512,7 +523,12 @@ def _share(parent: _Reader) -> ShareRules:
         radio=r.get("radio", bool, True),
         round=tuple((str(k), v) for k, v in rounding.items() if isinstance(v, int) and not isinstance(v, bool)),
         thin_s=r.get("thin_s", float, 0.0),
+        enrich=r.strings("enrich"),
     )
+    bad = [e for e in rules.enrich if e not in ("name", "application", "device_profile") and not
+           (e.startswith("tag:") and len(e) > 4)]
+    if bad:
+        r.problems.append(f"{r.key('enrich')}: use name, application, device_profile or tag:<key>; not {bad}")
     if len(rules.round) != len(rounding) or any(not 0 <= d <= 12 for _, d in rules.round):
         r.problems.append(f"{r.key('round')}: each value must be a number of decimals from 0 to 12")
     if rules.thin_s < 0:

@@ -23,6 +23,7 @@ from edge.config import Config, HttpUpstreamConfig, UpstreamConfig
 from edge.decoding.base import Decoder
 from edge.decoding.registry import NO_HINTS, OBJECT_FIELDS, DecoderRegistry, Rule
 from edge.device_cache import DeviceCache
+from edge.downlinks import CommandRelay
 from edge.errors import EdgeError
 from edge.formats import senml
 from edge.formats.share import ShareFilter
@@ -307,11 +308,17 @@ class Pipeline:
         self.source = ChirpStackSource(cfg.chirpstack, self.handle, batch_max=cfg.buffer.batch_max,
                                        batch_ms=cfg.buffer.batch_ms)
         self.sinks: list[MqttSink | HttpSink] = []
+        # Downlink commands from destinations (issue #4/#6): only when some upstream enables them.
+        self.commands = CommandRelay(cfg.chirpstack) if any(u.command_topic for u in cfg.upstreams) else None
         for up in cfg.upstreams:
             share = ShareFilter(up.share)
             formatter = make_formatter(up if up.share.radio else replace(up, link_topic=""), cfg.edge_id)
+            on_command = None
+            if self.commands is not None and up.command_topic:
+                on_command = self.commands.handler(up.name, frozenset(up.command_devices), share.allows_device)
             self.sinks.append(MqttSink(up, self._backlog_factory(up.name, up.notice_topic, share),
-                                       shared(formatter, share), threading.Event()))
+                                       shared(formatter, share), threading.Event(), on_command,
+                                       up.command_topic.replace("{edge_id}", cfg.edge_id)))
         for http in cfg.http_upstreams:
             # Imported here: httpx costs memory on gateways that only publish over MQTT.
             from edge.sinks.http import HttpSink
@@ -406,6 +413,9 @@ class Pipeline:
         if self.devices is not None:
             threads.append(threading.Thread(target=self._guard, args=(self.devices.run, stop, "device registry"),
                                             name="device-registry", daemon=True))
+        if self.commands is not None:
+            threads.append(threading.Thread(target=self._guard, args=(self.commands.run, stop, "downlink commands"),
+                                            name="downlink-commands", daemon=True))
         for t in threads:
             t.start()
         log.info("lorawan-edge %s running: %d upstream(s), buffer %s.", self.cfg.edge_id, len(self.sinks),

@@ -442,11 +442,12 @@ class Buffer:
         out: dict[str, dict[str, Any]] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
-            for dev, app_id, app_name, profile, profile_id, tags in self.db.execute(
-                    "SELECT dev_eui, application_id, application_name, device_profile, device_profile_id, tags"
-                    f" FROM devices WHERE dev_eui IN ({','.join('?' * len(chunk))})", chunk):
+            for dev, name, app_id, app_name, profile, profile_id, tags in self.db.execute(
+                    "SELECT dev_eui, name, application_id, application_name, device_profile, device_profile_id,"
+                    f" tags FROM devices WHERE dev_eui IN ({','.join('?' * len(chunk))})", chunk):
                 out[dev] = {"applications": {app_id, app_name}, "device_profiles": {profile, profile_id},
-                            "tags": orjson.loads(tags)}
+                            "tags": orjson.loads(tags), "name": name, "application": app_name or app_id,
+                            "device_profile": profile or profile_id}
         return out
 
     def add_dead_letter(self, sink: str, status: int, content_type: str, topic: str, payload: bytes,

@@ -30,19 +30,42 @@ class ShareFilter:
     @property
     def active(self) -> bool:
         """False when the rules let everything through unchanged."""
-        return self.rules.selects_devices or self.transforms or self.rules.thin_s > 0
+        return self.rules.selects_devices or self.transforms or self.rules.thin_s > 0 or bool(self.rules.enrich)
 
     def apply(self, entries: Sequence[Entry]) -> list[Entry]:
         """The entries this destination may receive, with only the readings it may receive."""
         out = list(entries)
+        meta: Mapping[str, Mapping[str, Any]] = {}
+        if (self.rules.selects_devices or self.rules.enrich) and self.lookup is not None:
+            meta = self.lookup({e.dev_eui for e in out})
         if self.rules.selects_devices:
-            meta = self.lookup(e.dev_eui for e in out) if self.lookup is not None else {}
             out = [e for e in out if self._device_allowed(e.dev_eui, meta.get(e.dev_eui))]
         if self.rules.thin_s > 0:
             out = [e for e in out if self._thin(e)]
         if self.transforms:
             out = [self._readings(e) for e in out]
+        if self.rules.enrich:
+            out = [self._enriched(e, meta.get(e.dev_eui)) for e in out]
         return out
+
+    def allows_device(self, dev_eui: str) -> bool:
+        """Whether this destination's rules cover a device (used to police its downlink commands)."""
+        meta = self.lookup([dev_eui]) if self.lookup is not None else {}
+        return self._device_allowed(dev_eui, meta.get(dev_eui))
+
+    def _enriched(self, entry: Entry, meta: Mapping[str, Any] | None) -> Entry:
+        if meta is None or not entry.has_readings:
+            return entry
+        extra: list[Reading] = []
+        for item in self.rules.enrich:
+            value = meta["tags"].get(item[4:]) if item.startswith("tag:") else meta.get(item)
+            if value:
+                name = "device-name" if item == "name" else item.replace(":", "-").replace("_", "-")
+                extra.append(Reading(name, str(value)))
+        if not extra:
+            return entry
+        return Entry(entry.id, entry.uplink_id, entry.dev_eui, entry.application_id, entry.gateway_id, entry.time,
+                     [*entry.readings, *extra], entry.radio)
 
     def _device_allowed(self, dev_eui: str, meta: Mapping[str, Any] | None) -> bool:
         r = self.rules

@@ -78,12 +78,17 @@ class MqttSink:
     """One MQTT upstream; `run` blocks until `stop` is set."""
 
     def __init__(self, cfg: UpstreamConfig, backlog_factory: Callable[[], Backlog], formatter: Formatter,
-                 wake: threading.Event) -> None:
+                 wake: threading.Event, on_command: Callable[[bytes], None] | None = None,
+                 command_topic: str = "") -> None:
         self.cfg = cfg
         self.name = cfg.name
         self._backlog_factory = backlog_factory
         self.format = formatter
         self.wake = wake
+        # Downlink commands from this destination (off unless command_topic is set): handed over as
+        # raw payloads; the pipeline decides what is allowed.
+        self.on_command = on_command if command_topic else None
+        self.command_topic = command_topic
         self.stats = SinkStats()
         self._v5 = cfg.mqtt.protocol == "5"
         self._props: dict[str, Properties] = {}
@@ -117,12 +122,18 @@ class MqttSink:
             return
         self._link_ok = True
         self.stats.connected = True
+        if self.on_command is not None:
+            client.subscribe(self.command_topic, qos=1)
         log.info("Connected to upstream %s (%s).", self.name, self.cfg.mqtt.url)
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, reason: object,
                        properties: object) -> None:
         self._link_ok = False
         self.stats.connected = False
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        if self.on_command is not None:
+            self.on_command(bytes(msg.payload))
 
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: object,
                     properties: object) -> None:
@@ -149,6 +160,7 @@ class MqttSink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.max_inflight_messages_set(self.cfg.max_inflight)
         # We never queue beyond the window ourselves; paho's queue bound is a safety net whose
         # overflow (MQTT_ERR_QUEUE_SIZE) we check on every publish.

@@ -48,3 +48,16 @@ def test_share_thinning_keeps_one_uplink_per_device_and_interval_and_is_stable_o
     assert [e.id for e in share.apply(first)] == [1, 3, 4]  # 1000 and 1100 share a bucket; 1300 is the next one
     # After a reconnect the same entries are formatted again: the kept ones are kept again.
     assert [e.id for e in share.apply(first[2:])] == [3, 4]
+
+
+def test_share_enrich_adds_chosen_metadata_only():
+    meta = {"dev-a": {**META["dev-a"], "name": "library-1", "application": "indoor", "device_profile": "Elsys ERS"}}
+    share = ShareFilter(ShareRules(enrich=("name", "tag:owner", "tag:missing")), lambda devs: meta)
+    out = share.apply([entry(1)])
+    assert [(r.name, r.value) for r in out[0].readings][-2:] == [("device-name", "library-1"), ("tag-owner", "city")]
+    assert len(ShareFilter(ShareRules()).apply([entry(1)])[0].readings) == 3  # nothing added unless configured
+
+
+def test_share_allows_device_for_commands():
+    share = ShareFilter(ShareRules(applications=("indoor",)), lookup)
+    assert share.allows_device("dev-a") and not share.allows_device("dev-b")

@@ -199,7 +199,8 @@ def _merge_by_name(base: list[dict[str, Any]], over: list[dict[str, Any]], where
             base.append(entry)
             touched.append(f"{where}.{name}" if isinstance(name, str) else f"{where}[{len(base) - 1}]")
         else:
-            _merge(match, entry, f"{where}.{name}", source, touched, problems)
+            rest = {k: v for k, v in entry.items() if k != "name"}
+            _merge(match, rest, f"{where}.{name}", source, touched, problems)
 
 
 def _apply_override(doc: dict[str, Any], var: str, raw: str, problems: list[str]) -> str | None:

@@ -32,6 +32,8 @@ def _uplinks(dev_index: int, count: int) -> list[Message]:
         if sent.dev_eui.endswith(f"{dev_index:06x}"):
             doc = orjson.loads(body)
             del doc["deviceInfo"]["tags"]["decoder"]
+            # A profile of our own, not one named after a TTN repository device (see native_for_profile).
+            doc["deviceInfo"]["deviceProfileName"] = "Thermometer (JS)"
             out.append(Message(topic, orjson.dumps(doc), time.time()))
     return out
 

@@ -31,3 +31,26 @@ def test_pipeline_codec_paths_js_codec_decodes_tagged_devices(make_config):
         names = {r.name: r.unit for r in entry.readings}
         assert names["temperature"] == "Cel" and names["humidity"] == "%RH"
     assert pipeline.buffer.counters()["decoded"] == 4
+
+
+def test_registry_profile_from_ttn_repository_gets_the_native_decoder():
+    from edge.decoding.builtin import builtin_decoders
+    from edge.decoding.registry import DecoderRegistry
+
+    registry = DecoderRegistry(builtin_decoders())
+    assert registry.native_for_profile("Elsys ERS CO2") == "elsys/ers-co2"
+    assert registry.native_for_profile("Milesight IoT AM307") == "milesight-iot/am307"
+    assert registry.native_for_profile("Some Thermometer", ttn_codec="dragino/lht65-codec") == "dragino/lht65"
+    assert registry.native_for_profile("Greenhouse sensors") == ""
+
+
+def test_pipeline_untagged_device_with_ttn_profile_name_is_decoded_natively(make_config):
+    pipeline = Pipeline(load_config(make_config("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:2")))
+    msgs = []
+    for topic, body, _ in Simulator(1, seed=3).events(2):
+        doc = orjson.loads(body)
+        del doc["deviceInfo"]["tags"]["decoder"]
+        doc["deviceInfo"]["deviceProfileName"] = "Elsys ERS"
+        msgs.append(Message(topic, orjson.dumps(doc), 0.0))
+    pipeline.handle(msgs)
+    assert pipeline.buffer.db.execute("SELECT DISTINCT decoder FROM uplinks").fetchall() == [("elsys/ers",)]

@@ -316,7 +316,8 @@ def test_pipeline_handle_decoder_from_chirpstack_tag(pipelines: Callable[..., Pi
 
 def test_pipeline_handle_custom_tag_name(tmp_path: Path, pipelines: Callable[..., Pipeline]) -> None:
     p = pipelines(make_cfg(tmp_path, decoding={"tag": "codec"}))
-    p.handle([message(EVENTS / "v4_up_elsys_ers.json"),  # tag `decoder` is not looked at now
+    # tag `decoder` is not looked at now (and a profile name that names no decoder)
+    p.handle([message(EVENTS / "v4_up_elsys_ers.json", doc=elsys(deviceProfileName="Indoor sensors")),
               message(EVENTS / "v4_up_elsys_ers.json", doc=elsys(tags={"codec": "elsys/ers"}) | {
                   "deduplicationId": "5d4c3b2a-1f0e-4d9c-8b7a-000000000002"})])
     assert stored(p) == [(DecodeStatus.UNDECODED, "", None), (DecodeStatus.DECODED, "elsys/ers", None)]

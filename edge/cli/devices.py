@@ -17,6 +17,7 @@ from edge.config import Config
 from edge.decoding.registry import Rule
 from edge.errors import EdgeError
 from edge.model import DeviceInfo, RadioInfo, Uplink
+from edge.pipeline import build_registry
 from edge.sources.chirpstack_grpc import ChirpStackApi  # cheap: it imports grpcio only inside its methods
 from edge.sources.chirpstack_grpc import sync as sync_devices
 
@@ -45,7 +46,7 @@ def _matched(rule: Rule, dev: DeviceInfo) -> str:
 def explain(dev_eui: str, device: CachedDevice | None, profile: CachedProfile | None,
             application: CachedApplication | None, rules: Sequence[Rule], known: Collection[str], *,
             tag: str = "decoder", uplink: DeviceInfo | None = None, uplink_had_object: bool = False,
-            use_object: bool = True) -> tuple[str, str]:
+            use_object: bool = True, native: Callable[[str, str], str] | None = None) -> tuple[str, str]:
     """Which decoder a device gets, and why; a pure function of cached data and config.
 
     Order: the device's tag → config rules → the device profile's tag → the profile's JS codec
@@ -93,6 +94,11 @@ def explain(dev_eui: str, device: CachedDevice | None, profile: CachedProfile | 
     if profile is not None and profile.tags.get(tag):
         chosen = profile.tags[tag]
         return chosen, f"Device profile {name} has the tag {tag}={chosen}." + _unknown(chosen, known)
+    profile_name = profile.name if profile is not None else (uplink.device_profile_name if uplink else "")
+    chosen = native(profile_name, profile.tags.get("ttn_codec", "") if profile else "") if native else ""
+    if chosen:
+        return chosen, (f"Device profile {profile_name!r} is a TTN Device Repository device; the native decoder"
+                        f" {chosen} returns the same data as its codec, faster.")
     if profile is not None and profile.codec_runtime == "JS" and profile.codec_script.strip():
         return PROFILE_JS, f"Device profile {name} has a JavaScript codec; the gateway runs that same script."
     if profile is not None and profile.codec_runtime == "CAYENNE_LPP":
@@ -323,7 +329,8 @@ def explain_(config_path: Path, dev_eui: str) -> None:
     chosen, why = explain(dev_eui, device, profile, application, rules, known, tag=cfg.decoding.tag,
                           uplink=last.device if last else None,
                           uplink_had_object=last is not None and last.object is not None,
-                          use_object=cfg.decoding.use_chirpstack_object)
+                          use_object=cfg.decoding.use_chirpstack_object,
+                          native=build_registry(cfg).native_for_profile)
     click.echo(f"{dev_eui.lower()}: {chosen}")
     click.echo(f"  {why}")
 

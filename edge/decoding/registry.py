@@ -85,9 +85,12 @@ class DecoderRegistry:
     def __init__(self, decoders: Iterable[Decoder], rules: Sequence[Rule] = (), use_object: bool = True,
                  tag: str = "decoder", js_time_limit_s: float = 0.1, js_memory_limit: int = 16 << 20) -> None:
         self._by_id: dict[str, Decoder] = {}
+        self._by_codec: dict[str, str] = {}  # TTN codec id -> decoder id
         for decoder in decoders:
             for name in (decoder.id, *getattr(decoder, "aliases", ())):
                 self._by_id.setdefault(name, decoder)
+            for codec in getattr(decoder, "ttn_codecs", ()):
+                self._by_codec.setdefault(codec, decoder.id)
         self._rules = tuple(rules)
         self._use_object = use_object
         self._tag = tag
@@ -117,8 +120,28 @@ class DecoderRegistry:
         profile_tagged = hints.profile_tags.get(self._tag)
         if profile_tagged:
             return profile_tagged
+        native = self.native_for_profile(uplink.device.device_profile_name, hints.profile_tags.get("ttn_codec", ""))
+        if native:
+            return native
         if hints.profile_js:
             return PROFILE_JS
+        return ""
+
+    def native_for_profile(self, profile_name: str, ttn_codec: str = "") -> str:
+        """The native decoder for a device profile that came from the TTN Device Repository, or ''.
+
+        A profile tag `ttn_codec` (e.g. `elsys/ers-codec`) names the codec a native decoder declares;
+        otherwise ChirpStack's profile templates are named "<Vendor> <Model>" (e.g. "Elsys ERS CO2",
+        "Milesight IoT AM307"), which maps to the id `elsys/ers-co2` or `milesight-iot/am307`.
+        The native decoder returns the same `data` as the vendor codec, only faster.
+        """
+        if ttn_codec and ttn_codec in self._by_codec:
+            return self._by_codec[ttn_codec]
+        words = profile_name.lower().replace("_", " ").split()
+        for split in range(1, len(words)):
+            candidate = f"{'-'.join(words[:split])}/{'-'.join(words[split:])}"
+            if candidate in self._by_id:
+                return candidate
         return ""
 
     def _profile_decoder(self, hints: DeviceHints) -> Decoder:

@@ -353,3 +353,15 @@ def test_downlink_wait_times_out_clearly(env: SimpleNamespace, server: FakeChirp
                  eui(5), "--fport", "10", "--hex", "01", "--wait", "0.5")
     assert result.exit_code == 1
     assert "no txack event" in result.output
+
+
+def test_explain_ttn_repository_profile_gets_the_native_decoder() -> None:
+    from edge.decoding.builtin import builtin_decoders
+    from edge.decoding.registry import DecoderRegistry
+
+    native = DecoderRegistry(builtin_decoders()).native_for_profile
+    ttn_profile = CachedProfile("prof-1", "Elsys ERS", "JS", "function decodeUplink(i) {}", {}, NOW)
+    chosen, sentence = why(cached(), ttn_profile, native=native)
+    assert chosen == "elsys/ers" and "TTN Device Repository" in sentence
+    # A profile of one's own keeps its JS codec.
+    assert why(cached(), profile("JS", "function decodeUplink(i) {}"), native=native)[0] == "profile-js"

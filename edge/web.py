@@ -1,0 +1,811 @@
+"""Loopback HTTP server for operators: Prometheus metrics, a health check and a read-only status page.
+
+Endpoints (GET or HEAD):
+
+- `/metrics`: Prometheus exposition (or OpenMetrics when asked for), collected at scrape time
+  from the buffer's durable counters and the sinks' in-memory stats.
+- `/health`: JSON; 200 while the ChirpStack source is connected and no upstream's oldest
+  undelivered uplink is older than `stuck_after_s`, else 503 listing the problems.
+- `/api/status`: JSON with everything the page shows.
+- `/`: the status page: plain HTML, CSS and a little JavaScript polling `/api/status`.
+
+Every request opens its own read-only connection to the buffer, so the server never shares a
+SQLite connection with the pipeline's threads and cannot write to the buffer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol, cast
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from edge.buffer.store import Buffer
+from edge.config import Config
+from edge.errors import EdgeError
+from edge.model import DecodeStatus
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9108
+# Enough for a technician's phone; the page is not a device list (that is `edge status`).
+PAGE_DEVICES = 50
+MAX_DEVICES = 1000
+RECENT_FAILURES = 10
+RECENT_MALFORMED = 5
+
+# The buffer's durable counters (edge.buffer.store.COUNTERS) as Prometheus counters.
+_COUNTER_HELP = {
+    "received": ("edge_received", "MQTT messages received from ChirpStack (uplinks, device events, malformed)."),
+    "duplicates": ("edge_duplicates", "Uplinks dropped because their uplink id was already stored."),
+    "decoded": ("edge_decoded", "Uplinks decoded by a decoder on the gateway."),
+    "chirpstack": ("edge_chirpstack_decoded", "Uplinks whose readings came from ChirpStack's own codec."),
+    "undecoded": ("edge_undecoded", "Uplinks stored raw: no decoder and no ChirpStack object."),
+    "decode_failed": ("edge_decode_errors", "Uplinks whose decoder failed (stored raw for `edge redecode`)."),
+    "malformed": ("edge_malformed", "Messages that could not be parsed (stored for inspection)."),
+    "events": ("edge_device_events", "Device events (join, status, log, ack, txack, location) stored."),
+    "dropped": ("edge_dropped", "Undelivered uplinks dropped because the buffer was full."),
+    "redecoded": ("edge_redecoded", "Uplinks stored again by `edge redecode`."),
+}
+
+
+# -- what the server reads from the pipeline ----------------------------------------------------
+# Read-only properties, so the pipeline's plain attributes satisfy them and tests can pass fakes.
+
+class SourceView(Protocol):
+    """The ChirpStack source as the server sees it."""
+
+    @property
+    def connected(self) -> threading.Event:
+        """Set while subscribed at ChirpStack's broker."""
+
+    @property
+    def reconnects(self) -> int:
+        """Connections lost since start."""
+
+
+class SinkStatsView(Protocol):
+    """A sink's in-memory counters (MqttSink's SinkStats, HttpSink's HttpSinkStats)."""
+
+    @property
+    def published(self) -> int:
+        """Messages published (MQTT) or requests sent (HTTP)."""
+
+    @property
+    def acknowledged(self) -> int:
+        """Messages the upstream acknowledged."""
+
+    @property
+    def rejected(self) -> int:
+        """Messages the upstream refused for good."""
+
+    @property
+    def reconnects(self) -> int:
+        """Connections lost (MQTT) or requests failed below HTTP."""
+
+    @property
+    def connected(self) -> bool:
+        """True while the upstream is reachable."""
+
+    @property
+    def last_error(self) -> str:
+        """The latest delivery problem, or ''."""
+
+
+class SinkView(Protocol):
+    """One upstream's sink."""
+
+    @property
+    def name(self) -> str:
+        """The upstream's configured name."""
+
+    @property
+    def stats(self) -> SinkStatsView:
+        """Its in-memory counters."""
+
+
+class PipelineView(Protocol):
+    """What the server needs from edge.pipeline.Pipeline (the server never imports it)."""
+
+    @property
+    def cfg(self) -> Config:
+        """The configuration: buffer path, edge id, upstream names."""
+
+    @property
+    def source(self) -> SourceView:
+        """The ChirpStack source."""
+
+    @property
+    def sinks(self) -> Sequence[SinkView]:
+        """One sink per upstream."""
+
+    @property
+    def commits(self) -> int:
+        """Batches committed since start."""
+
+
+# -- reading the state ----------------------------------------------------------------------------
+
+# URLs may carry credentials or API keys in their user info or query; error texts are shown as
+# they are otherwise, because the technician needs them.
+_URL_SECRETS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?:[^/@\s]*@)?(?P<rest>[^?\s]*)(?:\?\S*)?", re.I)
+_KEY_VALUE_SECRETS = re.compile(r"(?i)\b(token|password|passwd|secret|api[_-]?key|authorization)(\s*[=:]\s*)\S+")
+
+
+def redact(text: str) -> str:
+    """`text` with URL user info, URL queries and key=value secrets replaced by '***'."""
+    text = _URL_SECRETS.sub(lambda m: m["scheme"] + m["rest"] + ("?***" if "?" in m[0] else ""), text)
+    return _KEY_VALUE_SECRETS.sub(r"\1\2***", text)
+
+
+@dataclass
+class Snapshot:
+    """The gateway's state at one moment, as every endpoint reports it."""
+
+    time: float
+    source_connected: bool
+    source_reconnects: int
+    commits: int
+    upstreams: list[dict[str, Any]]
+    counters: dict[str, int] = field(default_factory=dict)
+    used_bytes: int = 0
+    uplinks: int = 0
+    decode_errors: dict[str, int] = field(default_factory=dict)
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    recent_failures: list[dict[str, Any]] = field(default_factory=list)
+    malformed: list[dict[str, Any]] = field(default_factory=list)
+    buffer_error: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        """True when nothing needs a technician."""
+        return not self.problems
+
+
+def take_snapshot(pipeline: PipelineView, stuck_after_s: float, *, details: bool = False,
+                  devices: int = PAGE_DEVICES) -> Snapshot:
+    """Read the buffer (read-only) and the in-memory stats, and judge health.
+
+    Args:
+        pipeline: the running pipeline.
+        stuck_after_s: an upstream whose oldest undelivered uplink is older than this is stuck.
+        details: also read what only the page shows (devices, decode failures, malformed messages).
+        devices: how many devices' last uplinks to read when `details` is set.
+
+    Returns:
+        The snapshot; a buffer that cannot be read is reported in `buffer_error` and `problems`.
+    """
+    cfg = pipeline.cfg
+    source = pipeline.source
+    snap = Snapshot(time=time.time(), source_connected=source.connected.is_set(),
+                    source_reconnects=source.reconnects, commits=pipeline.commits, upstreams=[])
+    sinks = {s.name: s for s in pipeline.sinks}
+    names = [u.name for u in cfg.upstreams] + [u.name for u in cfg.http_upstreams]
+    progress: list[dict[str, Any]] = [{"name": n, "backlog": None, "oldest_undelivered_age_s": None,
+                                       "delivered": None, "dropped": None, "last_delivery": None} for n in names]
+    try:
+        buf = Buffer(cfg.buffer.path, readonly=True)
+    except EdgeError as exc:
+        snap.buffer_error = str(exc)
+    else:
+        try:
+            snap.counters = buf.counters()
+            snap.used_bytes = buf.used_bytes()
+            snap.uplinks = _uplink_rows(buf)
+            # Upstreams that were removed from the config keep a cursor row; only configured ones count.
+            progress = [p for p in buf.sinks(names) if p["name"] in names]
+            snap.decode_errors = _decode_errors(buf)
+            if details:
+                snap.devices = buf.devices(devices)
+                snap.recent_failures = _recent_failures(buf, RECENT_FAILURES)
+                snap.malformed = buf.recent_malformed(RECENT_MALFORMED)
+        except sqlite3.Error as exc:
+            snap.buffer_error = f"{cfg.buffer.path}: {exc}"
+        finally:
+            buf.close()
+    for p in progress:
+        sink = sinks.get(p["name"])
+        stats = sink.stats if sink is not None else None
+        age = p["oldest_undelivered_age_s"]
+        p.update({
+            "connected": bool(stats and stats.connected),
+            "published": stats.published if stats else 0,
+            "acknowledged": stats.acknowledged if stats else 0,
+            "rejected": stats.rejected if stats else 0,
+            "reconnects": stats.reconnects if stats else 0,
+            "last_error": redact(stats.last_error) if stats else "",
+            "stuck": age is not None and age > stuck_after_s,
+        })
+        snap.upstreams.append(p)
+    if not snap.source_connected:
+        snap.problems.append("ChirpStack source is disconnected")
+    for p in snap.upstreams:
+        if p["stuck"]:
+            snap.problems.append(f"upstream {p['name']} is stuck: its oldest undelivered uplink is"
+                                 f" {p['oldest_undelivered_age_s']:.0f} s old (limit {stuck_after_s:g} s)")
+    if snap.buffer_error:
+        snap.problems.append(f"buffer unreadable: {snap.buffer_error}")
+    return snap
+
+
+def _uplink_rows(buf: Buffer) -> int:
+    # Rows are only ever appended with consecutive ids and deleted oldest first (enforce_size), so
+    # the id span is the row count: O(1), where count(*) reads every page of a 1 GB buffer.
+    lo, hi = buf.db.execute("SELECT min(id), max(id) FROM uplinks").fetchone()
+    return 0 if lo is None else int(hi) - int(lo) + 1
+
+
+def _decode_errors(buf: Buffer) -> dict[str, int]:
+    """Buffered uplinks whose decoder failed, by decoder (superseded ones were re-decoded)."""
+    return {str(decoder): int(n) for decoder, n in buf.db.execute(
+        "SELECT decoder, count(*) FROM uplinks WHERE status = ? GROUP BY decoder", (DecodeStatus.FAILED,))}
+
+
+def _recent_failures(buf: Buffer, limit: int) -> list[dict[str, Any]]:
+    cols = ("time", "dev_eui", "decoder", "error")
+    return [dict(zip(cols, r, strict=True)) for r in buf.db.execute(
+        f"SELECT {', '.join(cols)} FROM uplinks WHERE status = ? ORDER BY id DESC LIMIT ?",
+        (DecodeStatus.FAILED, limit))]
+
+
+def status_document(snap: Snapshot, edge_id: str, max_bytes: int, stuck_after_s: float) -> dict[str, Any]:
+    """The /api/status JSON body: what the status page shows."""
+    devices = []
+    for d in snap.devices:
+        status = d["status"]
+        devices.append({
+            "dev_eui": d["dev_eui"], "name": d["name"], "application": d["application_name"],
+            "last_time": d["last_time"], "fcnt": d["fcnt"], "rssi": d["rssi"], "snr": d["snr"],
+            "gateway_id": d["gateway_id"], "decoder": d["decoder"],
+            "status": DecodeStatus.NAMES[status] if 0 <= status < len(DecodeStatus.NAMES) else str(status),
+            "readings": d["readings"],
+        })
+    return {
+        "edge_id": edge_id,
+        "now": snap.time,
+        "healthy": snap.healthy,
+        "problems": snap.problems,
+        "stuck_after_s": stuck_after_s,
+        "source": {"connected": snap.source_connected, "reconnects": snap.source_reconnects,
+                   "commits": snap.commits},
+        "buffer": {"used_bytes": snap.used_bytes, "max_bytes": max_bytes, "uplinks": snap.uplinks,
+                   "error": snap.buffer_error},
+        "counters": snap.counters,
+        "upstreams": snap.upstreams,
+        "devices": devices,
+        "decode_errors": {"by_decoder": snap.decode_errors, "recent": snap.recent_failures},
+        "malformed": [{"received": m["received"], "topic": m["topic"], "error": m["error"]} for m in snap.malformed],
+    }
+
+
+# -- Prometheus ---------------------------------------------------------------------------------------
+
+class EdgeCollector:
+    """Reads the gateway's state at scrape time, so nothing is counted twice or kept in memory."""
+
+    def __init__(self, pipeline: PipelineView, stuck_after_s: float) -> None:
+        self.pipeline = pipeline
+        self.stuck_after_s = stuck_after_s
+
+    def collect(self) -> Iterator[Metric]:
+        """One metric family per quantity; upstream metrics are labelled `upstream`."""
+        snap = take_snapshot(self.pipeline, self.stuck_after_s)
+        cfg = self.pipeline.cfg
+        info = GaugeMetricFamily("edge_info", "This gateway (value is always 1).", labels=["edge_id"])
+        info.add_metric([cfg.edge_id], 1)
+        yield info
+        yield GaugeMetricFamily("edge_healthy", "1 when /health reports 200, else 0.", value=int(snap.healthy))
+        yield GaugeMetricFamily("edge_source_connected", "1 while subscribed at ChirpStack's MQTT broker.",
+                                value=int(snap.source_connected))
+        yield CounterMetricFamily("edge_source_reconnects", "Connections to ChirpStack's broker lost since start.",
+                                  value=snap.source_reconnects)
+        yield CounterMetricFamily("edge_commits", "Batches committed to the buffer since start.", value=snap.commits)
+        yield GaugeMetricFamily("edge_buffer_readable", "1 when the buffer could be read for this scrape.",
+                                value=int(not snap.buffer_error))
+        # Without the buffer there is nothing true to say about what it holds: leave those out
+        # rather than report zeros that look like an empty buffer.
+        if snap.buffer_error:
+            return
+        for name, (metric, doc) in _COUNTER_HELP.items():
+            yield CounterMetricFamily(metric, doc, value=snap.counters.get(name, 0))
+        yield GaugeMetricFamily("edge_buffer_bytes", "Bytes of the buffer database in use.", value=snap.used_bytes)
+        yield GaugeMetricFamily("edge_buffer_max_bytes", "The buffer's size bound (buffer.max_size_mb).",
+                                value=int(cfg.buffer.max_size_mb * 1024 * 1024))
+        yield GaugeMetricFamily("edge_buffer_uplinks", "Uplinks held in the buffer.", value=snap.uplinks)
+        # A gauge, not a counter: rows leave the buffer when it trims or `edge redecode` succeeds.
+        failed = GaugeMetricFamily("edge_buffer_decode_errors",
+                                   "Uplinks in the buffer whose decoder failed, by decoder.", labels=["decoder"])
+        for decoder, n in sorted(snap.decode_errors.items()):
+            failed.add_metric([decoder], n)
+        yield failed
+        yield from self._upstreams(snap)
+
+    def _upstreams(self, snap: Snapshot) -> Iterator[Metric]:
+        families: list[tuple[str, Metric]] = [
+            ("backlog", GaugeMetricFamily("edge_upstream_backlog_uplinks",
+                                          "Buffered uplinks not yet delivered to the upstream.", labels=["upstream"])),
+            ("oldest_undelivered_age_s", GaugeMetricFamily(
+                "edge_upstream_backlog_age_seconds",
+                "Age of the oldest uplink not yet delivered to the upstream (0 when none).", labels=["upstream"])),
+            ("stuck", GaugeMetricFamily("edge_upstream_stuck", "1 when the backlog is older than web.stuck_after_s.",
+                                        labels=["upstream"])),
+            ("connected", GaugeMetricFamily("edge_upstream_connected", "1 while the upstream is reachable.",
+                                            labels=["upstream"])),
+            ("last_delivery", GaugeMetricFamily("edge_upstream_last_delivery_timestamp_seconds",
+                                                "When the upstream last acknowledged a delivery (POSIX time).",
+                                                labels=["upstream"])),
+            ("delivered", CounterMetricFamily("edge_upstream_delivered", "Uplinks delivered to the upstream.",
+                                              labels=["upstream"])),
+            ("dropped", CounterMetricFamily("edge_upstream_dropped",
+                                            "Uplinks dropped before the upstream got them (buffer full).",
+                                            labels=["upstream"])),
+            ("published", CounterMetricFamily("edge_upstream_published",
+                                              "Messages published (MQTT) or requests sent (HTTP) since start.",
+                                              labels=["upstream"])),
+            ("acknowledged", CounterMetricFamily("edge_upstream_acknowledged",
+                                                 "Messages the upstream acknowledged since start.", labels=["upstream"])),
+            ("rejected", CounterMetricFamily("edge_upstream_rejected",
+                                             "Messages the upstream refused for good since start.", labels=["upstream"])),
+            ("reconnects", CounterMetricFamily("edge_upstream_reconnects",
+                                               "Connections lost (MQTT) or failed requests (HTTP) since start.",
+                                               labels=["upstream"])),
+        ]
+        for up in snap.upstreams:
+            for key, family in families:
+                value = up[key]
+                if key == "last_delivery" and value is None:
+                    continue  # never delivered: no timestamp rather than 1970
+                cast(GaugeMetricFamily, family).add_metric([up["name"]], float(value or 0))
+        for _, family in families:
+            yield family
+
+
+# -- HTTP -----------------------------------------------------------------------------------------------
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address (127.0.0.0/8, ::1) or 'localhost'; False for anything else."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface, so it counts as exposed
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a hung client must never keep the service from stopping
+    web: WebServer
+
+
+class WebServer:
+    """The metrics, health and status-page server; `start()` serves from a daemon thread.
+
+    Args:
+        pipeline: the pipeline to report on (edge.pipeline.Pipeline, or anything like it).
+        bind: address to listen on; loopback by default.
+        port: TCP port; 0 picks a free one (see `port` after `start()`).
+        token: if set, every request needs `Authorization: Bearer <token>` or `?token=<token>`.
+        stuck_after_s: an upstream whose oldest undelivered uplink is older than this makes
+            /health fail.
+
+    Raises:
+        ValueError: `bind` is not a loopback address and no token is set, or the token is empty.
+    """
+
+    def __init__(self, pipeline: PipelineView, *, bind: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 token: str | None = None, stuck_after_s: float = 900.0) -> None:
+        if token is not None and not token.strip():
+            raise ValueError("the status server's token is empty; put a long random string in web.token_file")
+        if token is None and not is_loopback(bind):
+            raise ValueError(f"refusing to serve metrics and the status page on {bind!r} without a token:"
+                             " set web.token_file, or bind to 127.0.0.1 and use an SSH tunnel")
+        if stuck_after_s <= 0:
+            raise ValueError("stuck_after_s must be greater than 0")
+        self.pipeline = pipeline
+        self.bind = bind
+        self._port = port
+        self.token = token.strip() if token is not None else None
+        self.stuck_after_s = stuck_after_s
+        self.registry = CollectorRegistry()
+        self.registry.register(EdgeCollector(pipeline, stuck_after_s))
+        # Resident memory and open files matter on a Raspberry Pi; the collector reads /proc.
+        ProcessCollector(registry=self.registry)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one picked when constructed with port 0 and started)."""
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The server's base URL, e.g. http://127.0.0.1:9108/."""
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"http://{host}:{self.port}/"
+
+    def start(self) -> None:
+        """Listen and serve from a daemon thread.
+
+        Raises:
+            OSError: the address cannot be bound (port in use, address not on this host).
+        """
+        if self._server is not None:
+            return
+        family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
+        server_class = type("_BoundServer", (_Server,), {"address_family": family})
+        server = cast(_Server, server_class((self.bind, self._port), _Handler))
+        server.web = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                                        name="web", daemon=True)
+        self._thread.start()
+        log.info("Status server listening on %s (metrics, health, status page%s).", self.url,
+                 "; token required" if self.token else "")
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; safe to call when not started."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> WebServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def snapshot(self, *, details: bool = False, devices: int = PAGE_DEVICES) -> Snapshot:
+        """The current state (see take_snapshot)."""
+        return take_snapshot(self.pipeline, self.stuck_after_s, details=details, devices=devices)
+
+    def authorized(self, header: str | None, query_token: str | None) -> bool:
+        """True when no token is configured, or the request carries it (constant-time compare)."""
+        if self.token is None:
+            return True
+        given = ""
+        if header and header[:7].lower() == "bearer ":
+            given = header[7:].strip()
+        elif query_token:
+            given = query_token
+        # Comparing bytes: compare_digest refuses non-ASCII str, and a token may be any text.
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "lorawan-edge"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self._dispatch(head=False)
+
+    def do_HEAD(self) -> None:
+        self._dispatch(head=True)
+
+    def _dispatch(self, head: bool) -> None:
+        web = self.server.web
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        if not web.authorized(self.headers.get("Authorization"), query.get("token", [None])[0]):
+            self._send(HTTPStatus.UNAUTHORIZED, b"A token is required: Authorization: Bearer <token> or ?token=.\n",
+                       "text/plain; charset=utf-8", head, {"WWW-Authenticate": 'Bearer realm="lorawan-edge"'})
+            return
+        try:
+            if url.path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                self._send(HTTPStatus.OK, encoder(web.registry), content_type, head)
+            elif url.path == "/health":
+                snap = web.snapshot()
+                body = {"healthy": snap.healthy, "problems": snap.problems,
+                        "source_connected": snap.source_connected,
+                        "upstreams": {u["name"]: {"backlog": u["backlog"],
+                                                  "oldest_undelivered_age_s": u["oldest_undelivered_age_s"],
+                                                  "connected": u["connected"]} for u in snap.upstreams}}
+                self._json(HTTPStatus.OK if snap.healthy else HTTPStatus.SERVICE_UNAVAILABLE, body, head)
+            elif url.path == "/api/status":
+                devices = _int(query.get("devices", [None])[0], PAGE_DEVICES, 0, MAX_DEVICES)
+                snap = web.snapshot(details=True, devices=devices)
+                cfg = web.pipeline.cfg
+                doc = status_document(snap, cfg.edge_id, int(cfg.buffer.max_size_mb * 1024 * 1024),
+                                      web.stuck_after_s)
+                self._json(HTTPStatus.OK, doc, head)
+            elif url.path in ("/", "/index.html"):
+                self._send(HTTPStatus.OK, PAGE, "text/html; charset=utf-8", head, {"Content-Security-Policy": _CSP})
+            else:
+                self._send(HTTPStatus.NOT_FOUND, b"Not found: try /, /health, /metrics or /api/status.\n",
+                           "text/plain; charset=utf-8", head)
+        except Exception:
+            # One failed request must not end the server thread; the pipeline runs on regardless.
+            log.exception("The status server could not answer %s.", url.path)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"Internal error; see the service log.\n",
+                       "text/plain; charset=utf-8", head)
+
+    def _json(self, status: HTTPStatus, body: dict[str, Any], head: bool) -> None:
+        self._send(status, orjson.dumps(body), "application/json", head)
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, head: bool,
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        # Live data: never from a cache. The page may carry a token in its URL: never as a referrer.
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's parameter name
+        # Per-request lines belong at DEBUG (STYLE: per-event logs are off by default). The request
+        # line may hold ?token=..., so only the path is logged.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Status server: %s %s from %s -> %s", self.command, urlsplit(self.path or "").path,
+                      self.client_address[0], args[1] if len(args) > 1 else "-")
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's parameter name
+        # Malformed requests are the client's problem, not the operator's; args may echo the request line.
+        log.debug("Status server refused a malformed request from %s.", self.client_address[0])
+
+
+def _int(value: str | None, default: int, lo: int, hi: int) -> int:
+    try:
+        return max(lo, min(hi, int(value))) if value is not None else default
+    except ValueError:
+        return default
+
+
+# -- the status page ------------------------------------------------------------------------------------
+# One self-contained document: no external assets (the gateway may have no Internet, the phone
+# may be on the service LAN only), no framework. Every value from the buffer is inserted with
+# textContent, never as HTML, since device names and decoder errors come from outside.
+
+_STYLE = """
+:root{--bg:#f4f5f7;--card:#fff;--fg:#1c2330;--muted:#5d6778;--line:#dde1e7;--ok:#1a7f37;--bad:#c62828;
+--warn:#b26a00;--chip:#eef1f5;font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
+@media (prefers-color-scheme:dark){:root{--bg:#12161c;--card:#1c222b;--fg:#e6e9ee;--muted:#9aa4b2;
+--line:#2c3440;--chip:#262e39}}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);font-size:15px;line-height:1.4}
+header{position:sticky;top:0;z-index:1;display:flex;align-items:center;gap:.6rem;padding:.7rem 1rem;
+background:var(--card);border-bottom:1px solid var(--line)}
+header h1{font-size:1.05rem;margin:0;flex:1;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.badge{padding:.2rem .65rem;border-radius:1rem;font-weight:600;font-size:.85rem;color:#fff;background:var(--muted)}
+.badge.ok{background:var(--ok)}.badge.bad{background:var(--bad)}
+main{max-width:60rem;margin:0 auto;padding:.75rem}
+section{margin:0 0 1rem}
+h2{font-size:.8rem;text-transform:uppercase;letter-spacing:.06em;color:var(--muted);margin:.9rem .2rem .4rem}
+.card{background:var(--card);border:1px solid var(--line);border-radius:.6rem;padding:.7rem .8rem;margin:0 0 .5rem}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(9.5rem,1fr));gap:.5rem}
+.grid .card{margin:0}
+.k{color:var(--muted);font-size:.8rem}
+.v{font-size:1.2rem;font-weight:600;font-variant-numeric:tabular-nums}
+.row{display:flex;justify-content:space-between;gap:.5rem;flex-wrap:wrap}
+.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9rem;word-break:break-all}
+.muted{color:var(--muted);font-size:.85rem}
+.dot{display:inline-block;width:.6rem;height:.6rem;border-radius:50%;margin-right:.35rem;background:var(--bad)}
+.dot.up{background:var(--ok)}
+.chips{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.4rem}
+.chip{background:var(--chip);border-radius:.35rem;padding:.1rem .45rem;font-size:.85rem;font-variant-numeric:tabular-nums}
+.bad{color:var(--bad)}.warn{color:var(--warn)}
+#problems{list-style:none;margin:0;padding:0}
+#problems li{background:var(--bad);color:#fff;border-radius:.5rem;padding:.5rem .75rem;margin:0 0 .4rem}
+#stale{display:none;background:var(--warn);color:#fff;border-radius:.5rem;padding:.5rem .75rem;margin:0 0 .5rem}
+table{width:100%;border-collapse:collapse}td{padding:.2rem 0;border-bottom:1px solid var(--line)}
+td:last-child{text-align:right;font-variant-numeric:tabular-nums}
+footer{color:var(--muted);font-size:.8rem;text-align:center;padding:0 1rem 1.5rem}
+"""
+
+_SCRIPT = """
+"use strict";
+const REFRESH_MS = 5000;
+// A token given as ?token=... in the page's address is passed on to the API the same way.
+const QUERY = location.search;
+const UNITS = {Cel: "\\u00b0C", "%RH": "%RH", "/": "%", dBW: "dBW", lx: "lx", V: "V", ppm: "ppm", Pa: "Pa",
+  hPa: "hPa", count: "", m: "m", "m/s": "m/s", W: "W", Wh: "Wh", dB: "dB", "%EL": "%"};
+let serverNow = 0;
+
+function $(id) { return document.getElementById(id); }
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+function ago(t) {
+  if (t === null || t === undefined) return "never";
+  const s = Math.max(0, serverNow - t);
+  if (s < 90) return Math.round(s) + " s ago";
+  if (s < 5400) return Math.round(s / 60) + " min ago";
+  if (s < 172800) return Math.round(s / 3600) + " h ago";
+  return Math.round(s / 86400) + " d ago";
+}
+function age(s) {
+  if (s === null || s === undefined) return "\\u2013";
+  if (s < 90) return Math.round(s) + " s";
+  if (s < 5400) return Math.round(s / 60) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+function num(n) { return n === null || n === undefined ? "\\u2013" : Number(n).toLocaleString("en-US"); }
+function mb(b) { return (b / 1048576).toFixed(1) + " MB"; }
+function value(r) {
+  if ("v" in r) {
+    const v = Math.abs(r.v) >= 100 ? Math.round(r.v * 10) / 10 : Math.round(r.v * 1000) / 1000;
+    const u = r.u in UNITS ? UNITS[r.u] : (r.u || "");
+    return v + (u ? (u === "\\u00b0C" || u === "%" ? "" : " ") + u : "");
+  }
+  if ("vb" in r) return r.vb ? "yes" : "no";
+  return r.vs;
+}
+function stat(label, val, cls) {
+  const c = el("div", "card");
+  c.append(el("div", "k", label), el("div", "v" + (cls ? " " + cls : ""), val));
+  return c;
+}
+
+function render(s) {
+  serverNow = s.now;
+  document.title = "lorawan-edge " + s.edge_id;
+  $("title").textContent = "lorawan-edge \\u00b7 " + s.edge_id;
+  const badge = $("badge");
+  badge.textContent = s.healthy ? "healthy" : "problem";
+  badge.className = "badge " + (s.healthy ? "ok" : "bad");
+  const problems = clear($("problems"));
+  for (const p of s.problems) problems.append(el("li", "", p));
+
+  const c = s.counters, b = s.buffer;
+  clear($("overview")).append(
+    stat("ChirpStack", s.source.connected ? "connected" : "disconnected", s.source.connected ? "" : "bad"),
+    stat("Buffer", b.error ? "unreadable" : mb(b.used_bytes) + " / " + mb(b.max_bytes), b.error ? "bad" : ""),
+    stat("Uplinks buffered", num(b.uplinks)),
+    stat("Received", num(c.received)),
+    stat("Decoded", num((c.decoded || 0) + (c.chirpstack || 0))),
+    stat("Decode errors", num(c.decode_failed), c.decode_failed ? "warn" : ""),
+    stat("Duplicates", num(c.duplicates)),
+    stat("Dropped", num(c.dropped), c.dropped ? "bad" : ""));
+
+  const ups = clear($("upstreams"));
+  for (const u of s.upstreams) {
+    const card = el("div", "card");
+    const head = el("div", "row");
+    const name = el("strong");
+    name.append(el("span", "dot" + (u.connected ? " up" : "")), document.createTextNode(u.name));
+    head.append(name, el("span", u.stuck ? "bad" : "muted", u.connected ? "connected" : "not connected"));
+    const t = el("table");
+    const rows = [["Backlog", num(u.backlog) + " uplinks"], ["Oldest undelivered", age(u.oldest_undelivered_age_s)],
+      ["Delivered", num(u.delivered)], ["Dropped", num(u.dropped)], ["Last delivery", ago(u.last_delivery)]];
+    for (const [k, v] of rows) { const tr = el("tr"); tr.append(el("td", "k", k), el("td", "", v)); t.append(tr); }
+    card.append(head, t);
+    if (u.last_error) card.append(el("div", "muted bad", "Last error: " + u.last_error));
+    ups.append(card);
+  }
+  if (!s.upstreams.length) ups.append(el("div", "card muted", "No upstreams configured."));
+
+  const devs = clear($("devices"));
+  for (const d of s.devices) {
+    const card = el("div", "card");
+    const head = el("div", "row");
+    head.append(el("span", "mono", d.dev_eui), el("span", "muted", ago(d.last_time)));
+    const meta = el("div", "muted");
+    const radio = "RSSI " + (d.rssi === null ? "\\u2013" : d.rssi + " dBm") + " \\u00b7 SNR " +
+      (d.snr === null ? "\\u2013" : d.snr + " dB") + (d.fcnt === null ? "" : " \\u00b7 fCnt " + d.fcnt);
+    meta.textContent = [d.name, radio].filter(Boolean).join(" \\u00b7 ");
+    const dec = el("div", "muted " + (d.status === "failed" ? "bad" : ""),
+      (d.decoder || "no decoder") + " \\u00b7 " + d.status);
+    const chips = el("div", "chips");
+    for (const r of d.readings) chips.append(el("span", "chip", r.n + " " + value(r)));
+    card.append(head, meta, dec);
+    if (d.readings.length) card.append(chips);
+    devs.append(card);
+  }
+  if (!s.devices.length) devs.append(el("div", "card muted", "No uplinks received yet."));
+
+  const errs = clear($("errors"));
+  const by = Object.entries(s.decode_errors.by_decoder);
+  if (by.length) {
+    const t = el("table");
+    for (const [k, v] of by) { const tr = el("tr"); tr.append(el("td", "mono", k), el("td", "", num(v))); t.append(tr); }
+    const card = el("div", "card");
+    card.append(el("div", "k", "Buffered uplinks that failed to decode, by decoder"), t);
+    errs.append(card);
+  }
+  for (const f of s.decode_errors.recent) {
+    const card = el("div", "card");
+    const head = el("div", "row");
+    head.append(el("span", "mono", f.dev_eui), el("span", "muted", ago(f.time)));
+    card.append(head, el("div", "muted", f.decoder), el("div", "bad", f.error));
+    errs.append(card);
+  }
+  for (const m of s.malformed) {
+    const card = el("div", "card");
+    card.append(el("div", "mono", m.topic), el("div", "muted", "malformed \\u00b7 " + ago(m.received)),
+      el("div", "bad", m.error));
+    errs.append(card);
+  }
+  if (!errs.firstChild) errs.append(el("div", "card muted", "No decode errors in the buffer."));
+  $("updated").textContent = new Date(s.now * 1000).toLocaleTimeString();
+}
+
+async function refresh() {
+  try {
+    const r = await fetch("api/status" + QUERY, {cache: "no-store"});
+    if (!r.ok) throw new Error("HTTP " + r.status);
+    render(await r.json());
+    $("stale").style.display = "none";
+  } catch (e) {
+    const s = $("stale");
+    s.textContent = "Cannot reach the gateway (" + e.message + "); showing the last data received.";
+    s.style.display = "block";
+  } finally {
+    setTimeout(refresh, REFRESH_MS);
+  }
+}
+refresh();
+"""
+
+PAGE = ("""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<title>lorawan-edge</title>
+<style>""" + _STYLE + """</style>
+</head>
+<body>
+<header><h1 id="title">lorawan-edge</h1><span id="badge" class="badge">loading</span></header>
+<main>
+<noscript><div class="card">This page needs JavaScript; /api/status has the same data as JSON.</div></noscript>
+<div id="stale"></div>
+<ul id="problems"></ul>
+<section><h2>Overview</h2><div id="overview" class="grid"></div></section>
+<section><h2>Upstreams</h2><div id="upstreams"></div></section>
+<section><h2>Last uplinks</h2><div id="devices"></div></section>
+<section><h2>Decode errors</h2><div id="errors"></div></section>
+</main>
+<footer>Updated <span id="updated">never</span>; refreshes every 5 s. Read-only.</footer>
+<script>""" + _SCRIPT + """</script>
+</body>
+</html>
+""").encode()
+
+
+def _csp_hash(source: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode()).digest()).decode() + "'"
+
+
+# Only this page's own inline style and script may run: injected markup could do nothing.
+_CSP = (f"default-src 'none'; connect-src 'self'; img-src 'self'; style-src {_csp_hash(_STYLE)};"
+        f" script-src {_csp_hash(_SCRIPT)}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")

@@ -28,9 +28,10 @@ from common import (
 )
 from netns import UPSTREAM_ADDR, Wan
 
+import decoders
 from edge.config import UpstreamConfig
 
-PHASES = ("relay", "e2e", "drain", "wan", "rss")
+PHASES = ("relay", "e2e", "drain", "wan", "rss", "decoders")
 
 
 @dataclass(frozen=True)
@@ -447,6 +448,7 @@ def main() -> int:
         ("drain", bench.run_drain),
         ("wan", bench.run_wan),
         ("rss", bench.run_rss),
+        ("decoders", lambda: decoders.run(emit, 1.0 if args.quick else 3.0)),
     ]
     failed = 0
     try:

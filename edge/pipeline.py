@@ -8,6 +8,7 @@ in-memory signal is a per-sink Event set after each commit so idle sinks wake at
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from edge.buffer.store import Batch, Buffer, NewUplink
+from edge.buffer.store import Batch, Buffer, NewUplink, open_writer
 from edge.config import Config, HttpUpstreamConfig, UpstreamConfig
 from edge.decoding.base import Decoder
 from edge.decoding.registry import NO_HINTS, OBJECT_FIELDS, DecoderRegistry, Rule
@@ -300,7 +301,7 @@ class Pipeline:
         self.cfg = cfg
         self.registry = build_registry(cfg, decoders)
         self.max_bytes = int(cfg.buffer.max_size_mb * 1024 * 1024)
-        self.buffer = Buffer(cfg.buffer.path, max_bytes=self.max_bytes)
+        self.buffer = open_writer(cfg.buffer.path, self.max_bytes)
         self.seen = RecentIds(DEDUP_WINDOW, self.buffer.recent_uplink_ids(DEDUP_WINDOW))
         # The ChirpStack device registry cache (variables, profile codecs), when an API is configured.
         self.devices = DeviceCache(cfg.chirpstack, cfg.buffer.path) if cfg.chirpstack.api_url else None
@@ -380,7 +381,28 @@ class Pipeline:
                 batch.malformed.append((event, msg.received))
                 log.warning("Malformed message on %s stored for inspection: %s", event.topic, event.error)
         try:
-            self.buffer.append(batch)
+            try:
+                self.buffer.append(batch)
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc):
+                    raise
+                # Disk (or quota) full: make room by the size policy — oldest first, counted, with
+                # gap notices — a growing share at a time; if nothing helps, the batch stays
+                # unacknowledged at the broker and the source retries after a backoff.
+                dropped, fraction = 0, 0.05
+                for _ in range(6):
+                    dropped += self.buffer.make_room(fraction)
+                    try:
+                        self.buffer.append(batch)
+                        break
+                    except sqlite3.OperationalError as again:
+                        if "full" not in str(again):
+                            raise
+                        fraction = min(0.5, fraction * 2)
+                else:
+                    raise
+                log.error("The disk holding the buffer is full; dropped the %d oldest uplinks to keep"
+                          " receiving. Free space or lower buffer.max_size_mb.", dropped)
         except Exception:
             for uplink_id in fresh:
                 self.seen.discard(uplink_id)

@@ -99,8 +99,43 @@ def connect(path: str | Path, *, readonly: bool = False, synchronous: str = "FUL
     return db
 
 
+def open_writer(path: str | Path, max_bytes: int) -> Buffer:
+    """The writer's connection, after making sure the file is sound.
+
+    After an unclean shutdown (no clean-close marker) the file gets a `PRAGMA quick_check`. A file
+    that is corrupt or truncated is moved aside (with its WAL) under `<name>.corrupt-<time>`, an
+    ERROR tells the operator where, and a fresh buffer starts, so the gateway keeps receiving
+    instead of crash-looping on a damaged file.
+    """
+    p = Path(path)
+    marker = p.with_name(p.name + ".clean")
+    check = p.exists() and not marker.exists()
+    try:
+        buf = Buffer(p, max_bytes=max_bytes)
+        if check:
+            result = buf.db.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                buf.close()
+                raise StorageCorrupt(f"{p}: integrity check failed: {result}")
+    except StorageCorrupt as exc:
+        aside = p.with_name(f"{p.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(p) + suffix)
+            if src.exists():
+                src.rename(Path(str(aside) + suffix))
+        log.error("The buffer %s is damaged (%s). It was moved to %s for inspection and a new, empty buffer"
+                  " was started; uplinks not yet delivered from the old file are not sent automatically.",
+                  p, exc, aside)
+        buf = Buffer(p, max_bytes=max_bytes)
+    marker.unlink(missing_ok=True)
+    buf.clean_marker = marker
+    return buf
+
+
 class Buffer:
     """One connection to the buffer. Use one instance per thread."""
+
+    clean_marker: Path | None = None  # set on the writer: written on a clean close
 
     def __init__(self, path: str | Path, *, max_bytes: int = 1 << 30, readonly: bool = False,
                  synchronous: str = "FULL") -> None:
@@ -118,14 +153,29 @@ class Buffer:
                 self.db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES "
                                 + ",".join(f"('{c}', 0)" for c in COUNTERS))
         except sqlite3.DatabaseError as exc:
-            if "malformed" in str(exc) or "not a database" in str(exc):
+            if "malformed" in str(exc) or "not a database" in str(exc) or "corrupt" in str(exc):
                 raise StorageCorrupt(f"{self.path}: {exc}") from exc
             raise StorageError(f"{self.path}: {exc}") from exc
         self.page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (the writer also checkpoints and leaves its clean-close marker)."""
+        if self.clean_marker is not None:
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.clean_marker.touch(mode=0o600)
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("Could not checkpoint the buffer at shutdown: %s", exc)
         self.db.close()
+
+    def make_room(self, fraction: float = 0.05) -> int:
+        """Drop the oldest `fraction` of uplinks (counted, with gap notices); for a full disk."""
+        lo, hi, n = self.db.execute("SELECT min(id), max(id), count(*) FROM uplinks").fetchone()
+        if not n:
+            self._trim("events")
+            self._trim("malformed")
+            return 0
+        return self._drop_through(min(hi, lo + max(1, int(n * fraction)) - 1))
 
     # -- writing (source side) ------------------------------------------------------------
 

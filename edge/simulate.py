@@ -140,9 +140,17 @@ def publish(url_host: str, port: int, sim: Simulator, count: int | None, rate: f
     # inside paho's publish() deadlocks on paho's own mutex.
     pending: deque[tuple[paho.MQTTMessageInfo, SentUplink]] = deque()
 
+    def published(info: paho.MQTTMessageInfo) -> bool:
+        try:
+            return info.is_published()
+        except RuntimeError:
+            # Queued while the broker was away (rc = no connection): paho sends it after the
+            # reconnect and still records the PUBACK; is_published() refuses to say so.
+            return bool(getattr(info, "_published", False))
+
     def settle() -> None:
         nonlocal acked
-        while pending and pending[0][0].is_published():
+        while pending and published(pending[0][0]):
             acked += 1
             sent = pending.popleft()[1]
             if on_sent is not None:

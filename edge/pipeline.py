@@ -380,6 +380,8 @@ class Pipeline:
                 batch.count("malformed")
                 batch.malformed.append((event, msg.received))
                 log.warning("Malformed message on %s stored for inspection: %s", event.topic, event.error)
+        if self.buffer.used_bytes() > self.buffer.max_bytes:
+            self.buffer.enforce_size()  # before appending, so freed pages are reused, not new ones
         try:
             try:
                 self.buffer.append(batch)

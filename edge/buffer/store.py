@@ -169,13 +169,38 @@ class Buffer:
         self.db.close()
 
     def make_room(self, fraction: float = 0.05) -> int:
-        """Drop the oldest `fraction` of uplinks (counted, with gap notices); for a full disk."""
-        lo, hi, n = self.db.execute("SELECT min(id), max(id), count(*) FROM uplinks").fetchone()
+        """Drop the oldest `fraction` of uplinks (counted, with gap notices); for a full disk.
+
+        Every write goes through the WAL first, so on a full disk even a DELETE needs WAL space: the
+        WAL is checkpointed and truncated before and after, which also lets the freed pages be reused.
+        """
+        # From now on the database must not grow: new rows reuse the pages freed here.
+        self.max_bytes = min(self.max_bytes, int(self.used_bytes() * (1 - fraction)))
+        self._checkpoint()
+        n = self.db.execute("SELECT count(*) FROM uplinks").fetchone()[0]
         if not n:
             self._trim("events")
             self._trim("malformed")
+            self._checkpoint()
             return 0
-        return self._drop_through(min(hi, lo + max(1, int(n * fraction)) - 1))
+        # Small steps, each committed and checkpointed: one large DELETE would itself need more WAL
+        # space than a full disk has.
+        target, dropped = max(1, int(n * fraction)), 0
+        while target > 0:
+            lo = self.db.execute("SELECT min(id) FROM uplinks").fetchone()[0]
+            if lo is None:
+                break
+            step = min(target, 64)
+            dropped += self._drop_through(lo + step - 1)
+            target -= step
+            self._checkpoint()
+        return dropped
+
+    def _checkpoint(self) -> None:
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError as exc:
+            log.warning("Buffer checkpoint failed: %s", exc)
 
     # -- writing (source side) ------------------------------------------------------------
 

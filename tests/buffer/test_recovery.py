@@ -86,3 +86,4 @@ def _cfg(tmp_path, path):
     cfg.write_text(f'[chirpstack]\nmqtt_url = "mqtt://127.0.0.1:1"\n[buffer]\npath = "{path}"\n'
                    '[[upstream]]\nname = "city"\nurl = "mqtt://127.0.0.1:2"\n')
     return cfg
+

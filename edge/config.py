@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -209,6 +210,32 @@ class HttpUpstreamConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The status server (edge.web): Prometheus metrics, /health and the technician's status page."""
+
+    bind: str = "127.0.0.1"
+    port: int = 9108
+    token_file: str = ""
+    stuck_after_s: float = 900.0
+
+    def token(self) -> str | None:
+        """The access token, read from its file at start (never stored in config or logs)."""
+        if not self.token_file:
+            return None
+        return Path(self.token_file).read_text().strip()
+
+
+def _loopback(host: str) -> bool:
+    # Kept here rather than imported from edge.web: config must not pull in prometheus_client.
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to any interface
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -218,6 +245,7 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...]
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     http_upstreams: tuple[HttpUpstreamConfig, ...] = ()
+    web: WebConfig = field(default_factory=WebConfig)
     log_level: str = "info"
     source_path: str = ""
 
@@ -422,6 +450,20 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
     )
     buf.done()
 
+    wr = _Reader(top.get("web", dict, {}), "web", problems)
+    web = WebConfig(
+        bind=wr.get("bind", str, WebConfig.bind),
+        port=wr.get("port", int, WebConfig.port),
+        token_file=wr.get("token_file", str, ""),
+        stuck_after_s=wr.positive("stuck_after_s", float, WebConfig.stuck_after_s),
+    )
+    _check_file(wr, "token_file", web.token_file)
+    if not 0 <= web.port <= 65535:
+        problems.append("web.port: must be 0 (off) or a TCP port up to 65535")
+    if not web.token_file and not _loopback(web.bind):
+        problems.append("web.token_file: is required when web.bind is not a loopback address (127.0.0.1, ::1)")
+    wr.done()
+
     upstreams: list[UpstreamConfig] = []
     raw_ups = top.get("upstream", list, [])
     raw_http = top.get("http_upstream", list, [])
@@ -502,7 +544,7 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         raise ConfigError(problems)
     return Config(edge_id=edge_id, chirpstack=chirpstack, buffer=buffer, upstreams=tuple(upstreams),
                   decoding=decoding, log_level=log_level, source_path=source_path,
-                  http_upstreams=tuple(http_upstreams))
+                  http_upstreams=tuple(http_upstreams), web=web)
 
 
 def _share(parent: _Reader) -> ShareRules:

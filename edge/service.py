@@ -14,6 +14,7 @@ from pathlib import Path
 from edge.config import load_config
 from edge.errors import ConfigError
 from edge.pipeline import Pipeline, build_registry
+from edge.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +86,38 @@ class Service:
         old = self.pipeline.cfg
         logging.getLogger().setLevel(cfg.log_level.upper())
         self.pipeline.registry = build_registry(cfg)
-        changed = [name for name in ("chirpstack", "buffer", "upstreams")
+        changed = [name for name in ("chirpstack", "buffer", "upstreams", "http_upstreams", "web")
                    if getattr(cfg, name) != getattr(old, name)]
         if changed:
             log.warning("Reloaded log level and decoder rules; changes to %s need a restart.", ", ".join(changed))
         else:
             log.info("Reloaded log level and decoder rules.")
 
+    def start_web(self) -> WebServer | None:
+        """Start the status server ([web]); None when it is off or cannot start.
+
+        Not fatal: uplinks keep flowing without metrics, and under Restart=on-failure a busy port
+        would otherwise become a restart loop that stops them.
+        """
+        cfg = self.pipeline.cfg.web
+        if not cfg.port:
+            return None
+        try:
+            web = WebServer(self.pipeline, bind=cfg.bind, port=cfg.port, token=cfg.token(),
+                            stuck_after_s=cfg.stuck_after_s)
+            web.start()
+        except (OSError, ValueError) as exc:
+            log.error("The status server is not running (no metrics, health or status page): %s", exc)
+            return None
+        log.info("Status page, metrics and health on %s.", web.url)
+        return web
+
     def run(self) -> None:
         """Run until stopped, keeping systemd informed."""
         interval = watchdog_interval()
         limit = max(30.0, 4 * (interval or 0))
         runner = threading.Thread(target=self.pipeline.run, args=(self.stop,), name="pipeline")
+        web = self.start_web()
         runner.start()
         notify("READY=1")
         next_status = 0.0
@@ -115,3 +136,5 @@ class Service:
         notify("STOPPING=1")
         self.stop.set()
         runner.join()
+        if web is not None:
+            web.stop()

@@ -1,17 +1,4 @@
-"""Loopback HTTP server for operators: Prometheus metrics, a health check and a read-only status page.
-
-Endpoints (GET or HEAD):
-
-- `/metrics`: Prometheus exposition (or OpenMetrics when asked for), collected at scrape time
-  from the buffer's durable counters and the sinks' in-memory stats.
-- `/health`: JSON; 200 while the ChirpStack source is connected and no upstream's oldest
-  undelivered uplink is older than `stuck_after_s`, else 503 listing the problems.
-- `/api/status`: JSON with everything the page shows.
-- `/`: the status page: plain HTML, CSS and a little JavaScript polling `/api/status`.
-
-Every request opens its own read-only connection to the buffer, so the server never shares a
-SQLite connection with the pipeline's threads and cannot write to the buffer.
-"""
+"""Loopback HTTP server for operators: Prometheus metrics, a health check and a read-only status page."""
 
 from __future__ import annotations
 
@@ -29,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -148,11 +135,13 @@ class PipelineView(Protocol):
 # they are otherwise, because the technician needs them.
 _URL_SECRETS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?:[^/@\s]*@)?(?P<rest>[^?\s]*)(?:\?\S*)?", re.I)
 _KEY_VALUE_SECRETS = re.compile(r"(?i)\b(token|password|passwd|secret|api[_-]?key|authorization)(\s*[=:]\s*)\S+")
+_AUTH_SCHEMES = re.compile(r"(?i)\b(bearer|basic)\s+\S+")
 
 
 def redact(text: str) -> str:
-    """`text` with URL user info, URL queries and key=value secrets replaced by '***'."""
+    """`text` with URL user info, URL queries, credentials and key=value secrets replaced by '***'."""
     text = _URL_SECRETS.sub(lambda m: m["scheme"] + m["rest"] + ("?***" if "?" in m[0] else ""), text)
+    text = _AUTH_SCHEMES.sub(r"\1 ***", text)
     return _KEY_VALUE_SECRETS.sub(r"\1\2***", text)
 
 
@@ -181,90 +170,133 @@ class Snapshot:
         return not self.problems
 
 
-def take_snapshot(pipeline: PipelineView, stuck_after_s: float, *, details: bool = False,
-                  devices: int = PAGE_DEVICES) -> Snapshot:
-    """Read the buffer (read-only) and the in-memory stats, and judge health.
+# Decode failures are found by scanning the uplinks table (no index covers `status`): about a
+# second per million buffered uplinks from a cold cache on a PC's SSD, far more on an SD card.
+# They are re-read at most this often, so neither the page polling every 5 s nor frequent
+# scrapes keep the card busy.
+DECODE_ERRORS_TTL_S = 30.0
+
+
+class StateReader:
+    """Reads the gateway's state for every endpoint: the buffer (read-only) and in-memory stats.
 
     Args:
         pipeline: the running pipeline.
         stuck_after_s: an upstream whose oldest undelivered uplink is older than this is stuck.
-        details: also read what only the page shows (devices, decode failures, malformed messages).
-        devices: how many devices' last uplinks to read when `details` is set.
-
-    Returns:
-        The snapshot; a buffer that cannot be read is reported in `buffer_error` and `problems`.
     """
-    cfg = pipeline.cfg
-    source = pipeline.source
-    snap = Snapshot(time=time.time(), source_connected=source.connected.is_set(),
-                    source_reconnects=source.reconnects, commits=pipeline.commits, upstreams=[])
-    sinks = {s.name: s for s in pipeline.sinks}
-    names = [u.name for u in cfg.upstreams] + [u.name for u in cfg.http_upstreams]
-    progress: list[dict[str, Any]] = [{"name": n, "backlog": None, "oldest_undelivered_age_s": None,
-                                       "delivered": None, "dropped": None, "last_delivery": None} for n in names]
-    try:
-        buf = Buffer(cfg.buffer.path, readonly=True)
-    except EdgeError as exc:
-        snap.buffer_error = str(exc)
-    else:
+
+    def __init__(self, pipeline: PipelineView, stuck_after_s: float) -> None:
+        self.pipeline = pipeline
+        self.stuck_after_s = stuck_after_s
+        self._lock = threading.Lock()
+        self._failures: tuple[float, dict[str, int], list[dict[str, Any]]] | None = None
+
+    def snapshot(self, *, details: bool = False, failures: bool = True, devices: int = PAGE_DEVICES) -> Snapshot:
+        """The state now, with health judged.
+
+        Args:
+            details: also read what only the page shows (devices' last uplinks, malformed messages).
+            failures: read the decode failures (cached for DECODE_ERRORS_TTL_S; health needs none).
+            devices: how many devices' last uplinks to read when `details` is set.
+
+        Returns:
+            The snapshot; a buffer that cannot be read is reported in `buffer_error` and `problems`.
+        """
+        pipeline = self.pipeline
+        cfg = pipeline.cfg
+        source = pipeline.source
+        snap = Snapshot(time=time.time(), source_connected=source.connected.is_set(),
+                        source_reconnects=source.reconnects, commits=pipeline.commits, upstreams=[])
+        names = [u.name for u in cfg.upstreams] + [u.name for u in cfg.http_upstreams]
+        progress: list[dict[str, Any]] = [
+            {"name": n, "backlog": None, "oldest_undelivered_age_s": None, "delivered": None, "dropped": None,
+             "last_delivery": None} for n in names]
         try:
-            snap.counters = buf.counters()
-            snap.used_bytes = buf.used_bytes()
-            snap.uplinks = _uplink_rows(buf)
-            # Upstreams that were removed from the config keep a cursor row; only configured ones count.
-            progress = [p for p in buf.sinks(names) if p["name"] in names]
-            snap.decode_errors = _decode_errors(buf)
-            if details:
-                snap.devices = buf.devices(devices)
-                snap.recent_failures = _recent_failures(buf, RECENT_FAILURES)
-                snap.malformed = buf.recent_malformed(RECENT_MALFORMED)
-        except sqlite3.Error as exc:
-            snap.buffer_error = f"{cfg.buffer.path}: {exc}"
-        finally:
-            buf.close()
-    for p in progress:
-        sink = sinks.get(p["name"])
-        stats = sink.stats if sink is not None else None
-        age = p["oldest_undelivered_age_s"]
-        p.update({
-            "connected": bool(stats and stats.connected),
-            "published": stats.published if stats else 0,
-            "acknowledged": stats.acknowledged if stats else 0,
-            "rejected": stats.rejected if stats else 0,
-            "reconnects": stats.reconnects if stats else 0,
-            "last_error": redact(stats.last_error) if stats else "",
-            "stuck": age is not None and age > stuck_after_s,
-        })
-        snap.upstreams.append(p)
-    if not snap.source_connected:
-        snap.problems.append("ChirpStack source is disconnected")
-    for p in snap.upstreams:
-        if p["stuck"]:
-            snap.problems.append(f"upstream {p['name']} is stuck: its oldest undelivered uplink is"
-                                 f" {p['oldest_undelivered_age_s']:.0f} s old (limit {stuck_after_s:g} s)")
-    if snap.buffer_error:
-        snap.problems.append(f"buffer unreadable: {snap.buffer_error}")
-    return snap
+            buf = Buffer(cfg.buffer.path, readonly=True)
+        except EdgeError as exc:
+            snap.buffer_error = str(exc)
+        else:
+            try:
+                snap.counters = buf.counters()
+                snap.used_bytes = buf.used_bytes()
+                snap.uplinks, progress = _progress(buf, names, snap.time)
+                if failures:
+                    snap.decode_errors, snap.recent_failures = self._decode_failures(buf)
+                if details:
+                    snap.devices = buf.devices(devices)
+                    snap.malformed = buf.recent_malformed(RECENT_MALFORMED)
+            except sqlite3.Error as exc:
+                snap.buffer_error = f"{cfg.buffer.path}: {exc}"
+            finally:
+                buf.close()
+        sinks = {s.name: s for s in pipeline.sinks}
+        for p in progress:
+            sink = sinks.get(p["name"])
+            stats = sink.stats if sink is not None else None
+            age = p["oldest_undelivered_age_s"]
+            p.update({
+                "connected": bool(stats and stats.connected),
+                "published": stats.published if stats else 0,
+                "acknowledged": stats.acknowledged if stats else 0,
+                "rejected": stats.rejected if stats else 0,
+                "reconnects": stats.reconnects if stats else 0,
+                "last_error": redact(stats.last_error) if stats else "",
+                "stuck": age is not None and age > self.stuck_after_s,
+            })
+            snap.upstreams.append(p)
+        if not snap.source_connected:
+            snap.problems.append("ChirpStack source is disconnected")
+        for p in snap.upstreams:
+            if p["stuck"]:
+                snap.problems.append(f"upstream {p['name']} is stuck: its oldest undelivered uplink is"
+                                     f" {p['oldest_undelivered_age_s']:.0f} s old (limit {self.stuck_after_s:g} s)")
+        if snap.buffer_error:
+            snap.problems.append(f"buffer unreadable: {snap.buffer_error}")
+        return snap
+
+    def _decode_failures(self, buf: Buffer) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        now = time.monotonic()
+        with self._lock:
+            if self._failures is not None and now - self._failures[0] < DECODE_ERRORS_TTL_S:
+                return self._failures[1], self._failures[2]
+        # The literal status (not a bound parameter) lets SQLite use a partial index on failed
+        # rows, should the schema get one.
+        by_decoder = {str(decoder): int(n) for decoder, n in buf.db.execute(
+            f"SELECT decoder, count(*) FROM uplinks WHERE status = {DecodeStatus.FAILED:d} GROUP BY decoder")}
+        cols = ("time", "dev_eui", "decoder", "error")
+        recent = [dict(zip(cols, r, strict=True)) for r in buf.db.execute(
+            f"SELECT {', '.join(cols)} FROM uplinks WHERE status = {DecodeStatus.FAILED:d}"
+            " ORDER BY id DESC LIMIT ?", (RECENT_FAILURES,))]
+        with self._lock:
+            self._failures = (now, by_decoder, recent)
+        return by_decoder, recent
 
 
-def _uplink_rows(buf: Buffer) -> int:
-    # Rows are only ever appended with consecutive ids and deleted oldest first (enforce_size), so
-    # the id span is the row count: O(1), where count(*) reads every page of a 1 GB buffer.
-    lo, hi = buf.db.execute("SELECT min(id), max(id) FROM uplinks").fetchone()
-    return 0 if lo is None else int(hi) - int(lo) + 1
+def _progress(buf: Buffer, names: Sequence[str], now: float) -> tuple[int, list[dict[str, Any]]]:
+    """Rows in the buffer, and each configured upstream's backlog, age and totals.
 
-
-def _decode_errors(buf: Buffer) -> dict[str, int]:
-    """Buffered uplinks whose decoder failed, by decoder (superseded ones were re-decoded)."""
-    return {str(decoder): int(n) for decoder, n in buf.db.execute(
-        "SELECT decoder, count(*) FROM uplinks WHERE status = ? GROUP BY decoder", (DecodeStatus.FAILED,))}
-
-
-def _recent_failures(buf: Buffer, limit: int) -> list[dict[str, Any]]:
-    cols = ("time", "dev_eui", "decoder", "error")
-    return [dict(zip(cols, r, strict=True)) for r in buf.db.execute(
-        f"SELECT {', '.join(cols)} FROM uplinks WHERE status = ? ORDER BY id DESC LIMIT ?",
-        (DecodeStatus.FAILED, limit))]
+    Buffer.sinks() figures, read in O(log n) instead of by scanning the backlog, which takes
+    seconds on an SD card just when an upstream has been away for long. Uplink rows are only
+    appended with consecutive ids and deleted oldest first (Buffer.enforce_size), so an id span
+    is a row count. The age is that of the next uplink the upstream waits for (the first after
+    its cursor), which is the oldest one unless rows were stored out of time order (`edge redecode`).
+    """
+    lo = buf.db.execute("SELECT min(id) FROM uplinks").fetchone()[0]
+    hi = buf.db.execute("SELECT max(id) FROM uplinks").fetchone()[0]
+    rows = 0 if lo is None else int(hi) - int(lo) + 1
+    known = {r[0]: r[1:] for r in buf.db.execute("SELECT name, cursor, delivered, dropped, last_delivery FROM sinks")}
+    out = []
+    # An upstream not started yet has no cursor row: everything buffered is its backlog.
+    for name in names:
+        cursor, delivered, dropped, last = known.get(name, (0, 0, 0, None))
+        backlog, age = 0, None
+        if lo is not None and cursor < hi:
+            backlog = int(hi) - max(int(cursor) + 1, int(lo)) + 1
+            first = buf.db.execute("SELECT time FROM uplinks WHERE id > ? ORDER BY id LIMIT 1", (cursor,)).fetchone()
+            age = round(max(0.0, now - float(first[0])), 1)
+        out.append({"name": name, "backlog": backlog, "oldest_undelivered_age_s": age, "delivered": delivered,
+                    "dropped": dropped, "last_delivery": last})
+    return rows, out
 
 
 def status_document(snap: Snapshot, edge_id: str, max_bytes: int, stuck_after_s: float) -> dict[str, Any]:
@@ -302,14 +334,13 @@ def status_document(snap: Snapshot, edge_id: str, max_bytes: int, stuck_after_s:
 class EdgeCollector:
     """Reads the gateway's state at scrape time, so nothing is counted twice or kept in memory."""
 
-    def __init__(self, pipeline: PipelineView, stuck_after_s: float) -> None:
-        self.pipeline = pipeline
-        self.stuck_after_s = stuck_after_s
+    def __init__(self, state: StateReader) -> None:
+        self.state = state
 
     def collect(self) -> Iterator[Metric]:
         """One metric family per quantity; upstream metrics are labelled `upstream`."""
-        snap = take_snapshot(self.pipeline, self.stuck_after_s)
-        cfg = self.pipeline.cfg
+        snap = self.state.snapshot()
+        cfg = self.state.pipeline.cfg
         info = GaugeMetricFamily("edge_info", "This gateway (value is always 1).", labels=["edge_id"])
         info.add_metric([cfg.edge_id], 1)
         yield info
@@ -340,7 +371,7 @@ class EdgeCollector:
         yield from self._upstreams(snap)
 
     def _upstreams(self, snap: Snapshot) -> Iterator[Metric]:
-        families: list[tuple[str, Metric]] = [
+        families: list[tuple[str, GaugeMetricFamily | CounterMetricFamily]] = [
             ("backlog", GaugeMetricFamily("edge_upstream_backlog_uplinks",
                                           "Buffered uplinks not yet delivered to the upstream.", labels=["upstream"])),
             ("oldest_undelivered_age_s", GaugeMetricFamily(
@@ -362,9 +393,11 @@ class EdgeCollector:
                                               "Messages published (MQTT) or requests sent (HTTP) since start.",
                                               labels=["upstream"])),
             ("acknowledged", CounterMetricFamily("edge_upstream_acknowledged",
-                                                 "Messages the upstream acknowledged since start.", labels=["upstream"])),
+                                                 "Messages the upstream acknowledged since start.",
+                                                 labels=["upstream"])),
             ("rejected", CounterMetricFamily("edge_upstream_rejected",
-                                             "Messages the upstream refused for good since start.", labels=["upstream"])),
+                                             "Messages the upstream refused for good since start.",
+                                             labels=["upstream"])),
             ("reconnects", CounterMetricFamily("edge_upstream_reconnects",
                                                "Connections lost (MQTT) or failed requests (HTTP) since start.",
                                                labels=["upstream"])),
@@ -374,7 +407,7 @@ class EdgeCollector:
                 value = up[key]
                 if key == "last_delivery" and value is None:
                     continue  # never delivered: no timestamp rather than 1970
-                cast(GaugeMetricFamily, family).add_metric([up["name"]], float(value or 0))
+                family.add_metric([up["name"]], float(value or 0))
         for _, family in families:
             yield family
 
@@ -396,8 +429,24 @@ class _Server(ThreadingHTTPServer):
     web: WebServer
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class WebServer:
     """The metrics, health and status-page server; `start()` serves from a daemon thread.
+
+    Endpoints (GET or HEAD):
+
+    - `/metrics`: Prometheus exposition (OpenMetrics when asked for), collected at scrape time
+      from the buffer's durable counters and the sinks' in-memory stats.
+    - `/health`: JSON; 200 while the ChirpStack source is connected and no upstream's oldest
+      undelivered uplink is older than `stuck_after_s`, else 503 listing the problems.
+    - `/api/status`: JSON with everything the page shows (`?devices=N`, at most 1000).
+    - `/`: the status page: plain HTML, CSS and a little JavaScript polling `/api/status`.
+
+    Every request opens its own read-only connection to the buffer, so the server never shares a
+    SQLite connection with the pipeline's threads and cannot write to the buffer.
 
     Args:
         pipeline: the pipeline to report on (edge.pipeline.Pipeline, or anything like it).
@@ -425,8 +474,9 @@ class WebServer:
         self._port = port
         self.token = token.strip() if token is not None else None
         self.stuck_after_s = stuck_after_s
+        self.state = StateReader(pipeline, stuck_after_s)
         self.registry = CollectorRegistry()
-        self.registry.register(EdgeCollector(pipeline, stuck_after_s))
+        self.registry.register(EdgeCollector(self.state))
         # Resident memory and open files matter on a Raspberry Pi; the collector reads /proc.
         ProcessCollector(registry=self.registry)
         self._server: _Server | None = None
@@ -453,9 +503,7 @@ class WebServer:
         """
         if self._server is not None:
             return
-        family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
-        server_class = type("_BoundServer", (_Server,), {"address_family": family})
-        server = cast(_Server, server_class((self.bind, self._port), _Handler))
+        server = (_Server6 if ":" in self.bind else _Server)((self.bind, self._port), _Handler)
         server.web = self
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
@@ -482,9 +530,9 @@ class WebServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def snapshot(self, *, details: bool = False, devices: int = PAGE_DEVICES) -> Snapshot:
-        """The current state (see take_snapshot)."""
-        return take_snapshot(self.pipeline, self.stuck_after_s, details=details, devices=devices)
+    def snapshot(self, *, details: bool = False, failures: bool = True, devices: int = PAGE_DEVICES) -> Snapshot:
+        """The current state (see StateReader.snapshot)."""
+        return self.state.snapshot(details=details, failures=failures, devices=devices)
 
     def authorized(self, header: str | None, query_token: str | None) -> bool:
         """True when no token is configured, or the request carries it (constant-time compare)."""
@@ -501,9 +549,11 @@ class WebServer:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    server_version = "lorawan-edge"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.1"  # keep-alive: the page polls every 5 s over a slow tunnel
+    timeout = 30  # idle keep-alive connections are closed instead of holding a thread forever
+
+    def version_string(self) -> str:
+        return "lorawan-edge"
 
     def do_GET(self) -> None:
         self._dispatch(head=False)
@@ -524,7 +574,7 @@ class _Handler(BaseHTTPRequestHandler):
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                 self._send(HTTPStatus.OK, encoder(web.registry), content_type, head)
             elif url.path == "/health":
-                snap = web.snapshot()
+                snap = web.snapshot(failures=False)
                 body = {"healthy": snap.healthy, "problems": snap.problems,
                         "source_connected": snap.source_connected,
                         "upstreams": {u["name"]: {"backlog": u["backlog"],
@@ -567,14 +617,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's parameter name
+    def log_message(self, format: str, *args: Any) -> None:
         # Per-request lines belong at DEBUG (STYLE: per-event logs are off by default). The request
         # line may hold ?token=..., so only the path is logged.
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Status server: %s %s from %s -> %s", self.command, urlsplit(self.path or "").path,
                       self.client_address[0], args[1] if len(args) > 1 else "-")
 
-    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's parameter name
+    def log_error(self, format: str, *args: Any) -> None:
         # Malformed requests are the client's problem, not the operator's; args may echo the request line.
         log.debug("Status server refused a malformed request from %s.", self.client_address[0])
 
@@ -602,7 +652,7 @@ header{position:sticky;top:0;z-index:1;display:flex;align-items:center;gap:.6rem
 background:var(--card);border-bottom:1px solid var(--line)}
 header h1{font-size:1.05rem;margin:0;flex:1;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .badge{padding:.2rem .65rem;border-radius:1rem;font-weight:600;font-size:.85rem;color:#fff;background:var(--muted)}
-.badge.ok{background:var(--ok)}.badge.bad{background:var(--bad)}
+.badge.ok{background:var(--ok);color:#fff}.badge.bad{background:var(--bad);color:#fff}
 main{max-width:60rem;margin:0 auto;padding:.75rem}
 section{margin:0 0 1rem}
 h2{font-size:.8rem;text-transform:uppercase;letter-spacing:.06em;color:var(--muted);margin:.9rem .2rem .4rem}
@@ -617,7 +667,8 @@ h2{font-size:.8rem;text-transform:uppercase;letter-spacing:.06em;color:var(--mut
 .dot{display:inline-block;width:.6rem;height:.6rem;border-radius:50%;margin-right:.35rem;background:var(--bad)}
 .dot.up{background:var(--ok)}
 .chips{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.4rem}
-.chip{background:var(--chip);border-radius:.35rem;padding:.1rem .45rem;font-size:.85rem;font-variant-numeric:tabular-nums}
+.chip{background:var(--chip);border-radius:.35rem;padding:.1rem .45rem;font-size:.85rem;
+font-variant-numeric:tabular-nums}
 .bad{color:var(--bad)}.warn{color:var(--warn)}
 #problems{list-style:none;margin:0;padding:0}
 #problems li{background:var(--bad);color:#fff;border-radius:.5rem;padding:.5rem .75rem;margin:0 0 .4rem}
@@ -659,7 +710,7 @@ function age(s) {
   return (s / 3600).toFixed(1) + " h";
 }
 function num(n) { return n === null || n === undefined ? "\\u2013" : Number(n).toLocaleString("en-US"); }
-function mb(b) { return (b / 1048576).toFixed(1) + " MB"; }
+function mb(b) { return (b / 1048576).toFixed(1); }
 function value(r) {
   if ("v" in r) {
     const v = Math.abs(r.v) >= 100 ? Math.round(r.v * 10) / 10 : Math.round(r.v * 1000) / 1000;
@@ -688,7 +739,8 @@ function render(s) {
   const c = s.counters, b = s.buffer;
   clear($("overview")).append(
     stat("ChirpStack", s.source.connected ? "connected" : "disconnected", s.source.connected ? "" : "bad"),
-    stat("Buffer", b.error ? "unreadable" : mb(b.used_bytes) + " / " + mb(b.max_bytes), b.error ? "bad" : ""),
+    stat("Buffer", b.error ? "unreadable" : mb(b.used_bytes) + " / " + Math.round(b.max_bytes / 1048576) + " MB",
+      b.error ? "bad" : ""),
     stat("Uplinks buffered", num(b.uplinks)),
     stat("Received", num(c.received)),
     stat("Decoded", num((c.decoded || 0) + (c.chirpstack || 0))),
@@ -736,7 +788,11 @@ function render(s) {
   const by = Object.entries(s.decode_errors.by_decoder);
   if (by.length) {
     const t = el("table");
-    for (const [k, v] of by) { const tr = el("tr"); tr.append(el("td", "mono", k), el("td", "", num(v))); t.append(tr); }
+    for (const [k, v] of by) {
+      const tr = el("tr");
+      tr.append(el("td", "mono", k), el("td", "", num(v)));
+      t.append(tr);
+    }
     const card = el("div", "card");
     card.append(el("div", "k", "Buffered uplinks that failed to decode, by decoder"), t);
     errs.append(card);

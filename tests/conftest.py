@@ -59,6 +59,9 @@ path = "{buffer}"
 max_size_mb = {max_size_mb}
 batch_ms = 20
 
+[web]
+port = 0  # tests run many gateways at once; tests/test_web.py starts its own server
+
 [[upstream]]
 name = "city"
 url = "{upstream}"

@@ -35,7 +35,7 @@ def test_docs_config_example_documents_every_key():
     documented = _documented_keys()
     classes = [config_module.MqttEndpoint, config_module.ChirpStackConfig, config_module.DecodingConfig,
                config_module.BufferConfig, config_module.UpstreamConfig, config_module.ShareRules,
-               config_module.HttpUpstreamConfig, config_module.NgsiLdConfig]
+               config_module.HttpUpstreamConfig, config_module.NgsiLdConfig, config_module.WebConfig]
     # Dataclass fields that are not TOML keys (nested tables or renamed ones).
     not_keys = {"mqtt", "rules", "url", "source_path", "upstreams", "chirpstack", "buffer", "decoding", "share",
                 "ngsi_ld"}

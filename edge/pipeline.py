@@ -379,7 +379,8 @@ class Pipeline:
                 assert isinstance(event, Malformed)
                 batch.count("malformed")
                 batch.malformed.append((event, msg.received))
-                log.warning("Malformed message on %s stored for inspection: %s", event.topic, event.error)
+                log.warning("Malformed message on %s stored for inspection: %s", event.topic, event.error,
+                            extra={"topic": event.topic})
         if self.buffer.used_bytes() > self.buffer.max_bytes:
             self.buffer.enforce_size()  # before appending, so freed pages are reused, not new ones
         try:
@@ -404,7 +405,7 @@ class Pipeline:
                 else:
                     raise
                 log.error("The disk holding the buffer is full; dropped the %d oldest uplinks to keep"
-                          " receiving. Free space or lower buffer.max_size_mb.", dropped)
+                          " receiving. Free space or lower buffer.max_size_mb.", dropped, extra={"count": dropped})
         except Exception:
             for uplink_id in fresh:
                 self.seen.discard(uplink_id)
@@ -423,7 +424,8 @@ class Pipeline:
         if key not in self._warned and len(self._warned) < 10000:
             self._warned.add(key)
             log.warning("Decoder %s failed for device %s (raw uplink kept for `edge redecode`): %s",
-                        decoder, uplink.device.dev_eui, error)
+                        decoder, uplink.device.dev_eui, error,
+                        extra={"dev_eui": uplink.device.dev_eui, "decoder": decoder})
         else:
             log.debug("Decoder %s failed for device %s: %s", decoder, uplink.device.dev_eui, error)
 

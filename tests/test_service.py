@@ -80,3 +80,34 @@ def test_service_unit_exposure_is_ok():
     line = next(x for x in out.stdout.splitlines() if "Overall exposure level" in x)
     exposure = float(line.split(":")[1].split()[0])
     assert exposure <= 2.5, line
+
+
+def test_service_journal_handler_sends_structured_fields(tmp_path):
+    """Log records reach journald's native socket with MESSAGE, PRIORITY and the extra fields."""
+    import logging
+
+    from edge.telemetry import JournalHandler
+
+    path = tmp_path / "journal.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(2)
+    handler = JournalHandler(str(path))
+    logger = logging.getLogger("edge.test.journal")
+    logger.addHandler(handler)
+    try:
+        logger.error("Buffer full: dropped %d uplinks for upstream %s", 7, "city",
+                     extra={"upstream": "city", "count": 7})
+        entry = server.recv(65536).decode()
+        logger.warning("two\nlines", extra={"dev_eui": "a81758fffe0346f1"})
+        binary = server.recv(65536)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        server.close()
+    fields = dict(line.split("=", 1) for line in entry.strip().splitlines())
+    assert fields["MESSAGE"] == "Buffer full: dropped 7 uplinks for upstream city"
+    assert fields["PRIORITY"] == "3" and fields["UPSTREAM"] == "city" and fields["COUNT"] == "7"
+    assert fields["SYSLOG_IDENTIFIER"] == "lorawan-edge"
+    assert b"MESSAGE\n" + (9).to_bytes(8, "little") + b"two\nlines\n" in binary
+    assert b"DEV_EUI=a81758fffe0346f1\n" in binary

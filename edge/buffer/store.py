@@ -329,7 +329,8 @@ class Buffer:
                                (upto, count, name))
                     dropped = max(dropped, count)
                     log.error("Buffer full: dropped %d undelivered uplinks for upstream %s (ids %d-%d);"
-                              " a gap notice will be sent.", count, name, first, last)
+                              " a gap notice will be sent.", count, name, first, last,
+                              extra={"upstream": name, "count": count})
             db.execute("DELETE FROM uplinks WHERE id <= ?", (upto,))
             db.execute("DELETE FROM raw WHERE id <= ?", (upto,))
             db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (dropped,))

@@ -124,7 +124,7 @@ class MqttSink:
         self.stats.connected = True
         if self.on_command is not None:
             client.subscribe(self.command_topic, qos=1)
-        log.info("Connected to upstream %s (%s).", self.name, self.cfg.mqtt.url)
+        log.info("Connected to upstream %s (%s).", self.name, self.cfg.mqtt.url, extra={"upstream": self.name})
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, reason: object,
                        properties: object) -> None:
@@ -186,7 +186,7 @@ class MqttSink:
                 self.stats.last_error = str(exc)
                 delay = backoff.next()
                 log.warning("Cannot connect to upstream %s (%s): %s; retrying in %.1f s.", self.name,
-                            self.cfg.mqtt.url, exc, delay)
+                            self.cfg.mqtt.url, exc, delay, extra={"upstream": self.name})
                 stop.wait(delay)
                 continue
             try:
@@ -203,7 +203,7 @@ class MqttSink:
                 self.stats.reconnects += 1
                 delay = backoff.next()
                 log.warning("Lost upstream %s (%s): %s; reconnecting in %.1f s.", self.name, self.cfg.mqtt.url,
-                            self.stats.last_error or "closed", delay)
+                            self.stats.last_error or "closed", delay, extra={"upstream": self.name})
                 stop.wait(delay)
 
     def _session(self, client: paho.Client, backlog: Backlog, stop: threading.Event, backoff: Backoff) -> None:

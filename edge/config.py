@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -618,17 +617,14 @@ def _ngsi_ld(parent: _Reader) -> NgsiLdConfig:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate the TOML file at `path`."""
-    p = Path(path)
-    try:
-        text = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
-    try:
-        doc = tomllib.loads(text.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
-    return parse_config(doc, str(p))
+    """Read the TOML file at `path`, its drop-in directory and EDGE__ overrides, and validate.
+
+    Layering (edge/config_layers.py, deploy/fleet.md): `edge.toml`, then `edge.d/*.toml` in name
+    order, then environment variables such as EDGE__EDGE__ID or EDGE__UPSTREAM__CITY__QOS.
+    """
+    from edge.config_layers import load_layers  # layering is only needed when reading files
+
+    return parse_config(load_layers(Path(path)), str(path))
 
 
 def describe(cfg: Config) -> dict[str, Any]:

@@ -285,6 +285,18 @@ def test_config_layers_result_passes_parse_config(base: Path, monkeypatch: pytes
     assert [r.decoder for r in cfg.decoding.rules] == ["elsys/ers"]
 
 
+def test_config_layers_used_by_load_config(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edge run`, `validate`, `status` and SIGHUP reloads read the layers through edge.config.load_config."""
+    from edge.config import load_config
+
+    drop_in(base, "50-site.toml", '[edge]\nid = "gw-from-drop-in"\n')
+    monkeypatch.setenv("EDGE__UPSTREAM__CITY__QOS", "2")
+    cfg = load_config(base)
+    assert cfg.edge_id == "gw-from-drop-in"
+    assert cfg.upstreams[0].qos == 2
+    assert cfg.source_path == str(base)
+
+
 def test_config_layers_shipped_example_with_readme_drop_ins(tmp_path: Path) -> None:
     """deploy/edge.toml.example plus the example drop-ins of deploy/edge.d/README.md validate together."""
     import re

@@ -94,8 +94,16 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         click.echo(f"error: no buffer at {cfg.buffer.path} yet (has `edge run` started?)", err=True)
         raise SystemExit(1)
     buf = Buffer(cfg.buffer.path, readonly=True)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        edge_version = version("lorawan-edge")
+    except PackageNotFoundError:
+        edge_version = "unknown"
     data: dict[str, Any] = {
         "edge_id": cfg.edge_id,
+        "version": edge_version,
+        "generated_at": time.time(),
         "buffer": {"path": cfg.buffer.path, "used_bytes": buf.used_bytes(),
                    "max_bytes": int(cfg.buffer.max_size_mb * 1024 * 1024)},
         "counters": buf.counters(),

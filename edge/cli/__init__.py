@@ -70,7 +70,9 @@ def validate(config_path: Path, show: bool) -> None:
     """Check the configuration; print every problem with its key."""
     cfg = _load(config_path)
     if show:
-        click.echo(json.dumps(describe(cfg), indent=2))
+        from edge.config_layers import describe_sources
+
+        click.echo(json.dumps({**describe(cfg), "sources": describe_sources(config_path)}, indent=2))
     click.echo(f"{config_path}: OK ({len(cfg.upstreams)} upstream(s))")
 
 

@@ -6,10 +6,12 @@ cursor is advanced only once every message of the batch was settled. How a respo
 message (the httpx exception tree it relies on is drawn in `httpx/_exceptions.py`)::
 
     2xx                           accepted (a 207 with NGSI-LD `errors` is also dead-lettered)
-    408 425 429 5xx               kept: retried after a jittered, capped backoff or Retry-After
-    3xx 401 403 404 405 407 415   kept: the endpoint or credentials are wrong, not the data;
-                                  retried and logged at ERROR until the operator fixes them
-    any other 4xx                 rejected: handed to `dead_letter`, then the sink moves past it
+    408 429 5xx                   kept: retried after a jittered, capped backoff or Retry-After
+    3xx                           kept: redirects are not followed; logged at ERROR, retried
+    401                           the token file is re-read; a rotated token is retried at once,
+                                  otherwise the message is rejected like any other 4xx
+    any other 4xx                 rejected: handed to `dead_letter` (inspect and replay with
+                                  `edge deadletter list|replay`), then the sink moves past it
     httpx.TransportError          kept: timeouts, refused or reset connections, TLS failures
 
 After a crash or restart the batch is read again from the durable cursor, so a receiver may see
@@ -51,10 +53,9 @@ NOTICE_CHECK_S = 5.0
 EXCERPT_CHARS = 500
 
 # Statuses that mean "try again later" (RFC 9110 §15.5.9, RFC 8470 §5.2, RFC 6585 §4).
-_TRANSIENT = frozenset({408, 425, 429})
+_TRANSIENT = frozenset({408, 429})
 # Statuses that mean the endpoint, the credentials or the media type are wrong. Every message would
 # get the same answer, so rejecting them would empty the whole buffer into the dead-letter store.
-_MISCONFIGURED = frozenset({401, 403, 404, 405, 407, 415})
 
 DeadLetter = Callable[[OutMessage, int, str], None]
 """Receives a message the upstream refused for good: (message, HTTP status, body excerpt).
@@ -91,12 +92,12 @@ def classify(status: int) -> str:
         status: the response status code.
 
     Returns:
-        "accepted" for 2xx; "retry" for 408, 425, 429, 5xx and the configuration-class codes
-        (3xx, 401, 403, 404, 405, 407, 415); "rejected" for every other status.
+        "accepted" for 2xx; "retry" for 408, 429, 5xx and 3xx; "rejected" for every other status
+        (4xx: the dead-letter table keeps them for the operator to inspect and replay).
     """
     if 200 <= status < 300:
         return "accepted"
-    if status in _TRANSIENT or status >= 500 or status in _MISCONFIGURED or 300 <= status < 400:
+    if status in _TRANSIENT or status >= 500 or 300 <= status < 400:
         return "retry"
     return "rejected"
 
@@ -335,6 +336,8 @@ class HttpSink:
             return _Outcome.ACCEPTED, None
         excerpt = _excerpt(response)
         self.stats.last_error = f"HTTP {status}: {excerpt[:120]}"
+        if status == 401 and self.cfg.bearer_token_file and self._reload_token(client):
+            return _Outcome.RETRY, 0.0  # a rotated token: try again at once
         if verdict == "rejected":
             self.stats.rejected += 1
             log.error("Upstream %s (%s) rejected a %s message with HTTP %d: %s", self.name, where,
@@ -342,11 +345,9 @@ class HttpSink:
             if self._dead_letter is not None:
                 self._dead_letter(message, status, excerpt)
             return _Outcome.REJECTED, None
-        if status in _MISCONFIGURED or 300 <= status < 400:
-            log.error("Upstream %s (%s) answered HTTP %d; check its endpoint and credentials. Data is kept.",
-                      self.name, where, status)
-            if status == 401 and self.cfg.bearer_token_file:
-                self._reload_token(client)
+        if 300 <= status < 400:
+            log.error("Upstream %s (%s) answered HTTP %d (redirects are not followed); check its endpoint."
+                      " Data is kept.", self.name, where, status)
             return _Outcome.RETRY, None
         wait = retry_after_seconds(response.headers.get("Retry-After"))
         if wait is not None:
@@ -370,17 +371,19 @@ class HttpSink:
             if self._dead_letter is not None:
                 self._dead_letter(message, response.status_code, excerpt)
 
-    def _reload_token(self, client: httpx.Client) -> None:
-        # The token file may have been rotated by an external agent since startup.
+    def _reload_token(self, client: httpx.Client) -> bool:
+        """Re-read a token file rotated since startup; True when the token changed."""
         try:
             token = read_token(self.cfg.bearer_token_file)
         except ValueError as exc:
             log.error("Upstream %s: %s.", self.name, exc)
-            return
-        if token != self._token:
-            self._token = token
-            client.headers["Authorization"] = f"Bearer {token}"
-            log.info("Upstream %s: re-read the rotated bearer token file.", self.name)
+            return False
+        if token == self._token:
+            return False
+        self._token = token
+        client.headers["Authorization"] = f"Bearer {token}"
+        log.info("Upstream %s: re-read the rotated bearer token file.", self.name)
+        return True
 
     def _sleep(self, stop: threading.Event, delay: float) -> None:
         # In slices, so the watchdog keeps seeing a live thread during a long Retry-After.

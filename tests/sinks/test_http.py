@@ -264,13 +264,13 @@ def test_http_sink_400_goes_to_dead_letter_and_the_cursor_moves_on(server, run_s
     running.close()
 
 
-def test_http_sink_404_is_kept_not_dead_lettered(server, run_sink):
-    server.script(404, count=2)
-    backlog = MemoryBacklog([make_entry(1)])
+def test_http_sink_404_is_dead_lettered_for_replay(server, run_sink):
+    server.script(404, count=1)
+    backlog = MemoryBacklog([make_entry(1), make_entry(2)])
     dead: list[tuple[OutMessage, int, str]] = []
     running = run_sink(config(server), backlog, dead_letter=lambda m, s, b: dead.append((m, s, b)))
-    assert wait_for(lambda: backlog.cursor() == 1)
-    assert dead == [] and [r.status for r in server.snapshot()] == [404, 404, 204]
+    assert wait_for(lambda: backlog.cursor() == 2)
+    assert [s for _, s, _ in dead] == [404] and [r.status for r in server.snapshot()] == [404, 204]
     running.close()
 
 
@@ -294,12 +294,14 @@ def test_http_sink_207_with_errors_is_accepted_and_reported(server, run_sink):
 def test_http_sink_rereads_a_rotated_token_after_401(server, token_file, run_sink, caplog):
     caplog.set_level(logging.DEBUG)
     server.require_auth = "Bearer rotated-token"
-    backlog = MemoryBacklog([make_entry(1)])
-    running = run_sink(config(server, bearer_token_file=str(token_file)), backlog)
-    assert wait_for(lambda: len(server.snapshot()) >= 2)
-    assert backlog.cursor() == 0  # 401 keeps the data
-    token_file.write_text("rotated-token\n")
+    backlog = MemoryBacklog()
+    dead: list[tuple[OutMessage, int, str]] = []
+    running = run_sink(config(server, bearer_token_file=str(token_file)), backlog,
+                       dead_letter=lambda m, s, b: dead.append((m, s, b)))
+    token_file.write_text("rotated-token\n")  # rotated after the sink read the old one
+    backlog.add(make_entry(1))
     assert wait_for(lambda: backlog.cursor() == 1)
+    assert [r.status for r in server.snapshot()] == [401, 204] and dead == []
     assert server.snapshot()[-1].headers["authorization"] == "Bearer rotated-token"
     running.close()
     assert TOKEN not in caplog.text and "rotated-token" not in caplog.text
@@ -443,9 +445,9 @@ def test_http_sink_stops_promptly_during_a_long_retry_after(server, run_sink):
 
 @pytest.mark.parametrize(("status", "verdict"), [
     (200, "accepted"), (201, "accepted"), (204, "accepted"), (207, "accepted"),
-    (408, "retry"), (425, "retry"), (429, "retry"), (500, "retry"), (502, "retry"), (503, "retry"),
-    (301, "retry"), (401, "retry"), (403, "retry"), (404, "retry"), (415, "retry"),
-    (400, "rejected"), (409, "rejected"), (413, "rejected"), (422, "rejected"),
+    (408, "retry"), (429, "retry"), (500, "retry"), (502, "retry"), (503, "retry"), (301, "retry"),
+    (400, "rejected"), (401, "rejected"), (403, "rejected"), (404, "rejected"), (409, "rejected"),
+    (413, "rejected"), (415, "rejected"), (422, "rejected"), (425, "rejected"),
 ])
 def test_classify(status, verdict):
     assert classify(status) == verdict

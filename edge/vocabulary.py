@@ -71,6 +71,8 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("open-duration", "s", "how long the door or window was last open"),
     Quantity("temperature-flow", "Cel", "heating or cooling flow (supply) temperature"),
     Quantity("temperature-return", "Cel", "heating or cooling return temperature"),
+    Quantity("temperature-average", "Cel", "temperature averaged by the device over its averaging window"),
+    Quantity("wetness", "/", "relative wetness from a capacitive leak sensor as a ratio (0-1)"),
 )
 
 BY_NAME: dict[str, Quantity] = {q.name: q for q in QUANTITIES}

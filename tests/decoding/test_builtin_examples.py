@@ -17,7 +17,7 @@ from edge.decoding.examples import compare
 from edge.vocabulary import BY_NAME
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "ttn-codec-examples"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ttn-codec-examples"
 DECODERS_DIR = REPO / "decoders"
 CONTEXT = DeviceContext("0000000000000000")
 DECODERS = builtin_decoders()

@@ -19,6 +19,8 @@ MODULES: tuple[str, ...] = (
     "elvaco",
     "adeunis",
     "cayenne",
+    "sensative",
+    "axioma",
 )
 
 

@@ -203,3 +203,28 @@ DECODERS = (
         ("milesight-iot/ws101-codec",),
     ),
 )
+
+
+def _th_history(b: bytes, out: dict[str, Any]) -> None:
+    # EM300-TH history record (20 CE): time, temperature, humidity.
+    out.setdefault("history", []).append(
+        {"timestamp": _u(b[0:4]), "temperature": _s(b[4:6]) / 10, "humidity": b[6] / 2}
+    )
+
+
+# EM300-TH: battery, temperature, humidity and stored history records. EM300-MCS (06 00 magnet)
+# and EM300-SLD/ZLD (05 00 leak) add channels this table lacks, so they are not aliases.
+# Appended here rather than in the tuple above, hence the longer tuple type.
+DECODERS = (  # type: ignore[assignment]
+    *DECODERS,
+    MilesightDecoder(
+        "em300-th",
+        {**_BATTERY, **_TEMP_HUM, (0x20, 0xCE): (7, _th_history)},
+        {
+            "battery": Field("battery", "%EL"),
+            "temperature": Field("temperature", "Cel"),
+            "humidity": Field("humidity", "%RH"),
+        },
+        (),
+    ),
+)

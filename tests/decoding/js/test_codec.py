@@ -18,7 +18,7 @@ from edge.model import Reading
 
 CODECS = Path(__file__).parent / "codecs"
 ELSYS_YAML = CODECS / "elsys" / "elsys-tlv-codec.yaml"
-FIXTURES = Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "ttn-codec-examples"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "ttn-codec-examples"
 CONTEXT = DeviceContext("0000000000000000")
 NATIVE = ElsysDecoder()
 

@@ -70,7 +70,7 @@ class DeviceCache:
 
         token = Path(self.cfg.api_token_file).read_text().strip()
         return ChirpStackApi(self.cfg.api_url, token, ca_file=self.cfg.api_ca_file or None,
-                             timeout_s=self.cfg.api_timeout_s)
+                             timeout_s=self.cfg.api_timeout_s, token_file=self.cfg.api_token_file)
 
     def run(self, stop: threading.Event) -> None:
         """The worker: sync now and periodically, fetch unknown devices in between."""

@@ -1,4 +1,11 @@
-"""A real gRPC server on loopback that plays ChirpStack's API from in-memory data, for the client's tests."""
+"""A real gRPC server on loopback that plays ChirpStack's API from in-memory data, for the client's tests.
+
+Errors follow ChirpStack v4 (chirpstack/src/api/auth): a token it cannot decode is UNAUTHENTICATED
+with the decoder's message; a valid key that may not do something (a tenant key listing tenants,
+or reaching into another tenant) is UNAUTHENTICATED with *empty* details; ChirpStack never answers
+PERMISSION_DENIED. A tenant id that is not a UUID is INVALID_ARGUMENT; an admin key asking for a
+tenant that does not exist gets NOT_FOUND from TenantService.Get and an empty application list.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +42,8 @@ class State:
     token: str = "secret-token"
     admin: bool = True  # False: a tenant key, TenantService.List is denied
     tenant_ids: list[str] = field(default_factory=list)
-    allowed_tenants: set[str] | None = None  # None: every tenant; else others are PERMISSION_DENIED
+    allowed_tenants: set[str] | None = None  # None: every tenant; else others are denied (tenant key)
+    revoked: bool = False  # the key was deleted in ChirpStack: the token still decodes, every call is denied
     applications: dict[str, list[api.ApplicationListItem]] = field(default_factory=dict)  # by tenant
     devices: dict[str, api.Device] = field(default_factory=dict)  # by dev_eui
     profiles: dict[str, api.DeviceProfile] = field(default_factory=dict)
@@ -57,6 +65,18 @@ class State:
         return device
 
 
+def _denied(context: grpc.ServicerContext) -> None:
+    # What ChirpStack's RequestValidator answers when a valid key may not do something.
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "")
+
+
+def _uuid(value: str, context: grpc.ServicerContext) -> None:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid character: expected a UUID, found {value!r}")
+
+
 def _page(items: list[Any], limit: int, offset: int) -> list[Any]:
     # ChirpStack: limit=0 returns no items, only total_count.
     return items[offset:offset + limit] if limit else []
@@ -71,23 +91,39 @@ class _Base:
             self.state.calls.append(method)
         if self.state.hook is not None:
             self.state.hook(method, request, context)
-        metadata = dict(context.invocation_metadata())
-        if metadata.get("authorization") != f"Bearer {self.state.token}":
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed: invalid token")
+        auth = dict(context.invocation_metadata()).get("authorization")
+        if auth is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no authorization provided")
+        if auth != f"Bearer {self.state.token}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "InvalidToken")  # the JWT does not decode
+        if self.state.revoked:
+            _denied(context)
 
     def _tenant(self, tenant_id: str, context: grpc.ServicerContext) -> None:
         allowed = self.state.allowed_tenants
         if allowed is not None and tenant_id not in allowed:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "Permission denied")
+            _denied(context)
+
+    def _tenant_of_app(self, app_id: str) -> str:
+        return next((t for t, apps in self.state.applications.items() if any(a.id == app_id for a in apps)), "")
 
 
 class TenantService(_Base, api.TenantServiceServicer):
     def List(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("TenantService.List", request, context)
         if not self.state.admin:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "Permission denied")
+            _denied(context)  # only admin keys may list tenants
         items = [api.TenantListItem(id=t, name=f"tenant-{t[:4]}") for t in self.state.tenant_ids]
         return api.ListTenantsResponse(total_count=len(items), result=_page(items, request.limit, request.offset))
+
+    def Get(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("TenantService.Get", request, context)
+        _uuid(request.id, context)
+        if not self.state.admin:
+            self._tenant(request.id, context)  # the access check comes before the existence check
+        if request.id not in self.state.tenant_ids:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Object does not exist (id: {request.id})")
+        return api.GetTenantResponse(tenant=api.Tenant(id=request.id, name=f"tenant-{request.id[:4]}"))
 
 
 class ApplicationService(_Base, api.ApplicationServiceServicer):
@@ -95,6 +131,7 @@ class ApplicationService(_Base, api.ApplicationServiceServicer):
         self._enter("ApplicationService.List", request, context)
         if not request.tenant_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id is required")
+        _uuid(request.tenant_id, context)
         self._tenant(request.tenant_id, context)
         items = self.state.applications.get(request.tenant_id, [])
         return api.ListApplicationsResponse(total_count=len(items),
@@ -106,6 +143,7 @@ class DeviceService(_Base, api.DeviceServiceServicer):
         self._enter("DeviceService.List", request, context)
         if not request.application_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "application_id is required")
+        self._tenant(self._tenant_of_app(request.application_id), context)
         devices = sorted((d for d in self.state.devices.values() if d.application_id == request.application_id),
                          key=lambda d: d.dev_eui)
         items = [api.DeviceListItem(dev_eui=d.dev_eui, name=d.name, description=d.description,
@@ -115,8 +153,10 @@ class DeviceService(_Base, api.DeviceServiceServicer):
     def Get(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("DeviceService.Get", request, context)
         device = self.state.devices.get(request.dev_eui)
+        if device is not None:
+            self._tenant(self._tenant_of_app(device.application_id), context)
         if device is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "Object does not exist")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Object does not exist (id: {request.dev_eui})")
         return api.GetDeviceResponse(device=device)
 
     def Enqueue(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -124,8 +164,10 @@ class DeviceService(_Base, api.DeviceServiceServicer):
 
         self._enter("DeviceService.Enqueue", request, context)
         item = request.queue_item
-        if item.dev_eui not in self.state.devices:
-            context.abort(grpc.StatusCode.NOT_FOUND, "Object does not exist")
+        device = self.state.devices.get(item.dev_eui)
+        if device is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Object does not exist (id: {item.dev_eui})")
+        self._tenant(self._tenant_of_app(device.application_id), context)
         queue_id = str(uuid.uuid4())
         obj = json_format.MessageToDict(item.object) if item.HasField("object") else {}
         with self.state.lock:
@@ -138,7 +180,7 @@ class DeviceProfileService(_Base, api.DeviceProfileServiceServicer):
         self._enter("DeviceProfileService.Get", request, context)
         profile = self.state.profiles.get(request.id)
         if profile is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "Object does not exist")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Object does not exist (id: {request.id})")
         return api.GetDeviceProfileResponse(device_profile=profile)
 
 

@@ -16,6 +16,8 @@ from edge.simulate import Simulator
 from edge.sources.chirpstack_mqtt import Message
 from tests.grpc_server import FakeChirpStack, State
 
+TENANT = "52f14cd4-c6f1-4fbd-8f87-4025e1d49242"
+
 PROFILE_JS = """
 function decodeUplink(input) {
   var raw = (input.bytes[1] << 8) | input.bytes[2];
@@ -44,7 +46,7 @@ def chirpstack_api():
     state.profiles["p-js"] = api.DeviceProfile(id="p-js", name="Thermometer (JS)",
                                                payload_codec_runtime=api.CodecRuntime.JS,
                                                payload_codec_script=PROFILE_JS)
-    state.add_device("t1", "app1", "a81758fffe000000", "p-js", variables={"offset": "100"})
+    state.add_device(TENANT, "app1", "a81758fffe000000", "p-js", variables={"offset": "100"})
     fake = FakeChirpStack(state).start()
     yield fake, state
     fake.stop()
@@ -56,7 +58,8 @@ def _config(make_config, tmp_path, fake):
     path = make_config("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:2")
     text = path.read_text().replace(
         "reconnect_max_s = 1.0\n\n[buffer]",
-        f'reconnect_max_s = 1.0\napi_url = "{fake.url}"\napi_token_file = "{token}"\ntenant_id = "t1"\n\n[buffer]', 1)
+        f'reconnect_max_s = 1.0\napi_url = "{fake.url}"\napi_token_file = "{token}"\n'
+        f'tenant_id = "{TENANT}"\n\n[buffer]', 1)
     path.write_text(text)
     return load_config(path)
 
@@ -95,7 +98,7 @@ def test_device_cache_unknown_device_is_fetched_once_then_used(chirpstack_api, m
     try:
         assert wait_until(lambda: pipeline.devices.last_sync_ok is not None, 10)
         # Added in ChirpStack after the sync: the first uplink is not held back, the next is decoded.
-        state.add_device("t1", "app1", "a81758fffe000001", "p-js", variables={"offset": "0"})
+        state.add_device(TENANT, "app1", "a81758fffe000001", "p-js", variables={"offset": "0"})
         first, *rest = _uplinks(1, 3)
         pipeline.handle([first])
         assert wait_until(lambda: pipeline.devices.hints("a81758fffe000001").profile_js != "", 10)
@@ -130,3 +133,4 @@ def _payload(msg: Message) -> bytes:
     import base64
 
     return base64.b64decode(orjson.loads(msg.payload)["data"])
+

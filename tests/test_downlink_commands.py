@@ -15,6 +15,8 @@ from edge.pipeline import Pipeline, wait_until
 from edge.simulate import dev_eui_of
 from tests.grpc_server import FakeChirpStack, State
 
+TENANT = "52f14cd4-c6f1-4fbd-8f87-4025e1d49242"
+
 pytestmark = pytest.mark.mosquitto
 
 
@@ -22,14 +24,15 @@ def test_downlink_commands_only_for_allowed_and_covered_devices(broker_factory, 
     chirpstack_mqtt, upstream = broker_factory(), broker_factory()
     state = State()
     for i in range(3):
-        state.add_device("t1", "app1", dev_eui_of(i), "p1")
+        state.add_device(TENANT, "app1", dev_eui_of(i), "p1")
     api = FakeChirpStack(state).start()
     token = tmp_path / "token"
     token.write_text("secret-token\n")
     cfg_path = make_config(chirpstack_mqtt.url, upstream.url)
     text = cfg_path.read_text().replace(
         "reconnect_max_s = 1.0\n\n[buffer]",
-        f'reconnect_max_s = 1.0\napi_url = "{api.url}"\napi_token_file = "{token}"\ntenant_id = "t1"\n\n[buffer]', 1)
+        f'reconnect_max_s = 1.0\napi_url = "{api.url}"\napi_token_file = "{token}"\n'
+        f'tenant_id = "{TENANT}"\n\n[buffer]', 1)
     text += (f'command_topic = "lorawan-edge/{{edge_id}}/command/down"\n'
              f'command_devices = ["{dev_eui_of(0)}", "{dev_eui_of(2)}"]\n'
              f'[upstream.share]\ndevices = ["{dev_eui_of(0)}", "{dev_eui_of(1)}"]\n')

@@ -165,7 +165,8 @@ def _client(cfg: Config | None, api_url: str | None, token_file: Path | None, ca
     if timeout is None:
         timeout = float(getattr(cfg.chirpstack, "api_timeout_s", 10.0) if cfg is not None else 10.0)
     try:
-        return ChirpStackApi(url, token, ca_file=_setting(cfg, ca_file, "api_ca_file"), timeout_s=timeout)
+        return ChirpStackApi(url, token, ca_file=_setting(cfg, ca_file, "api_ca_file"), timeout_s=timeout,
+                             token_file=token_path)
     except OSError as exc:
         raise click.UsageError(f"cannot read the CA file: {exc}") from None
 

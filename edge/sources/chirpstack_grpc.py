@@ -7,15 +7,21 @@ No protobuf object leaves this module; callers get the frozen dataclasses below.
 Exception tree (all subclasses of `edge.errors.EdgeError`):
 
     ApiError              any other failure of a call (the gRPC status code and details in the message)
-     ├── ApiAuthError      UNAUTHENTICATED: the token is wrong, revoked or expired
-     ├── ApiPermissionError PERMISSION_DENIED: the token may not do this (tenant key, wrong tenant)
-     ├── ApiNotFound       NOT_FOUND: the device or profile does not exist
+     ├── ApiAuthError      UNAUTHENTICATED with a reason: the token is not a key of this ChirpStack
+     ├── ApiPermissionError UNAUTHENTICATED without a reason (or PERMISSION_DENIED): the key was
+     │                     deleted, or may not do this (a tenant key outside its tenant)
+     ├── ApiNotFound       NOT_FOUND: the tenant, device or profile does not exist
      └── ApiUnavailable    UNAVAILABLE / DEADLINE_EXCEEDED after every retry
+
+ChirpStack v4 never answers PERMISSION_DENIED: its request validator turns every refused access
+into UNAUTHENTICATED with empty details, while a token it cannot decode gets the decoder's error
+as details. That empty reason is the only way to tell "wrong key" from "right key, wrong tenant".
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -104,6 +110,9 @@ class SyncResult:
 
 
 def _grpc() -> Any:
+    # gRPC's C core prints its own INFO lines (TLS handshake details) to stderr unless told not
+    # to; our messages say the same in words a technician can act on.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # grpcio ships no type information (no py.typed, grpc-stubs not installed): treat it as Any.
     import grpc  # type: ignore[import-untyped]
 
@@ -134,7 +143,8 @@ class ChirpStackApi:
     """
 
     def __init__(self, api_url: str, token: str, *, ca_file: str | None = None, timeout_s: float = 10.0,
-                 attempts: int = 3, backoff_s: float = 0.2, page_size: int = PAGE_SIZE) -> None:
+                 attempts: int = 3, backoff_s: float = 0.2, page_size: int = PAGE_SIZE,
+                 token_file: str | None = None) -> None:
         """Open a channel (connecting lazily, on the first call).
 
         Args:
@@ -146,6 +156,7 @@ class ChirpStackApi:
             attempts: tries per read call in all, including the first.
             backoff_s: base of the exponential backoff between tries.
             page_size: `limit` of each List request.
+            token_file: where the token came from, named in error messages (never the token itself).
         """
         grpc = _grpc()
         self.url = api_url
@@ -153,8 +164,11 @@ class ChirpStackApi:
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
         self.page_size = page_size
+        self.token_file = token_file
+        self.tls = False
         self._metadata = (("authorization", f"Bearer {token}"),)
         target, tls = _target(api_url, ca_file)
+        self.tls = tls
         if tls:
             roots = Path(ca_file).read_bytes() if ca_file else None
             self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
@@ -206,15 +220,43 @@ class ChirpStackApi:
 
     def _error(self, action: str, code: Any, details: str) -> ApiError:
         grpc = _grpc()
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            return ApiAuthError(f"API token rejected by ChirpStack at {self.url}: {details}")
-        if code == grpc.StatusCode.PERMISSION_DENIED:
-            return ApiPermissionError(f"the token may not {action} at {self.url} (wrong tenant?): {details}")
+        where = f"ChirpStack at {self.url}"
+        token = f"the token in {self.token_file}" if self.token_file else "the API token"
+        if code == grpc.StatusCode.UNAUTHENTICATED and details.strip():
+            return ApiAuthError(f"{where} rejected {token} ({details}): it is not an API key of this ChirpStack."
+                                " Create one in ChirpStack's web interface (API keys, or Tenants > API keys)"
+                                " and put it in the token file.")
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return ApiPermissionError(f"{where} refused to {action} with {token}: the key was deleted, or it is"
+                                      " a tenant key and this is outside its tenant.")
         if code == grpc.StatusCode.NOT_FOUND:
-            return ApiNotFound(f"ChirpStack at {self.url}: {action}: not found")
+            return ApiNotFound(f"{where}: {action}: not found")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return ApiUnavailable(f"ChirpStack API {self.url} unreachable: {code.name}: {details}")
+            return ApiUnavailable(f"ChirpStack API {self.url} unreachable: {self._hint(code, details)}"
+                                  f" ({code.name}: {details})")
         return ApiError(f"ChirpStack API {self.url}: {action} failed: {code.name}: {details}")
+
+    def _hint(self, code: Any, details: str) -> str:
+        """What a technician should check, read from gRPC's (rather technical) failure details."""
+        grpc = _grpc()
+        text = details.lower()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return (f"no answer within {self.timeout_s:g} s; the host is down, or a firewall drops the traffic,"
+                    " or ChirpStack is overloaded")
+        if "connection refused" in text:
+            return ("nothing listens on that port; is ChirpStack running, and is the port that of its"
+                    " [api] bind (8080 by default)?")
+        if "resolv" in text or "domain name" in text or "dns" in text:
+            return "the host name does not resolve; check the name or use an IP address"
+        if "handshake" in text or "ssl" in text or "certificate" in text:
+            if self.tls:
+                return ("the TLS handshake failed; if ChirpStack serves plain gRPC (its default) write host:port"
+                        " or http://host:port, otherwise api_ca_file must be the CA that signed its certificate")
+            return "the TLS handshake failed"
+        if "http/2" in text or "http2" in text or "settings frame" in text:
+            return ("something answers on that port, but not gRPC; is it ChirpStack's API port ([api] bind,"
+                    " 8080 by default)?" + ("" if self.tls else " If it serves TLS, use https://host:port."))
+        return "no connection; is ChirpStack running and reachable from here?"
 
     def _pages(self, action: str, rpc: Callable[..., Any], make: Callable[[int, int], Any]) -> list[Any]:
         """Every item of a List call, page by page, until total_count is reached."""
@@ -229,11 +271,48 @@ class ChirpStackApi:
 
     # -- reads -------------------------------------------------------------------------------
 
+    def get_tenant(self, tenant_id: str) -> str:
+        """Check that a tenant exists and the token may read it; returns its name.
+
+        Listing a tenant's applications cannot tell these apart: for an admin key ChirpStack
+        answers an empty list for a tenant that does not exist, which a sync would take for
+        "every device was deleted".
+
+        Args:
+            tenant_id: the tenant's UUID.
+
+        Returns:
+            The tenant's name.
+
+        Raises:
+            ApiNotFound: no such tenant.
+            ApiPermissionError: the key may not read it (a key of another tenant, or deleted).
+            ApiError: the id is not a UUID (and any other failure).
+        """
+        from chirpstack_api import api
+
+        hint = "check [chirpstack] tenant_id (or --tenant-id): ChirpStack shows a tenant's id on its dashboard"
+        try:
+            resp = self._call(f"read tenant {tenant_id}", self._stub("TenantService").Get,
+                              api.GetTenantRequest(id=tenant_id))
+        except ApiNotFound:
+            raise ApiNotFound(f"ChirpStack at {self.url} has no tenant {tenant_id}; {hint}") from None
+        except ApiPermissionError:
+            raise ApiPermissionError(
+                f"ChirpStack at {self.url} refused to read tenant {tenant_id} with"
+                f" {'the token in ' + self.token_file if self.token_file else 'the API token'}: the key belongs to"
+                f" another tenant or was deleted; {hint}, or use a key of that tenant") from None
+        except ApiError as exc:
+            if "INVALID_ARGUMENT" in str(exc):
+                raise ApiError(f"tenant id {tenant_id!r} is not a UUID; {hint}") from None
+            raise
+        return str(resp.tenant.name)
+
     def list_tenants(self, fallback_tenant_id: str | None = None) -> list[str]:
         """The ids of every tenant the token can see.
 
-        Only admin keys may list tenants; a tenant key gets PERMISSION_DENIED, and then the
-        configured tenant is the answer.
+        Only admin keys may list tenants; a tenant key is refused, and then the configured
+        tenant is the answer.
 
         Args:
             fallback_tenant_id: returned as the only tenant when listing is not permitted.
@@ -252,8 +331,10 @@ class ChirpStackApi:
         except ApiPermissionError:
             if fallback_tenant_id:
                 return [fallback_tenant_id]
-            raise ApiPermissionError(f"the token may not list tenants at {self.url} (not an admin key?):"
-                                     " configure the tenant id") from None
+            raise ApiPermissionError(
+                f"ChirpStack at {self.url} refused to list tenants: only an admin API key may. A tenant key needs"
+                " its tenant's id in [chirpstack] tenant_id (or --tenant-id); an admin key that is refused was"
+                " deleted") from None
         return [t.id for t in items]
 
     def list_applications(self, tenant_id: str) -> list[ApplicationRecord]:
@@ -383,10 +464,21 @@ def sync(api: ChirpStackApi, registry: RegistryWriter, tenant_id: str | None = N
         Counts of what was written.
     """
     started = time.monotonic()
-    tenants = [tenant_id] if tenant_id else api.list_tenants()
+    if tenant_id:
+        api.get_tenant(tenant_id)  # a mistyped id must fail, not replace the cache with nothing
+        tenants = [tenant_id]
+    else:
+        tenants = api.list_tenants()
     apps = [app for t in tenants for app in api.list_applications(t)]
     # List responses lack variables and is_disabled, so each device is read once more.
-    devices = [api.get_device(d.dev_eui) for app in apps for d in api.list_devices(app.id)]
+    devices: list[DeviceRecord] = []
+    for app in apps:
+        for listed in api.list_devices(app.id):
+            try:
+                devices.append(api.get_device(listed.dev_eui))
+            except ApiNotFound:
+                # Deleted between List and Get: it is gone, which is what the cache should say.
+                log.debug("Device %s was deleted during the sync.", listed.dev_eui)
     profile_ids = sorted({d.profile_id for d in devices if d.profile_id})
     profiles = [api.get_device_profile(p) for p in profile_ids]
     registry.replace_all(apps, devices, profiles)

@@ -113,7 +113,8 @@ def test_sync_rejected_token(env: SimpleNamespace, server: FakeChirpStack) -> No
     result = CliRunner().invoke(cli, ["devices", "sync", "-c", str(env.config), "--api-url", server.url,
                                       "--token-file", str(env.token)])
     assert result.exit_code == 1
-    assert f"error: API token rejected by ChirpStack at {server.url}" in result.output
+    assert (f"error: ChirpStack at {server.url} rejected the token in {env.token} (InvalidToken): it is not an API"
+            " key of this ChirpStack." in result.output)
 
 
 def test_sync_failure_keeps_cache_and_is_clear(env: SimpleNamespace, server: FakeChirpStack) -> None:

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +130,11 @@ def test_get_device_unknown_is_not_found(server: FakeChirpStack) -> None:
 
 
 def test_rejected_token_gives_clear_error(server: FakeChirpStack) -> None:
-    with client(server, token="wrong-token") as cs, pytest.raises(ApiAuthError) as info:
+    with client(server, token="wrong-token", token_file="/etc/lorawan-edge/api.token") as cs, \
+            pytest.raises(ApiAuthError) as info:
         cs.list_devices(APP)
-    assert str(info.value).startswith(f"API token rejected by ChirpStack at {server.url}")
+    assert str(info.value).startswith(f"ChirpStack at {server.url} rejected the token in /etc/lorawan-edge/api.token"
+                                      " (InvalidToken): it is not an API key of this ChirpStack.")
     assert "wrong-token" not in str(info.value)
     assert server.state.calls == ["DeviceService.List"]  # not retried
 
@@ -142,24 +145,35 @@ def test_token_not_in_repr(server: FakeChirpStack) -> None:
 
 
 def test_wrong_tenant_is_permission_error(server: FakeChirpStack) -> None:
+    # ChirpStack refuses a tenant key outside its tenant with UNAUTHENTICATED and no reason.
     server.state.allowed_tenants = {TENANT}
-    with client(server) as cs, pytest.raises(ApiPermissionError, match=r"may not list applications of tenant "
-                                             + OTHER_TENANT + r" at .*\(wrong tenant\?\)"):
+    with client(server) as cs, pytest.raises(ApiPermissionError, match=(
+            f"ChirpStack at {server.url} refused to list applications of tenant {OTHER_TENANT} with the API token:"
+            " the key was deleted, or it is a tenant key and this is outside its tenant.")):
         cs.list_applications(OTHER_TENANT)
+
+
+def test_deleted_key_is_refused_not_rejected(server: FakeChirpStack) -> None:
+    server.state.revoked = True  # the token still decodes; ChirpStack finds no such key
+    with client(server) as cs, pytest.raises(ApiPermissionError, match=r"refused to read device .* was deleted"):
+        cs.get_device(eui(1))
+    assert server.state.calls == ["DeviceService.Get"]  # not retried
 
 
 def test_tenant_key_falls_back_to_configured_tenant(server: FakeChirpStack) -> None:
     server.state.admin = False
     with client(server) as cs:
         assert cs.list_tenants(fallback_tenant_id=TENANT) == [TENANT]
-        with pytest.raises(ApiPermissionError, match=r"may not list tenants .*configure the tenant id"):
+        with pytest.raises(ApiPermissionError, match=r"refused to list tenants: only an admin API key may\. A tenant"
+                           r" key needs its tenant's id in \[chirpstack\] tenant_id"):
             cs.list_tenants()
 
 
 def test_unreachable_after_bounded_retries(server: FakeChirpStack, caplog: pytest.LogCaptureFixture) -> None:
     server.stop()
     with client(server, attempts=3) as cs, caplog.at_level(logging.WARNING), \
-            pytest.raises(ApiUnavailable, match=f"ChirpStack API {server.url} unreachable: UNAVAILABLE"):
+            pytest.raises(ApiUnavailable, match=f"ChirpStack API {server.url} unreachable: nothing listens on that"
+                          r" port; is ChirpStack running.* \(UNAVAILABLE: "):
         cs.list_devices(APP)
     retries = [r for r in caplog.records if "retry" in r.getMessage()]
     assert len(retries) == 2
@@ -182,7 +196,7 @@ def test_transient_unavailable_is_retried(server: FakeChirpStack) -> None:
 def test_deadline_exceeded_is_retried_then_reported(server: FakeChirpStack) -> None:
     server.state.hook = lambda method, request, context: time.sleep(0.5)
     with client(server, timeout_s=0.1, attempts=2) as cs, \
-            pytest.raises(ApiUnavailable, match="unreachable: DEADLINE_EXCEEDED"):
+            pytest.raises(ApiUnavailable, match=r"unreachable: no answer within 0\.1 s.*\(DEADLINE_EXCEEDED"):
         cs.get_device(eui(3))
 
 
@@ -274,7 +288,7 @@ def test_sync_with_tenant_key_uses_tenant_id(server: FakeChirpStack, tmp_path: P
     server.state.admin = False
     registry = DeviceRegistry(tmp_path / "buffer.sqlite")
     with client(server) as cs:
-        with pytest.raises(ApiPermissionError, match="may not list tenants"):
+        with pytest.raises(ApiPermissionError, match="refused to list tenants"):
             sync(cs, registry)
         assert sync(cs, registry, tenant_id=TENANT).devices == 250
     assert "TenantService.List" in server.state.calls
@@ -300,3 +314,72 @@ def test_sync_server_gone_mid_sync_keeps_old_cache(server: FakeChirpStack, tmp_p
         sync(cs, registry)
     assert registry.list_devices() == before
     assert all(d.name != "renamed" for d in registry.list_devices())
+
+
+def test_sync_unknown_tenant_fails_and_keeps_cache(server: FakeChirpStack, tmp_path: Path) -> None:
+    # An admin key and a mistyped tenant id: ApplicationService.List alone would answer an empty
+    # list, and the sync would replace every cached device with nothing.
+    registry = DeviceRegistry(tmp_path / "buffer.sqlite")
+    with client(server) as cs:
+        sync(cs, registry)
+        with pytest.raises(ApiNotFound, match=f"has no tenant {OTHER_TENANT}; check \\[chirpstack\\] tenant_id"):
+            sync(cs, registry, tenant_id=OTHER_TENANT)
+        with pytest.raises(ApiError, match="tenant id 'tenant-1' is not a UUID; check"):
+            sync(cs, registry, tenant_id="tenant-1")
+    assert len(registry.list_devices()) == 250
+
+
+def test_sync_tenant_key_of_another_tenant(server: FakeChirpStack, tmp_path: Path) -> None:
+    server.state.admin = False
+    server.state.allowed_tenants = {TENANT}
+    server.state.tenant_ids.append(OTHER_TENANT)
+    registry = DeviceRegistry(tmp_path / "buffer.sqlite")
+    with client(server, token_file="/etc/lorawan-edge/api.token") as cs, pytest.raises(
+            ApiPermissionError, match=f"refused to read tenant {OTHER_TENANT} with the token in"
+                                      " /etc/lorawan-edge/api.token: the key belongs to another tenant"):
+        sync(cs, registry, tenant_id=OTHER_TENANT)
+    assert registry.list_devices() == []
+
+
+def test_sync_skips_a_device_deleted_during_the_sync(server: FakeChirpStack, tmp_path: Path) -> None:
+    gone = eui(11)
+
+    def delete_before_get(method: str, request: Any, context: grpc.ServicerContext) -> None:
+        if method == "DeviceService.Get" and request.dev_eui == gone:
+            server.state.devices.pop(gone, None)
+
+    server.state.hook = delete_before_get
+    registry = DeviceRegistry(tmp_path / "buffer.sqlite")
+    with client(server) as cs:
+        result = sync(cs, registry)
+    assert result.devices == 249
+    assert registry.get_device(gone) is None and registry.get_device(eui(12)) is not None
+
+
+class _NotGrpc(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.send_error(404)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_unreachable_messages_say_what_to_check(server: FakeChirpStack) -> None:
+    """The failures a technician meets, each against a real socket, each with its own hint."""
+    web = ThreadingHTTPServer(("127.0.0.1", 0), _NotGrpc)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        cases = [
+            (f"127.0.0.1:{web.server_address[1]}", "something answers on that port, but not gRPC"),
+            (f"https://{server.url}", "the TLS handshake failed; if ChirpStack serves plain gRPC (its default) write"
+                                      " host:port"),
+            ("chirpstack.invalid:8080", "the host name does not resolve"),
+        ]
+        for url, hint in cases:
+            with ChirpStackApi(url, "secret-token", attempts=1, timeout_s=5) as cs, \
+                    pytest.raises(ApiUnavailable) as info:
+                cs.get_device(eui(1))
+            assert str(info.value).startswith(f"ChirpStack API {url} unreachable: {hint}"), str(info.value)
+    finally:
+        web.shutdown()
+        web.server_close()

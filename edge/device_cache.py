@@ -2,6 +2,8 @@
 
 One worker thread talks to ChirpStack's gRPC API: a full sync at start and every
 `api_sync_interval_s`, and a one-off fetch of any device seen in an uplink but not cached yet.
+A sync that fails (ChirpStack still starting after a power cut, the backhaul to a remote API
+down) is tried again after RETRY_SYNC_S, doubling up to the interval, not a whole interval later.
 The pipeline only ever reads `hints(dev_eui)`, a dictionary lookup in an immutable snapshot that
 the worker swaps atomically; the API being down never slows or stops decoding.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from pathlib import Path
@@ -26,6 +29,15 @@ if TYPE_CHECKING:  # the gRPC client costs ~20 MB: imported only when an API is 
 log = logging.getLogger(__name__)
 
 RETRY_UNKNOWN_S = 600.0  # a device the API could not be asked about is tried again after this
+RETRY_SYNC_S = 15.0  # first retry of a failed sync; doubles up to the sync interval (an hour if that is 0)
+
+
+def retry_delay(failures: int, interval_s: float) -> float:
+    """Seconds until the next try after `failures` failed syncs in a row (jittered, capped)."""
+    cap = interval_s if interval_s > 0 else 3600.0
+    delay = min(cap, RETRY_SYNC_S * 2 ** min(failures - 1, 16))
+    # Jitter (0.5x to 1x): gateways that lost a shared API together do not return in step.
+    return float(delay * random.uniform(0.5, 1.0))
 
 
 class DeviceCache:
@@ -39,6 +51,7 @@ class DeviceCache:
         self._wanted: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.last_sync_ok: float | None = None
         self.last_error = ""
+        self.failures = 0  # failed syncs in a row
         self.heartbeat = time.monotonic()
         registry = DeviceRegistry(self.db_path)
         try:
@@ -89,12 +102,19 @@ class DeviceCache:
                         self._snapshot(registry)
                         self.last_sync_ok = time.time()
                         self.last_error = ""
+                        self.failures = 0
                         log.info("Device registry synced from ChirpStack: %s.", result)
                     except (EdgeError, OSError) as exc:
                         self.last_error = str(exc)
-                        log.warning("Device registry sync failed (the cache keeps serving): %s", exc)
+                        self.failures += 1
                     interval = self.cfg.api_sync_interval_s
-                    next_sync = now + interval if interval > 0 else float("inf")
+                    if self.failures:
+                        delay = retry_delay(self.failures, interval)
+                        log.warning("Device registry sync failed (the cache keeps serving; next try in %.0f s): %s",
+                                    delay, self.last_error)
+                        next_sync = now + delay
+                    else:
+                        next_sync = now + interval if interval > 0 else float("inf")
                 try:
                     dev_eui = self._wanted.get(timeout=min(1.0, max(0.0, next_sync - time.monotonic())))
                 except queue.Empty:

@@ -134,3 +134,45 @@ def _payload(msg: Message) -> bytes:
 
     return base64.b64decode(orjson.loads(msg.payload)["data"])
 
+
+def test_device_cache_retries_a_failed_sync_soon(chirpstack_api, make_config, tmp_path, monkeypatch):
+    """ChirpStack still starting when `edge run` starts: the sync is retried with backoff, not an hour later."""
+    import edge.device_cache
+
+    fake, _ = chirpstack_api
+    cfg = _config(make_config, tmp_path, fake)
+    fake.stop()  # the port stays reserved for the restart below
+    monkeypatch.setattr(edge.device_cache, "RETRY_SYNC_S", 0.05)
+    pipeline = Pipeline(cfg)
+    stop = threading.Event()
+    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        assert wait_until(lambda: pipeline.devices.failures >= 2, 20)
+        assert "unreachable" in pipeline.devices.last_error and pipeline.devices.last_sync_ok is None
+        fake.start()
+        assert wait_until(lambda: pipeline.devices.last_sync_ok is not None, 20)
+        assert pipeline.devices.failures == 0 and pipeline.devices.last_error == ""
+        assert pipeline.devices.hints("a81758fffe000000").variables == {"offset": "100"}
+    finally:
+        stop.set()
+        worker.join(10)
+
+
+def test_device_cache_periodic_refresh_picks_up_changes(chirpstack_api, make_config, tmp_path):
+    fake, state = chirpstack_api
+    _config(make_config, tmp_path, fake)
+    path = tmp_path / "edge.toml"
+    path.write_text(path.read_text().replace("[buffer]", "api_sync_interval_s = 1\n\n[buffer]", 1))
+    pipeline = Pipeline(load_config(path))
+    stop = threading.Event()
+    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        assert wait_until(lambda: pipeline.devices.hints("a81758fffe000000").variables == {"offset": "100"}, 10)
+        state.devices["a81758fffe000000"].variables["offset"] = "-40"
+        assert wait_until(lambda: pipeline.devices.hints("a81758fffe000000").variables == {"offset": "-40"}, 20)
+        assert state.calls.count("TenantService.Get") >= 2  # a full sync ran again
+    finally:
+        stop.set()
+        worker.join(10)

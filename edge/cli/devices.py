@@ -171,6 +171,14 @@ def _client(cfg: Config | None, api_url: str | None, token_file: Path | None, ca
         raise click.UsageError(f"cannot read the CA file: {exc}") from None
 
 
+def _dev_eui(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A DevEUI as 16 hex digits (separators allowed), lowercased; anything else is a usage error."""
+    cleaned = value.replace(":", "").replace("-", "").replace(" ", "").lower()
+    if len(cleaned) != 16 or any(c not in "0123456789abcdef" for c in cleaned):
+        raise click.BadParameter(f"{value!r} is not a DevEUI (16 hexadecimal digits, e.g. 70b3d5e75e000001)")
+    return cleaned
+
+
 def _fail(exc: EdgeError) -> NoReturn:
     click.echo(f"error: {exc}", err=True)
     raise SystemExit(1)
@@ -307,7 +315,7 @@ def list_(config_path: Path, as_json: bool) -> None:
 
 @devices.command("explain")
 @CONFIG_OPTION
-@click.argument("dev_eui")
+@click.argument("dev_eui", callback=_dev_eui)
 def explain_(config_path: Path, dev_eui: str) -> None:
     """Say which decoder DEV_EUI gets and why (from the cache, the config and its last uplink)."""
     from edge.plugins import load_decoders
@@ -356,7 +364,7 @@ def _payload(hex_: str | None, obj: str | None) -> bytes | Mapping[str, Any]:
 @click.command()
 @CONFIG_OPTION
 @api_options(tenant=False)
-@click.argument("dev_eui")
+@click.argument("dev_eui", callback=_dev_eui)
 @click.option("--fport", type=click.IntRange(1, 223), required=True, help="LoRaWAN FPort of the downlink.")
 @click.option("--hex", "hex_", metavar="BYTES", help="Payload as hex bytes (spaces and colons allowed).")
 @click.option("--json", "obj", metavar="OBJECT",
@@ -389,3 +397,7 @@ def downlink(config_path: Path, api_url: str | None, token_file: Path | None, ca
             click.echo(f"no {'ack' if confirmed else 'txack'} event for {queue_id} within {wait_s:g} s", err=True)
             raise SystemExit(1)
         click.echo(f"{event['kind']}: {event['summary']}")
+        if event["summary"].endswith("acknowledged=False"):
+            # ChirpStack reports a confirmed downlink the device never acknowledged as ack, acknowledged=false.
+            click.echo(f"the device did not acknowledge downlink {queue_id}", err=True)
+            raise SystemExit(1)

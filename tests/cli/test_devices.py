@@ -283,6 +283,23 @@ def test_downlink_bad_arguments(env: SimpleNamespace, server: FakeChirpStack, ex
     assert server.state.enqueued == []
 
 
+@pytest.mark.parametrize("bad", ["xyz", "70b3d5e75e00000", "70b3d5e75e0000011", "70b3d5e75e00000g"])
+def test_downlink_and_explain_reject_a_malformed_dev_eui(env: SimpleNamespace, server: FakeChirpStack,
+                                                         bad: str) -> None:
+    result = CliRunner().invoke(cli, downlink_args(env, server, bad, "--fport", "1", "--hex", "01"))
+    assert result.exit_code == 2
+    assert f"{bad!r} is not a DevEUI (16 hexadecimal digits" in result.output
+    explained = CliRunner().invoke(cli, ["devices", "explain", "-c", str(env.config), bad])
+    assert explained.exit_code == 2 and "is not a DevEUI" in explained.output
+    assert server.state.calls == []
+
+
+def test_downlink_dev_eui_with_separators(env: SimpleNamespace, server: FakeChirpStack) -> None:
+    dashed = "-".join(eui(5)[i:i + 2] for i in range(0, 16, 2)).upper()
+    assert run(*downlink_args(env, server, dashed, "--fport", "1", "--hex", "01")).exit_code == 0
+    assert server.state.enqueued[0].dev_eui == eui(5)
+
+
 def test_downlink_unknown_device(env: SimpleNamespace, server: FakeChirpStack) -> None:
     result = CliRunner().invoke(cli, downlink_args(env, server, "ffffffffffffffff", "--fport", "1", "--hex", "01"))
     assert result.exit_code == 1
@@ -366,3 +383,33 @@ def test_explain_ttn_repository_profile_gets_the_native_decoder() -> None:
     assert chosen == "elsys/ers" and "TTN Device Repository" in sentence
     # A profile of one's own keeps its JS codec.
     assert why(cached(), profile("JS", "function decodeUplink(i) {}"), native=native)[0] == "profile-js"
+
+
+def test_downlink_wait_confirmed_not_acknowledged_fails(env: SimpleNamespace, server: FakeChirpStack,
+                                                         make_config: Any) -> None:
+    """--confirmed --wait: ChirpStack's ack event with acknowledged=false ends the wait with exit code 1."""
+    from edge.config import load_config
+    from edge.pipeline import Pipeline
+    from edge.sources.chirpstack_mqtt import Message
+
+    cfg_path = make_config("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:2")
+    pipeline = Pipeline(load_config(cfg_path))
+
+    def device_stays_silent() -> None:
+        while not server.state.enqueued:
+            time.sleep(0.05)
+        ack = json.loads((Path(__file__).parents[1] / "fixtures/chirpstack/v4_ack.docs.json").read_text())
+        ack["queueItemId"], ack["acknowledged"] = server.state.enqueued[0].id, False
+        pipeline.handle([Message(f"application/app/device/{eui(5)}/event/ack", json.dumps(ack).encode(),
+                                 time.time())])
+
+    helper = threading.Thread(target=device_stays_silent, daemon=True)
+    helper.start()
+    result = CliRunner().invoke(cli, ["downlink", "-c", str(cfg_path), "--api-url", server.url, "--token-file",
+                                      str(env.token), eui(5), "--fport", "10", "--hex", "01", "--confirmed",
+                                      "--wait", "10"])
+    helper.join(5)
+    queue_id = server.state.enqueued[0].id
+    assert result.exit_code == 1
+    assert f"ack: queueItemId={queue_id} acknowledged=False" in result.output
+    assert f"the device did not acknowledge downlink {queue_id}" in result.output

@@ -44,6 +44,7 @@ class State:
     tenant_ids: list[str] = field(default_factory=list)
     allowed_tenants: set[str] | None = None  # None: every tenant; else others are denied (tenant key)
     revoked: bool = False  # the key was deleted in ChirpStack: the token still decodes, every call is denied
+    read_only: bool = False  # a read-only key: reads pass, Enqueue is denied
     applications: dict[str, list[api.ApplicationListItem]] = field(default_factory=dict)  # by tenant
     devices: dict[str, api.Device] = field(default_factory=dict)  # by dev_eui
     profiles: dict[str, api.DeviceProfile] = field(default_factory=dict)
@@ -163,6 +164,8 @@ class DeviceService(_Base, api.DeviceServiceServicer):
         from google.protobuf import json_format
 
         self._enter("DeviceService.Enqueue", request, context)
+        if self.state.read_only:
+            _denied(context)
         item = request.queue_item
         device = self.state.devices.get(item.dev_eui)
         if device is None:

@@ -227,8 +227,9 @@ class ChirpStackApi:
                                 " Create one in ChirpStack's web interface (API keys, or Tenants > API keys)"
                                 " and put it in the token file.")
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            return ApiPermissionError(f"{where} refused to {action} with {token}: the key was deleted, or it is"
-                                      " a tenant key and this is outside its tenant.")
+            writes = " or a read-only key (downlinks need one that is not)," if action.startswith("enqueue") else ""
+            return ApiPermissionError(f"{where} refused to {action} with {token}: the key was deleted,{writes} or it"
+                                      " is a tenant key and this is outside its tenant.")
         if code == grpc.StatusCode.NOT_FOUND:
             return ApiNotFound(f"{where}: {action}: not found")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

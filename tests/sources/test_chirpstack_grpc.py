@@ -262,6 +262,16 @@ def test_enqueue_is_not_retried(server: FakeChirpStack) -> None:
     assert server.state.calls == ["DeviceService.Enqueue"]
 
 
+def test_enqueue_with_read_only_key_says_so(server: FakeChirpStack) -> None:
+    server.state.read_only = True
+    with client(server) as cs:
+        assert cs.get_device(eui(2)).dev_eui == eui(2)
+        with pytest.raises(ApiPermissionError, match=f"refused to enqueue a downlink for {eui(2)} with the API token:"
+                           r" the key was deleted, or a read-only key \(downlinks need one that is not\)"):
+            cs.enqueue(eui(2), 1, b"\x01")
+    assert server.state.enqueued == []
+
+
 def test_enqueue_rejects_bad_fport(server: FakeChirpStack) -> None:
     with client(server) as cs, pytest.raises(ValueError, match="f_port"):
         cs.enqueue(eui(2), 0, b"\x01")

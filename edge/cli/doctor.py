@@ -270,6 +270,64 @@ def _check_chirpstack(r: _Report, cfg: Config, listen: float) -> float | None:
     return None
 
 
+def _check_chirpstack_api(r: _Report, cfg: Config) -> None:
+    """The gRPC API with the configured token and tenant, then how fresh the device registry cache is."""
+    from edge.buffer.registry import DeviceRegistry
+    from edge.errors import EdgeError
+    from edge.sources.chirpstack_grpc import (
+        ApiAuthError,
+        ApiNotFound,
+        ApiPermissionError,
+        ApiUnavailable,
+        ChirpStackApi,
+    )
+
+    cs = cfg.chirpstack
+    if not cs.api_url:
+        return  # no API configured: decoding uses MQTT metadata only, which is a valid setup
+    fixes: list[tuple[type[EdgeError], str]] = [
+        (ApiAuthError, f"put an API key of this ChirpStack in {cs.api_token_file}"),
+        (ApiPermissionError, "set chirpstack.tenant_id to the tenant of the key, or use an admin API key"),
+        (ApiNotFound, "set chirpstack.tenant_id to the id ChirpStack shows for the tenant"),
+        (ApiUnavailable, "start ChirpStack, or correct chirpstack.api_url (ChirpStack's [api] bind)"),
+    ]
+    try:
+        token = Path(cs.api_token_file).read_text().strip()
+        # One attempt with a short deadline: a dead host must not keep a technician waiting.
+        with ChirpStackApi(cs.api_url, token, ca_file=cs.api_ca_file or None, timeout_s=NET_TIMEOUT, attempts=1,
+                           token_file=cs.api_token_file) as api:
+            if cs.tenant_id:
+                detail = f"token accepted at {cs.api_url}, tenant {api.get_tenant(cs.tenant_id)!r}"
+            else:
+                detail = f"admin token accepted at {cs.api_url}, {len(api.list_tenants())} tenant(s)"
+        r.add("chirpstack api", "OK", detail)
+    except OSError as exc:
+        r.add("chirpstack api", "FAIL", f"cannot read {cs.api_token_file}: {_why(exc)}",
+              "make the token file readable by the service user")
+    except EdgeError as exc:
+        fix = next((text for kind, text in fixes if isinstance(exc, kind)), "see the message")
+        r.add("chirpstack api", "FAIL", str(exc), fix)
+    if not Path(cfg.buffer.path).exists():
+        return  # the buffer checks say so
+    try:
+        registry = DeviceRegistry(cfg.buffer.path, readonly=True)
+        try:
+            synced = [d.synced_at for d in registry.list_devices()]
+        finally:
+            registry.close()
+    except (EdgeError, sqlite3.Error) as exc:
+        r.add("device cache", "WARN", f"cannot read it: {exc}", "run `edge devices sync`")
+        return
+    if not synced:
+        r.add("device cache", "WARN", "empty: device variables and profile codecs are not known yet",
+              "run `edge devices sync` (`edge run` syncs at start once the API answers)")
+        return
+    age = time.time() - max(synced)
+    stale = cs.api_sync_interval_s > 0 and age > 2 * cs.api_sync_interval_s + 60
+    r.add("device cache", "WARN" if stale else "OK", f"{len(synced)} devices, last synced {_age(age)} ago",
+          "check the service's log for 'Device registry sync failed', or run `edge devices sync`")
+
+
 def _check_upstream(r: _Report, cfg: Config, index: int, publish_test: bool) -> None:
     up = cfg.upstreams[index]
     label, section = f"upstream {up.name}", f"upstream[{index}]"
@@ -436,6 +494,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
         return r.findings
     r.add("config", "OK", f"{config_path} is valid ({len(cfg.upstreams)} upstream(s))")
     skew = _check_chirpstack(r, cfg, listen)
+    _check_chirpstack_api(r, cfg)
     for index in range(len(cfg.upstreams)):
         _check_upstream(r, cfg, index, publish_test)
     _check_disk(r, cfg)
@@ -452,7 +511,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
 @click.option("--listen", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds to wait for a live ChirpStack event (0: use the buffer's newest uplink).")
 def doctor(config_path: Path, as_json: bool, publish_test: bool, listen: float) -> None:
-    """Check config, brokers, certificates, disk, buffer, clock and decoders; say what to fix."""
+    """Check config, brokers, certificates, ChirpStack's API, disk, buffer, clock and decoders; say what to fix."""
     findings = run_checks(config_path, publish_test=publish_test, listen=listen,
                           on_finding=None if as_json else lambda f: click.echo(f.line()))
     counts = {status: sum(1 for f in findings if f.status == status) for status in ("OK", "WARN", "FAIL")}

@@ -240,3 +240,54 @@ def test_doctor_tls_upstream_untrusted_ca_and_wrong_password_fail(tls_upstream, 
     line = _line(lines, "upstream city mqtt")
     assert line.startswith("FAIL") and "— fix: check username and password_file in [upstream[0]]" in line
     assert "wrong-password" not in "\n".join(lines)
+
+
+def test_doctor_checks_chirpstack_api_token_tenant_and_device_cache(broker_factory, make_config, tmp_path):
+    from tests.grpc_server import FakeChirpStack
+    from tests.sources.test_chirpstack_grpc import OTHER_TENANT, TENANT, fleet
+
+    chirpstack, upstream = broker_factory(), broker_factory()
+    api = FakeChirpStack(fleet(3)).start()
+    token = tmp_path / "api.token"
+    token.write_text("secret-token\n")
+    cfg = make_config(chirpstack.url, upstream.url)
+    base = cfg.read_text()
+
+    def configure(tenant: str) -> None:
+        cfg.write_text(base.replace("[buffer]", f'api_url = "{api.url}"\napi_token_file = "{token}"\n'
+                                    f'tenant_id = "{tenant}"\n\n[buffer]', 1))
+
+    try:
+        configure(TENANT)
+        _fill_buffer(cfg)
+        _, lines, _ = _doctor(cfg)
+        assert _line(lines, "chirpstack api").startswith(f"OK    chirpstack api: token accepted at {api.url}, tenant")
+        assert _line(lines, "device cache").startswith("WARN  device cache: empty") and "edge devices sync" in \
+            _line(lines, "device cache")
+        from edge.cli.devices import devices
+
+        synced = CliRunner().invoke(devices, ["sync", "-c", str(cfg)], catch_exceptions=False)
+        assert synced.exit_code == 0, synced.output
+        _, lines, _ = _doctor(cfg)
+        assert _line(lines, "device cache").startswith("OK    device cache: 3 devices, last synced")
+
+        token.write_text("wrong\n")
+        code, lines, _ = _doctor(cfg)
+        assert code == 1
+        assert _line(lines, "chirpstack api").startswith(f"FAIL  chirpstack api: ChirpStack at {api.url} rejected"
+                                                         f" the token in {token}")
+        assert _line(lines, "chirpstack api").endswith(f"fix: put an API key of this ChirpStack in {token}")
+
+        token.write_text("secret-token\n")
+        api.state.admin, api.state.allowed_tenants = False, {TENANT}  # a key of TENANT, configured for another
+        configure(OTHER_TENANT)
+        code, lines, _ = _doctor(cfg)
+        assert code == 1 and "the key belongs to another tenant" in _line(lines, "chirpstack api")
+        assert _line(lines, "chirpstack api").endswith("fix: set chirpstack.tenant_id to the tenant of the key,"
+                                                       " or use an admin API key")
+
+        api.stop()
+        code, lines, _ = _doctor(cfg)
+        assert code == 1 and "unreachable: nothing listens on that port" in _line(lines, "chirpstack api")
+    finally:
+        api.stop()

@@ -176,3 +176,26 @@ def test_device_cache_periodic_refresh_picks_up_changes(chirpstack_api, make_con
     finally:
         stop.set()
         worker.join(10)
+
+
+def test_device_cache_unknown_device_asked_once_for_a_burst(chirpstack_api, make_config, tmp_path):
+    """A device ChirpStack's API does not know: many uplinks, one Get; decoding never waits for it."""
+    fake, state = chirpstack_api
+    cfg = _config(make_config, tmp_path, fake)
+    pipeline = Pipeline(cfg)
+    stop = threading.Event()
+    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        assert wait_until(lambda: pipeline.devices.last_sync_ok is not None, 10)
+        gets = state.calls.count("DeviceService.Get")  # the sync's own
+        burst = _uplinks(2, 6)
+        pipeline.handle(burst[:3])
+        assert wait_until(lambda: state.calls.count("DeviceService.Get") == gets + 1, 10)
+        pipeline.handle(burst[3:])
+        assert wait_until(pipeline.devices._wanted.empty, 10)
+        assert state.calls.count("DeviceService.Get") == gets + 1
+        assert len(pipeline.buffer.read(0, 10)) == 6  # stored (undecoded, raw kept) without waiting for the API
+    finally:
+        stop.set()
+        worker.join(10)

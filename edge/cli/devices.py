@@ -311,6 +311,8 @@ def list_(config_path: Path, as_json: bool) -> None:
     newest = max((r["synced_at"] for r in rows), default=None)
     when = f", synced {time.time() - newest:.0f}s ago" if newest is not None else ""
     click.echo(f"{len(rows)} devices{when}")
+    if not rows:
+        click.echo("The cache is empty: run `edge devices sync` (needs [chirpstack] api_url and api_token_file).")
 
 
 @devices.command("explain")

@@ -102,6 +102,14 @@ def test_sync_then_list_with_server_stopped(env: SimpleNamespace, server: FakeCh
         eui(0), {"serial": "0"}, "Plain", "app-a2a2")
 
 
+def test_list_empty_cache_says_what_to_do(env: SimpleNamespace) -> None:
+    Buffer(env.buffer).close()  # `edge run` has created the buffer, nothing was synced yet
+    result = run("devices", "list", "-c", str(env.config))
+    assert result.output.splitlines() == ["0 devices", "The cache is empty: run `edge devices sync` (needs"
+                                          " [chirpstack] api_url and api_token_file)."]
+    assert json.loads(run("devices", "list", "-c", str(env.config), "--json").output) == {"devices": []}
+
+
 def test_list_without_cache_says_so(env: SimpleNamespace) -> None:
     result = CliRunner().invoke(cli, ["devices", "list", "-c", str(env.config)])
     assert result.exit_code == 1

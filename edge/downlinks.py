@@ -91,7 +91,7 @@ class CommandRelay:
             try:
                 token = Path(self.cfg.api_token_file).read_text().strip()
                 with ChirpStackApi(self.cfg.api_url, token, ca_file=self.cfg.api_ca_file or None,
-                                   timeout_s=self.cfg.api_timeout_s) as api:
+                                   timeout_s=self.cfg.api_timeout_s, token_file=self.cfg.api_token_file) as api:
                     queue_id = api.enqueue(command["dev_eui"], command["fport"], payload,
                                            confirmed=bool(command.get("confirmed", False)))
                 self.enqueued += 1

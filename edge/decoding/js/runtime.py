@@ -68,8 +68,8 @@ _CONSOLE_BUFFERED: Final = r"""
 # Mirrors The Things Stack's wrapper: decodeUplink(input) if defined, else the v2
 # `Decoder(bytes, fPort)` whose return value becomes `data`; ChirpStack v3's
 # `Decode(fPort, bytes, variables)` last. Names are looked up at call time, which also finds
-# top-level let/const bindings. The JSON round trip is the TTN validator's: undefined drops out
-# or becomes null, NaN becomes null.
+# top-level let/const bindings. The output is serialised as the TTN validator sees it: undefined
+# becomes null (also as an object value), NaN and Infinity become null.
 _CALLS: Final = {
     "uplink": r"""
     var input = parse(inputJson), entry = null, result;
@@ -81,7 +81,7 @@ _CALLS: Final = {
     } else if (typeof Decode === 'function') {
       entry = 'Decode'; result = {data: Decode(input.fPort, input.bytes, input.variables)};
     }
-    return stringify({entry: entry, result: result});
+    return stringify({entry: entry, result: result}, undefinedAsNull);
 """,
     "downlink": r"""
     var input = parse(inputJson), entry = null, result;
@@ -104,6 +104,9 @@ _CALLS: Final = {
 }
 _PRELUDE: Final = r"""(function (global, maxLines, maxChars) {
   var stringify = JSON.stringify, parse = JSON.parse, NativeDate = Date;
+  // The Things Stack exports the codec's result value by value, so `undefined` arrives as null
+  // (JSON.stringify alone would drop the key); functions and symbols still drop out.
+  function undefinedAsNull(key, value) { return value === undefined ? null : value; }
 %s
   Object.defineProperty(global, 'console', {value: console, writable: true, configurable: true});
   return function (mode, inputJson, recvMs) {

@@ -88,11 +88,14 @@ def test_runtime_missing_recv_time_means_now():
     assert abs(result.data["t"] / 1000 - time.time()) < 5
 
 
-def test_runtime_undefined_becomes_null_or_absent_like_json():
-    result = decode("function decodeUplink() { return {data: {gone: undefined, list: [1, undefined], nan: NaN,"
-                    " inf: -Infinity, date: new Date(0), nested: {f: function () {}}}}; }")
-    assert result == DecodeResult({"list": [1, None], "nan": None, "inf": None,
-                                   "date": "1970-01-01T00:00:00.000Z", "nested": {}})
+def test_runtime_undefined_becomes_null_as_in_the_ttn_validator():
+    # The Things Stack exports the result value by value: an undefined property is null, not absent.
+    result = decode("function decodeUplink() { var v; return {data: {gone: undefined, unset: v, list: [1, undefined],"
+                    " nan: NaN, inf: -Infinity, date: new Date(0), nested: {u: undefined, f: function () {}}}}; }")
+    assert result == DecodeResult({"gone": None, "unset": None, "list": [1, None], "nan": None, "inf": None,
+                                   "date": "1970-01-01T00:00:00.000Z", "nested": {"u": None}})
+    # The legacy Decoder's result goes through the same conversion.
+    assert decode("function Decoder(bytes, port) { return {a: undefined, b: bytes[0]}; }").data == {"a": None, "b": 1}
 
 
 def test_runtime_missing_data_uses_chirpstacks_wording():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,7 +140,23 @@ def test_cli_decoders_test_skips_unclaimed_codec_yaml(tmp_path):
     result = CliRunner().invoke(main, ["decoders", "test", "--native", str(tmp_path),
                                        "decoders/elsys"])
     assert "skip" in result.output
-    assert result.output.strip().splitlines()[-1].endswith("0 failed, 1 skipped")
+    lines = result.output.strip().splitlines()
+    assert lines[-2] == "1 skipped (no native decoder declares their codec)"
+    assert re.fullmatch(r"\d+ passed, 0 failed", lines[-1])
+    assert result.exit_code == 0
+
+
+def test_cli_decoders_test_unreadable_yaml_fails_without_traceback(tmp_path):
+    (tmp_path / "broken.yaml").write_text("a: [1\n")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    (tmp_path / "bad-example.yaml").write_text(
+        "uplinkDecoder:\n  examples:\n    - input: {fPort: 1, bytes: [300]}\n")
+    result = CliRunner().invoke(main, ["decoders", "test", "--native", str(tmp_path), "decoders/dragino/lds02.yaml"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert "cannot read codec YAML" in result.output and "must be a mapping" in result.output
+    assert "must be a list of integers 0-255" in result.output
+    assert result.output.strip().splitlines()[-1] == "4 passed, 3 failed"
 
 
 def test_cli_decoders_test_runs_the_yaml_js_codec_by_default():

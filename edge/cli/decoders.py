@@ -10,6 +10,7 @@ import click
 
 from edge.decoding.base import Decoder
 from edge.decoding.examples import Outcome, codec_files, codec_id, load_examples, run_examples
+from edge.errors import ConfigError
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,35}/[a-z0-9][a-z0-9-]{0,35}$")
 
@@ -70,8 +71,8 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
     """Run the uplink examples of codec YAML files or folders.
 
     Takes TTN-style codec YAML files (or folders of them). By default each file's own JavaScript
-    codec (uplinkDecoder.fileName) runs in the sandbox. Ends with the line `N passed, M failed`;
-    exit status 0 only when all pass.
+    codec (uplinkDecoder.fileName) runs in the sandbox. A YAML that cannot be read counts as one
+    failure. Ends with the line `N passed, M failed`; exit status 0 only when all pass.
     """
     by_id: dict[str, Decoder] = {}
     by_codec: dict[str, Decoder] = {}
@@ -81,7 +82,14 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
         raise click.UsageError(f"no decoder with id {decoder_id!r} (see `edge decoders list`)")
     passed = failed = skipped = 0
     for path in codec_files(paths):
-        examples = load_examples(path)
+        try:
+            examples = load_examples(path)
+        except ConfigError as exc:
+            # A YAML that cannot be read fails (counted once), and the other files still run.
+            for problem in exc.problems:
+                click.echo(f"FAIL {problem}")
+            failed += 1
+            continue
         if not examples:
             continue
         decoder: Decoder | None
@@ -110,8 +118,10 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
             else:
                 failed += 1
                 _report(path, outcome)
-    summary = f"{passed} passed, {failed} failed"
-    click.echo(summary + (f", {skipped} skipped" if skipped else ""))
+    if skipped:
+        click.echo(f"{skipped} skipped (no native decoder declares their codec)")
+    # The last line is exactly this, so scripts and CI can read it.
+    click.echo(f"{passed} passed, {failed} failed")
     if failed or not passed:
         raise SystemExit(1)
 

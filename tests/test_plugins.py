@@ -97,20 +97,62 @@ def test_cli_decoders_list_shows_source_and_version(plugin_path):
     assert "elsys/ers" in result.output and "builtin" in result.output
 
 
-def test_cli_decoders_new_scaffold_passes_its_own_tests(tmp_path):
-    result = CliRunner().invoke(main, ["decoders", "new", "acme/th-1", "--dir", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    root = tmp_path / "edge-decoder-acme"
-    assert (root / "pyproject.toml").read_text().count('[project.entry-points."edge.decoders"]') == 1
-    env = dict(os.environ, PYTHONPATH=str(root))
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
-                         cwd=root, env=env, capture_output=True, text=True, timeout=120)
+def _plugin_venv(root: Path) -> Path:
+    """A real virtualenv that sees this interpreter's packages and this checkout's `edge` first."""
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True,
+                   capture_output=True, timeout=120)
+    python = venv / "bin" / "python"
+    site_dir = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    # --system-site-packages reaches the base interpreter only; the test's own environment (pytest,
+    # setuptools, lorawan-edge's dependencies) is added behind the venv's own site-packages.
+    here = [p for p in sys.path if p.endswith("site-packages")]
+    (Path(site_dir) / "zz_outer_env.pth").write_text(
+        "".join(f"import site; site.addsitedir({p!r})\n" for p in here))
+    return python
+
+
+def _pip_install_editable(python: Path, package: Path, env: dict[str, str]) -> None:
+    """`pip install -e`, offline when setuptools and wheel are at hand, else from the configured index."""
+    offline = subprocess.run([str(python), "-c", "import setuptools, wheel"], env=env, capture_output=True)
+    args = ["--no-build-isolation", "--no-index"] if offline.returncode == 0 else []
+    run = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *args, "-e", str(package)],
+                         env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "1 passed" in run.stdout
-    # And the CLI runs the same examples through the scaffolded decoder once it is importable.
-    again = subprocess.run([sys.executable, "-m", "edge", "decoders", "new", "acme/th-1", "--dir", str(tmp_path)],
-                           capture_output=True, text=True)
-    assert again.returncode != 0
+
+
+def test_cli_decoders_new_scaffold_installs_and_passes_its_own_tests(tmp_path):
+    result = CliRunner().invoke(main, ["decoders", "new", "acme-iot/th-2000", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "edge-decoder-acme-iot"
+    assert (root / "pyproject.toml").read_text().count('[project.entry-points."edge.decoders"]') == 1
+    assert (root / "examples" / "acme-iot" / "th-2000.yaml").is_file()
+
+    python = _plugin_venv(tmp_path)
+    checkout = str(Path(edge.__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EDGE_CONFIG")}
+    env["PYTHONPATH"] = checkout  # the lorawan-edge under test, ahead of any installed copy
+    _pip_install_editable(python, root, env)
+
+    tests = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "2 passed" in tests.stdout
+    # Installed, the package is found through its entry point with its distribution and version...
+    listed = subprocess.run([str(python), "-m", "edge", "decoders", "list"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"^acme-iot/th-2000\s+edge-decoder-acme-iot 0\.1\.0$", listed.stdout, re.M), listed.stdout
+    # ...and `--native` maps examples/<vendor>/<model>.yaml to it.
+    native = subprocess.run([str(python), "-m", "edge", "decoders", "test", "--native", "examples"], cwd=root,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert native.returncode == 0, native.stdout + native.stderr
+    assert native.stdout.strip().splitlines()[-1] == "3 passed, 0 failed"
+    # A second scaffold into the same place refuses to overwrite it.
+    again = CliRunner().invoke(main, ["decoders", "new", "acme-iot/th-2000", "--dir", str(tmp_path)])
+    assert again.exit_code == 1 and "already exists" in again.output and again.exception is not None
+    assert isinstance(again.exception, SystemExit)
 
 
 def test_cli_decoders_new_rejects_bad_ids(tmp_path):

@@ -146,6 +146,9 @@ def new(decoder_id: str, parent: Path) -> None:
 
     if not ID_RE.match(decoder_id):
         raise click.UsageError("the id must be VENDOR/MODEL: lowercase letters, digits and dashes, ≤36 each")
-    root = scaffold(decoder_id, parent)
+    try:
+        root = scaffold(decoder_id, parent)
+    except FileExistsError as exc:
+        raise click.ClickException(f"{exc}; choose another --dir or remove it") from None
     click.echo(f"created {root}")
-    click.echo(f"next: cd {root} && pip install -e . && pytest   (then `edge decoders list` shows {decoder_id})")
+    click.echo(f"next: cd {root} && pip install -e '.[test]' && pytest  (then `edge decoders list` shows {decoder_id})")

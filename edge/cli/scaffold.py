@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# setuptools 61 is the first with [project] metadata; a low floor lets `pip install
+# --no-build-isolation` work on an offline gateway or CI runner.
 PYPROJECT = '''[build-system]
-requires = ["setuptools>=68"]
+requires = ["setuptools>=61"]
 build-backend = "setuptools.build_meta"
 
 [project]
@@ -74,7 +76,8 @@ class {cls}:
 '''
 
 EXAMPLES = '''# Uplink examples in the TTN Device Repository codec form; `pytest` runs them all
-# (and `edge decoders test --decoder {decoder_id} examples/` from the command line).
+# (and `edge decoders test --native examples/` from the command line: the file's path,
+# examples/<vendor>/<model>.yaml, names the decoder that runs it).
 uplinkDecoder:
   examples:
     - description: Temperature 22.6 °C, humidity 41 %RH
@@ -102,7 +105,7 @@ uplinkDecoder:
           - unknown FPort
 '''
 
-TEST = '''"""Runs every example of examples/*.yaml through the decoder (edge.testing: lorawan-edge's plugin)."""
+TEST = '''"""Runs every examples/<vendor>/<model>.yaml through the decoder with that id (edge.testing)."""
 
 from pathlib import Path
 
@@ -111,13 +114,18 @@ import pytest
 from edge.testing import assert_examples
 from {package} import edge_decoders
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*/*.yaml"))
+DECODERS = {{decoder.id: decoder for decoder in edge_decoders()}}
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_decoder_has_examples():
+    ids = {{f"{{path.parent.name}}/{{path.stem}}" for path in EXAMPLES}}
+    assert sorted(DECODERS) == sorted(ids)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{{p.parent.name}}/{{p.stem}}")
 def test_examples(path):
-    (decoder,) = edge_decoders()
-    assert_examples(decoder, path)
+    assert_examples(DECODERS[f"{{path.parent.name}}/{{path.stem}}"], path)
 '''
 
 README = '''# edge-decoder-{vendor}
@@ -125,8 +133,9 @@ README = '''# edge-decoder-{vendor}
 A [lorawan-edge](https://pypi.org/project/lorawan-edge/) decoder plugin for the {vendor} {model}.
 
     pip install -e '.[test]'
-    pytest                      # runs examples/*.yaml through the decoder
-    edge decoders list          # shows {decoder_id} once installed
+    pytest                                  # runs examples/<vendor>/<model>.yaml through the decoder
+    edge decoders list                      # shows {decoder_id} once installed
+    edge decoders test --native examples/   # the same examples from the command line
 
 See lorawan-edge's decoders/CONTRIBUTING.md for the contract.
 '''
@@ -150,7 +159,7 @@ def scaffold(decoder_id: str, parent: Path) -> Path:
         "README.md": README,
         f"{package}/__init__.py": INIT,
         f"{package}/{model_py}.py": DECODER,
-        f"examples/{model}.yaml": EXAMPLES,
+        f"examples/{vendor}/{model}.yaml": EXAMPLES,
         "tests/test_examples.py": TEST,
     }
     for rel, template in files.items():

@@ -200,3 +200,13 @@ def test_builtin_decoder_mutated_example_never_raises(line: dict[str, Any], data
         payload[index] = data.draw(st.integers(min_value=0, max_value=255))
     extra = data.draw(st.binary(max_size=8))
     _safe_decode(decoder, bytes(payload) + extra, line["fPort"])
+
+
+def test_elsys_decoder_claims_every_elsys_codec() -> None:
+    # Every Elsys model's TTN codec YAML runs the same elsys.js, so `--native` and TTN-profile
+    # devices of any Elsys model must land on the one native decoder.
+    codecs = ["ers", "ers-co2", "ers-co2-lite", "ers-lite", "ers-sound", "ers-voc", "ers-eye", "ems", "ems-lite",
+              "ems-desk", "ems-door", "elt-2", "elt-lite", "elt-ultrasonic"]
+    for codec in codecs:
+        assert _by_ttn_codec(f"elsys/{codec}-codec").id == "elsys/ers"
+        assert _by_id(f"elsys/{codec}").id == "elsys/ers"

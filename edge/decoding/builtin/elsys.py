@@ -94,11 +94,17 @@ class ElsysDecoder:
 
     id = "elsys/ers"
     # Every Elsys model speaks the same TLV payload, so one decoder answers to all their ids.
-    aliases = ("elsys/ers-co2", "elsys/ers-sound", "elsys/ers-lite", "elsys/ems", "elsys/elt-2",
-               "elsys/elt-lite", "elsys/elt-ultrasonic", "elsys/erseye", "elsys/ersdesk")
-    # The TTN codec ids this decoder reproduces (all Elsys models share one codec file).
-    ttn_codecs = ("elsys/ers-codec", "elsys/ers-co2-codec", "elsys/ems-codec", "elsys/elt-2-codec",
-                  "elsys/elt-ultrasonic-codec", "elsys/ers-sound-codec", "elsys/elt-lite-codec")
+    # Device ids as the TTN Device Repository names them ("erseye"/"ersdesk" are kept for configs
+    # written before).
+    aliases = ("elsys/ers-co2", "elsys/ers-co2-lite", "elsys/ers-sound", "elsys/ers-lite", "elsys/ers-voc",
+               "elsys/ers-eye", "elsys/ems", "elsys/ems-lite", "elsys/ems-desk", "elsys/ems-door", "elsys/elt-2",
+               "elsys/elt2", "elsys/elt-lite", "elsys/elt-ultrasonic", "elsys/erseye", "elsys/ersdesk")
+    # The TTN codec ids this decoder reproduces: every Elsys codec YAML there names the one
+    # shared codec file (uplinkDecoder.fileName: elsys.js).
+    ttn_codecs = ("elsys/ers-codec", "elsys/ers-co2-codec", "elsys/ers-co2-lite-codec", "elsys/ers-lite-codec",
+                  "elsys/ers-sound-codec", "elsys/ers-voc-codec", "elsys/ers-eye-codec", "elsys/ems-codec",
+                  "elsys/ems-lite-codec", "elsys/ems-desk-codec", "elsys/ems-door-codec", "elsys/elt-2-codec",
+                  "elsys/elt-lite-codec", "elsys/elt-ultrasonic-codec")
     fields = {
         "temperature": Field("temperature", "Cel"),
         "humidity": Field("humidity", "%RH"),

@@ -268,6 +268,9 @@ def redecode(cfg: Config, *, dev_eui: str | None = None, decoder: str | None = N
     """
     registry = registry or build_registry(cfg)
     buffer = Buffer(cfg.buffer.path, max_bytes=int(cfg.buffer.max_size_mb * 1024 * 1024))
+    # The device registry cache (tags, variables, profile tags and codec) decides the decoder as in
+    # `edge run`; read from the buffer file, so it works with ChirpStack's API down.
+    devices = DeviceCache(cfg.chirpstack, cfg.buffer.path) if cfg.chirpstack.api_url else None
     totals = {name: 0 for name in ("seen", *_STATUS_COUNTER.values())}
     statuses = None if everything else (DecodeStatus.FAILED, DecodeStatus.UNDECODED)
     try:
@@ -278,7 +281,8 @@ def redecode(cfg: Config, *, dev_eui: str | None = None, decoder: str | None = N
                 event = parse(topic, payload, received)
                 if not isinstance(event, Uplink):
                     continue
-                decoded = registry.decode(event)
+                hints = devices.hints(event.device.dev_eui) if devices is not None else NO_HINTS
+                decoded = registry.decode(event, hints)
                 totals["seen"] += 1
                 totals[_STATUS_COUNTER[decoded.status]] += 1
                 if decoded.status in (DecodeStatus.FAILED, DecodeStatus.UNDECODED) and not everything:

@@ -10,8 +10,10 @@ import orjson
 import pytest
 from chirpstack_api import api
 
+from edge.buffer.store import Buffer
 from edge.config import load_config
-from edge.pipeline import Pipeline, wait_until
+from edge.model import DecodeStatus
+from edge.pipeline import Pipeline, redecode, wait_until
 from edge.simulate import Simulator
 from edge.sources.chirpstack_mqtt import Message
 from tests.grpc_server import FakeChirpStack, State
@@ -127,6 +129,41 @@ def test_device_cache_serves_with_the_api_gone(chirpstack_api, make_config, tmp_
     second = Pipeline(cfg)
     second.handle(_uplinks(0, 2))
     assert all(e.readings for e in second.buffer.read(0, 10))
+
+
+def test_redecode_uses_the_device_cache_like_run(chirpstack_api, make_config, tmp_path):
+    # An uplink that arrived before ChirpStack's API told us about its device stays undecoded;
+    # `edge redecode` must then pick the decoder as `edge run` would: the profile's JS codec, with
+    # the device's variables.
+    fake, _ = chirpstack_api
+    cfg = _config(make_config, tmp_path, fake)
+    pipeline = Pipeline(cfg)
+    msgs = _uplinks(0, 2)
+    pipeline.handle(msgs)  # the cache has not synced yet: no hints, no decoder
+    assert [e.readings for e in pipeline.buffer.read(0, 10)] == [[], []]
+    stop = threading.Event()
+    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        assert wait_until(lambda: pipeline.devices.last_sync_ok is not None, 10)
+    finally:
+        stop.set()
+        worker.join(10)
+    pipeline.buffer.close()
+    fake.stop()  # the API is gone again: the cache in the buffer file is enough
+
+    totals = redecode(cfg, dev_eui="a81758fffe000000")
+    assert totals["seen"] == 2 and totals["decoded"] == 2, totals
+    buffer = Buffer(cfg.buffer.path)
+    try:
+        fresh = [e for e in buffer.read(0, 10) if e.readings]
+        assert len(fresh) == 2
+        for entry, msg in zip(fresh, msgs, strict=True):
+            assert entry.readings[0].value == pytest.approx(int.from_bytes(_payload(msg)[1:3], "big") / 10 + 100)
+        assert buffer.db.execute("SELECT DISTINCT decoder FROM uplinks WHERE status = ?",
+                                 (DecodeStatus.DECODED,)).fetchall() == [("profile-js",)]
+    finally:
+        buffer.close()
 
 
 def _payload(msg: Message) -> bytes:

@@ -41,6 +41,7 @@ class Loaded:
 
     decoders: list[DecoderInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    not_allowed: list[str] = field(default_factory=list)  # "<dist> <version>" kept out by allow/block
 
     def by_id(self) -> dict[str, Decoder]:
         """Every id and alias → decoder; the first registration of an id wins."""
@@ -83,6 +84,7 @@ def load_decoders(allow: Sequence[str] = (), block: Sequence[str] = (), *, entry
             version = ep.dist.version if ep.dist is not None else "?"
             if dist in block or (allow and dist not in allow):
                 log.info("Decoder plugin %s (%s) is not allowed by the config; skipped.", ep.name, dist)
+                loaded.not_allowed.append(f"{dist} {version}")
                 continue
             try:
                 plugin = ep.load()

@@ -155,6 +155,21 @@ def test_cli_decoders_new_scaffold_installs_and_passes_its_own_tests(tmp_path):
     assert isinstance(again.exception, SystemExit)
 
 
+def test_cli_decoders_list_applies_the_config(plugin_path, make_config):
+    _install_fake_dist(plugin_path, "edge-decoder-acme", "1.2.3", "acme_plugin", PLUGIN)
+    config = make_config("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:2", extra=(
+        '\n[decoding]\nplugins_block = ["edge-decoder-acme"]\n'
+        f'codec_paths = ["{Path(__file__).parent / "decoding" / "js" / "codecs" / "elsys"}"]\n'))
+    result = CliRunner().invoke(main, ["decoders", "list", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "acme/th-1" not in result.output
+    assert "not loaded: edge-decoder-acme 1.2.3" in result.output
+    assert re.search(r"^elsys/elsys-tlv-codec\s+js elsys/elsys-tlv\.js -$", result.output, re.M), result.output
+    # Without a config file (the default path absent) every installed plugin is listed.
+    result = CliRunner().invoke(main, ["decoders", "list", "--config", str(config.parent / "none.toml")])
+    assert "acme/th-1" in result.output and "not loaded" not in result.output
+
+
 def test_cli_decoders_new_rejects_bad_ids(tmp_path):
     result = CliRunner().invoke(main, ["decoders", "new", "Acme/TH 1", "--dir", str(tmp_path)])
     assert result.exit_code == 2

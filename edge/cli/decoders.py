@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edge.config import DEFAULT_PATH, load_config
 from edge.decoding.base import Decoder
 from edge.decoding.examples import Outcome, codec_files, codec_id, load_examples, run_examples
 from edge.errors import ConfigError
@@ -21,21 +22,47 @@ def decoders() -> None:
 
 
 @decoders.command("list")
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PATH,
+              show_default=True, envvar="EDGE_CONFIG",
+              help="Apply this configuration's plugin allow/block lists and list its JS codecs (if the file exists).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_(as_json: bool) -> None:
-    """Show every decoder, where it came from and its version."""
+def list_(config_path: Path, as_json: bool) -> None:
+    """Show every decoder, where it came from and its version.
+
+    With a configuration file, plugins its allow/block lists keep out are shown as not loaded,
+    and the JavaScript codecs of `decoding.codec_paths` are listed too, as `edge run` would use them.
+    """
     from edge.plugins import load_decoders
 
-    loaded = load_decoders()
+    cfg = None
+    if config_path.exists():
+        try:
+            cfg = load_config(config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                click.echo(f"error: {problem}", err=True)
+            raise SystemExit(2) from None
+    allow, block = (cfg.decoding.plugins_allow, cfg.decoding.plugins_block) if cfg else ((), ())
+    loaded = load_decoders(allow, block)
     rows = [{"id": i.decoder.id, "aliases": list(getattr(i.decoder, "aliases", ())),
              "ttn_codecs": list(getattr(i.decoder, "ttn_codecs", ())), "source": i.source, "version": i.version}
             for i in loaded.decoders]
+    if cfg is not None and cfg.decoding.codec_paths:
+        from edge.pipeline import js_codecs
+
+        for decoder in js_codecs(cfg, [i.decoder for i in loaded.decoders]):
+            script = getattr(getattr(decoder, "runtime", None), "name", "")
+            rows.append({"id": decoder.id, "aliases": [], "ttn_codecs": [], "source": f"js {script}",
+                         "version": "-"})
     if as_json:
-        click.echo(json.dumps({"decoders": rows, "problems": loaded.problems}, indent=2))
+        click.echo(json.dumps({"decoders": rows, "problems": loaded.problems, "not_allowed": loaded.not_allowed},
+                              indent=2))
         return
     for r in rows:
         extra = f"  (also {', '.join(r['aliases'])})" if r["aliases"] else ""
         click.echo(f"{r['id']:<28} {r['source']} {r['version']}{extra}")
+    for dist in loaded.not_allowed:
+        click.echo(f"not loaded: {dist} (plugins_allow/plugins_block in {config_path})")
     for problem in loaded.problems:
         click.echo(f"problem: {problem}", err=True)
     click.echo(f"{len(rows)} decoders")

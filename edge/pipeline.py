@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,6 +169,25 @@ def make_http_formatter(up: HttpUpstreamConfig) -> Formatter:
         return [OutMessage("", senml.pack(group, up.format), content_type) for group in by_device.values()]
 
     return format_entries
+
+
+class BufferThinStore:
+    """An upstream's thinning decisions in the buffer (the ThinStore of edge.formats.share)."""
+
+    def __init__(self, buffer: Buffer, sink: str, readonly: bool = False) -> None:
+        self.buffer = buffer
+        self.sink = sink
+        self.readonly = readonly  # `edge shares explain`: look, never write
+
+    def load(self, dev_euis: Iterable[str]) -> dict[str, list[tuple[int, int]]]:
+        """Stored decisions per device."""
+        return self.buffer.thinning(self.sink, dev_euis)
+
+    def save(self, redo_from: Mapping[str, int], kept: Sequence[tuple[str, int, int]]) -> int:
+        """Store new decisions; the sink's cursor."""
+        if self.readonly:
+            return 0
+        return self.buffer.save_thinning(self.sink, redo_from, kept)
 
 
 class BufferBacklog:
@@ -341,6 +360,7 @@ class Pipeline:
             # NORMAL: a lost cursor update after power loss only re-sends delivered records.
             conn = Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes, synchronous="NORMAL")
             share.lookup = conn.device_meta  # runs on the sink's thread, like the connection
+            share.store = BufferThinStore(conn, name)
             return BufferBacklog(conn, name, notice_topic, self.cfg.edge_id)
 
         return factory

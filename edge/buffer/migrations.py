@@ -127,6 +127,22 @@ def v3_sharing_and_dead_letters() -> str:
     """
 
 
+@migration
+def v4_share_thinning() -> str:
+    """Thinning decisions of each upstream's sharing rules, so they survive reconnects and restarts."""
+    return """
+        -- One row per uplink an upstream's `thin_s` rule let through: (entry id, interval number).
+        -- Rows at or below the upstream's cursor are pruned to the newest per device.
+        CREATE TABLE share_thinning (
+            sink TEXT NOT NULL,
+            dev_eui TEXT NOT NULL,
+            entry_id INTEGER NOT NULL,
+            bucket INTEGER NOT NULL,
+            PRIMARY KEY (sink, dev_eui, entry_id)
+        ) WITHOUT ROWID;
+    """
+
+
 def migrate(db: sqlite3.Connection) -> int:
     """Bring the schema to the newest version; returns the version reached."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])

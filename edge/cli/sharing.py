@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def explain(config_path: Path, name: str, dev_eui: str) -> None:
     """Show what UPSTREAM would receive for DEV_EUI's last uplink."""
     from edge.buffer.store import Buffer
     from edge.formats.share import ShareFilter
-    from edge.pipeline import make_formatter, make_http_formatter
+    from edge.pipeline import BufferThinStore, make_formatter, make_http_formatter
 
     cfg = _load(config_path)
     mqtt = {u.name: u for u in cfg.upstreams}
@@ -46,16 +47,25 @@ def explain(config_path: Path, name: str, dev_eui: str) -> None:
     if not entries or entries[0].dev_eui != dev_eui:
         raise click.ClickException(f"the last uplink of {dev_eui} is no longer buffered")
     rules = mqtt[name].share if name in mqtt else http[name].share
-    share = ShareFilter(rules, buf.device_meta)
+    # The upstream's stored thinning decisions, read only: the answer matches what `edge run` did
+    # (or will do) with this uplink.
+    share = ShareFilter(rules, buf.device_meta, BufferThinStore(buf, name, readonly=True))
     allowed = share.apply(entries) if share.active else entries
     if not allowed:
-        click.echo(f"{name} receives nothing from {dev_eui}: its sharing rules do not select this device"
-                   " (or thin it out).")
+        meta = buf.device_meta([dev_eui]).get(dev_eui)
+        if not share.allows_device(dev_eui):
+            why = "its sharing rules do not select this device"
+            if meta is None and (rules.applications or rules.device_profiles or rules.tags):
+                why += " (its application, profile and tags are not known yet, so only a DevEUI rule could)"
+        elif not any(e.has_readings for e in ShareFilter(replace(rules, thin_s=0.0), buf.device_meta).apply(entries)):
+            why = "none of this uplink's readings is among the quantities it may receive"
+        else:
+            why = (f"thinned out: it gets at most one uplink per {rules.thin_s:g} s from a device, and an"
+                   " earlier uplink of this interval was sent")
+        click.echo(f"{name} receives nothing from this uplink of {dev_eui}: {why}.")
         return
     if name in mqtt:
         up = mqtt[name]
-        from dataclasses import replace
-
         messages = make_formatter(up if rules.radio else replace(up, link_topic=""), cfg.edge_id)(allowed)
     else:
         messages = make_http_formatter(http[name])(allowed)

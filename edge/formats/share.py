@@ -1,15 +1,22 @@
 """Applies one upstream's sharing rules to entries: which devices, which quantities, how coarse.
 
-Pure apart from the device lookup it is given (application, profile, tags per DevEUI, read from
-the buffer's device table). A filtered-out entry still counts as handled for that upstream, so
-its cursor moves on: a record no rule lets through is simply never sent there.
+Pure apart from the device lookup and the thinning store it is given (both read from the buffer,
+wired by the pipeline). A filtered-out entry still counts as handled for that upstream, so its
+cursor moves on: a record no rule lets through is simply never sent there.
+
+Thinning (`thin_s`) keeps an uplink when its interval, `floor(time / thin_s)`, is later than that
+of the device's previous kept uplink, in buffer order; only uplinks that still carry readings
+after the quantity rules take part. The decision for an entry depends only on the decisions
+before it, and those are stored per upstream: an uplink kept once is kept again when a reconnect
+or a restart reads it again (at-least-once holds for what passes), and a restart does not let a
+second uplink through for an interval already served.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from edge.config import ShareRules
 from edge.model import Entry, Reading
@@ -17,14 +24,30 @@ from edge.model import Entry, Reading
 DeviceLookup = Callable[[Iterable[str]], Mapping[str, Mapping[str, Any]]]
 
 
+class ThinStore(Protocol):
+    """Where one upstream's thinning decisions are kept across reconnects and restarts."""
+
+    def load(self, dev_euis: Iterable[str]) -> Mapping[str, Sequence[tuple[int, int]]]:
+        """The stored decisions per device: (entry id, interval number) of kept uplinks, oldest first."""
+        ...
+
+    def save(self, redo_from: Mapping[str, int], kept: Sequence[tuple[str, int, int]]) -> int:
+        """Replace each device's decisions from `redo_from[dev]` on, add `kept` (dev, entry id, interval);
+        returns the upstream's durable cursor (decisions below it are no longer needed but the newest)."""
+        ...
+
+
 class ShareFilter:
     """Sharing rules as a function from entries to the entries (and readings) a destination gets."""
 
-    def __init__(self, rules: ShareRules, lookup: DeviceLookup | None = None) -> None:
+    def __init__(self, rules: ShareRules, lookup: DeviceLookup | None = None, store: ThinStore | None = None) -> None:
         self.rules = rules
         self.lookup = lookup
+        self.store = store
         self._rounding = dict(rules.round)
-        self._kept: dict[str, tuple[int, str]] = {}  # dev_eui -> (thinning bucket, uplink id kept)
+        # dev_eui -> (entry id, interval) of the uplinks kept since the upstream's cursor, plus the
+        # newest one at or before it; loaded from `store` when a device is first seen.
+        self._kept: dict[str, list[tuple[int, int]]] = {}
         self.transforms = bool(rules.quantities or rules.drop_quantities or rules.round)
 
     @property
@@ -40,10 +63,10 @@ class ShareFilter:
             meta = self.lookup({e.dev_eui for e in out})
         if self.rules.selects_devices:
             out = [e for e in out if self._device_allowed(e.dev_eui, meta.get(e.dev_eui))]
-        if self.rules.thin_s > 0:
-            out = [e for e in out if self._thin(e)]
         if self.transforms:
             out = [self._readings(e) for e in out]
+        if self.rules.thin_s > 0:
+            out = self._thin(out)
         if self.rules.enrich:
             out = [self._enriched(e, meta.get(e.dev_eui)) for e in out]
         return out
@@ -81,15 +104,40 @@ class ShareFilter:
         tags = meta["tags"]
         return all(tags.get(k) == v for k, v in r.tags)
 
-    def _thin(self, entry: Entry) -> bool:
-        # Deterministic per bucket: a re-send of the uplink kept for a bucket is kept again, so a
-        # reconnect never loses it; any other uplink of the same device and bucket is dropped.
-        bucket = math.floor(entry.time / self.rules.thin_s)
-        kept = self._kept.get(entry.dev_eui)
-        if kept is None or bucket > kept[0]:
-            self._kept[entry.dev_eui] = (bucket, entry.uplink_id)
-            return True
-        return kept == (bucket, entry.uplink_id)
+    def _thin(self, entries: list[Entry]) -> list[Entry]:
+        # Uplinks left without readings are not sent at a thinned rate (not even their radio data)
+        # and claim no interval, so a status-only frame never displaces the next measurement.
+        entries = [e for e in entries if e.has_readings]
+        new = {e.dev_eui for e in entries} - self._kept.keys()
+        if new:
+            stored = self.store.load(new) if self.store is not None else {}
+            for dev in new:
+                self._kept[dev] = list(stored.get(dev, ()))
+        out: list[Entry] = []
+        redo_from: dict[str, int] = {}
+        kept: list[tuple[str, int, int]] = []
+        for e in entries:
+            history = self._kept[e.dev_eui]
+            if history and history[-1][0] >= e.id:
+                # Read again (a reconnect or restart resumes at the cursor): decide anew from the
+                # decisions before this entry, which gives the same answer as the first time.
+                while history and history[-1][0] >= e.id:
+                    history.pop()
+                redo_from[e.dev_eui] = min(e.id, redo_from.get(e.dev_eui, e.id))
+            bucket = math.floor(e.time / self.rules.thin_s)
+            if history and bucket <= history[-1][1]:
+                continue
+            history.append((e.id, bucket))
+            kept.append((e.dev_eui, e.id, bucket))
+            out.append(e)
+        if (redo_from or kept) and self.store is not None:
+            cursor = self.store.save(redo_from, kept)
+            for dev in {*redo_from, *(k[0] for k in kept)}:
+                history = self._kept[dev]
+                done = sum(1 for i, _ in history if i <= cursor)
+                if done > 1:
+                    del history[:done - 1]
+        return out
 
     def _readings(self, entry: Entry) -> Entry:
         r = self.rules

@@ -48,6 +48,65 @@ def test_share_thinning_keeps_one_uplink_per_device_and_interval_and_is_stable_o
     assert [e.id for e in share.apply(first)] == [1, 3, 4]  # 1000 and 1100 share a bucket; 1300 is the next one
     # After a reconnect the same entries are formatted again: the kept ones are kept again.
     assert [e.id for e in share.apply(first[2:])] == [3, 4]
+    # Also when the re-read starts before a later interval was served (a whole window re-sent):
+    # uplink 1 was kept once, so it is kept again, never lost.
+    assert [e.id for e in share.apply(first)] == [1, 3, 4]
+
+
+def test_share_thinning_ignores_uplinks_left_without_readings():
+    share = ShareFilter(ShareRules(thin_s=600, quantities=("temperature",)))
+    status_only = Entry(1, "u1", "dev-a", "app", "gw", 1000.0, [Reading("battery-voltage", 3.6, "V")], RadioInfo())
+    undecoded = Entry(2, "u2", "dev-a", "app", "gw", 1010.0, [], RadioInfo())
+    # Neither is sent at a thinned rate, and neither takes the interval from the measurement after it.
+    assert [e.id for e in share.apply([status_only, undecoded, entry(3, t=1020), entry(4, t=1030)])] == [3]
+
+
+def store(tmp_path, sink: str = "opendata", readonly: bool = False):
+    from edge.buffer.store import Buffer
+    from edge.pipeline import BufferThinStore
+
+    buf = Buffer(tmp_path / "buffer.sqlite", readonly=readonly)
+    if not readonly:
+        buf.register_sink(sink)
+    return buf, BufferThinStore(buf, sink, readonly=readonly)
+
+
+def test_share_thinning_decisions_survive_a_restart(tmp_path):
+    buf, thin = store(tmp_path)
+    rules = ShareRules(thin_s=600)
+    share = ShareFilter(rules, store=thin)
+    assert [e.id for e in share.apply([entry(1, t=1000), entry(2, t=1100), entry(3, "dev-b", t=1100)])] == [1, 3]
+    buf.advance("opendata", 2, 2)  # 1 and 2 acknowledged; 3 was formatted but not acknowledged
+    buf.close()
+
+    # A new process: a fresh filter over the same file. Uplink 3 is read again and kept again; a
+    # later uplink of dev-a in the interval already served is not let through.
+    buf, thin = store(tmp_path)
+    share = ShareFilter(rules, store=thin)
+    assert [e.id for e in share.apply([entry(3, "dev-b", t=1100), entry(4, t=1150), entry(5, t=1250)])] == [3, 5]
+    # Only the newest decision at or below the cursor is kept per device.
+    buf.advance("opendata", 5, 3)
+    share.apply([entry(6, t=1900)])
+    rows = buf.db.execute("SELECT dev_eui, entry_id FROM share_thinning ORDER BY dev_eui, entry_id").fetchall()
+    assert rows == [("dev-a", 5), ("dev-a", 6), ("dev-b", 3)]
+    buf.close()
+
+    # `edge shares explain` reads the decisions without writing.
+    ro, thin = store(tmp_path, readonly=True)
+    assert [e.id for e in ShareFilter(rules, store=thin).apply([entry(5, t=1250)])] == [5]
+    assert ShareFilter(rules, store=thin).apply([entry(7, t=1950)]) == []
+    ro.close()
+
+
+def test_share_thinning_is_per_upstream(tmp_path):
+    buf, thin = store(tmp_path, "a")
+    ShareFilter(ShareRules(thin_s=600), store=thin).apply([entry(1, t=1000)])
+    buf.register_sink("b")
+    from edge.pipeline import BufferThinStore
+
+    other = ShareFilter(ShareRules(thin_s=600), store=BufferThinStore(buf, "b"))
+    assert [e.id for e in other.apply([entry(2, t=1100)])] == [2]
+    buf.close()
 
 
 def test_share_enrich_adds_chosen_metadata_only():

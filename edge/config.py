@@ -572,12 +572,17 @@ def _share(parent: _Reader) -> ShareRules:
         r.problems.append(f"{r.key('enrich')}: use name, application, device_profile or tag:<key>; not {bad}")
     if len(rules.round) != len(rounding) or any(not 0 <= d <= 12 for _, d in rules.round):
         r.problems.append(f"{r.key('round')}: each value must be a number of decimals from 0 to 12")
+    not_eui = [d for d in rules.devices if len(d) != 16 or any(c not in "0123456789abcdef" for c in d)]
+    if not_eui:
+        # A mistyped DevEUI would silently select nothing.
+        r.problems.append(f"{r.key('devices')}: not DevEUIs (16 hex digits): {', '.join(not_eui)}")
     if rules.thin_s < 0:
         r.problems.append(f"{r.key('thin_s')}: must be 0 (off) or more seconds")
     from edge.vocabulary import BY_NAME
 
-    for key in ("quantities", "drop_quantities"):
-        unknown = [q for q in getattr(rules, key) if q not in BY_NAME]
+    for key, names in (("quantities", rules.quantities), ("drop_quantities", rules.drop_quantities),
+                       ("round", [q for q, _ in rules.round if q != "*"])):
+        unknown = [q for q in names if q not in BY_NAME]
         if unknown:
             r.problems.append(f"{r.key(key)}: not in the vocabulary (docs/vocabulary.md): {', '.join(unknown)}")
     r.done()

@@ -233,6 +233,24 @@ CASES: list[tuple[str, Patch, str, str]] = [
     ("rule-without-criteria", _rule(decoder="elsys/ers"), "decoding.rule[0]",
      "needs dev_eui, device_profile or application"),
     ("rule-without-decoder", _rule(dev_eui=["a81758fffe0346f1"]), "decoding.rule[0].decoder", "is required"),
+    # Sharing rules (issue #6): every mistake is named, none silently selects nothing.
+    ("share-unknown", _set("upstream.0.share", {"device": ["a81758fffe0346f1"]}), "upstream[0].share.device",
+     "unknown key"),
+    ("share-devices-not-eui", _set("upstream.0.share", {"devices": ["a81758fffe0346f", "sensor-1"]}),
+     "upstream[0].share.devices", "not DevEUIs (16 hex digits): a81758fffe0346f, sensor-1"),
+    ("share-quantity", _set("upstream.0.share", {"quantities": ["temprature"]}), "upstream[0].share.quantities",
+     "not in the vocabulary (docs/vocabulary.md): temprature"),
+    ("share-drop-quantity", _set("upstream.0.share", {"drop_quantities": ["rssi"]}),
+     "upstream[0].share.drop_quantities", "not in the vocabulary"),
+    ("share-round-decimals", _set("upstream.0.share", {"round": {"temperature": 1.5}}), "upstream[0].share.round",
+     "number of decimals from 0 to 12"),
+    ("share-round-quantity", _set("upstream.0.share", {"round": {"temprature": 1}}), "upstream[0].share.round",
+     "not in the vocabulary (docs/vocabulary.md): temprature"),
+    ("share-thin", _set("upstream.0.share", {"thin_s": -60}), "upstream[0].share.thin_s", "must be 0 (off) or more"),
+    ("share-radio", _set("upstream.0.share", {"radio": "no"}), "upstream[0].share.radio", "must be bool, got str"),
+    ("share-tags", _set("upstream.0.share", {"tags": ["owner"]}), "upstream[0].share.tags", "must be dict, got list"),
+    ("share-enrich", _set("upstream.0.share", {"enrich": ["tag:"]}), "upstream[0].share.enrich",
+     "use name, application, device_profile or tag:<key>"),
 ]
 
 

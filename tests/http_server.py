@@ -105,10 +105,15 @@ class HttpServer:
         with self._lock:
             self._script.extend(Reply(status, dict(headers or {}), body) for _ in range(count))
 
-    def stall(self, seconds: float, count: int = 1) -> None:
-        """Hold the next `count` requests for `seconds` before answering with the default (a client timeout)."""
+    def stall(self, seconds: float, count: int = 1, status: int | None = None) -> None:
+        """Hold the next `count` requests for `seconds` before answering (a client timeout).
+
+        The late answer is the default, or `status` (e.g. 503, so that `answered(2)` counts only
+        requests the client really saw accepted).
+        """
         with self._lock:
-            self._script.extend(Reply(self.default.status, dict(self.default.headers), self.default.body, seconds)
+            self._script.extend(Reply(self.default.status if status is None else status,
+                                      dict(self.default.headers), self.default.body, seconds)
                                 for _ in range(count))
 
     def clear_script(self) -> None:

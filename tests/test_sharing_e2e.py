@@ -139,3 +139,148 @@ def test_cli_shares_explain_and_deadletters(make_config, tmp_path):
         assert "0 dead letter(s)" in run(main, ["deadletter", "list", "-c", str(cfg)]).output
     finally:
         server.close()
+
+
+T0 = 1795600800.0  # a multiple of 600 s, so intervals start at uplink 0
+THIN = """
+[[http_upstream]]
+name = "portal"
+endpoint = "{http}/senml"
+format = "senml+json"
+timeout_s = 0.5
+max_batch = 5
+backoff_min_s = 0.05
+backoff_max_s = 0.2
+
+[http_upstream.share]
+devices = ["{dev0}", "{dev1}"]
+quantities = ["temperature"]
+thin_s = 600
+"""
+
+
+class TimedSimulator:
+    """Simulator events whose ChirpStack time advances 100 s per uplink (one device every 300 s)."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.n = 0
+
+    def events(self, count: int):
+        import dataclasses
+        from datetime import UTC, datetime
+
+        import orjson
+
+        for topic, body, sent in self.sim.events(count):
+            t = T0 + 100 * self.n
+            self.n += 1
+            doc = orjson.loads(body)
+            doc["time"] = datetime.fromtimestamp(t, UTC).isoformat()
+            yield topic, orjson.dumps(doc), dataclasses.replace(sent, time=t)
+
+
+def test_thinned_http_destination_gets_each_interval_once_across_failures_and_a_sigkill(
+        broker_factory, make_config, edge_process, tmp_path):
+    """A thinned, filtered SenML-over-HTTP destination behind timeouts, 500s, 429s and a SIGKILL gets
+    exactly the first uplink of each device and 600 s interval (at least once) and nothing else."""
+    import orjson
+    from click.testing import CliRunner
+
+    from edge.buffer.store import Buffer
+    from edge.cli import main
+    from edge.formats import senml
+    from tests.http_server import Reply
+
+    chirpstack, upstream = broker_factory(), broker_factory()
+    server = HttpServer().start()
+    selected = {dev_eui_of(0), dev_eui_of(1)}
+    try:
+        cfg = make_config(chirpstack.url, upstream.url)
+        cfg.write_text(cfg.read_text() + THIN.format(http=server.url, dev0=dev_eui_of(0), dev1=dev_eui_of(1)))
+        buffer_path = tmp_path / "buffer.sqlite"
+
+        def accepted() -> list[tuple[str, str, list[str]]]:
+            """(uplink id, dev_eui, reading names) of every uplink in a request answered 2xx."""
+            out = []
+            for request in server.answered(2):
+                uplink_id = dev = ""
+                names: dict[str, list[str]] = {}
+                for rec in senml.resolve(senml.decode(request.body, "senml+json")):
+                    prefix, _, name = rec["n"].rpartition("_")
+                    if name == "uplink":
+                        uplink_id, dev = rec["vs"].removeprefix("urn:uuid:"), prefix.removeprefix("urn:dev:mac:")
+                        names[uplink_id] = []
+                        out.append((uplink_id, dev, names[uplink_id]))
+                    else:
+                        names[uplink_id].append(name)
+            return out
+
+        def portal_backlog() -> int:
+            buf = Buffer(buffer_path, readonly=True)
+            try:
+                return next(s["backlog"] for s in buf.sinks() if s["name"] == "portal")
+            except StopIteration:
+                return -1
+            finally:
+                buf.close()
+
+        sim = TimedSimulator(Simulator(3, seed=31))
+        sent: list[SentUplink] = []
+        # A timeout (the late answer is a 503 the client never sees), a 500 and a 429 first.
+        server.stall(2.0, status=503)
+        server.script(500)
+        server.script(429, headers={"Retry-After": "1"})
+        edge = edge_process(cfg)
+        edge.start()
+        edge.wait_connected()
+        # 28 uplinks: device 1's interval [2400 s, 3000 s) starts with uplink 25 here and
+        # continues with uplink 28, sent after the restart.
+        publish(chirpstack.host, chirpstack.port, sim, 28, None, sent.append)
+        assert wait_for(lambda: portal_backlog() == 0, 40), portal_backlog()
+
+        # The portal fails from now on; more uplinks queue up, and the edge is SIGKILLed.
+        server.default = Reply(500)
+        publish(chirpstack.host, chirpstack.port, sim, 28, None, sent.append)
+        failures = len(server.snapshot())
+        assert wait_for(lambda: len(server.snapshot()) > failures + 1, 20)
+        edge.kill()
+        edge.start()
+        edge.wait_connected()
+        publish(chirpstack.host, chirpstack.port, sim, 28, None, sent.append)
+        server.stall(2.0, status=503)
+        server.script(429, headers={"Retry-After": "1"})
+        server.default = Reply(204)
+        assert wait_for(lambda: portal_backlog() == 0, 60), portal_backlog()
+
+        # The model: per selected device, the first uplink of each 600 s interval.
+        expected: set[str] = set()
+        served: dict[str, int] = {}
+        for s in sent:
+            bucket = int(s.time // 600)
+            if s.dev_eui in selected and bucket > served.get(s.dev_eui, -1):
+                served[s.dev_eui] = bucket
+                expected.add(s.uplink_id)
+        got = accepted()
+        assert {u for u, _, _ in got} == expected  # at least once, and nothing the rules hold back
+        assert {d for _, d, _ in got} == selected
+        assert all(names == ["temperature"] for _, _, names in got)
+        # An interval served before the SIGKILL was not opened again after it: the first uplinks
+        # published after batch 1 that fall into their device's last interval of batch 1.
+        last_bucket = {s.dev_eui: int(s.time // 600) for s in sent[:28]}
+        continuing = [s for s in sent[28:] if s.dev_eui in selected and int(s.time // 600) == last_bucket[s.dev_eui]]
+        assert continuing and not {s.uplink_id for s in continuing} & expected
+
+        # `edge shares explain` agrees with what `edge run` decided.
+        out = CliRunner().invoke(main, ["shares", "explain", "-c", str(cfg), "--upstream", "portal", dev_eui_of(1)])
+        last = [s for s in sent if s.dev_eui == dev_eui_of(1)][-1]
+        if last.uplink_id in expected:
+            assert "receives 1 of 5 readings" in out.output, out.output
+            assert orjson.loads(out.output.split("\n", 2)[2])[0]["vs"] == f"urn:uuid:{last.uplink_id}"
+        else:
+            assert "thinned out" in out.output, out.output
+        statuses = [r.status for r in server.snapshot()]
+        assert {503, 500, 429} <= set(statuses)
+        edge.terminate()
+    finally:
+        server.close()

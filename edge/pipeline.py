@@ -371,8 +371,12 @@ class Pipeline:
         def write(message: OutMessage, status: int, detail: str) -> None:
             if not conn:  # opened lazily, on the sink's own thread
                 conn.append(Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes))
-            conn[0].add_dead_letter(sink, status, message.content_type, message.topic, message.payload, detail)
+            dropped = conn[0].add_dead_letter(sink, status, message.content_type, message.topic, message.payload,
+                                              detail)
             log.error("Upstream %s rejected a message (HTTP %d); kept as a dead letter: %s", sink, status, detail)
+            if dropped:
+                log.error("Dead letters fill their share of the buffer; dropped the %d oldest. Fix the upstream"
+                          " and replay (`edge deadletter replay`).", dropped, extra={"count": dropped})
 
         return write
 

@@ -284,3 +284,53 @@ def test_thinned_http_destination_gets_each_interval_once_across_failures_and_a_
         edge.terminate()
     finally:
         server.close()
+
+
+def test_rejected_batch_goes_to_the_dead_letter_table_and_replays(make_config, tmp_path):
+    """A 400 from the context broker puts the real pipeline's upsert into the dead-letter table, the
+    cursor moves on, and `edge deadletter list|replay` shows and re-sends it."""
+    import threading
+
+    import orjson
+    from click.testing import CliRunner
+
+    from edge.buffer.store import Buffer
+    from edge.cli import main
+    from edge.config import load_config
+    from edge.pipeline import Pipeline
+    from edge.sources.chirpstack_mqtt import Message
+
+    server = HttpServer().start()
+    try:
+        server.script(400, body=b'{"type":"https://uri.etsi.org/ngsi-ld/errors/BadRequestData"}')
+        cfg = make_config("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:2")
+        cfg.write_text(cfg.read_text() + f'\n[[http_upstream]]\nname = "broker"\n'
+                       f'endpoint = "{server.url}/ngsi-ld/v1/entityOperations/upsert?options=update"\n'
+                       'max_batch = 2\nbackoff_min_s = 0.05\n')
+        pipeline = Pipeline(load_config(cfg))
+        pipeline.handle([Message(t, b, 0.0) for t, b, _ in Simulator(2, seed=9).events(4)])
+        stop = threading.Event()
+        runner = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
+        runner.start()
+        try:
+            assert wait_for(lambda: len(server.answered(2)) >= 1, 15)  # the second batch went through
+        finally:
+            stop.set()
+            runner.join(15)
+        buf = Buffer(load_config(cfg).buffer.path, readonly=True)
+        letters = buf.dead_letters("broker")
+        assert [(d["status"], d["content_type"]) for d in letters] == [(400, "application/ld+json")]
+        assert letters[0]["payload"] == server.snapshot()[0].body
+        assert "BadRequestData" in letters[0]["detail"]
+        assert next(s for s in buf.sinks() if s["name"] == "broker")["backlog"] == 0
+        buf.close()
+
+        run = CliRunner().invoke
+        listed = run(main, ["deadletter", "list", "-c", str(cfg), "--json"])
+        assert [d["status"] for d in orjson.loads(listed.output)] == [400]
+        out = run(main, ["deadletter", "replay", "-c", str(cfg), "--upstream", "broker"])
+        assert out.exit_code == 0 and "1 delivered, 0 still failing" in out.output, out.output
+        assert server.snapshot()[-1].body == letters[0]["payload"]
+        assert "0 dead letter(s)" in run(main, ["deadletter", "list", "-c", str(cfg)]).output
+    finally:
+        server.close()

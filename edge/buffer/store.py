@@ -80,6 +80,10 @@ class Gap:
     last_time: float | None
 
 
+# The share of the size bound (`buffer.max_size_mb`) dead letters may take; the oldest go beyond it.
+DEAD_LETTER_SHARE = 0.1
+
+
 def connect(path: str | Path, *, readonly: bool = False, synchronous: str = "FULL") -> sqlite3.Connection:
     """Open the buffer database with the settings this module relies on."""
     if readonly:
@@ -571,10 +575,39 @@ class Buffer:
         return cursor
 
     def add_dead_letter(self, sink: str, status: int, content_type: str, topic: str, payload: bytes,
-                        detail: str) -> None:
-        """Keep a message a destination rejected, for `edge deadletter list|replay`."""
-        self.db.execute("INSERT INTO dead_letters(sink, created, status, content_type, topic, payload, detail)"
-                        " VALUES (?,?,?,?,?,?,?)", (sink, time.time(), status, content_type, topic, payload, detail))
+                        detail: str) -> int:
+        """Keep a message a destination rejected, for `edge deadletter list|replay`.
+
+        Dead letters may fill at most DEAD_LETTER_SHARE of the buffer's size bound: a destination
+        that refuses everything (a wrong path, a schema it rejects) must not crowd out the uplinks
+        other destinations still wait for. Beyond that the oldest dead letters go first.
+
+        Returns:
+            How many older dead letters were dropped to make room (0 normally).
+        """
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            new_id = db.execute(
+                "INSERT INTO dead_letters(sink, created, status, content_type, topic, payload, detail)"
+                " VALUES (?,?,?,?,?,?,?)", (sink, time.time(), status, content_type, topic, payload, detail)).lastrowid
+            limit = int(self.max_bytes * DEAD_LETTER_SHARE)
+            total = int(db.execute("SELECT coalesce(sum(length(payload) + length(detail)), 0)"
+                                   " FROM dead_letters").fetchone()[0])
+            dropped = 0
+            for letter_id, size in db.execute("SELECT id, length(payload) + length(detail) FROM dead_letters"
+                                              " WHERE id < ? ORDER BY id", (new_id,)).fetchall():
+                if total <= limit:
+                    break
+                db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+                total -= int(size)
+                dropped += 1
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return dropped
 
     def dead_letters(self, sink: str | None = None) -> list[dict[str, Any]]:
         """Rejected messages, oldest first."""

@@ -54,8 +54,9 @@ EXCERPT_CHARS = 500
 
 # Statuses that mean "try again later" (RFC 9110 §15.5.9, RFC 8470 §5.2, RFC 6585 §4).
 _TRANSIENT = frozenset({408, 429})
-# Statuses that mean the endpoint, the credentials or the media type are wrong. Every message would
-# get the same answer, so rejecting them would empty the whole buffer into the dead-letter store.
+# Every other 4xx is the destination refusing this message: it goes to the dead-letter store. A 401,
+# 403, 404 or 415 usually means every message will get the same answer; the store is capped to a
+# share of the buffer (edge.buffer.store.DEAD_LETTER_SHARE) and the operator replays after the fix.
 
 DeadLetter = Callable[[OutMessage, int, str], None]
 """Receives a message the upstream refused for good: (message, HTTP status, body excerpt).

@@ -560,3 +560,19 @@ class BufferModel(RuleBasedStateMachine):
 BufferModel.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
 test_store_model = BufferModel.TestCase
+
+
+def test_dead_letters_are_capped_to_their_share_of_the_size_bound(tmp_path):
+    from edge.buffer.store import DEAD_LETTER_SHARE
+
+    buf = Buffer(tmp_path / "b.sqlite", max_bytes=1_000_000)
+    letter = b"x" * 30_000
+    dropped = [buf.add_dead_letter("broker", 400, "application/ld+json", "", letter, "bad") for _ in range(5)]
+    assert dropped == [0, 0, 0, 1, 1]  # 100 kB allowed: three letters fit, then the oldest go
+    kept = buf.dead_letters()
+    assert len(kept) == 3 and sum(len(d["payload"]) for d in kept) <= 1_000_000 * DEAD_LETTER_SHARE
+    assert [d["id"] for d in kept] == [3, 4, 5]
+    # A single letter larger than the share is still kept (the newest is never dropped).
+    assert buf.add_dead_letter("broker", 400, "application/ld+json", "", b"y" * 200_000, "big") == 3
+    assert [d["id"] for d in buf.dead_letters()] == [6]
+    buf.close()

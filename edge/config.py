@@ -534,6 +534,8 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             _check_file(hr, key, getattr(http, key))
         if http.format not in (*FORMATS, "ngsi-ld"):
             problems.append(f"{hr.key('format')}: must be ngsi-ld, senml+json or senml+cbor")
+        if http.format == "ngsi-ld" and endpoint:
+            _ngsi_ld_endpoint(hr, endpoint)
         if http.endpoint.startswith("http://") and (http.ca_file or http.cert_file):
             problems.append(f"{hr.key('endpoint')}: TLS files are set but the endpoint is not https://")
         hr.done()
@@ -544,6 +546,17 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
     return Config(edge_id=edge_id, chirpstack=chirpstack, buffer=buffer, upstreams=tuple(upstreams),
                   decoding=decoding, log_level=log_level, source_path=source_path,
                   http_upstreams=tuple(http_upstreams), web=web)
+
+
+def _ngsi_ld_endpoint(r: _Reader, endpoint: str) -> None:
+    """An NGSI-LD upstream posts batches of entities: only the batch upsert URL, with options=update, takes them."""
+    parts = urlsplit(endpoint)
+    want = "<broker>/ngsi-ld/v1/entityOperations/upsert?options=update"
+    if parts.path.rstrip("/") in ("", "/ngsi-ld/v1", "/ngsi-ld/v1/entities"):
+        r.problems.append(f"{r.key('endpoint')}: give the batch upsert URL, {want}")
+    elif parts.path.rstrip("/").endswith("/entityOperations/upsert") and "options=update" not in parts.query:
+        # Without it the broker replaces whole entities, deleting attributes other systems wrote.
+        r.problems.append(f"{r.key('endpoint')}: add ?options=update ({want})")
 
 
 def _share(parent: _Reader) -> ShareRules:

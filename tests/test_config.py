@@ -233,6 +233,11 @@ CASES: list[tuple[str, Patch, str, str]] = [
     ("rule-without-criteria", _rule(decoder="elsys/ers"), "decoding.rule[0]",
      "needs dev_eui, device_profile or application"),
     ("rule-without-decoder", _rule(dev_eui=["a81758fffe0346f1"]), "decoding.rule[0].decoder", "is required"),
+    ("ngsi-ld-replace", _set("http_upstream", [{"name": "broker", "endpoint":
+                                                "https://cb.example/ngsi-ld/v1/entityOperations/upsert"}]),
+     "http_upstream[0].endpoint", "add ?options=update"),
+    ("ngsi-ld-base-url", _set("http_upstream", [{"name": "broker", "endpoint": "https://cb.example:1026"}]),
+     "http_upstream[0].endpoint", "give the batch upsert URL"),
     # Sharing rules (issue #6): every mistake is named, none silently selects nothing.
     ("share-unknown", _set("upstream.0.share", {"device": ["a81758fffe0346f1"]}), "upstream[0].share.device",
      "unknown key"),

@@ -435,3 +435,34 @@ def test_formatter_respects_batch_size():
 def test_upsert_url():
     assert ngsi_ld.upsert_url("https://broker.example:1026/") == \
         "https://broker.example:1026/ngsi-ld/v1/entityOperations/upsert?options=update"
+
+
+def _mutated(readings, options, entity_type, mutate):
+    entity = by_type(ngsi_ld.entities([entry(readings)], options))[entity_type]
+    mutate(entity)
+    return entity
+
+
+@pytest.mark.parametrize(("readings", "options", "entity_type", "mutate"), [
+    # Each case breaks one thing the checks must catch; the unmutated entity is valid (tests above).
+    (WEATHER, NgsiLdOptions(climate_type="WeatherObserved"), "WeatherObserved",
+     lambda e: e["relativeHumidity"].update(value=93)),  # %RH not converted to 0..1
+    (AIR, NgsiLdOptions(), "AirQualityObserved",
+     lambda e: e["dateObserved"]["value"].update({"@value": "2026-11-25T10:00:00"})),  # no UTC offset
+    (WATER, NgsiLdOptions(), "WaterConsumptionObserved",
+     lambda e: e["waterConsumption"].update(value=123.4567)),  # not integer litres
+    (ELSYS, NgsiLdOptions(), "IndoorEnvironmentObserved",
+     lambda e: e.update(temprature=e.pop("temperature"))),  # misspelt attribute
+    (ELSYS, NgsiLdOptions(), "IndoorEnvironmentObserved",
+     lambda e: e["temperature"].pop("value")),  # a Property without value
+    (ELSYS, NgsiLdOptions(), "IndoorEnvironmentObserved",
+     lambda e: e["temperature"].update(unitCode="Cel")),  # a SenML unit, not UN/CEFACT
+    (ELSYS, NgsiLdOptions(), "IndoorEnvironmentObserved",
+     lambda e: e["temperature"].update(observedAt="2026-11-25 10:00")),  # not RFC 3339
+    (ELSYS, NgsiLdOptions(), "Device", lambda e: e.pop("controlledProperty")),  # required by Device
+    (ELSYS, NgsiLdOptions(), "IndoorEnvironmentObserved", lambda e: e.pop("dateObserved")),  # required
+], ids=["humidity-percent", "date-without-offset", "water-not-integer", "misspelt", "no-value", "unit-code",
+        "observed-at", "device-no-controlled-property", "no-date-observed"])
+def test_ngsi_ld_validation_catches_invalid_entities(readings, options, entity_type, mutate):
+    with pytest.raises(AssertionError):
+        assert_valid(_mutated(readings, options, entity_type, mutate), location_required=False)

@@ -24,6 +24,12 @@ from edge.model import Entry, Reading
 DeviceLookup = Callable[[Iterable[str]], Mapping[str, Mapping[str, Any]]]
 
 
+# Units whose values are tiny numbers (CO2 420 ppm is 4.2e-4 "/", PM2.5 12 ug/m3 is 1.2e-8 kg/m3):
+# rounding them to a few decimals would send zeros. The "*" rounding rule leaves them alone; a rule
+# that names such a quantity applies as written.
+_WILDCARD_SPARES = frozenset({"/", "kg/m3", "m3/s"})
+
+
 class ThinStore(Protocol):
     """Where one upstream's thinning decisions are kept across reconnects and restarts."""
 
@@ -145,7 +151,9 @@ class ShareFilter:
         for reading in entry.readings:
             if (r.quantities and reading.name not in r.quantities) or reading.name in r.drop_quantities:
                 continue
-            decimals = self._rounding.get(reading.name, self._rounding.get("*"))
+            decimals = self._rounding.get(reading.name)
+            if decimals is None and reading.unit not in _WILDCARD_SPARES:
+                decimals = self._rounding.get("*")
             if decimals is not None and isinstance(reading.value, float | int) and not isinstance(reading.value, bool):
                 reading = Reading(reading.name, round(reading.value, decimals), reading.unit)
             readings.append(reading)

@@ -120,3 +120,13 @@ def test_share_enrich_adds_chosen_metadata_only():
 def test_share_allows_device_for_commands():
     share = ShareFilter(ShareRules(applications=("indoor",)), lookup)
     assert share.allows_device("dev-a") and not share.allows_device("dev-b")
+
+
+def test_share_wildcard_rounding_spares_ratio_and_concentration_units():
+    air = Entry(1, "u1", "dev-a", "app", "gw", 1000.0, [Reading("co2", 4.2e-4, "/"), Reading("pm2.5", 1.2e-8, "kg/m3"),
+                                                       Reading("temperature", 21.47, "Cel")], RadioInfo())
+    out = ShareFilter(ShareRules(round=(("*", 1),))).apply([air])
+    assert [(r.name, r.value) for r in out[0].readings] == [("co2", 4.2e-4), ("pm2.5", 1.2e-8), ("temperature", 21.5)]
+    # Named explicitly, a rule applies as written (6 decimals of a ratio: 1 ppm).
+    out = ShareFilter(ShareRules(round=(("co2", 6), ("*", 0)))).apply([air])
+    assert [(r.name, r.value) for r in out[0].readings] == [("co2", 4.2e-4), ("pm2.5", 1.2e-8), ("temperature", 21.0)]

@@ -234,6 +234,19 @@ def test_cli_status_missing_buffer(good_config: Path) -> None:
     assert not buffer.exists()  # status never creates the buffer
 
 
+@pytest.mark.parametrize("args", [("shares", "explain", "--upstream", "city", "a81758fffe0346f1"),
+                                  ("deadletter", "list"), ("deadletter", "replay", "--upstream", "city")])
+def test_cli_sharing_commands_missing_buffer(good_config: Path, args: tuple[str, ...]) -> None:
+    result = invoke(*args, "--config", str(good_config))
+    buffer = good_config.parent / "buffer.sqlite"
+    if args[:2] == ("deadletter", "replay"):
+        assert result.exit_code == 2 and "is not an HTTP upstream" in result.stderr  # checked first
+        return
+    assert result.exit_code == 1
+    assert result.stderr == f"error: no buffer at {buffer} yet (has `edge run` started?)\n"
+    assert not buffer.exists()
+
+
 def test_cli_status_bad_config(bad_config: Path) -> None:
     result = invoke("status", "--config", str(bad_config))
     assert result.exit_code == 2

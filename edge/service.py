@@ -18,6 +18,9 @@ from edge.web import WebServer
 
 log = logging.getLogger(__name__)
 
+# The shortest time without progress that counts as a hung pipeline thread (see Service.stall_limit).
+STALL_FLOOR_S = 120.0
+
 
 def notify(message: str) -> bool:
     """Send one sd_notify message; False when not started by systemd (no NOTIFY_SOCKET)."""
@@ -48,8 +51,9 @@ class Service:
     """Runs a Pipeline as a systemd service."""
 
     def __init__(self, pipeline: Pipeline, config_path: Path,
-                 on_reload: Callable[[Pipeline], None] | None = None) -> None:
+                 on_reload: Callable[[Pipeline], None] | None = None, stall_limit_s: float | None = None) -> None:
         self.pipeline = pipeline
+        self._stall_limit_s = stall_limit_s  # None: derived from the config (stall_limit)
         self.config_path = config_path
         self.stop = threading.Event()
         self._reload = threading.Event()
@@ -61,14 +65,35 @@ class Service:
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
 
+    def stall_limit(self, interval: float | None) -> float:
+        """Seconds without progress after which a pipeline thread counts as hung.
+
+        Longer than anything a healthy thread waits without a heartbeat: a reconnect backoff
+        (reconnect_max_s), a refused-message backoff, a connect or request timeout; and at least two
+        watchdog periods, so one slow SD-card commit never costs a restart.
+        """
+        if self._stall_limit_s is not None:
+            return self._stall_limit_s
+        cfg = self.pipeline.cfg
+        waits = [cfg.chirpstack.mqtt.reconnect_max_s, *(u.mqtt.reconnect_max_s for u in cfg.upstreams),
+                 *(3 * u.timeout_s for u in cfg.http_upstreams)]
+        return max(STALL_FLOOR_S, 4 * (interval or 0), 2 * max(waits) + 30)
+
+    def stalled(self, now: float, limit: float) -> list[str]:
+        """The pipeline threads that made no progress for `limit` seconds, with how long, e.g. 'source (130 s)'."""
+        beats = [("source", self.pipeline.source.heartbeat),
+                 *((f"upstream {s.name}", s.heartbeat) for s in self.pipeline.sinks)]
+        return [f"{name} ({now - beat:.0f} s)" for name, beat in beats if now - beat >= limit]
+
     def healthy(self, now: float, limit: float) -> bool:
         """True while every pipeline thread has made progress within `limit` seconds."""
-        beats = [self.pipeline.source.heartbeat, *(s.heartbeat for s in self.pipeline.sinks)]
-        return all(now - beat < limit for beat in beats)
+        return not self.stalled(now, limit)
 
-    def status_line(self) -> str:
+    def status_line(self, stalled: list[str] | None = None) -> str:
         """The one-line STATUS shown by `systemctl status`."""
         p = self.pipeline
+        if stalled:
+            return f"HUNG, no progress from {', '.join(stalled)}; waiting for the watchdog to restart it"
         ups = ", ".join(f"{s.name} {'up' if s.stats.connected else 'down'}" for s in p.sinks)
         source = "connected" if p.source.connected.is_set() else "disconnected"
         return f"ChirpStack {source}; {p.commits} commits; upstreams: {ups}"
@@ -93,7 +118,7 @@ class Service:
         else:
             log.info("Reloaded log level and decoder rules.")
 
-    def start_web(self) -> WebServer | None:
+    def start_web(self, stalled: Callable[[], list[str]] | None = None) -> WebServer | None:
         """Start the status server ([web]); None when it is off or cannot start.
 
         Not fatal: uplinks keep flowing without metrics, and under Restart=on-failure a busy port
@@ -104,7 +129,7 @@ class Service:
             return None
         try:
             web = WebServer(self.pipeline, bind=cfg.bind, port=cfg.port, token=cfg.token(),
-                            stuck_after_s=cfg.stuck_after_s)
+                            stuck_after_s=cfg.stuck_after_s, stalled=stalled)
             web.start()
         except (OSError, ValueError) as exc:
             log.error("The status server is not running (no metrics, health or status page): %s", exc)
@@ -113,14 +138,20 @@ class Service:
         return web
 
     def run(self) -> None:
-        """Run until stopped, keeping systemd informed."""
+        """Run until stopped, keeping systemd informed.
+
+        WATCHDOG=1 is sent only while the source and every upstream thread show progress (their
+        heartbeats), not merely while this process lives: a hung thread stops the pings, systemd
+        (WatchdogSec=) kills and restarts the service, and what was not acknowledged is redelivered.
+        """
         interval = watchdog_interval()
-        limit = max(30.0, 4 * (interval or 0))
+        limit = self.stall_limit(interval)
         runner = threading.Thread(target=self.pipeline.run, args=(self.stop,), name="pipeline")
-        web = self.start_web()
+        web = self.start_web(lambda: self.stalled(time.monotonic(), limit))
         runner.start()
         notify("READY=1")
         next_status = 0.0
+        reported: list[str] = []
         while runner.is_alive() and not self.stop.wait(min(interval or 1.0, 1.0)):
             now = time.monotonic()
             if self._reload.is_set():
@@ -128,10 +159,23 @@ class Service:
                 notify("RELOADING=1")
                 self.reload()
                 notify("READY=1")
-            if interval is not None and self.healthy(now, limit):
-                notify("WATCHDOG=1")
+            stalled = self.stalled(now, limit)
+            if not stalled:
+                if interval is not None:
+                    notify("WATCHDOG=1")
+                if reported:
+                    log.warning("The pipeline makes progress again after a stall of %s.", ", ".join(reported))
+                    reported = []
+            elif not reported:
+                reported = stalled
+                # Said once, before systemd's SIGABRT, so the journal explains the restart.
+                log.error("No progress from %s (limit %.0f s): %s. Unacknowledged uplinks stay at the"
+                          " ChirpStack broker and are redelivered after the restart.", ", ".join(stalled), limit,
+                          "watchdog pings stopped, systemd will restart lorawan-edge" if interval is not None
+                          else "no systemd watchdog is set, restart lorawan-edge", extra={"count": len(stalled)})
+                next_status = 0.0
             if now >= next_status:
-                notify(f"STATUS={self.status_line()}")
+                notify(f"STATUS={self.status_line(stalled)}")
                 next_status = now + 5
         notify("STOPPING=1")
         self.stop.set()

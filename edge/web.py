@@ -12,7 +12,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -185,9 +185,11 @@ class StateReader:
         stuck_after_s: an upstream whose oldest undelivered uplink is older than this is stuck.
     """
 
-    def __init__(self, pipeline: PipelineView, stuck_after_s: float) -> None:
+    def __init__(self, pipeline: PipelineView, stuck_after_s: float,
+                 stalled: Callable[[], list[str]] | None = None) -> None:
         self.pipeline = pipeline
         self.stuck_after_s = stuck_after_s
+        self.stalled = stalled
         self._lock = threading.Lock()
         self._failures: tuple[float, dict[str, int], list[dict[str, Any]]] | None = None
 
@@ -252,6 +254,8 @@ class StateReader:
                                      f" {p['oldest_undelivered_age_s']:.0f} s old (limit {self.stuck_after_s:g} s)")
         if snap.buffer_error:
             snap.problems.append(f"buffer unreadable: {snap.buffer_error}")
+        for thread in self.stalled() if self.stalled is not None else ():
+            snap.problems.append(f"no progress from {thread}: the service is hung and should be restarted")
         return snap
 
     def _decode_failures(self, buf: Buffer) -> tuple[dict[str, int], list[dict[str, Any]]]:
@@ -441,7 +445,8 @@ class WebServer:
     - `/metrics`: Prometheus exposition (OpenMetrics when asked for), collected at scrape time
       from the buffer's durable counters and the sinks' in-memory stats.
     - `/health`: JSON; 200 while the ChirpStack source is connected and no upstream's oldest
-      undelivered uplink is older than `stuck_after_s`, else 503 listing the problems.
+      undelivered uplink is older than `stuck_after_s` and no pipeline thread is hung, else 503
+      listing the problems.
     - `/api/status`: JSON with everything the page shows (`?devices=N`, at most 1000).
     - `/`: the status page: plain HTML, CSS and a little JavaScript polling `/api/status`.
 
@@ -455,13 +460,16 @@ class WebServer:
         token: if set, every request needs `Authorization: Bearer <token>` or `?token=<token>`.
         stuck_after_s: an upstream whose oldest undelivered uplink is older than this makes
             /health fail.
+        stalled: returns the pipeline threads that stopped making progress (Service.stalled);
+            any makes /health fail.
 
     Raises:
         ValueError: `bind` is not a loopback address and no token is set, or the token is empty.
     """
 
     def __init__(self, pipeline: PipelineView, *, bind: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 token: str | None = None, stuck_after_s: float = 900.0) -> None:
+                 token: str | None = None, stuck_after_s: float = 900.0,
+                 stalled: Callable[[], list[str]] | None = None) -> None:
         if token is not None and not token.strip():
             raise ValueError("the status server's token is empty; put a long random string in web.token_file")
         if token is None and not is_loopback(bind):
@@ -474,7 +482,7 @@ class WebServer:
         self._port = port
         self.token = token.strip() if token is not None else None
         self.stuck_after_s = stuck_after_s
-        self.state = StateReader(pipeline, stuck_after_s)
+        self.state = StateReader(pipeline, stuck_after_s, stalled)
         self.registry = CollectorRegistry()
         self.registry.register(EdgeCollector(self.state))
         # Resident memory and open files matter on a Raspberry Pi; the collector reads /proc.

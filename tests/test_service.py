@@ -136,3 +136,94 @@ def test_service_js_codecs_work_under_memory_deny_write_execute():
         pytest.skip("this kernel has no PR_SET_MDWE")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "{'t': 22.6}"
+
+
+class _HangingDecoder:
+    """A plugin decoder stuck in an endless loop (no time limit protects native Python decoders)."""
+
+    id = "elsys/ers"  # the simulated devices' decoder tag
+    fields: dict = {}
+
+    def __init__(self) -> None:
+        import threading
+
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def decode(self, payload, fport, context):
+        self.entered.set()
+        self.release.wait()  # "forever", until the test lets go so the threads can be joined
+        raise RuntimeError("released by the test")
+
+
+def _collect(server: socket.socket, until: float) -> list[str]:
+    got: list[str] = []
+    while time.monotonic() < until:
+        try:
+            got.append(server.recv(4096).decode())
+        except TimeoutError:
+            pass
+    return got
+
+
+@pytest.mark.mosquitto
+def test_service_hung_pipeline_stops_the_watchdog_and_fails_health(broker_factory, make_config, tmp_path,
+                                                                   monkeypatch, caplog):
+    """A source thread stuck in a decoder: WATCHDOG=1 stops (systemd restarts us), STATUS and /health say why."""
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from edge.config import load_config
+    from edge.pipeline import Pipeline
+    from edge.service import Service
+    from edge.simulate import Simulator, publish
+    from edge.web import WebServer
+
+    chirpstack, upstream = broker_factory(), broker_factory()
+    cfg_path = make_config(chirpstack.url, upstream.url)
+    sock_path = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(sock_path))
+    server.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    hang = _HangingDecoder()
+    pipeline = Pipeline(load_config(cfg_path), decoders=[hang])
+    service = Service(pipeline, cfg_path, stall_limit_s=3.0)
+    started: list[WebServer] = []
+
+    def start_web(stalled):
+        # The service's own server on a free port (the test config turns [web] off).
+        started.append(WebServer(pipeline, port=0, stalled=stalled))
+        started[0].start()
+        return started[0]
+
+    monkeypatch.setattr(service, "start_web", start_web)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        healthy = _collect(server, time.monotonic() + 2.5)
+        assert "READY=1" in healthy and "WATCHDOG=1" in healthy, healthy
+        publish(chirpstack.host, chirpstack.port, Simulator(1, seed=5), 1, None)
+        assert hang.entered.wait(15), "the uplink never reached the decoder"
+        # Past the stall limit the pings stop for good, and STATUS says which thread hangs.
+        reaching = _collect(server, time.monotonic() + 4)  # also drains the pings sent before the limit
+        hung = _collect(server, time.monotonic() + 3)
+        assert "WATCHDOG=1" not in hung, hung
+        assert any(m.startswith("STATUS=HUNG, no progress from source") for m in reaching + hung), reaching + hung
+        assert any("No progress from source" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+        try:
+            urllib.request.urlopen(started[0].url + "health", timeout=10)
+            raise AssertionError("/health answered 200 while the pipeline hangs")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+            problems = json.loads(exc.read())["problems"]
+        assert any(p.startswith("no progress from source") for p in problems), problems
+    finally:
+        hang.release.set()
+        service.stop.set()
+        runner.join(30)
+        server.close()

@@ -25,6 +25,7 @@ from edge.cli import CONFIG_OPTION
 from edge.config import Config, MqttEndpoint, load_config
 from edge.errors import ConfigError
 from edge.mqtt import make_client
+from edge.sinks.base import Backlog
 
 NET_TIMEOUT = 3.0  # DNS, TCP, TLS, SUBACK: a dead host must not keep a technician waiting
 MQTT_TIMEOUT = 5.0  # CONNACK and PUBACK; brokers on a busy uplink can be slower than a handshake
@@ -91,9 +92,21 @@ def _age(seconds: float) -> str:
         f"{seconds / 3600:.1f} h"
 
 
-def _check_network(r: _Report, label: str, section: str, ep: MqttEndpoint) -> bool:
-    """DNS, TCP and (for mqtts) TLS with certificate expiry; False at the first step that fails."""
-    url_key = f"{section}.{'mqtt_url' if section == 'chirpstack' else 'url'}"
+@dataclass(frozen=True)
+class _Endpoint:
+    """Where an HTTP upstream (or its proxy) is reached, in the shape _check_network reads."""
+
+    host: str
+    port: int
+    tls: bool
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
+def _check_network(r: _Report, label: str, section: str, ep: MqttEndpoint | _Endpoint, url_key: str = "") -> bool:
+    """DNS, TCP and (for mqtts/https) TLS with certificate expiry; False at the first step that fails."""
+    url_key = url_key or f"{section}.{'mqtt_url' if section == 'chirpstack' else 'url'}"
     try:
         addresses = _resolve(ep.host)
     except OSError as exc:
@@ -106,7 +119,8 @@ def _check_network(r: _Report, label: str, section: str, ep: MqttEndpoint) -> bo
         sock = socket.create_connection((ep.host, ep.port), timeout=NET_TIMEOUT)
     except OSError as exc:
         r.add(f"{label} tcp", "FAIL", f"cannot connect to {ep.host}:{ep.port}: {_why(exc)}",
-              f"make sure the broker runs and port {ep.port} is reachable from here (firewall, {url_key})")
+              f"make sure the {'server' if isinstance(ep, _Endpoint) else 'broker'} runs and port {ep.port} is"
+              f" reachable from here (firewall, {url_key})")
         return False
     with sock:
         r.add(f"{label} tcp", "OK", f"connected to {ep.host}:{ep.port} in {(time.monotonic() - started) * 1000:.0f} ms")
@@ -355,6 +369,89 @@ def _check_upstream(r: _Report, cfg: Config, index: int, publish_test: bool) -> 
         r.add(f"{label} publish", "OK", f"test message on {topic} acknowledged (QoS 1)")
 
 
+def _probe_url(endpoint: str, fmt: str) -> str:
+    """What doctor GETs to see whether an HTTP upstream accepts our credentials, without writing.
+
+    For NGSI-LD the broker's type list (`/ngsi-ld/v1/types`), which every broker serves and guards
+    like its writes; otherwise the endpoint itself, where any answer but 401/403 means the
+    credentials passed.
+    """
+    if fmt == "ngsi-ld" and "/ngsi-ld/v1/" in endpoint:
+        return endpoint.split("/ngsi-ld/v1/", 1)[0] + "/ngsi-ld/v1/types"
+    return endpoint
+
+
+def _no_backlog() -> Backlog:
+    raise AssertionError("doctor only borrows an HTTP sink's client; it never runs the sink")
+
+
+def _check_http_upstream(r: _Report, cfg: Config, index: int, publish_test: bool) -> None:
+    import httpx
+
+    from edge.sinks.http import HttpSink, redact
+
+    up = cfg.http_upstreams[index]
+    label, section = f"upstream {up.name}", f"http_upstream[{index}]"
+    parts = httpx.URL(up.endpoint)
+    if up.proxy:
+        proxy = httpx.URL(up.proxy)
+        ep = _Endpoint(proxy.host, proxy.port or (443 if proxy.scheme == "https" else 80), False)
+        if not _check_network(r, f"{label} proxy", section, ep, f"{section}.proxy"):
+            return
+    else:
+        ep = _Endpoint(parts.host, parts.port or (443 if parts.scheme == "https" else 80), parts.scheme == "https",
+                       up.ca_file, up.cert_file, up.key_file)
+        if not _check_network(r, label, section, ep, f"{section}.endpoint"):
+            return
+    try:
+        # The sink itself builds the client: the same token, headers, TLS context and proxy as `edge run`.
+        sink = HttpSink(up, _no_backlog, lambda entries: [], threading.Event())
+    except ValueError as exc:
+        r.add(f"{label} auth", "FAIL", str(exc), "run doctor as the service's user or root (sudo), or fix the"
+              f" files named in [{section}]")
+        return
+    probe = _probe_url(up.endpoint, up.format)
+    token_fix = (f"put a valid token in {up.bearer_token_file}" if up.bearer_token_file
+                 else f"the server wants credentials: set bearer_token_file (or headers) in [{section}]")
+    try:
+        with sink.client() as client:
+            client.timeout = httpx.Timeout(MQTT_TIMEOUT)
+            answer = client.get(probe, headers={"Accept": "application/json"})
+            if answer.status_code in (401, 403):
+                r.add(f"{label} auth", "FAIL", f"GET {redact(probe)} answered HTTP {answer.status_code}", token_fix)
+                return
+            if answer.status_code >= 500:
+                r.add(f"{label} auth", "WARN", f"GET {redact(probe)} answered HTTP {answer.status_code}",
+                      f"the server at {parts.host} has a problem of its own; see its logs")
+            elif probe != up.endpoint and answer.status_code == 404:
+                r.add(f"{label} auth", "FAIL", f"GET {redact(probe)} answered 404: no NGSI-LD broker there",
+                      f"check the path of {section}.endpoint (…/ngsi-ld/v1/entityOperations/upsert)")
+                return
+            else:
+                r.add(f"{label} auth", "OK", f"GET {redact(probe)} answered HTTP {answer.status_code}"
+                      " (credentials not refused)")
+            if not publish_test:
+                return
+            if not up.notice_endpoint:
+                r.add(f"{label} publish", "OK", "skipped: no notice_endpoint (doctor never posts test data to the"
+                      " data endpoint)")
+                return
+            body = {"type": "doctor-test", "edge_id": cfg.edge_id, "upstream": up.name,
+                    "time": datetime.now(UTC).isoformat(), "note": "test message from `edge doctor`; ignore it"}
+            posted = client.post(up.notice_endpoint, json=body)
+    except httpx.HTTPError as exc:
+        r.add(f"{label} auth", "FAIL", f"request to {redact(probe)} failed: {_why(exc)}",
+              f"check {section}.endpoint, the proxy and that the server speaks HTTP{'S' if ep.tls else ''}")
+        return
+    if posted.is_success:
+        r.add(f"{label} publish", "OK",
+              f"test notice POSTed to {redact(up.notice_endpoint)}: HTTP {posted.status_code}")
+    else:
+        r.add(f"{label} publish", "FAIL", f"test notice POSTed to {redact(up.notice_endpoint)}: HTTP"
+              f" {posted.status_code}", token_fix if posted.status_code in (401, 403)
+              else f"check {section}.notice_endpoint and the server's logs")
+
+
 def _check_disk(r: _Report, cfg: Config) -> None:
     directory = Path(cfg.buffer.path).parent
     while not directory.exists() and directory != directory.parent:
@@ -411,17 +508,17 @@ def _check_buffer(r: _Report, cfg: Config) -> None:
         sinks = {s["name"]: s for s in buffer.sinks()}
     finally:
         buffer.close()
-    for up in cfg.upstreams:
-        sink = sinks.get(up.name)
+    for name in [u.name for u in cfg.upstreams] + [u.name for u in cfg.http_upstreams]:
+        sink = sinks.get(name)
         if sink is None:
-            r.add(f"upstream {up.name} backlog", "WARN", "no delivery progress recorded",
+            r.add(f"upstream {name} backlog", "WARN", "no delivery progress recorded",
                   "restart the service so that it picks up this upstream")
             continue
         age = sink["oldest_undelivered_age_s"]
         detail = f"{sink['backlog']} uplinks waiting" + (f", the oldest for {_age(age)}" if age else "")
         status = "FAIL" if age and age > 86400 else "WARN" if age and age > 3600 else "OK"
-        r.add(f"upstream {up.name} backlog", status, detail,
-              f"see the upstream {up.name} checks above; the backlog is sent by itself once it accepts data")
+        r.add(f"upstream {name} backlog", status, detail,
+              f"see the upstream {name} checks above; the backlog is sent by itself once it accepts data")
 
 
 def _ntp_synchronized() -> bool | None:
@@ -492,11 +589,13 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
         for problem in exc.problems:
             r.add("config", "FAIL", problem, f"edit {config_path}, then run `edge validate --config {config_path}`")
         return r.findings
-    r.add("config", "OK", f"{config_path} is valid ({len(cfg.upstreams)} upstream(s))")
+    r.add("config", "OK", f"{config_path} is valid ({len(cfg.upstreams) + len(cfg.http_upstreams)} upstream(s))")
     skew = _check_chirpstack(r, cfg, listen)
     _check_chirpstack_api(r, cfg)
     for index in range(len(cfg.upstreams)):
         _check_upstream(r, cfg, index, publish_test)
+    for index in range(len(cfg.http_upstreams)):
+        _check_http_upstream(r, cfg, index, publish_test)
     _check_disk(r, cfg)
     _check_buffer(r, cfg)
     _check_clock(r, cfg, skew)
@@ -507,7 +606,8 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
 @click.command()
 @CONFIG_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as a JSON list.")
-@click.option("--publish-test", is_flag=True, help="Publish a QoS 1 test message to each upstream's notice topic.")
+@click.option("--publish-test", is_flag=True,
+              help="Publish a QoS 1 test message to each upstream's notice topic (HTTP: POST to notice_endpoint).")
 @click.option("--listen", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds to wait for a live ChirpStack event (0: use the buffer's newest uplink).")
 def doctor(config_path: Path, as_json: bool, publish_test: bool, listen: float) -> None:

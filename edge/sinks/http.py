@@ -249,6 +249,10 @@ class HttpSink:
                             transport=self._transport, trust_env=False, proxy=cfg.proxy or None,
                             follow_redirects=False)
 
+    def client(self) -> httpx.Client:
+        """A client set up exactly as the sink's own (token, headers, TLS, proxy), for `edge doctor`."""
+        return self._client()
+
     def post_once(self, message: OutMessage) -> int:
         """POST one message now, outside the delivery loop (`edge deadletter replay`); the HTTP status."""
         with self._client() as client:

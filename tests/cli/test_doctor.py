@@ -58,7 +58,10 @@ def test_doctor_live_gateway_all_ok_and_test_message_arrives(broker_factory, mak
     edge.start()
     edge.wait_connected()
     rec = recorder(upstream)
-    publish(chirpstack.host, chirpstack.port, Simulator(2, seed=1), 6, None)
+    sent: list = []
+    publish(chirpstack.host, chirpstack.port, Simulator(2, seed=1), 6, None, sent.append)
+    # Delivered upstream, so committed to the buffer the "chirpstack events" check reads.
+    assert rec.wait_for({s.uplink_id for s in sent}, 30)
     code, lines, _ = _doctor(cfg, "--publish-test")
     assert code == 0, "\n".join(lines)
     assert all(line.split()[0] in ("OK", "WARN") for line in lines[:-1]), "\n".join(lines)
@@ -291,3 +294,78 @@ def test_doctor_checks_chirpstack_api_token_tenant_and_device_cache(broker_facto
         assert code == 1 and "unreachable: nothing listens on that port" in _line(lines, "chirpstack api")
     finally:
         api.stop()
+
+
+HTTP_TOKEN = "city-token-123"
+
+
+def _http_config(make_config, chirpstack, upstream, endpoint: str, token_file: Path, notice: str = "") -> Path:
+    """A config with the MQTT upstream plus an NGSI-LD HTTP upstream."""
+    cfg = make_config(chirpstack.url, upstream.url)
+    extra = (f'\n[[http_upstream]]\nname = "context"\nendpoint = "{endpoint}"\n'
+             f'bearer_token_file = "{token_file}"\n')
+    if notice:
+        extra += f'notice_endpoint = "{notice}"\n'
+    cfg.write_text(cfg.read_text() + extra)
+    return cfg
+
+
+def test_doctor_http_upstream_token_probe_and_test_notice(broker_factory, make_config, tmp_path):
+    from tests.http_server import HttpServer, Reply
+
+    chirpstack, upstream = broker_factory(), broker_factory()
+    token = tmp_path / "context.token"
+    token.write_text(HTTP_TOKEN + "\n")
+    with HttpServer(Reply(200, body=b"[]")) as server:
+        server.require_auth = f"Bearer {HTTP_TOKEN}"
+        endpoint = f"{server.url}/ngsi-ld/v1/entityOperations/upsert?options=update"
+        cfg = _http_config(make_config, chirpstack, upstream, endpoint, token, notice=f"{server.url}/notices")
+        _fill_buffer(cfg)
+        code, lines, _ = _doctor(cfg, "--publish-test")
+        assert code == 0, "\n".join(lines)
+        assert _line(lines, "config").endswith("is valid (2 upstream(s))")
+        for check in ("upstream context dns", "upstream context tcp", "upstream context auth",
+                      "upstream context publish"):
+            assert _line(lines, check).startswith("OK"), _line(lines, check)
+        assert _line(lines, "upstream context backlog").startswith("WARN  upstream context backlog: no delivery")
+        # The probe reads (never writes) the broker's type list; the test notice says what it is.
+        probe, notice = server.snapshot()
+        assert (probe.method, probe.path) == ("GET", "/ngsi-ld/v1/types")
+        assert (notice.method, notice.path, notice.json["type"]) == ("POST", "/notices", "doctor-test")
+        assert HTTP_TOKEN not in "\n".join(lines)
+
+        token.write_text("expired-token\n")
+        code, lines, _ = _doctor(cfg)
+        assert code == 1
+        line = _line(lines, "upstream context auth")
+        assert line.startswith("FAIL  upstream context auth: GET ") and "answered HTTP 401" in line
+        assert line.endswith(f"fix: put a valid token in {token}")
+
+        # Not an NGSI-LD broker at that address: the type list is not found.
+        token.write_text(HTTP_TOKEN + "\n")
+        server.script(404)
+        code, lines, _ = _doctor(cfg)
+        assert code == 1 and "no NGSI-LD broker there" in _line(lines, "upstream context auth")
+    code, lines, _ = _doctor(cfg)
+    assert code == 1 and _line(lines, "upstream context tcp").startswith("FAIL")
+    assert "http_upstream[0].endpoint" in _line(lines, "upstream context tcp")
+
+
+def test_doctor_https_upstream_untrusted_certificate_fails(broker_factory, make_config, tmp_path):
+    from tests.http_server import HttpServer
+
+    pki, other = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other", ca_name="not-the-city-ca")
+    token = tmp_path / "context.token"
+    token.write_text(HTTP_TOKEN)
+    with HttpServer(certfile=pki.server_cert, keyfile=pki.server_key) as server:
+        endpoint = f"{server.url}/ngsi-ld/v1/entityOperations/upsert"
+        cfg = _http_config(make_config, broker_factory(), broker_factory(), endpoint, token)
+        cfg.write_text(cfg.read_text() + f'ca_file = "{other.ca}"\n')
+        code, lines, _ = _doctor(cfg)
+        assert code == 1
+        line = _line(lines, "upstream context tls")
+        assert line.startswith("FAIL") and "— fix: set ca_file in [http_upstream[0]]" in line
+        cfg.write_text(cfg.read_text().replace(str(other.ca), str(pki.ca)))
+        code, lines, _ = _doctor(cfg)
+        assert _line(lines, "upstream context tls").startswith("WARN")  # a one-day certificate
+        assert _line(lines, "upstream context auth").startswith("OK"), "\n".join(lines)

@@ -76,6 +76,45 @@ def validate(config_path: Path, show: bool) -> None:
     click.echo(f"{config_path}: OK ({len(cfg.upstreams)} upstream(s))")
 
 
+def service_health(cfg: Config, timeout: float = 3.0) -> dict[str, Any]:
+    """What the running service's /health says, asked over the status server ([web]).
+
+    Returns:
+        `{"url", "reachable", "healthy", "problems", ...the /health body}`; `reachable` is False
+        (with `error`) when nothing answers, `url` is "" when [web] is off.
+    """
+    import urllib.error
+    import urllib.request
+
+    web = cfg.web
+    if not web.port:
+        return {"url": "", "reachable": False, "healthy": None, "problems": [],
+                "error": "the status server is off ([web] port = 0)"}
+    # A wildcard bind is reached on loopback, like any specific address of this host.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(web.bind, web.bind)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{web.port}/health"
+    request = urllib.request.Request(url)
+    try:
+        token = web.token()
+    except OSError as exc:
+        return {"url": url, "reachable": False, "healthy": None, "problems": [],
+                "error": f"cannot read web.token_file: {exc.strerror or exc}"}
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            body = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code != 503:
+            return {"url": url, "reachable": True, "healthy": None, "problems": [],
+                    "error": f"HTTP {exc.code} from {url}"}
+        body = json.loads(exc.read())  # 503: unhealthy, and the body says why
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return {"url": url, "reachable": False, "healthy": None, "problems": [], "error": str(reason)}
+    return {"url": url, "reachable": True, **body}
+
+
 def _ago(ts: float | None) -> str:
     if ts is None:
         return "never"
@@ -113,6 +152,8 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         "devices": buf.devices(devices),
         "events": buf.recent_events(10),
         "malformed": buf.recent_malformed(5),
+        # Live state from the running service; the rest above is the buffer's and works without it.
+        "service": service_health(cfg),
     }
     buf.close()
     if as_json:
@@ -121,6 +162,13 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
     c = data["counters"]
     click.echo(f"edge {cfg.edge_id}  buffer {data['buffer']['used_bytes'] / 1e6:.1f} MB"
                f" of {data['buffer']['max_bytes'] / 1e6:.0f} MB")
+    svc = data["service"]
+    if not svc["reachable"]:
+        click.echo(f"service: not reachable ({svc['error']}); `systemctl status lorawan-edge` tells more")
+    elif svc["healthy"]:
+        click.echo("service: running, healthy")
+    else:
+        click.echo("service: running, PROBLEMS: " + ("; ".join(svc["problems"]) or svc.get("error", "")))
     click.echo("counters: " + "  ".join(f"{k}={c.get(k, 0)}" for k in (
         "received", "duplicates", "decoded", "chirpstack", "undecoded", "decode_failed", "malformed", "events",
         "dropped")))

@@ -569,6 +569,26 @@ def _check_decoders(r: _Report, cfg: Config) -> None:
           " from plugins)")
 
 
+def _check_service(r: _Report, cfg: Config) -> None:
+    """Whether lorawan-edge itself runs and calls itself healthy (its /health on the status server)."""
+    from edge.cli import service_health
+
+    state = service_health(cfg)
+    logs = "`journalctl -u lorawan-edge -n 50`"
+    if not state["url"]:
+        r.add("service", "WARN", f"cannot ask the running service: {state['error']}",
+              "set [web] port (default 9108), or look at `systemctl status lorawan-edge`")
+    elif not state["reachable"]:
+        r.add("service", "FAIL", f"lorawan-edge does not answer at {state['url']}: {state['error']}",
+              f"start it: `systemctl start lorawan-edge`; if it keeps stopping, read {logs}")
+    elif state["healthy"]:
+        r.add("service", "OK", f"running and healthy ({state['url']})")
+    else:
+        problems = "; ".join(state["problems"]) or state.get("error", "unknown")
+        r.add("service", "FAIL", f"running but unhealthy: {problems}",
+              f"see the checks above for the cause, and {logs}")
+
+
 def run_checks(config_path: Path, *, publish_test: bool = False, listen: float = 0.0,
                on_finding: Callable[[Finding], None] | None = None) -> list[Finding]:
     """Run every check against the installation described by a config file.
@@ -600,6 +620,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
     _check_buffer(r, cfg)
     _check_clock(r, cfg, skew)
     _check_decoders(r, cfg)
+    _check_service(r, cfg)
     return r.findings
 
 
@@ -611,7 +632,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
 @click.option("--listen", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds to wait for a live ChirpStack event (0: use the buffer's newest uplink).")
 def doctor(config_path: Path, as_json: bool, publish_test: bool, listen: float) -> None:
-    """Check config, brokers, certificates, ChirpStack's API, disk, buffer, clock and decoders; say what to fix."""
+    """Check config, brokers, certificates, ChirpStack's API, disk, buffer, clock, decoders and the service."""
     findings = run_checks(config_path, publish_test=publish_test, listen=listen,
                           on_finding=None if as_json else lambda f: click.echo(f.line()))
     counts = {status: sum(1 for f in findings if f.status == status) for status in ("OK", "WARN", "FAIL")}

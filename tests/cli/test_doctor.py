@@ -369,3 +369,48 @@ def test_doctor_https_upstream_untrusted_certificate_fails(broker_factory, make_
         code, lines, _ = _doctor(cfg)
         assert _line(lines, "upstream context tls").startswith("WARN")  # a one-day certificate
         assert _line(lines, "upstream context auth").startswith("OK"), "\n".join(lines)
+
+
+def test_doctor_and_status_ask_the_running_service(broker_factory, make_config, edge_process):
+    """The service's own /health: healthy, then unhealthy (ChirpStack's broker gone), then not running."""
+    from edge.cli import main
+
+    chirpstack, upstream = broker_factory(), broker_factory()
+    cfg = make_config(chirpstack.url, upstream.url)
+    port = free_port()
+    cfg.write_text(cfg.read_text().replace("[web]\nport = 0", f"[web]\nport = {port}"))
+    code, lines, _ = _doctor(cfg)
+    assert _line(lines, "service").startswith(f"FAIL  service: lorawan-edge does not answer at"
+                                              f" http://127.0.0.1:{port}/health")
+    assert "fix: start it: `systemctl start lorawan-edge`" in _line(lines, "service")
+    edge = edge_process(cfg)
+    edge.start()
+    edge.wait_connected()
+    deadline = time.monotonic() + 15
+    while "OK" not in _line(_doctor(cfg)[1], "service") and time.monotonic() < deadline:
+        time.sleep(0.2)  # the status server starts with the pipeline
+    code, lines, _ = _doctor(cfg)
+    assert _line(lines, "service") == f"OK    service: running and healthy (http://127.0.0.1:{port}/health)"
+    _fill_buffer(cfg)
+    status = json.loads(CliRunner().invoke(main, ["status", "-c", str(cfg), "--json"]).output)
+    assert status["service"]["healthy"] is True and status["service"]["source_connected"] is True
+    assert status["service"]["upstreams"]["city"]["connected"] is True
+
+    chirpstack.stop()
+    deadline = time.monotonic() + 15
+    while "FAIL" not in _line(_doctor(cfg)[1], "service") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    code, lines, _ = _doctor(cfg)
+    assert code == 1
+    assert _line(lines, "service").startswith("FAIL  service: running but unhealthy: ChirpStack source is"
+                                              " disconnected")
+    status = json.loads(CliRunner().invoke(main, ["status", "-c", str(cfg), "--json"]).output)
+    assert status["service"]["healthy"] is False
+    assert status["service"]["problems"] == ["ChirpStack source is disconnected"]
+    text = CliRunner().invoke(main, ["status", "-c", str(cfg)]).output
+    assert text.splitlines()[1] == "service: running, PROBLEMS: ChirpStack source is disconnected"
+
+    assert edge.terminate() == 0
+    status = json.loads(CliRunner().invoke(main, ["status", "-c", str(cfg), "--json"]).output)
+    assert status["service"]["reachable"] is False and status["service"]["healthy"] is None
+    assert status["buffer"]["used_bytes"] > 0 and status["upstreams"][0]["name"] == "city", "the buffer answers alone"

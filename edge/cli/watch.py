@@ -109,15 +109,16 @@ def format_event(event: Event, payload: bytes, received: float, registry: Decode
     if not filters.accepts(device.dev_eui, device.application_id, device.application_name):
         return None
     decoded = registry.decode(event)
+    # Fixed-width fields first, the decoded values last: on a narrow terminal only the values
+    # wrap, and RSSI/SNR stay in the same columns line after line while a technician aims an antenna.
     parts = [when, device.dev_eui, device.device_name or "-",
-             _decoder_label(decoded.status, decoded.decoder, decoded.error)]
-    if decoded.readings:
-        parts.append(format_readings(decoded.readings))
-    parts.append(f"rssi={_value(radio.rssi)} snr={_value(radio.snr)} sf={radio.spreading_factor}")
-    parts.append(f"gw={radio.gateway_id or '-'}")
+             _decoder_label(decoded.status, decoded.decoder, decoded.error),
+             f"rssi={_value(radio.rssi)} snr={_value(radio.snr)} sf={radio.spreading_factor}",
+             f"gw={radio.gateway_id or '-'}", f"delay={received - event.time:.1f}s"]
     if raw:
         parts.append(f"fport={event.fport} fcnt={radio.fcnt} payload={event.payload.hex() or '-'}")
-    parts.append(f"delay={received - event.time:.1f}s")
+    if decoded.readings:
+        parts.append(format_readings(decoded.readings))
     return "  ".join(parts)
 
 

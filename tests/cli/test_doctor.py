@@ -358,7 +358,7 @@ def test_doctor_https_upstream_untrusted_certificate_fails(broker_factory, make_
     token = tmp_path / "context.token"
     token.write_text(HTTP_TOKEN)
     with HttpServer(certfile=pki.server_cert, keyfile=pki.server_key) as server:
-        endpoint = f"{server.url}/ngsi-ld/v1/entityOperations/upsert"
+        endpoint = f"{server.url}/ngsi-ld/v1/entityOperations/upsert?options=update"
         cfg = _http_config(make_config, broker_factory(), broker_factory(), endpoint, token)
         cfg.write_text(cfg.read_text() + f'ca_file = "{other.ca}"\n')
         code, lines, _ = _doctor(cfg)

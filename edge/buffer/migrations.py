@@ -143,18 +143,51 @@ def v4_share_thinning() -> str:
     """
 
 
-def migrate(db: sqlite3.Connection) -> int:
-    """Bring the schema to the newest version; returns the version reached."""
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version > len(MIGRATIONS):
-        from edge.errors import StorageError
+def _statements(script: str) -> list[str]:
+    """The SQL statements of a migration script, split where SQLite itself says one ends."""
+    out: list[str] = []
+    current = ""
+    for part in script.split(";"):
+        current += part + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \t\r\n;"):
+                out.append(current)
+            current = ""
+    if current.strip(" \t\r\n;"):
+        out.append(current)
+    return out
 
-        raise StorageError(f"buffer schema version {version} is newer than this lorawan-edge ({len(MIGRATIONS)})")
-    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+
+def _version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; returns the version reached.
+
+    Safe when several processes open an old file at once (`edge run` starting while an operator
+    runs `edge devices sync`): the version is read again after the write lock is taken, so a step
+    another process already applied is never run twice (which could set user_version back).
+    """
+    from edge.errors import StorageError
+
+    while True:
+        version = _version(db)
+        if version > len(MIGRATIONS):
+            raise StorageError(f"buffer schema version {version} is newer than this lorawan-edge ({len(MIGRATIONS)})")
+        if version == len(MIGRATIONS):
+            return version
+        # Not executescript: it commits any open transaction first, which would drop the lock.
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db.executescript(f"BEGIN IMMEDIATE;\n{step()}\nPRAGMA user_version = {number};\nCOMMIT;")
-        except sqlite3.Error:
+            if _version(db) != version:  # another connection migrated while we waited for the lock
+                db.execute("ROLLBACK")
+                continue
+            for statement in _statements(MIGRATIONS[version]()):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-    return len(MIGRATIONS)

@@ -6,6 +6,12 @@ unacknowledged messages. A batch is released from the buffer (cursor advanced) o
 message of it and of all earlier batches was acknowledged. On any disconnect the in-flight state
 is dropped and reading restarts from the durable cursor: at-least-once, duplicates carry the same
 record ids. Each upstream runs its own thread, so one being down never holds back another.
+
+A message the broker refuses (an MQTT 5 PUBACK with a reason code >= 0x80: not authorized by an
+ACL, packet too large, quota exceeded) is never released from the buffer: a broker refuses for its
+configuration, not for the data, and some brokers (Mosquitto 2.0) also drop the connection. The
+sink logs an ERROR naming the topic and reason and retries with a backoff growing to
+REFUSED_BACKOFF_MAX_S; once the broker's configuration is fixed, delivery resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ log = logging.getLogger(__name__)
 # How often delivered progress is written to the buffer while busy. Losing it (crash) only
 # re-sends what was delivered since; writing per batch would cost an SD write per batch.
 PROGRESS_INTERVAL_S = 0.25
+# Retry delays after the broker refused a message: from the reconnect minimum up to this, so a
+# misconfigured broker costs one ERROR line a minute, not a reconnect storm.
+REFUSED_BACKOFF_MAX_S = 60.0
 
 
 class _Batch:
@@ -93,11 +102,17 @@ class MqttSink:
         self._v5 = cfg.mqtt.protocol == "5"
         self._props: dict[str, Properties] = {}
         self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
+        self._refused_backoff = Backoff(cfg.mqtt.reconnect_min_s, max(cfg.mqtt.reconnect_max_s, REFUSED_BACKOFF_MAX_S))
+        # Why the broker last refused a message; kept across reconnects until a batch is delivered,
+        # since a broker that refuses may also drop the connection before we read its PUBACK.
+        self._refusal = ""
         self._reset()
 
     def _reset(self) -> None:
         self._batches: deque[_Batch] = deque()
-        self._by_mid: dict[int, _Batch | int] = {}  # mid -> batch, or notice id for notices
+        # mid -> (batch, or notice id for notices; the topic, to name it if the broker refuses it)
+        self._by_mid: dict[int, tuple[_Batch | int, str]] = {}
+        self._refused = False  # the broker refused a message in this session
         self._inflight = 0
         self._link_ok = False
         self._notices_sent: set[int] = set()
@@ -137,18 +152,21 @@ class MqttSink:
 
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: object,
                     properties: object) -> None:
-        owner = self._by_mid.pop(mid, None)
-        if owner is None:
+        found = self._by_mid.pop(mid, None)
+        if found is None:
             return
+        owner, topic = found
         self._inflight -= 1
-        failed = bool(getattr(reason, "is_failure", False))
-        if failed:
-            # The broker refused this message (MQTT 5 PUBACK reason >= 0x80, e.g. not authorized).
-            # Retrying cannot help; count it and move on so one bad message never blocks the queue.
+        if getattr(reason, "is_failure", False):
+            # The broker refused this message (MQTT 5 PUBACK reason >= 0x80). It is not released:
+            # the session ends and the message is sent again after a backoff (see the module doc).
             self.stats.rejected += 1
-            log.error("Upstream %s rejected a message: %s.", self.name, reason)
-        else:
-            self.stats.acknowledged += 1
+            if not self._refused:
+                code = getattr(reason, "value", 0x80)
+                self._refused = True
+                self._refusal = f"{reason} (PUBACK reason {code:#04x}) on topic {topic}"
+            return
+        self.stats.acknowledged += 1
         if isinstance(owner, int):
             self._acked_notices.append(owner)
         else:
@@ -199,7 +217,20 @@ class MqttSink:
                     client.loop(timeout=0)
                 except OSError:
                     pass
-            if not stop.is_set():
+            if self._refusal and not stop.is_set():
+                ended, self.stats.last_error = self.stats.last_error, f"refused a message: {self._refusal}"
+                delay = self._refused_backoff.next()
+                if self._refused:
+                    log.error("Upstream %s (%s) refused a message: %s. Nothing is released from the buffer;"
+                              " fix the broker's configuration (ACL, maximum packet size, quotas) or this"
+                              " upstream's topics and max_message_bytes. Retrying in %.1f s.", self.name,
+                              self.cfg.mqtt.url, self._refusal, delay, extra={"upstream": self.name})
+                else:
+                    log.warning("Upstream %s (%s) still refuses messages (%s; last: %s); retrying in %.1f s.",
+                                self.name, self.cfg.mqtt.url, ended, self._refusal, delay,
+                                extra={"upstream": self.name})
+                stop.wait(delay)
+            elif not stop.is_set():
                 self.stats.reconnects += 1
                 delay = backoff.next()
                 log.warning("Lost upstream %s (%s): %s; reconnecting in %.1f s.", self.name, self.cfg.mqtt.url,
@@ -217,8 +248,18 @@ class MqttSink:
         backoff.reset()
         self._acked_notices: list[int] = []
         read_pos = backlog.cursor()
-        delivered_pending = 0
-        committed_pos = read_pos
+        self._delivered_pending = 0
+        self._committed_pos = read_pos
+        try:
+            self._deliver(client, backlog, stop, read_pos)
+        finally:
+            # Whatever was completely acknowledged stays delivered, however the session ended, so a
+            # reconnect does not send it again.
+            if self._delivered_pending:
+                backlog.advance(self._committed_pos, self._delivered_pending)
+                self._delivered_pending = 0
+
+    def _deliver(self, client: paho.Client, backlog: Backlog, stop: threading.Event, read_pos: int) -> None:
         last_progress = time.monotonic()
         check_notices = True
         window = self.cfg.max_inflight
@@ -259,30 +300,34 @@ class MqttSink:
             # bounds how late keepalive work runs. Idle: poll the socket, then sleep on `wake`,
             # which the pipeline sets after each commit.
             rc = client.loop(timeout=0.0 if (can_send or idle) else 0.05)
+            if self._refused:
+                return
             if rc != paho.MQTT_ERR_SUCCESS or not self._link_ok:
                 self.stats.last_error = f"connection lost ({paho.error_string(rc)})"
                 return
             # Release batches that are completely acknowledged, in order.
             while self._batches and not self._batches[0].queued and self._batches[0].unacked == 0:
                 done = self._batches.popleft()
-                committed_pos = done.last_id
-                delivered_pending += done.entries
+                self._committed_pos = done.last_id
+                self._delivered_pending += done.entries
+                if self._refusal:
+                    log.info("Upstream %s accepts messages again.", self.name, extra={"upstream": self.name})
+                    self._refusal = ""
+                    self._refused_backoff.reset()
             for notice_id in self._acked_notices:
                 backlog.notice_delivered(notice_id)
                 check_notices = True
             self._acked_notices.clear()
             now = time.monotonic()
-            if delivered_pending and (now - last_progress >= PROGRESS_INTERVAL_S or not self._batches):
-                backlog.advance(committed_pos, delivered_pending)
-                delivered_pending = 0
+            if self._delivered_pending and (now - last_progress >= PROGRESS_INTERVAL_S or not self._batches):
+                backlog.advance(self._committed_pos, self._delivered_pending)
+                self._delivered_pending = 0
                 last_progress = now
             if idle and not self.wake.is_set():
                 self.wake.wait(0.05)
             if idle and now - last_progress > 5:
                 check_notices = True
                 last_progress = now
-        if delivered_pending:
-            backlog.advance(committed_pos, delivered_pending)
 
     def _publish(self, client: paho.Client, message: OutMessage, owner: _Batch | int) -> bool:
         info = client.publish(message.topic, message.payload, qos=self.cfg.qos,
@@ -290,7 +335,7 @@ class MqttSink:
         if info.rc != paho.MQTT_ERR_SUCCESS:
             self.stats.last_error = f"publish failed ({paho.error_string(info.rc)})"
             return False
-        self._by_mid[info.mid] = owner
+        self._by_mid[info.mid] = (owner, message.topic)
         self._inflight += 1
         self.stats.published += 1
         if isinstance(owner, _Batch):

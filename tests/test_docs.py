@@ -57,3 +57,16 @@ def test_docs_every_cli_command_has_help_and_is_in_readme():
     result = CliRunner().invoke(main, ["--help"])
     for name in main.commands:
         assert name in result.output
+
+
+def test_docs_cli_help_lists_every_command_with_its_whole_first_line():
+    """`edge --help` (and each group's) gives every command a full one-line description, never cut with "..."."""
+    runner = CliRunner()
+    groups = [([], main)] + [([name], cmd) for name, cmd in main.commands.items() if hasattr(cmd, "commands")]
+    for args, group in groups:
+        output = runner.invoke(main, [*args, "--help"], terminal_width=80).output
+        listing = output.split("Commands:", 1)[1]
+        assert "..." not in listing, f"`edge {' '.join(args)} --help` cuts a description short:\n{listing}"
+        for name, command in group.commands.items():
+            first = command.help.strip().split("\n\n", 1)[0].split()
+            assert name in listing and " ".join(first) in " ".join(listing.split()), name

@@ -195,10 +195,14 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
 
 
 @main.command()
-@click.option("--url", default="mqtt://127.0.0.1:1883", show_default=True, help="ChirpStack's MQTT broker.")
-@click.option("--devices", "-n", default=10, show_default=True, help="Number of simulated devices.")
-@click.option("--count", default=100, show_default=True, help="Uplinks to send (0 = until stopped).")
-@click.option("--rate", default=10.0, show_default=True, help="Uplinks per second (0 = as fast as possible).")
+@click.option("--url", default="mqtt://127.0.0.1:1883", show_default=True,
+              help="ChirpStack's MQTT broker (mqtt://host[:port]).")
+@click.option("--devices", "-n", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Number of simulated devices.")
+@click.option("--count", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Uplinks to send (0 = until stopped).")
+@click.option("--rate", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Uplinks per second (0 = as fast as possible).")
 @click.option("--protobuf", is_flag=True, help="Publish binary protobuf (ChirpStack json=false) instead of JSON.")
 @click.option("--seed", type=int, default=None, help="Seed for repeatable payloads and ids.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -210,7 +214,15 @@ def simulate(url: str, devices: int, count: int, rate: float, protobuf: bool, se
 
     from edge.simulate import SentUplink, Simulator, publish
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 1883
+    except ValueError as exc:
+        raise click.BadParameter(f"{url!r}: {exc}", param_hint="--url") from None
+    if parts.scheme != "mqtt" or not parts.hostname:
+        # The simulator speaks plain MQTT only: an mqtts:// URL must not silently go unencrypted.
+        raise click.BadParameter(f"{url!r}: use mqtt://host[:port] (plain MQTT, e.g. a local test broker)",
+                                 param_hint="--url")
     sim = Simulator(devices, protobuf=protobuf, seed=seed)
     log_file = log_path.open("a") if log_path else None
 
@@ -222,8 +234,10 @@ def simulate(url: str, devices: int, count: int, rate: float, protobuf: bool, se
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        n = publish(parts.hostname or "127.0.0.1", parts.port or 1883, sim, count or None, rate or None,
-                    on_sent, stop)
+        n = publish(parts.hostname, port, sim, count or None, rate or None, on_sent, stop)
+    except OSError as exc:
+        click.echo(f"error: cannot reach the MQTT broker at {parts.hostname}:{port}: {exc}", err=True)
+        raise SystemExit(1) from None
     finally:
         if log_file is not None:
             log_file.close()
@@ -261,6 +275,15 @@ def _register() -> None:
     main.add_command(deadletter)
     main.add_command(devices)
     main.add_command(downlink)
+
+
+def _full_short_help(group: click.Group) -> None:
+    """Show each command's whole first line in `--help` listings (wrapped, not cut off with "...")."""
+    for command in group.commands.values():
+        if not command.short_help and command.help:
+            command.short_help = command.help.strip().split("\n\n", 1)[0].replace("\n", " ")
+        if isinstance(command, click.Group):
+            _full_short_help(command)
 
 
 _register()
@@ -302,3 +325,6 @@ def redecode(config_path: Path, dev_eui: str | None, decoder: str | None, since:
     click.echo(f"{totals['seen']} uplinks re-decoded: {totals['decoded']} decoded, {totals['chirpstack']} from"
                f" ChirpStack's object, {totals['undecoded']} without decoder, {totals['decode_failed']} still failing;"
                f" new readings {verb}.")
+
+
+_full_short_help(main)  # last, once every command is registered

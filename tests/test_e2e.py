@@ -18,7 +18,14 @@ pytestmark = pytest.mark.mosquitto
 def expected_readings(sent: SentUplink) -> list[tuple[str, object, object]]:
     decoder = ElsysDecoder()
     result = decoder.decode(sent.payload, 5, DeviceContext(sent.dev_eui))
-    return [(r.name, r.value, r.unit) for r in normalize(result.data, decoder.fields)]
+    readings = [(r.name, r.value, r.unit) for r in normalize(result.data, decoder.fields)]
+    # Cross-checked against the simulator's byte layout (edge.simulate.elsys_payload), so the
+    # expectation does not rest on the decoder under test alone.
+    b = sent.payload
+    assert readings == [("temperature", int.from_bytes(b[1:3], "big", signed=True) / 10, "Cel"),
+                        ("humidity", b[4], "%RH"), ("illuminance", int.from_bytes(b[6:8], "big"), "lx"),
+                        ("motion", b[9], "count"), ("battery-voltage", int.from_bytes(b[11:13], "big") / 1000, "V")]
+    return readings
 
 
 def test_e2e_chaos_no_uplink_lost(broker_factory, make_config, edge_process, recorder):

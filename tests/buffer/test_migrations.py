@@ -22,6 +22,7 @@ def make_v1(path: Path) -> None:
     """A buffer written by the first schema version: two uplinks, a device, a sink half-way, a gap."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode = WAL")  # as every buffer file is from its first open on
     db.executescript(MIGRATIONS[0]() + "PRAGMA user_version = 1;")
     for n in (1, 2):
         up = uplink(n).uplink

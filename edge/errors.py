@@ -4,7 +4,8 @@
      ├── ConfigError          bad configuration; carries every problem with its key
      ├── DecodeError          a decoder could not decode a payload (the raw uplink is kept)
      └── StorageError          the SQLite buffer could not be opened or written
-          └── StorageCorrupt   the database file failed its integrity check
+          ├── StorageCorrupt   the database file failed its integrity check
+          └── StorageFull      the disk is full and dropping the oldest uplinks made no room
 
 Malformed ChirpStack events are not exceptions: the source turns them into `Malformed` events
 so that they are stored and acknowledged like any other message.
@@ -35,3 +36,7 @@ class StorageError(EdgeError):
 
 class StorageCorrupt(StorageError):
     """The buffer database file is damaged."""
+
+
+class StorageFull(StorageError):
+    """The disk holding the buffer is full and dropping the oldest uplinks did not make room."""

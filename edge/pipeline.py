@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from edge.buffer.store import Batch, Buffer, NewUplink, open_writer
+from edge.buffer.store import Batch, Buffer, Gap, NewUplink, is_disk_full, open_writer
 from edge.config import Config, HttpUpstreamConfig, UpstreamConfig
 from edge.decoding.base import Decoder
 from edge.decoding.registry import NO_HINTS, OBJECT_FIELDS, DecoderRegistry, Rule
 from edge.device_cache import DeviceCache
 from edge.downlinks import CommandRelay
-from edge.errors import EdgeError
+from edge.errors import EdgeError, StorageFull
 from edge.formats import senml
 from edge.formats.share import ShareFilter
 from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Uplink
@@ -199,6 +199,7 @@ class BufferBacklog:
         self.notice_topic = notice_topic.format(edge_id=edge_id, dev_eui="", application="",
                                                 application_id="", gateway_id="")
         self.edge_id = edge_id
+        self._announced: dict[int, Gap] = {}  # gap notices as last read, by id
         buffer.register_sink(sink)
 
     def cursor(self) -> int:
@@ -214,13 +215,25 @@ class BufferBacklog:
         return self.buffer.read_grouped(after_id, limit)
 
     def advance(self, upto_id: int, delivered: int) -> None:
-        """Persist delivery progress."""
-        self.buffer.advance(self.sink, upto_id, delivered)
+        """Persist delivery progress; on a full disk it stays in memory until a later write fits.
+
+        The sink keeps its position in memory, so a cursor write that does not fit costs at most
+        a re-send after a restart (receivers drop repeats by id), never a stopped upstream.
+        """
+        try:
+            self.buffer.advance(self.sink, upto_id, delivered)
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning("The disk holding the buffer is full: could not record upstream %s's progress (id %d);"
+                        " it is kept in memory.", self.sink, upto_id, extra={"upstream": self.sink})
 
     def notices(self) -> list[tuple[int, OutMessage]]:
         """Gap notices as JSON messages (docs/records.md, "Gap notices")."""
         out = []
+        self._announced = {}
         for gap in self.buffer.gaps(self.sink):
+            self._announced[gap.id] = gap
             body: dict[str, Any] = {"type": "gap", "edge_id": self.edge_id, "upstream": self.sink,
                                     "dropped": gap.count, "first_time": gap.first_time,
                                     "last_time": gap.last_time, "reason": "buffer full"}
@@ -228,8 +241,12 @@ class BufferBacklog:
         return out
 
     def notice_delivered(self, notice_id: int) -> None:
-        """Forget a delivered gap notice."""
-        self.buffer.gap_delivered(notice_id)
+        """Forget a delivered gap notice (on a full disk it may be sent again later)."""
+        try:
+            self.buffer.gap_delivered(notice_id, self._announced.get(notice_id))
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
 
 
 def build_registry(cfg: Config, decoders: Sequence[Decoder] | None = None) -> DecoderRegistry:
@@ -409,42 +426,71 @@ class Pipeline:
                 batch.malformed.append((event, msg.received))
                 log.warning("Malformed message on %s stored for inspection: %s", event.topic, event.error,
                             extra={"topic": event.topic})
-        if self.buffer.used_bytes() > self.buffer.max_bytes:
-            self.buffer.enforce_size()  # before appending, so freed pages are reused, not new ones
         try:
-            try:
-                self.buffer.append(batch)
-            except sqlite3.OperationalError as exc:
-                if "full" not in str(exc):
-                    raise
-                # Disk (or quota) full: make room by the size policy — oldest first, counted, with
-                # gap notices — a growing share at a time; if nothing helps, the batch stays
-                # unacknowledged at the broker and the source retries after a backoff.
-                dropped, fraction = 0, 0.05
-                for _ in range(6):
-                    dropped += self.buffer.make_room(fraction)
-                    try:
-                        self.buffer.append(batch)
-                        break
-                    except sqlite3.OperationalError as again:
-                        if "full" not in str(again):
-                            raise
-                        fraction = min(0.5, fraction * 2)
-                else:
-                    raise
-                log.error("The disk holding the buffer is full; dropped the %d oldest uplinks to keep"
-                          " receiving. Free space or lower buffer.max_size_mb.", dropped, extra={"count": dropped})
+            self._store(batch)
         except Exception:
             for uplink_id in fresh:
                 self.seen.discard(uplink_id)
             raise
         self.commits += 1
-        if self.buffer.used_bytes() > self.max_bytes:
-            self.buffer.enforce_size()
+        if self.buffer.used_bytes() > self.buffer.max_bytes:  # the bound in force, disk included
+            try:
+                self.buffer.enforce_size()
+            except sqlite3.OperationalError as exc:
+                # The batch is committed; the next batch makes room the full-disk way.
+                if not is_disk_full(exc):
+                    raise
         for sink in self.sinks:
             sink.wake.set()
         if self.on_commit is not None:
             self.on_commit()
+
+    def _store(self, batch: Batch) -> None:
+        """Commit a batch, making room by the size policy first when the bound or the disk requires it.
+
+        Raises:
+            StorageFull: the disk is so full that not even dropping the oldest uplinks made room;
+                the batch stays unacknowledged at the broker and the source retries after a backoff.
+        """
+        buf = self.buffer
+        was_short = buf.max_bytes < buf.limit_bytes
+        is_short = buf.fit_to_disk() < buf.limit_bytes
+        if is_short and not was_short:
+            log.error("The disk holding the buffer is almost full: the buffer is now bounded at %.1f MB instead"
+                      " of buffer.max_size_mb (%.0f MB); past that the oldest uplinks are dropped. Free space"
+                      " on the disk or lower buffer.max_size_mb.", buf.max_bytes / 1e6, buf.limit_bytes / 1e6)
+        elif was_short and not is_short:
+            log.warning("The disk holding the buffer has room again; the buffer is bounded by buffer.max_size_mb"
+                        " (%.0f MB) again.", buf.limit_bytes / 1e6)
+        # About what the batch takes in the database (raw message, records, indexes): room is made
+        # before appending, so that freed pages are reused and the file does not grow.
+        reserve = sum(2 * len(u.payload) + 512 for u in batch.uplinks) if is_short else 0
+        try:
+            if self.buffer.used_bytes() + reserve > self.buffer.max_bytes:
+                self.buffer.enforce_size(reserve)
+            self.buffer.append(batch)
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+        # Disk (or quota) full: make room by the size policy, oldest first, counted, with gap
+        # notices, a growing share at a time. Every step checkpoints and truncates the WAL first,
+        # because on a full disk even a DELETE needs WAL space.
+        dropped, fraction = 0, 0.05
+        for _ in range(6):
+            try:
+                dropped += self.buffer.make_room(fraction)
+                self.buffer.append(batch)
+                break
+            except sqlite3.OperationalError as again:
+                if not is_disk_full(again):
+                    raise
+                fraction = min(0.5, fraction * 2)
+        else:
+            raise StorageFull(f"the disk holding {self.cfg.buffer.path} is full and dropping the oldest"
+                              f" uplinks ({dropped}) did not make room")
+        log.error("The disk holding the buffer is full; dropped the %d oldest uplinks to keep"
+                  " receiving. Free space or lower buffer.max_size_mb.", dropped, extra={"count": dropped})
 
     def _decode_failed(self, uplink: Uplink, decoder: str, error: str) -> None:
         key = (uplink.device.dev_eui, decoder)

@@ -10,6 +10,7 @@ re-sends records that receivers drop by id.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,6 +25,11 @@ from edge.errors import StorageCorrupt, StorageError
 from edge.model import DeviceEvent, Entry, Malformed, Reading, Uplink, radio_json, readings_json
 
 log = logging.getLogger(__name__)
+
+# Free space kept on the buffer's filesystem (at least; 5 % of it up to 64 MiB on larger disks):
+# a full WAL before its auto-checkpoint (1000 pages) plus a large batch, so a checkpoint and the
+# deletes that make room always have somewhere to go.
+DISK_HEADROOM = 6 << 20
 
 # Windows up to this many uplinks are read with one range query (see read_grouped).
 SMALL_WINDOW = 4096
@@ -82,6 +88,11 @@ class Gap:
 
 # The share of the size bound (`buffer.max_size_mb`) dead letters may take; the oldest go beyond it.
 DEAD_LETTER_SHARE = 0.1
+
+
+def is_disk_full(exc: sqlite3.Error) -> bool:
+    """True for SQLITE_FULL: the disk (or the database's page limit) has no room for the write."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
 
 
 def connect(path: str | Path, *, readonly: bool = False, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -144,7 +155,8 @@ class Buffer:
     def __init__(self, path: str | Path, *, max_bytes: int = 1 << 30, readonly: bool = False,
                  synchronous: str = "FULL") -> None:
         self.path = Path(path)
-        self.max_bytes = max_bytes
+        self.limit_bytes = max_bytes  # buffer.max_size_mb, as configured
+        self.max_bytes = max_bytes  # the bound in force: lower while the disk is short of space
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():
@@ -161,6 +173,7 @@ class Buffer:
                 raise StorageCorrupt(f"{self.path}: {exc}") from exc
             raise StorageError(f"{self.path}: {exc}") from exc
         self.page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        self._default_page_cap = self._page_cap = int(self.db.execute("PRAGMA max_page_count").fetchone()[0])
 
     def close(self) -> None:
         """Close the connection (the writer also checkpoints and leaves its clean-close marker)."""
@@ -171,6 +184,32 @@ class Buffer:
             except (sqlite3.Error, OSError) as exc:
                 log.warning("Could not checkpoint the buffer at shutdown: %s", exc)
         self.db.close()
+
+    def fit_to_disk(self) -> int:
+        """Bound the database by what the disk can still hold; returns the bound now in force.
+
+        The file may grow only while the filesystem keeps `DISK_HEADROOM` free (room for the WAL
+        and for the checkpoints and deletes that make room), so the size policy drops the oldest
+        uplinks before SQLite ever meets a full disk. Pages freed by dropping are reused, so a
+        buffer at the limit stops growing instead of shrinking further. When space returns, the
+        bound goes back up to `buffer.max_size_mb` by itself.
+        """
+        try:
+            st = os.statvfs(self.path.parent)
+            # The file as it is on disk: pages still only in the WAL already take their room there.
+            file_bytes = self.path.stat().st_size
+        except OSError:
+            return self.max_bytes
+        free = st.f_bavail * st.f_frsize
+        # On a disk too small for that, the buffer still gets half of what it could have.
+        headroom = min(max(DISK_HEADROOM, min(64 << 20, st.f_blocks * st.f_frsize // 20)), (file_bytes + free) // 2)
+        self.max_bytes = min(self.limit_bytes, file_bytes + max(0, free - headroom))
+        # SQLite itself refuses to grow the database past that (SQLITE_FULL, which the caller
+        # answers by dropping the oldest), so a checkpoint never needs room the disk lacks.
+        cap = self.max_bytes // self.page_size if self.max_bytes < self.limit_bytes else self._default_page_cap
+        if cap != self._page_cap:
+            self._page_cap = int(self.db.execute(f"PRAGMA max_page_count = {int(cap)}").fetchone()[0])
+        return self.max_bytes
 
     def make_room(self, fraction: float = 0.05) -> int:
         """Drop the oldest `fraction` of uplinks (counted, with gap notices); for a full disk.
@@ -188,14 +227,22 @@ class Buffer:
             self._checkpoint()
             return 0
         # Small steps, each committed and checkpointed: one large DELETE would itself need more WAL
-        # space than a full disk has.
-        target, dropped = max(1, int(n * fraction)), 0
+        # space than a full disk has. A step that still does not fit is halved; when even a single
+        # uplink cannot be deleted, the disk is too full for SQLite to do anything and we give up.
+        target, dropped, step = max(1, int(n * fraction)), 0, 64
         while target > 0:
             lo = self.db.execute("SELECT min(id) FROM uplinks").fetchone()[0]
             if lo is None:
                 break
-            step = min(target, 64)
-            dropped += self._drop_through(lo + step - 1)
+            step = min(step, target)
+            try:
+                dropped += self._drop_through(lo + step - 1)
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc) or step == 1:
+                    raise
+                step //= 2
+                self._checkpoint()
+                continue
             target -= step
             self._checkpoint()
         return dropped
@@ -280,20 +327,21 @@ class Buffer:
         free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
         return (pages - free) * self.page_size
 
-    def enforce_size(self) -> int:
-        """Drop the oldest rows while the database is over its size bound; returns rows dropped.
+    def enforce_size(self, reserve: int = 0) -> int:
+        """Drop the oldest rows while the database (plus `reserve` bytes about to be written) is over
+        its size bound; returns rows dropped.
 
         Oldest first means rows every sink has delivered go first. Rows still undelivered for a
         sink are recorded as a gap for that sink (sent upstream as a notice) and counted.
         """
         dropped_total = 0
-        while self.used_bytes() > self.max_bytes:
+        while self.used_bytes() + reserve > self.max_bytes:
             lo, hi, n = self.db.execute("SELECT min(id), max(id), count(*) FROM uplinks").fetchone()
             if not n:
                 # Only events and malformed rows left: trim those instead.
                 self._trim("events")
                 self._trim("malformed")
-                if self.used_bytes() > self.max_bytes:
+                if self.used_bytes() + reserve > self.max_bytes:
                     break
                 continue
             upto = lo + max(1, n // 20) - 1  # 5 % per round keeps each round's transaction short
@@ -313,6 +361,7 @@ class Buffer:
         try:
             now = time.time()
             dropped = 0
+            lost: list[tuple[int, str, int, int]] = []
             for name, cursor in db.execute("SELECT name, cursor FROM sinks WHERE cursor < ?", (upto,)).fetchall():
                 first, last, count, t0, t1 = db.execute(
                     "SELECT min(id), max(id), count(*), min(time), max(time) FROM uplinks WHERE id > ? AND id <= ?",
@@ -332,9 +381,7 @@ class Buffer:
                     db.execute("UPDATE sinks SET cursor = max(cursor, ?), dropped = dropped + ? WHERE name = ?",
                                (upto, count, name))
                     dropped = max(dropped, count)
-                    log.error("Buffer full: dropped %d undelivered uplinks for upstream %s (ids %d-%d);"
-                              " a gap notice will be sent.", count, name, first, last,
-                              extra={"upstream": name, "count": count})
+                    lost.append((count, name, first, last))
             db.execute("DELETE FROM uplinks WHERE id <= ?", (upto,))
             db.execute("DELETE FROM raw WHERE id <= ?", (upto,))
             db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (dropped,))
@@ -343,6 +390,11 @@ class Buffer:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        # Logged once committed: a rolled-back drop (e.g. no room even for that) lost nothing.
+        for count, name, first, last in lost:
+            log.error("Buffer full: dropped %d undelivered uplinks for upstream %s (ids %d-%d);"
+                      " a gap notice will be sent.", count, name, first, last,
+                      extra={"upstream": name, "count": count})
         return dropped
 
     def raw_uplinks(self, *, dev_eui: str | None = None, decoder: str | None = None, since: float | None = None,
@@ -467,9 +519,25 @@ class Buffer:
             "SELECT id, sink, first_id, last_id, count, first_time, last_time FROM gaps WHERE sink = ? ORDER BY id",
             (sink,))]
 
-    def gap_delivered(self, gap_id: int) -> None:
-        """Forget a gap once its notice was acknowledged."""
-        self.db.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
+    def gap_delivered(self, gap_id: int, sent: Gap | None = None) -> None:
+        """Forget a gap once its notice was acknowledged.
+
+        With `sent` (the gap as it was announced), only that much is forgotten: drops that
+        extended the gap while its notice was on its way stay, to be announced next.
+        """
+        if sent is None:
+            self.db.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM gaps WHERE id = ? AND count <= ?", (gap_id, sent.count))
+            self.db.execute("UPDATE gaps SET count = count - ?, first_id = ?, first_time = ? WHERE id = ?",
+                            (sent.count, sent.last_id + 1, sent.last_time, gap_id))
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
     def last_id(self) -> int:
         """The largest uplink id ever given (0 if none)."""

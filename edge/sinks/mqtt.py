@@ -316,6 +316,7 @@ class MqttSink:
                     self._refused_backoff.reset()
             for notice_id in self._acked_notices:
                 backlog.notice_delivered(notice_id)
+                self._notices_sent.discard(notice_id)  # a gap extended meanwhile is announced again
                 check_notices = True
             self._acked_notices.clear()
             now = time.monotonic()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from edge.backoff import Backoff
 from edge.config import ChirpStackConfig
+from edge.errors import StorageError
 from edge.sources.mqtt_wire import ConnectionRefused, MqttSubscriber
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class ChirpStackSource:
         self.batch_s = batch_ms / 1000
         self.connected = threading.Event()
         self.reconnects = 0
+        self.store_failures = 0  # batches in a row the buffer could not store
         self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
 
     def _connect(self) -> MqttSubscriber:
@@ -63,12 +65,21 @@ class ChirpStackSource:
         """Hand a batch to the pipeline; False (logged) when it could not be stored."""
         try:
             self.handle(batch)
+        except StorageError as exc:
+            # An expected condition (a full disk): one line, no traceback, and a growing pause
+            # before the retry instead of a tight reconnect loop.
+            self.store_failures += 1
+            log.error("Could not store %d received messages (%s); they stay unacknowledged at the"
+                      " ChirpStack broker and will be redelivered.", len(batch), exc)
+            return False
         except Exception:
             # Not committed, so not acknowledged: the connection is dropped so that the broker
             # redelivers the batch on the next session.
+            self.store_failures += 1
             log.exception("Could not store %d received messages; they stay unacknowledged at the"
                           " ChirpStack broker and will be redelivered.", len(batch))
             return False
+        self.store_failures = 0
         return True
 
     def run(self, stop: threading.Event) -> None:
@@ -101,6 +112,9 @@ class ChirpStackSource:
             if not stop.is_set():
                 self.reconnects += 1
                 delay = backoff.next()
+                if self.store_failures:
+                    # The broker is fine but the buffer is not: wait longer each time (capped).
+                    delay = max(delay, min(30.0, self.cfg.mqtt.reconnect_min_s * 2 ** min(self.store_failures, 8)))
                 log.warning("Reconnecting to ChirpStack broker %s in %.1f s.", self.cfg.mqtt.url, delay)
                 stop.wait(delay)
 

@@ -576,3 +576,17 @@ def test_dead_letters_are_capped_to_their_share_of_the_size_bound(tmp_path):
     assert buf.add_dead_letter("broker", 400, "application/ld+json", "", b"y" * 200_000, "big") == 3
     assert [d["id"] for d in buf.dead_letters()] == [6]
     buf.close()
+
+
+def test_store_gap_extended_while_its_notice_was_in_flight_keeps_the_extension(tmp_path):
+    buf = Buffer(tmp_path / "b.sqlite")
+    buf.register_sink("city")
+    _fill(buf, 40)
+    buf._drop_through(10)
+    [sent] = buf.gaps("city")  # announced: 10 dropped
+    buf._drop_through(25)  # more dropped before the notice's PUBACK came back: the gap grows
+    buf.gap_delivered(sent.id, sent)
+    [rest] = buf.gaps("city")
+    assert (rest.count, rest.first_id, rest.last_id) == (15, 11, 25)
+    buf.gap_delivered(rest.id, rest)
+    assert buf.gaps("city") == []

@@ -128,9 +128,13 @@ def open_writer(path: str | Path, max_bytes: int) -> Buffer:
     try:
         buf = Buffer(p, max_bytes=max_bytes)
         if check:
-            result = buf.db.execute("PRAGMA quick_check").fetchone()[0]
+            try:
+                result = buf.db.execute("PRAGMA quick_check").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                # Damage bad enough that the check itself stops ("database disk image is malformed").
+                result = str(exc)
             if result != "ok":
-                buf.close()
+                buf.db.close()
                 raise StorageCorrupt(f"{p}: integrity check failed: {result}")
     except StorageCorrupt as exc:
         aside = p.with_name(f"{p.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")

@@ -87,3 +87,21 @@ def _cfg(tmp_path, path):
                    '[[upstream]]\nname = "city"\nurl = "mqtt://127.0.0.1:2"\n')
     return cfg
 
+
+
+def test_recovery_damage_that_stops_the_check_itself_is_moved_aside_too(tmp_path, caplog):
+    """Some damage makes `PRAGMA quick_check` raise ("malformed") instead of reporting: same handling."""
+    path = tmp_path / "buffer.sqlite"
+    p = Pipeline(load_config(_cfg(tmp_path, path)))
+    p.handle(_messages(300))
+    p.buffer.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    p.buffer.db.close()  # no clean close: no marker, as after a power cut
+    with path.open("r+b") as f:
+        f.seek(3 * 4096)
+        f.write(b"\xa5" * 4096)  # one b-tree page is garbage: the file opens, the check raises
+    with caplog.at_level(logging.ERROR):
+        buf = open_writer(path, 1 << 30)
+    assert list(tmp_path.glob("buffer.sqlite.corrupt-*"))
+    assert any("damaged" in r.message for r in caplog.records)
+    assert buf.read(0, 10) == []
+    buf.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,8 +66,12 @@ def test_mqtt_sink_mtls_with_password_file_delivers(tls_upstream, broker_factory
     publish(chirpstack.host, chirpstack.port, Simulator(3, seed=5), 20, None, sent.append)
     assert rec.wait_for({s.uplink_id for s in sent}, 30)
     assert edge.terminate() == 0
-    # The password is read from its file and never written to the log.
+    # The password is read from its file and never written to the log, nor shown by `edge status`.
     assert "s3cret-Pa55" not in edge.log.read_text()
+    for extra in ([], ["--json"]):
+        shown = subprocess.run([sys.executable, "-m", "edge", "status", "--config", str(edge.config), *extra],
+                               capture_output=True, text=True, timeout=60, check=True)
+        assert "city" in shown.stdout and "s3cret-Pa55" not in shown.stdout + shown.stderr
 
 
 def test_mqtt_sink_untrusted_server_certificate_is_refused(tls_upstream, broker_factory, make_config,

@@ -25,6 +25,10 @@ class CutProxy:
         self.target = (target_host, target_port)
         self.port = free_port()
         self.cuts = 0
+        # Bytes one connection may carry towards the broker before it is reset (None: no limit): a
+        # backhaul that drops every so often, however fast the data goes.
+        self.budget: int | None = None
+        self.resets = 0
         self._loop = asyncio.new_event_loop()
         self._open: asyncio.Event | None = None
         self._conns: set[asyncio.Transport] = set()
@@ -95,13 +99,14 @@ class CutProxy:
             except OSError:
                 return  # broker down: the client sees the connection close, as with a refused connect
             self._conns.add(broker_w.transport)  # type: ignore[arg-type]
-            await asyncio.gather(self._pipe(client_r, broker_w), self._pipe(broker_r, client_w))
+            await asyncio.gather(self._pipe(client_r, broker_w, counted=True), self._pipe(broker_r, client_w))
         finally:
             self._conns.discard(client_t)  # type: ignore[arg-type]
             _abort(client_t)  # type: ignore[arg-type]
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, counted: bool = False) -> None:
         assert self._open is not None
+        carried = 0
         try:
             while True:
                 await self._open.wait()
@@ -110,6 +115,10 @@ class CutProxy:
                 await self._open.wait()
                 if not data or writer.is_closing():
                     break
+                carried += len(data)
+                if counted and self.budget is not None and carried > self.budget:
+                    self.resets += 1
+                    break  # both ends are reset (finally), the rest of this read never arrives
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):

@@ -12,6 +12,11 @@ ACL, packet too large, quota exceeded) is never released from the buffer: a brok
 configuration, not for the data, and some brokers (Mosquitto 2.0) also drop the connection. The
 sink logs an ERROR naming the topic and reason and retries with a backoff growing to
 REFUSED_BACKOFF_MAX_S; once the broker's configuration is fixed, delivery resumes where it stopped.
+
+Progress on a flaky backhaul: a window is released only as a whole, so a link that drops more
+often than one window takes to send would resend the same window forever. After a session ends
+with a window unfinished, the next windows are half that size (down to MIN_READ_BATCH); each
+window delivered whole doubles the size again, up to `read_batch`.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ PROGRESS_INTERVAL_S = 0.25
 # Retry delays after the broker refused a message: from the reconnect minimum up to this, so a
 # misconfigured broker costs one ERROR line a minute, not a reconnect storm.
 REFUSED_BACKOFF_MAX_S = 60.0
+# The smallest window a flaky link shrinks reads to: about one pack per device of a large fleet.
+MIN_READ_BATCH = 100
 
 
 class _Batch:
@@ -106,6 +113,8 @@ class MqttSink:
         # Why the broker last refused a message; kept across reconnects until a batch is delivered,
         # since a broker that refuses may also drop the connection before we read its PUBACK.
         self._refusal = ""
+        # Uplinks per backlog read: `read_batch`, shrunk while windows are cut short (module doc).
+        self.read_limit = cfg.read_batch
         self._reset()
 
     def _reset(self) -> None:
@@ -258,6 +267,12 @@ class MqttSink:
             if self._delivered_pending:
                 backlog.advance(self._committed_pos, self._delivered_pending)
                 self._delivered_pending = 0
+            if self._batches and self._batches[0].entries > MIN_READ_BATCH and not stop.is_set():
+                cut = self._batches[0].entries
+                self.read_limit = max(MIN_READ_BATCH, min(self.read_limit, cut // 2))
+                log.info("Upstream %s: the connection ended before a window of %d uplinks was delivered;"
+                         " reading %d at a time until windows get through.", self.name, cut, self.read_limit,
+                         extra={"upstream": self.name})
 
     def _deliver(self, client: paho.Client, backlog: Backlog, stop: threading.Event, read_pos: int) -> None:
         last_progress = time.monotonic()
@@ -283,7 +298,7 @@ class MqttSink:
             queued = any(b.queued for b in self._batches)
             if not queued and self._inflight < window and len(self._batches) < 2:
                 self.wake.clear()
-                last_id, count, groups = backlog.read_grouped(read_pos, self.cfg.read_batch)
+                last_id, count, groups = backlog.read_grouped(read_pos, self.read_limit)
                 if count:
                     read_pos = last_id
                     self._batches.append(_Batch(last_id, count, (m for g in groups for m in self.format(g))))
@@ -310,6 +325,8 @@ class MqttSink:
                 done = self._batches.popleft()
                 self._committed_pos = done.last_id
                 self._delivered_pending += done.entries
+                if done.entries >= self.read_limit and self.read_limit < self.cfg.read_batch:
+                    self.read_limit = min(self.cfg.read_batch, self.read_limit * 2)
                 if self._refusal:
                     log.info("Upstream %s accepts messages again.", self.name, extra={"upstream": self.name})
                     self._refusal = ""

@@ -107,3 +107,40 @@ def test_mqtt_sink_refused_message_is_kept_and_delivered_once_the_broker_allows_
     finally:
         chirpstack.close()
         upstream.close()
+
+
+def test_mqtt_sink_backlog_drains_over_a_link_that_drops_before_a_window_is_sent(broker_factory, make_config,
+                                                                               edge_process, recorder, tmp_path):
+    """A backhaul that resets every connection after ~300 kB, far less than one 4,000-uplink window.
+
+    Windows are released whole, so without shrinking them the same window would be resent forever;
+    the sink halves its reads after each cut window until windows get through, and the backlog drains.
+    """
+    from tests.netcut import CutProxy
+
+    chirpstack, upstream = broker_factory(), broker_factory()
+    rec = recorder(upstream)
+    upstream.stop()
+    proxy = CutProxy(upstream.host, upstream.port)
+    try:
+        cfg = make_config(chirpstack.url, proxy.url, extra="read_batch = 4000\n")
+        edge = edge_process(cfg)
+        edge.start()
+        edge.wait_connected()
+        sent: list[SentUplink] = []
+        publish(chirpstack.host, chirpstack.port, Simulator(20, seed=8), 4000, None, sent.append)
+        wanted = {s.uplink_id for s in sent}
+        end = time.monotonic() + 30
+        while time.monotonic() < end:  # the whole backlog is buffered before the link comes up
+            status = CliRunner().invoke(main, ["status", "--json", "-c", str(cfg)])
+            if json.loads(status.output)["upstreams"][0]["backlog"] == 4000:
+                break
+            time.sleep(0.2)
+        proxy.budget = 300_000
+        upstream.start()
+        assert rec.wait_for(wanted, 60), f"{len(wanted - rec.ids())} of 4000 never arrived"
+        assert proxy.resets >= 3, "the link really dropped before a whole window was sent"
+        assert "at a time until windows get through" in (tmp_path / "edge.log").read_text()
+        assert edge.terminate() == 0
+    finally:
+        proxy.close()

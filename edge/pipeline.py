@@ -3,6 +3,11 @@
 Threads: one for the ChirpStack source (receive → parse → decode → commit → acknowledge), one per
 upstream (read → format → publish → advance). They share nothing but the SQLite file; the only
 in-memory signal is a per-sink Event set after each commit so idle sinks wake at once.
+
+Poison uplinks: the source thread notes which uplink it is decoding (`Pipeline.decoding`, one
+attribute store). If a decoder hangs on it, the service quarantines that uplink (edge/quarantine.py)
+before the watchdog restarts us; when the broker redelivers it, it is stored raw with a decode
+error instead of being decoded again, so one bad payload cannot keep the gateway in a restart loop.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from edge import quarantine
 from edge.buffer.store import Batch, Buffer, Gap, NewUplink, is_disk_full, open_writer
 from edge.config import Config, HttpUpstreamConfig, UpstreamConfig
 from edge.decoding.base import Decoder
-from edge.decoding.registry import NO_HINTS, OBJECT_FIELDS, DecoderRegistry, Rule
+from edge.decoding.registry import NO_HINTS, OBJECT_FIELDS, PROFILE_JS, Decoded, DecoderRegistry, DeviceHints, Rule
 from edge.device_cache import DeviceCache
 from edge.downlinks import CommandRelay
 from edge.errors import EdgeError, StorageFull
@@ -300,9 +306,12 @@ def redecode(cfg: Config, *, dev_eui: str | None = None, decoder: str | None = N
     By default only uplinks that failed to decode or had no decoder are taken; `everything` takes
     all matching ones. Each re-decoded uplink is stored as a new row (so every upstream's cursor
     reaches it and sends it, under the same uplink id) and the old row is marked superseded in the
-    same transaction. Safe while `edge run` is running: SQLite serialises the writers.
+    same transaction. Safe while `edge run` is running: SQLite serialises the writers. Quarantined
+    uplinks (a decoder hung on them) that now decode leave the quarantine file.
     """
     registry = registry or build_registry(cfg)
+    held_path = quarantine.path_for(cfg.buffer.path)
+    held = quarantine.load(held_path) if held_path.exists() else {}
     buffer = Buffer(cfg.buffer.path, max_bytes=int(cfg.buffer.max_size_mb * 1024 * 1024))
     # The device registry cache (tags, variables, profile tags and codec) decides the decoder as in
     # `edge run`; read from the buffer file, so it works with ChirpStack's API down.
@@ -318,6 +327,10 @@ def redecode(cfg: Config, *, dev_eui: str | None = None, decoder: str | None = N
                 if not isinstance(event, Uplink):
                     continue
                 hints = devices.hints(event.device.dev_eui) if devices is not None else NO_HINTS
+                if event.uplink_id in held:
+                    log.warning("Decoding uplink %s of device %s, which decoder %s hung on before; if this does not"
+                                " return, that decoder is not fixed yet (Ctrl-C stops).", event.uplink_id,
+                                event.device.dev_eui, held[event.uplink_id].decoder)
                 decoded = registry.decode(event, hints)
                 totals["seen"] += 1
                 totals[_STATUS_COUNTER[decoded.status]] += 1
@@ -329,6 +342,10 @@ def redecode(cfg: Config, *, dev_eui: str | None = None, decoder: str | None = N
             batch.count("redecoded", len(batch.uplinks))
             if batch.uplinks and not dry_run:
                 buffer.append(batch)
+                fixed = [u.uplink.uplink_id for u in batch.uplinks
+                         if u.uplink.uplink_id in held and u.status in (DecodeStatus.DECODED, DecodeStatus.CHIRPSTACK)]
+                if fixed:
+                    quarantine.remove(held_path, fixed)
     finally:
         buffer.close()
     return totals
@@ -343,6 +360,11 @@ class Pipeline:
         self.max_bytes = int(cfg.buffer.max_size_mb * 1024 * 1024)
         self.buffer = open_writer(cfg.buffer.path, self.max_bytes)
         self.seen = RecentIds(DEDUP_WINDOW, self.buffer.recent_uplink_ids(DEDUP_WINDOW))
+        # The uplink being decoded right now and its device hints, or None: set and cleared around
+        # each decode on the source thread; the service reads it when that thread stalls.
+        self.decoding: tuple[Uplink, DeviceHints] | None = None
+        self.quarantine_path = quarantine.path_for(cfg.buffer.path)
+        self.quarantined = self._load_quarantine()
         # The ChirpStack device registry cache (variables, profile codecs), when an API is configured.
         self.devices = DeviceCache(cfg.chirpstack, cfg.buffer.path) if cfg.chirpstack.api_url else None
         self._warned: set[tuple[str, str]] = set()
@@ -371,6 +393,43 @@ class Pipeline:
         self.commits = 0
         self.failed = False
         self.on_commit: Callable[[], None] | None = None
+
+    def _load_quarantine(self) -> dict[str, quarantine.Quarantined]:
+        """The quarantined uplinks still awaited from the broker; the file is pruned on the way."""
+        if not self.quarantine_path.exists():
+            return {}
+        entries = quarantine.load(self.quarantine_path)  # without those older than MAX_AGE_S
+        # Not stored raw, yet committed: a slow decoder finished before the restart, nothing to remind of.
+        kept = {uid: e for uid, e in entries.items() if e.stored or uid not in self.seen}
+        try:
+            quarantine.save(self.quarantine_path, kept.values())
+        except OSError as exc:
+            log.warning("Could not rewrite the quarantine file %s: %s", self.quarantine_path, exc)
+        pending = {uid: e for uid, e in kept.items() if not e.stored}
+        if pending:
+            log.warning("%d uplink(s) are quarantined because a decoder hung on them; when the broker redelivers"
+                        " them they are stored raw, not decoded (%s).", len(pending), self.quarantine_path,
+                        extra={"count": len(pending)})
+        return pending
+
+    def quarantine_hung(self) -> quarantine.Quarantined | None:
+        """Quarantine the uplink the source thread is decoding, if any (the service calls this on a stall).
+
+        Returns:
+            The entry written to the quarantine file, or None when no decode is under way (the
+            thread hangs elsewhere, e.g. in the disk, where a restart is the right cure).
+        """
+        current = self.decoding
+        if current is None:
+            return None
+        uplink, hints = current
+        decoder = self.registry.choose(uplink, hints)
+        if decoder == PROFILE_JS:
+            decoder = f"{PROFILE_JS}/{hints.profile_id}"
+        entry = quarantine.Quarantined(uplink.uplink_id, uplink.device.dev_eui, decoder or "-", time.time())
+        quarantine.add(self.quarantine_path, entry)
+        self.quarantined[entry.uplink_id] = entry
+        return entry
 
     def _backlog_factory(self, name: str, notice_topic: str, share: ShareFilter) -> Callable[[], Backlog]:
         def factory() -> Backlog:
@@ -402,6 +461,7 @@ class Pipeline:
         batch = Batch()
         batch.count("received", len(messages))
         fresh: list[str] = []
+        released: list[str] = []  # quarantined uplinks in this batch, let go once it is committed
         for msg in messages:
             event = parse(msg.topic, msg.payload, msg.received)
             if isinstance(event, Uplink):
@@ -411,7 +471,15 @@ class Pipeline:
                 self.seen.add(event.uplink_id)
                 fresh.append(event.uplink_id)
                 hints = self.devices.hints(event.device.dev_eui) if self.devices is not None else NO_HINTS
-                decoded = self.registry.decode(event, hints)
+                held = self.quarantined.get(event.uplink_id) if self.quarantined else None
+                if held is None:
+                    self.decoding = (event, hints)
+                    decoded = self.registry.decode(event, hints)
+                    self.decoding = None
+                else:
+                    # A decoder hung on this very uplink before: keep it raw, do not run it again.
+                    decoded = Decoded(DecodeStatus.FAILED, [], held.decoder, held.error())
+                    released.append(event.uplink_id)
                 batch.count(_STATUS_COUNTER[decoded.status])
                 if decoded.error:
                     self._decode_failed(event, decoded.decoder, decoded.error)
@@ -433,6 +501,8 @@ class Pipeline:
                 self.seen.discard(uplink_id)
             raise
         self.commits += 1
+        if released:
+            self._release(released)
         if self.buffer.used_bytes() > self.buffer.max_bytes:  # the bound in force, disk included
             try:
                 self.buffer.enforce_size()
@@ -491,6 +561,18 @@ class Pipeline:
                               f" uplinks ({dropped}) did not make room")
         log.error("The disk holding the buffer is full; dropped the %d oldest uplinks to keep"
                   " receiving. Free space or lower buffer.max_size_mb.", dropped, extra={"count": dropped})
+
+    def _release(self, uplink_ids: list[str]) -> None:
+        """Quarantined uplinks are committed raw: no longer awaited (the file keeps them as a reminder)."""
+        for uplink_id in uplink_ids:
+            self.quarantined.pop(uplink_id, None)
+        try:
+            quarantine.mark_stored(self.quarantine_path, uplink_ids)
+        except OSError as exc:
+            # Harmless: a later redelivery is dropped as a duplicate, and the entry ages out.
+            log.warning("Could not update the quarantine file %s: %s", self.quarantine_path, exc)
+        log.info("Stored %d quarantined uplink(s) raw without decoding; `edge redecode` decodes them once the"
+                 " decoder is fixed.", len(uplink_ids), extra={"count": len(uplink_ids)})
 
     def _decode_failed(self, uplink: Uplink, decoder: str, error: str) -> None:
         key = (uplink.device.dev_eui, decoder)

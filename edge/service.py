@@ -1,4 +1,8 @@
-"""systemd glue: sd_notify READY/STATUS/WATCHDOG, drain on SIGTERM, reload on SIGHUP."""
+"""systemd glue: sd_notify READY/STATUS/WATCHDOG, drain on SIGTERM, reload on SIGHUP.
+
+A source thread stalled inside a decoder also gets that uplink quarantined (edge/quarantine.py)
+before the watchdog restart, so the redelivered uplink is stored raw instead of hanging us again.
+"""
 
 from __future__ import annotations
 
@@ -98,6 +102,22 @@ class Service:
         source = "connected" if p.source.connected.is_set() else "disconnected"
         return f"ChirpStack {source}; {p.commits} commits; upstreams: {ups}"
 
+    def quarantine_hung(self) -> None:
+        """Quarantine the uplink the stalled source thread is decoding, so the restart gets past it."""
+        try:
+            entry = self.pipeline.quarantine_hung()
+        except OSError as exc:
+            log.error("The source thread hangs in a decoder, but its uplink could not be quarantined (%s): after"
+                      " the restart it may hang again. Block the decoder in the config.", exc)
+            return
+        if entry is None:
+            return
+        log.error("Decoder %s hangs on uplink %s of device %s: the uplink is quarantined (%s) and will be stored"
+                  " raw, not decoded, after the restart. Fix the decoder, or block it (decoding.plugins_block or a"
+                  " decoding rule), then run `edge redecode --decoder %s`.", entry.decoder, entry.uplink_id,
+                  entry.dev_eui, self.pipeline.quarantine_path, entry.decoder,
+                  extra={"dev_eui": entry.dev_eui, "decoder": entry.decoder})
+
     def reload(self) -> None:
         """Apply the parts of a changed config that are safe to change live: log level, decoder rules.
 
@@ -143,6 +163,7 @@ class Service:
         WATCHDOG=1 is sent only while the source and every upstream thread show progress (their
         heartbeats), not merely while this process lives: a hung thread stops the pings, systemd
         (WatchdogSec=) kills and restarts the service, and what was not acknowledged is redelivered.
+        A source thread hung inside a decoder first gets its uplink quarantined (quarantine_hung).
         """
         interval = watchdog_interval()
         limit = self.stall_limit(interval)
@@ -152,6 +173,7 @@ class Service:
         notify("READY=1")
         next_status = 0.0
         reported: list[str] = []
+        quarantined = False
         while runner.is_alive() and not self.stop.wait(min(interval or 1.0, 1.0)):
             now = time.monotonic()
             if self._reload.is_set():
@@ -160,6 +182,12 @@ class Service:
                 self.reload()
                 notify("READY=1")
             stalled = self.stalled(now, limit)
+            source_hung = now - self.pipeline.source.heartbeat >= limit
+            if source_hung and not quarantined:
+                quarantined = True  # once per stall
+                self.quarantine_hung()
+            elif not source_hung:
+                quarantined = False
             if not stalled:
                 if interval is not None:
                     notify("WATCHDOG=1")

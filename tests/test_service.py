@@ -175,6 +175,7 @@ def test_service_hung_pipeline_stops_the_watchdog_and_fails_health(broker_factor
     import urllib.error
     import urllib.request
 
+    from edge import quarantine
     from edge.config import load_config
     from edge.pipeline import Pipeline
     from edge.service import Service
@@ -207,7 +208,8 @@ def test_service_hung_pipeline_stops_the_watchdog_and_fails_health(broker_factor
     try:
         healthy = _collect(server, time.monotonic() + 2.5)
         assert "READY=1" in healthy and "WATCHDOG=1" in healthy, healthy
-        publish(chirpstack.host, chirpstack.port, Simulator(1, seed=5), 1, None)
+        sent: list = []
+        publish(chirpstack.host, chirpstack.port, Simulator(1, seed=5), 1, None, on_sent=sent.append)
         assert hang.entered.wait(15), "the uplink never reached the decoder"
         # Past the stall limit the pings stop for good, and STATUS says which thread hangs.
         reaching = _collect(server, time.monotonic() + 4)  # also drains the pings sent before the limit
@@ -222,6 +224,14 @@ def test_service_hung_pipeline_stops_the_watchdog_and_fails_health(broker_factor
             assert exc.code == 503
             problems = json.loads(exc.read())["problems"]
         assert any(p.startswith("no progress from source") for p in problems), problems
+        # The uplink it hangs on is quarantined next to the buffer, so the restart gets past it.
+        held = quarantine.load(quarantine.path_for(pipeline.cfg.buffer.path))
+        assert list(held) == [sent[0].uplink_id], held
+        entry = held[sent[0].uplink_id]
+        assert (entry.dev_eui, entry.decoder, entry.stored) == (sent[0].dev_eui, "elsys/ers", False)
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "quarantined" in r.getMessage()]
+        assert len(errors) == 1 and sent[0].dev_eui in errors[0] and "elsys/ers" in errors[0], errors
+        assert "edge redecode" in errors[0]
     finally:
         hang.release.set()
         service.stop.set()

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,7 @@ def _ago(ts: float | None) -> str:
 @click.option("--devices", default=20, show_default=True, help="How many devices to list.")
 def status(config_path: Path, as_json: bool, devices: int) -> None:
     """Show backlogs, counters and each device's last uplink."""
+    from edge import quarantine
     from edge.buffer.store import Buffer
     from edge.model import DecodeStatus
 
@@ -135,6 +137,7 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         click.echo(f"error: no buffer at {cfg.buffer.path} yet (has `edge run` started?)", err=True)
         raise SystemExit(1)
     buf = Buffer(cfg.buffer.path, readonly=True)
+    held = quarantine.load(quarantine.path_for(cfg.buffer.path))
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -152,6 +155,8 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         "devices": buf.devices(devices),
         "events": buf.recent_events(10),
         "malformed": buf.recent_malformed(5),
+        # Uplinks a decoder hung on, to be stored raw when the broker redelivers them.
+        "quarantined": [asdict(e) for e in held.values()],
         # Live state from the running service; the rest above is the buffer's and works without it.
         "service": service_health(cfg),
     }
@@ -169,6 +174,8 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         click.echo("service: running, healthy")
     else:
         click.echo("service: running, PROBLEMS: " + ("; ".join(svc["problems"]) or svc.get("error", "")))
+    if held:
+        click.echo(f"quarantine: {quarantine.summary(held.values())}; {quarantine.FIX}")
     click.echo("counters: " + "  ".join(f"{k}={c.get(k, 0)}" for k in (
         "received", "duplicates", "decoded", "chirpstack", "undecoded", "decode_failed", "malformed", "events",
         "dropped")))

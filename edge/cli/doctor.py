@@ -569,6 +569,15 @@ def _check_decoders(r: _Report, cfg: Config) -> None:
           " from plugins)")
 
 
+def _check_quarantine(r: _Report, cfg: Config) -> None:
+    """Uplinks a decoder hung on (edge/quarantine.py); said only when there are some."""
+    from edge import quarantine
+
+    held = quarantine.load(quarantine.path_for(cfg.buffer.path))
+    if held:
+        r.add("quarantine", "WARN", quarantine.summary(held.values()), quarantine.FIX)
+
+
 def _check_service(r: _Report, cfg: Config) -> None:
     """Whether lorawan-edge itself runs and calls itself healthy (its /health on the status server)."""
     from edge.cli import service_health
@@ -620,6 +629,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
     _check_buffer(r, cfg)
     _check_clock(r, cfg, skew)
     _check_decoders(r, cfg)
+    _check_quarantine(r, cfg)
     _check_service(r, cfg)
     return r.findings
 

@@ -474,8 +474,10 @@ class Pipeline:
                 held = self.quarantined.get(event.uplink_id) if self.quarantined else None
                 if held is None:
                     self.decoding = (event, hints)
-                    decoded = self.registry.decode(event, hints)
-                    self.decoding = None
+                    try:
+                        decoded = self.registry.decode(event, hints)
+                    finally:  # never left pointing at an uplink a later, unrelated stall would blame
+                        self.decoding = None
                 else:
                     # A decoder hung on this very uplink before: keep it raw, do not run it again.
                     decoded = Decoded(DecodeStatus.FAILED, [], held.decoder, held.error())

@@ -4,6 +4,11 @@ Levels as in Vector's STYLE: ERROR means data loss or an operator must act, WARN
 unexpected that was recovered, INFO lifecycle, DEBUG per-uplink detail. Log calls pass context
 as `extra={"dev_eui": ..., "upstream": ..., "count": ...}`; the journal gets those as fields
 (DEV_EUI=, UPSTREAM=, COUNT=), so `journalctl -u lorawan-edge UPSTREAM=city` filters by them.
+
+Warnings and errors are rate-limited per message template (RateLimit): a flood of malformed events
+or a bound hit every batch must not fill the journal (or the SD card behind it), nor make journald
+drop the service's other lines; the counters keep the full count, and the next line that gets
+through says how many like it were held back.
 """
 
 from __future__ import annotations
@@ -12,12 +17,50 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 import traceback
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # Fields a log call may attach with `extra=`; anything else stays out of the journal entry.
 FIELDS = ("dev_eui", "upstream", "count", "decoder", "topic", "batch")
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class RateLimit(logging.Filter):
+    """Lets at most `burst` WARNING+ records of one message template through per `window_s`."""
+
+    def __init__(self, burst: int = 10, window_s: float = 60.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window_s = window_s
+        # (logger, template, level) -> [window start, passed in window, held back since last pass]
+        self._seen: dict[tuple[str, str, int], list[float]] = {}
+        self._lock = threading.Lock()  # records come from the source, sink and registry threads
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """True to emit; a record that passes after some were held back says how many."""
+        if record.levelno < logging.WARNING:
+            return True  # DEBUG is per-uplink detail an operator switched on; INFO is lifecycle
+        key = (record.name, str(record.msg), record.levelno)
+        now = time.monotonic()
+        with self._lock:
+            state = self._seen.get(key)
+            if state is None or now - state[0] >= self.window_s:
+                held = int(state[2]) if state is not None else 0
+                self._seen[key] = [now, 1.0, 0.0]
+            elif state[1] < self.burst:
+                state[1] += 1
+                held = 0
+            else:
+                state[2] += 1
+                return False
+        if held and isinstance(record.args, tuple):
+            # Without args the template was never %-formatted, so a literal % in it must be escaped now.
+            template = str(record.msg) if record.args else str(record.msg).replace("%", "%%")
+            record.msg = f"{template} (%d more like this were held back in the last %d s)"
+            record.args = (*record.args, held, int(self.window_s))
+        return True
 
 
 class JournalHandler(logging.Handler):
@@ -72,6 +115,7 @@ def setup_logging(level: str = "info") -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RateLimit())
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
     # paho logs nothing useful at INFO; our own reconnect messages say what matters.
     logging.getLogger("paho").setLevel(logging.WARNING)

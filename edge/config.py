@@ -366,6 +366,18 @@ def _topic(r: _Reader, name: str, default: str, allow_empty: bool = False) -> st
     return value
 
 
+def _topic_filter(r: _Reader, name: str, default: str) -> str:
+    """A subscription filter: '+' only as a whole level, '#' only as the whole last level (MQTT 4.7.1)."""
+    value: str = r.get(name, str, default)
+    levels = value.split("/")
+    if not value or "\0" in value:
+        r.problems.append(f"{r.key(name)}: must be a non-empty MQTT topic filter")
+    elif any(("+" in lv and lv != "+") or ("#" in lv and lv != "#") for lv in levels) or "#" in levels[:-1]:
+        r.problems.append(f"{r.key(name)}: not a valid MQTT topic filter ('+' must stand alone in a level, '#' alone"
+                          f" in the last level), e.g. {default!r}")
+    return value
+
+
 def _api_url_ok(url: str) -> bool:
     """host:port (plaintext gRPC), http://host:port, or https://host with an optional port."""
     try:
@@ -392,7 +404,7 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
     cs = _Reader(top.get("chirpstack", dict, {}, required=True), "chirpstack", problems)
     chirpstack = ChirpStackConfig(
         mqtt=_mqtt(cs, "mqtt_url", "lorawan-edge-{edge_id}", edge_id),
-        topic=cs.get("topic", str, "application/+/device/+/event/+"),
+        topic=_topic_filter(cs, "topic", "application/+/device/+/event/+"),
         session_expiry_s=cs.positive("session_expiry_s", int, 30 * 24 * 3600),
         api_url=cs.get("api_url", str, ""),
         api_token_file=cs.get("api_token_file", str, ""),

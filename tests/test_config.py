@@ -417,3 +417,19 @@ def test_config_parse_does_not_mutate_document() -> None:
     before = copy.deepcopy(doc)
     parse_config(doc)
     assert doc == before
+
+
+@pytest.mark.parametrize("topic", ["", "application/+/device/#/event/+", "application/x+/device/+/event/+",
+                                   "application/+/device/+/event/up#"])
+def test_config_chirpstack_topic_must_be_a_valid_filter(topic: str) -> None:
+    doc = minimal()
+    doc["chirpstack"]["topic"] = topic
+    assert any(p.startswith("chirpstack.topic: ") for p in problems_of(doc))
+
+
+@pytest.mark.parametrize("topic", ["application/+/device/+/event/+", "application/#",
+                                   "application/4b3c/device/+/event/up"])
+def test_config_chirpstack_topic_accepts_filters(topic: str) -> None:
+    doc = minimal()
+    doc["chirpstack"]["topic"] = topic
+    assert parse_config(doc).chirpstack.topic == topic

@@ -209,8 +209,23 @@ class BufferBacklog:
         buffer.register_sink(sink)
 
     def cursor(self) -> int:
-        """The sink's durable cursor."""
-        return self.buffer.register_sink(self.sink)
+        """The sink's durable cursor (a rewind asked for while the sink was not reading is taken up here)."""
+        self.buffer.register_sink(self.sink)
+        taken = self._take_rewind()
+        return self.buffer.register_sink(self.sink) if taken is None else taken
+
+    def rewound(self) -> int | None:
+        """The position `edge buffer rewind` moved this sink back to, once; None when there is no request."""
+        return self._take_rewind()
+
+    def _take_rewind(self) -> int | None:
+        taken = self.buffer.take_rewind(self.sink)
+        if taken is None:
+            return None
+        cursor, label = taken
+        log.warning("Upstream %s rewound to %s; %d uplinks will be sent again (same uplink ids).", self.sink, label,
+                    self.buffer.count_after(cursor), extra={"upstream": self.sink})
+        return cursor
 
     def read(self, after_id: int, limit: int) -> list[Entry]:
         """Entries after `after_id`."""

@@ -143,6 +143,16 @@ def v4_share_thinning() -> str:
     """
 
 
+@migration
+def v5_rewind_requests() -> str:
+    """A pending `edge buffer rewind` per upstream, for the running sink to take up."""
+    return """
+        -- NULL, or what the upstream was rewound to (for the service's log line). While set, the
+        -- sink's progress writes leave the (lowered) cursor alone, until the sink takes the request.
+        ALTER TABLE sinks ADD COLUMN rewind TEXT;
+    """
+
+
 def _statements(script: str) -> list[str]:
     """The SQL statements of a migration script, split where SQLite itself says one ends."""
     out: list[str] = []

@@ -86,6 +86,41 @@ class Gap:
     last_time: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """What `Buffer.rewind` did for one sink."""
+
+    sink: str
+    cursor: int  # the sink's cursor now
+    before: int  # its cursor before
+    again: int  # uplinks delivered before that will be sent again
+    pending: int  # uplinks after the new cursor that had not been delivered yet anyway
+    first_time: float | None  # receive time of the oldest uplink it will be sent (None: nothing)
+    oldest_time: float | None  # receive time of the oldest uplink held at all (None: the buffer is empty)
+    held: int  # uplinks held at all
+    dropped: int  # rows the size bound has dropped so far (all older than any held)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One stored uplink as `edge buffer list` shows it (readings and radio as stored SenML records)."""
+
+    id: int
+    uplink_id: str
+    dev_eui: str
+    application_id: str
+    gateway_id: str
+    time: float
+    status: int
+    decoder: str
+    error: str | None
+    readings: bytes
+    radio: bytes
+    topic: str | None = None  # the original ChirpStack message, when asked for
+    message: bytes | None = None
+    received: float | None = None
+
+
 # The share of the size bound (`buffer.max_size_mb`) dead letters may take; the oldest go beyond it.
 DEAD_LETTER_SHARE = 0.1
 
@@ -511,11 +546,128 @@ class Buffer:
         return [Entry(r[0], r[1], r[2], r[3], r[4], r[5], readings_blob=r[6], radio_blob=r[7]) for r in rows]
 
     def advance(self, sink: str, upto_id: int, delivered: int) -> None:
-        """Record that a sink has delivered everything up to `upto_id`."""
+        """Record that a sink has delivered everything up to `upto_id`.
+
+        While a rewind request is pending (`rewind`), the cursor stays where the rewind put it: the
+        sink still reads from its old position until it takes the request (`take_rewind`).
+        """
         self.db.execute(
-            "UPDATE sinks SET cursor = max(cursor, ?), delivered = delivered + ?, last_delivery = ? WHERE name = ?",
+            "UPDATE sinks SET cursor = CASE WHEN rewind IS NULL THEN max(cursor, ?) ELSE cursor END,"
+            " delivered = delivered + ?, last_delivery = ? WHERE name = ?",
             (upto_id, delivered, time.time(), sink),
         )
+
+    def rewind(self, sink: str, since: float | None, label: str) -> Rewind:
+        """Move a sink's cursor back so every uplink held that was received at or after `since` (every
+        uplink held when None) is sent to it again, and leave a request for a running sink to take up.
+
+        The cursor only ever goes back: uplinks not yet delivered stay pending whatever `since` says.
+        Uplinks superseded by a re-decode do not decide the position (their newer row is sent).
+
+        Args:
+            sink: the upstream's name (a row is made for an upstream that never ran).
+            since: POSIX time, or None for everything held.
+            label: what the service's log line names as the rewind point.
+
+        Returns:
+            What the rewind does (see Rewind).
+        """
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            oldest, held = db.execute("SELECT min(time), count(*) FROM uplinks WHERE status != 4").fetchone()
+            if since is None:
+                first = db.execute("SELECT min(id) FROM uplinks").fetchone()[0]
+            else:
+                first = db.execute("SELECT min(id) FROM uplinks WHERE time >= ? AND status != 4",
+                                   (since,)).fetchone()[0]
+            target = self.last_id() if first is None else int(first) - 1
+            row = db.execute("SELECT cursor FROM sinks WHERE name = ?", (sink,)).fetchone()
+            before = 0 if row is None else int(row[0])
+            cursor = min(before, target)
+            # Written even when the cursor does not move: a running sink may be ahead of its durable
+            # cursor (progress is written a moment after the acknowledgements), and taking the request
+            # brings it back to the cursor, so nothing from `since` on is skipped.
+            db.execute("INSERT INTO sinks(name, cursor, rewind) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE"
+                       " SET cursor = excluded.cursor, rewind = excluded.rewind", (sink, cursor, label))
+            again, pending, first_time = db.execute(
+                "SELECT count(*) FILTER (WHERE id <= ?1), count(*) FILTER (WHERE id > ?1), min(time) FROM uplinks"
+                " WHERE id > ?2 AND status != 4", (before, cursor)).fetchone()
+            # Ids are never reused and only the size bound deletes rows, oldest first: every id below
+            # the smallest held is an uplink it dropped (delivered or not).
+            low = db.execute("SELECT min(id) FROM uplinks").fetchone()[0]
+            dropped = (self.last_id() if low is None else int(low)) - (0 if low is None else 1)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return Rewind(sink, cursor, before, int(again), int(pending), first_time, oldest, int(held), dropped)
+
+    def take_rewind(self, sink: str) -> tuple[int, str] | None:
+        """A sink takes up a pending rewind: (the cursor to read from, what it was rewound to), or None.
+
+        One indexed read when there is none, so a sink may ask every second.
+        """
+        row = self.db.execute("SELECT rewind FROM sinks WHERE name = ?", (sink,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        # The cursor is read in the same statement that clears the request: the rewind's own, or
+        # higher if the size bound dropped uplinks since (those are a gap, announced as usual).
+        taken = self.db.execute("UPDATE sinks SET rewind = NULL WHERE name = ? AND rewind IS NOT NULL"
+                                " RETURNING cursor", (sink,)).fetchone()
+        return None if taken is None else (int(taken[0]), str(row[0]))
+
+    def count_after(self, after_id: int) -> int:
+        """Uplinks held after `after_id`, not counting rows superseded by a re-decode."""
+        return int(self.db.execute("SELECT count(*) FROM uplinks WHERE id > ? AND status != 4",
+                                   (after_id,)).fetchone()[0])
+
+    def stored(self, *, dev_eui: str | None = None, since: float | None = None, until: float | None = None,
+               statuses: Sequence[int] | None = None, limit: int | None = None, raw: bool = False,
+               page: int = 200) -> Iterator[Stored]:
+        """Stored uplinks matching the filters, newest stored first, for `edge buffer list`.
+
+        Read a page at a time by id (each page its own short read, so a long export neither holds
+        the whole table in memory nor keeps a snapshot that stops the WAL from being checkpointed).
+        Ordered by id, not by time: id order is storage order, no sort and no index on time needed;
+        it is receive order except for re-decoded uplinks, which sit where they were stored again.
+
+        Args:
+            dev_eui, since, until: filters (receive time: at or after `since`, before `until`).
+            statuses: DecodeStatus values to list; None for all but superseded rows.
+            limit: at most this many (None: all).
+            raw: also read the original ChirpStack message (topic and payload).
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, value in (("u.dev_eui = ?", dev_eui), ("u.time >= ?", since), ("u.time < ?", until)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        wanted = list(statuses) if statuses is not None else [0, 1, 2, 3]
+        where.append(f"u.status IN ({','.join('?' * len(wanted))})")
+        args.extend(wanted)
+        columns = ("u.id, u.uplink_id, u.dev_eui, u.application_id, u.gateway_id, u.time, u.status, u.decoder,"
+                   " u.error, u.readings, u.radio")
+        join = ""
+        if raw:
+            columns += ", r.topic, r.payload, r.received"
+            join = " LEFT JOIN raw r ON r.id = u.id"
+        before = self.last_id() + 1
+        left = limit
+        while left is None or left > 0:
+            n = page if left is None else min(page, left)
+            rows = self.db.execute(f"SELECT {columns} FROM uplinks u{join} WHERE u.id < ? AND {' AND '.join(where)}"
+                                   " ORDER BY u.id DESC LIMIT ?", (before, *args, n)).fetchall()
+            for r in rows:
+                yield Stored(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                             *((r[11], r[12], r[13]) if raw else ()))
+            if len(rows) < n:
+                return
+            before = rows[-1][0]
+            if left is not None:
+                left -= len(rows)
 
     def gaps(self, sink: str) -> list[Gap]:
         """Gap notices not yet delivered to this sink."""

@@ -268,13 +268,34 @@ def demo(seconds: float, devices: int, rate: float, fmt: str) -> None:
     sys.exit(run_demo(seconds=seconds, devices=devices, rate=rate, fmt=fmt))
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _timestamp(value: str | None, now: float | None = None, hint: str | None = None) -> float | None:
+    """An ISO 8601 time (UTC when it has no offset) or a time ago like `90s`, `30m`, `2h`, `7d`, `1w`."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:].lower() in _UNITS:
+        return (time.time() if now is None else now) - float(text[:-1]) * _UNITS[text[-1].lower()]
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither an ISO 8601 time (e.g. 2026-11-25T10:00:00Z) nor a time"
+                                 " ago like 2h or 7d", param_hint=hint) from None
+    # A time without an offset is taken as UTC, the gateway's clock.
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
 def _register() -> None:
+    from edge.cli.buffer import buffer
     from edge.cli.decoders import decoders
     from edge.cli.devices import devices, downlink
     from edge.cli.doctor import doctor
     from edge.cli.sharing import deadletter, shares
     from edge.cli.watch import watch
 
+    main.add_command(buffer)
     main.add_command(decoders)
     main.add_command(doctor)
     main.add_command(watch)
@@ -296,23 +317,12 @@ def _full_short_help(group: click.Group) -> None:
 _register()
 
 
-def _timestamp(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-11-25T10:00:00Z)") from None
-    # A time without an offset is taken as UTC, the gateway's clock.
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-
-
 @main.command()
 @CONFIG_OPTION
 @click.option("--device", "dev_eui", default=None, help="Only this DevEUI.")
 @click.option("--decoder", default=None, help="Only uplinks that were decoded (or failed) with this decoder id.")
-@click.option("--since", default=None, help="Only uplinks received at or after this ISO 8601 time.")
-@click.option("--until", default=None, help="Only uplinks received before this ISO 8601 time.")
+@click.option("--since", default=None, help="Only uplinks received at or after this time (ISO 8601, or ago: 2h, 7d).")
+@click.option("--until", default=None, help="Only uplinks received before this time (ISO 8601, or ago: 2h, 7d).")
 @click.option("--all", "everything", is_flag=True,
               help="Re-decode every matching uplink, not only failed and undecoded ones.")
 @click.option("--dry-run", is_flag=True, help="Decode and count, but store and send nothing.")
@@ -327,7 +337,8 @@ def redecode(config_path: Path, dev_eui: str | None, decoder: str | None, since:
 
     cfg = _load(config_path)
     totals = run_redecode(cfg, dev_eui=dev_eui.lower() if dev_eui else None, decoder=decoder,
-                          since=_timestamp(since), until=_timestamp(until), everything=everything, dry_run=dry_run)
+                          since=_timestamp(since, hint="--since"), until=_timestamp(until, hint="--until"),
+                          everything=everything, dry_run=dry_run)
     verb = "would be queued" if dry_run else "queued for every upstream"
     click.echo(f"{totals['seen']} uplinks re-decoded: {totals['decoded']} decoded, {totals['chirpstack']} from"
                f" ChirpStack's object, {totals['undecoded']} without decoder, {totals['decode_failed']} still failing;"

@@ -16,9 +16,17 @@ class Backlog(Protocol):
     Call order: `cursor` once at start, then `read` with increasing ids; `advance` only with ids
     whose messages the destination acknowledged, in order. `notices` are out-of-band messages
     (gap notices) that must be delivered once, confirmed with `notice_delivered`.
+
+    Rewinds (`edge buffer rewind`): a sink asks `rewound` about once a second while it runs. When it
+    returns a position, the sink drops whatever it has read or has in flight (none of it is
+    released), and reads on from that position; `cursor` at start takes up a pending rewind too.
     """
 
     def cursor(self) -> int: ...
+
+    def rewound(self) -> int | None:
+        """The position to read from again if the operator rewound this sink since it last asked, else None."""
+        ...
 
     def read(self, after_id: int, limit: int) -> list[Entry]: ...
 

@@ -17,6 +17,9 @@ message (the httpx exception tree it relies on is drawn in `httpx/_exceptions.py
 After a crash or restart the batch is read again from the durable cursor, so a receiver may see
 a message twice; NGSI-LD upserts with stable entity ids and SenML records with uplink ids make
 that harmless. Each upstream runs in its own thread, so one being down never holds back another.
+
+Rewinds (`edge buffer rewind`): about once a second, between two requests, the sink asks the buffer
+whether the operator moved it back; if so it drops the rest of its batch and reads on from there.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.25
 # How often an idle sink asks the buffer for gap notices.
 NOTICE_CHECK_S = 5.0
+# How often the sink asks the buffer whether the operator rewound it (`edge buffer rewind`).
+REWIND_CHECK_S = 1.0
 # The part of a response body kept for the dead-letter store and the log.
 EXCERPT_CHARS = 500
 
@@ -276,8 +281,16 @@ class HttpSink:
         pending: deque[OutMessage] = deque()
         batch_last, batch_entries = cursor, 0
         notices_checked = -math.inf
+        rewind_checked = time.monotonic()
         while not stop.is_set():
             self.heartbeat = time.monotonic()
+            if self.heartbeat - rewind_checked >= REWIND_CHECK_S:
+                rewind_checked = self.heartbeat
+                position = backlog.rewound()
+                if position is not None:
+                    # The rest of the batch is dropped unsent; everything from `position` is read again.
+                    cursor, batch_last, batch_entries = position, position, 0
+                    pending.clear()
             if not pending and batch_entries == 0:
                 # Gap notices first, so a receiver learns about a hole before the data after it.
                 if self.cfg.notice_endpoint and self.heartbeat - notices_checked >= NOTICE_CHECK_S:
@@ -294,6 +307,8 @@ class HttpSink:
             # A retry resumes at the first unsettled message; earlier ones of the batch are not re-sent.
             while pending and not stop.is_set():
                 self.heartbeat = time.monotonic()
+                if self.heartbeat - rewind_checked >= REWIND_CHECK_S:
+                    break  # the loop's top looks for a rewind, then resumes this batch
                 if not self._deliver(client, self.cfg.endpoint, pending[0], stop, backoff):
                     break
                 pending.popleft()

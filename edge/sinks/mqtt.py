@@ -13,6 +13,10 @@ configuration, not for the data, and some brokers (Mosquitto 2.0) also drop the 
 sink logs an ERROR naming the topic and reason and retries with a backoff growing to
 REFUSED_BACKOFF_MAX_S; once the broker's configuration is fixed, delivery resumes where it stopped.
 
+Rewinds (`edge buffer rewind`): about once a second the sink asks the buffer whether the operator
+moved it back. If so it forgets every window read or in flight (their late PUBACKs release
+nothing) and reads on from the new position on the same connection.
+
 Progress on a flaky backhaul: a window is released only as a whole, so a link that drops more
 often than one window takes to send would resend the same window forever. After a session ends
 with a window unfinished, the next windows are half that size (down to MIN_READ_BATCH); each
@@ -45,6 +49,9 @@ PROGRESS_INTERVAL_S = 0.25
 # Retry delays after the broker refused a message: from the reconnect minimum up to this, so a
 # misconfigured broker costs one ERROR line a minute, not a reconnect storm.
 REFUSED_BACKOFF_MAX_S = 60.0
+# How often a running sink asks the buffer whether the operator rewound it (`edge buffer rewind`):
+# one indexed single-row read, so a rewind takes effect about a second later at most.
+REWIND_CHECK_S = 1.0
 # The smallest window a flaky link shrinks reads to: about one pack per device of a large fleet.
 MIN_READ_BATCH = 100
 
@@ -274,8 +281,26 @@ class MqttSink:
                          " reading %d at a time until windows get through.", self.name, cut, self.read_limit,
                          extra={"upstream": self.name})
 
+    def _rewind(self, backlog: Backlog) -> int | None:
+        """Take up a rewind, if the operator asked for one: the position to read on from, else None."""
+        if self._delivered_pending:  # counted as delivered; the cursor stays where the rewind put it
+            backlog.advance(self._committed_pos, self._delivered_pending)
+            self._delivered_pending = 0
+        position = backlog.rewound()
+        if position is None:
+            return None
+        # Messages already published stay in paho's window until acknowledged; from now on their
+        # PUBACKs only free the window. The entries they carry are read and sent again.
+        stale = _Batch(position, 0, iter(()))
+        for mid, (owner, topic) in list(self._by_mid.items()):
+            if isinstance(owner, _Batch):
+                self._by_mid[mid] = (stale, topic)
+        self._batches.clear()
+        self._committed_pos = position
+        return position
+
     def _deliver(self, client: paho.Client, backlog: Backlog, stop: threading.Event, read_pos: int) -> None:
-        last_progress = time.monotonic()
+        last_progress = last_rewind_check = time.monotonic()
         check_notices = True
         window = self.cfg.max_inflight
         while not stop.is_set():
@@ -341,6 +366,12 @@ class MqttSink:
                 backlog.advance(self._committed_pos, self._delivered_pending)
                 self._delivered_pending = 0
                 last_progress = now
+            if now - last_rewind_check >= REWIND_CHECK_S:
+                last_rewind_check = now
+                position = self._rewind(backlog)
+                if position is not None:
+                    read_pos = position
+                    continue
             if idle and not self.wake.is_set():
                 self.wake.wait(0.05)
             if idle and now - last_progress > 5:

@@ -48,6 +48,9 @@ class MemoryBacklog:
     def cursor(self) -> int:
         return self._cursor
 
+    def rewound(self) -> int | None:
+        return None
+
     def read(self, after_id: int, limit: int) -> list[Entry]:
         with self.lock:
             return [e for e in self.entries if e.id > after_id][:limit]

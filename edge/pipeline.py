@@ -210,9 +210,9 @@ class BufferBacklog:
 
     def cursor(self) -> int:
         """The sink's durable cursor (a rewind asked for while the sink was not reading is taken up here)."""
-        self.buffer.register_sink(self.sink)
+        cursor = self.buffer.register_sink(self.sink)
         taken = self._take_rewind()
-        return self.buffer.register_sink(self.sink) if taken is None else taken
+        return cursor if taken is None else taken
 
     def rewound(self) -> int | None:
         """The position `edge buffer rewind` moved this sink back to, once; None when there is no request."""

@@ -89,10 +89,6 @@ class Service:
                  *((f"upstream {s.name}", s.heartbeat) for s in self.pipeline.sinks)]
         return [f"{name} ({now - beat:.0f} s)" for name, beat in beats if now - beat >= limit]
 
-    def healthy(self, now: float, limit: float) -> bool:
-        """True while every pipeline thread has made progress within `limit` seconds."""
-        return not self.stalled(now, limit)
-
     def status_line(self, stalled: list[str] | None = None) -> str:
         """The one-line STATUS shown by `systemctl status`."""
         p = self.pipeline

@@ -3,8 +3,10 @@ fetched once, and decoding that keeps working with ChirpStack's API gone (real g
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -54,6 +56,19 @@ def chirpstack_api():
     fake.stop()
 
 
+@contextlib.contextmanager
+def _cache_running(pipeline: Pipeline) -> Iterator[None]:
+    """The device registry's worker (sync, periodic refresh, one-off fetches) as `edge run` runs it."""
+    stop = threading.Event()
+    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(10)
+
+
 def _config(make_config, tmp_path, fake):
     token = tmp_path / "api.token"
     token.write_text("secret-token\n")
@@ -70,10 +85,7 @@ def test_device_cache_profile_js_codec_gets_device_variables(chirpstack_api, mak
     fake, _ = chirpstack_api
     cfg = _config(make_config, tmp_path, fake)
     pipeline = Pipeline(cfg)
-    stop = threading.Event()
-    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
-    worker.start()
-    try:
+    with _cache_running(pipeline):
         assert wait_until(lambda: pipeline.devices.last_sync_ok is not None, 10)
         msgs = _uplinks(0, 3)
         pipeline.handle(msgs)
@@ -85,19 +97,13 @@ def test_device_cache_profile_js_codec_gets_device_variables(chirpstack_api, mak
             assert entry.readings[0].value == pytest.approx(payload_temp + 100)
         decoder = pipeline.buffer.db.execute("SELECT DISTINCT decoder FROM uplinks").fetchall()
         assert decoder == [("profile-js",)]
-    finally:
-        stop.set()
-        worker.join(10)
 
 
 def test_device_cache_unknown_device_is_fetched_once_then_used(chirpstack_api, make_config, tmp_path):
     fake, state = chirpstack_api
     cfg = _config(make_config, tmp_path, fake)
     pipeline = Pipeline(cfg)
-    stop = threading.Event()
-    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
-    worker.start()
-    try:
+    with _cache_running(pipeline):
         assert wait_until(lambda: pipeline.devices.last_sync_ok is not None, 10)
         # Added in ChirpStack after the sync: the first uplink is not held back, the next is decoded.
         state.add_device(TENANT, "app1", "a81758fffe000001", "p-js", variables={"offset": "0"})
@@ -108,9 +114,6 @@ def test_device_cache_unknown_device_is_fetched_once_then_used(chirpstack_api, m
         stored = pipeline.buffer.read(0, 10)
         assert [bool(e.readings) for e in stored] == [False, True, True]
         assert state.calls.count("DeviceService.Get") >= 1
-    finally:
-        stop.set()
-        worker.join(10)
 
 
 def test_device_cache_serves_with_the_api_gone(chirpstack_api, make_config, tmp_path):
@@ -141,14 +144,8 @@ def test_redecode_uses_the_device_cache_like_run(chirpstack_api, make_config, tm
     msgs = _uplinks(0, 2)
     pipeline.handle(msgs)  # the cache has not synced yet: no hints, no decoder
     assert [e.readings for e in pipeline.buffer.read(0, 10)] == [[], []]
-    stop = threading.Event()
-    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
-    worker.start()
-    try:
+    with _cache_running(pipeline):
         assert wait_until(lambda: pipeline.devices.last_sync_ok is not None, 10)
-    finally:
-        stop.set()
-        worker.join(10)
     pipeline.buffer.close()
     fake.stop()  # the API is gone again: the cache in the buffer file is enough
 
@@ -181,19 +178,13 @@ def test_device_cache_retries_a_failed_sync_soon(chirpstack_api, make_config, tm
     fake.stop()  # the port stays reserved for the restart below
     monkeypatch.setattr(edge.device_cache, "RETRY_SYNC_S", 0.05)
     pipeline = Pipeline(cfg)
-    stop = threading.Event()
-    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
-    worker.start()
-    try:
+    with _cache_running(pipeline):
         assert wait_until(lambda: pipeline.devices.failures >= 2, 20)
         assert "unreachable" in pipeline.devices.last_error and pipeline.devices.last_sync_ok is None
         fake.start()
         assert wait_until(lambda: pipeline.devices.last_sync_ok is not None, 20)
         assert pipeline.devices.failures == 0 and pipeline.devices.last_error == ""
         assert pipeline.devices.hints("a81758fffe000000").variables == {"offset": "100"}
-    finally:
-        stop.set()
-        worker.join(10)
 
 
 def test_device_cache_periodic_refresh_picks_up_changes(chirpstack_api, make_config, tmp_path):
@@ -202,17 +193,11 @@ def test_device_cache_periodic_refresh_picks_up_changes(chirpstack_api, make_con
     path = tmp_path / "edge.toml"
     path.write_text(path.read_text().replace("[buffer]", "api_sync_interval_s = 1\n\n[buffer]", 1))
     pipeline = Pipeline(load_config(path))
-    stop = threading.Event()
-    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
-    worker.start()
-    try:
+    with _cache_running(pipeline):
         assert wait_until(lambda: pipeline.devices.hints("a81758fffe000000").variables == {"offset": "100"}, 10)
         state.devices["a81758fffe000000"].variables["offset"] = "-40"
         assert wait_until(lambda: pipeline.devices.hints("a81758fffe000000").variables == {"offset": "-40"}, 20)
         assert state.calls.count("TenantService.Get") >= 2  # a full sync ran again
-    finally:
-        stop.set()
-        worker.join(10)
 
 
 def test_device_cache_unknown_device_asked_once_for_a_burst(chirpstack_api, make_config, tmp_path):
@@ -220,10 +205,7 @@ def test_device_cache_unknown_device_asked_once_for_a_burst(chirpstack_api, make
     fake, state = chirpstack_api
     cfg = _config(make_config, tmp_path, fake)
     pipeline = Pipeline(cfg)
-    stop = threading.Event()
-    worker = threading.Thread(target=pipeline.devices.run, args=(stop,), daemon=True)
-    worker.start()
-    try:
+    with _cache_running(pipeline):
         assert wait_until(lambda: pipeline.devices.last_sync_ok is not None, 10)
         gets = state.calls.count("DeviceService.Get")  # the sync's own
         burst = _uplinks(2, 6)
@@ -233,6 +215,3 @@ def test_device_cache_unknown_device_asked_once_for_a_burst(chirpstack_api, make
         assert wait_until(pipeline.devices._wanted.empty, 10)
         assert state.calls.count("DeviceService.Get") == gets + 1
         assert len(pipeline.buffer.read(0, 10)) == 6  # stored (undecoded, raw kept) without waiting for the API
-    finally:
-        stop.set()
-        worker.join(10)

@@ -22,7 +22,7 @@ import orjson
 
 from edge.buffer.migrations import migrate
 from edge.errors import StorageCorrupt, StorageError
-from edge.model import DeviceEvent, Entry, Malformed, Reading, Uplink, radio_json, readings_json
+from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Reading, Uplink, radio_json, readings_json
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,16 @@ class Stored:
     received: float | None = None
 
 
+# Rows `edge redecode` replaced with a newer decode; interpolated into SQL (a constant, never input).
+_SUPERSEDED = DecodeStatus.SUPERSEDED
+
 # The share of the size bound (`buffer.max_size_mb`) dead letters may take; the oldest go beyond it.
 DEAD_LETTER_SHARE = 0.1
 
 
 def is_disk_full(exc: sqlite3.Error) -> bool:
     """True for SQLITE_FULL: the disk (or the database's page limit) has no room for the write."""
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
 
 
 def connect(path: str | Path, *, readonly: bool = False, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -349,7 +352,8 @@ class Buffer:
                     [(received, m.topic, m.error, m.payload) for m, received in batch.malformed],
                 )
             if batch.supersedes:
-                db.executemany("UPDATE uplinks SET status = 4 WHERE id = ?", [(i,) for i in batch.supersedes])
+                db.executemany(f"UPDATE uplinks SET status = {_SUPERSEDED} WHERE id = ?",
+                               [(i,) for i in batch.supersedes])
             if batch.counts:
                 db.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
                                [(n, name) for name, n in batch.counts.items()])
@@ -443,7 +447,7 @@ class Buffer:
 
         Rows already superseded by a re-decode are never returned.
         """
-        where = ["u.status != 4"]
+        where = [f"u.status != {_SUPERSEDED}"]
         args: list[Any] = []
         filters = (("u.id <= ?", upto), ("u.dev_eui = ?", dev_eui), ("u.decoder = ?", decoder),
                    ("u.time >= ?", since), ("u.time < ?", until))
@@ -575,11 +579,12 @@ class Buffer:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            oldest, held = db.execute("SELECT min(time), count(*) FROM uplinks WHERE status != 4").fetchone()
+            oldest, held = db.execute(
+                f"SELECT min(time), count(*) FROM uplinks WHERE status != {_SUPERSEDED}").fetchone()
             if since is None:
                 first = db.execute("SELECT min(id) FROM uplinks").fetchone()[0]
             else:
-                first = db.execute("SELECT min(id) FROM uplinks WHERE time >= ? AND status != 4",
+                first = db.execute(f"SELECT min(id) FROM uplinks WHERE time >= ? AND status != {_SUPERSEDED}",
                                    (since,)).fetchone()[0]
             target = self.last_id() if first is None else int(first) - 1
             row = db.execute("SELECT cursor FROM sinks WHERE name = ?", (sink,)).fetchone()
@@ -592,7 +597,7 @@ class Buffer:
                        " SET cursor = excluded.cursor, rewind = excluded.rewind", (sink, cursor, label))
             again, pending, first_time = db.execute(
                 "SELECT count(*) FILTER (WHERE id <= ?1), count(*) FILTER (WHERE id > ?1), min(time) FROM uplinks"
-                " WHERE id > ?2 AND status != 4", (before, cursor)).fetchone()
+                f" WHERE id > ?2 AND status != {_SUPERSEDED}", (before, cursor)).fetchone()
             # Ids are never reused and only the size bound deletes rows, oldest first: every id below
             # the smallest held is an uplink it dropped (delivered or not).
             low = db.execute("SELECT min(id) FROM uplinks").fetchone()[0]
@@ -620,7 +625,7 @@ class Buffer:
 
     def count_after(self, after_id: int) -> int:
         """Uplinks held after `after_id`, not counting rows superseded by a re-decode."""
-        return int(self.db.execute("SELECT count(*) FROM uplinks WHERE id > ? AND status != 4",
+        return int(self.db.execute(f"SELECT count(*) FROM uplinks WHERE id > ? AND status != {_SUPERSEDED}",
                                    (after_id,)).fetchone()[0])
 
     def stored(self, *, dev_eui: str | None = None, since: float | None = None, until: float | None = None,
@@ -645,7 +650,8 @@ class Buffer:
             if value is not None:
                 where.append(clause)
                 args.append(value)
-        wanted = list(statuses) if statuses is not None else [0, 1, 2, 3]
+        wanted = list(statuses) if statuses is not None else [
+            s for s in range(len(DecodeStatus.NAMES)) if s != _SUPERSEDED]
         where.append(f"u.status IN ({','.join('?' * len(wanted))})")
         args.extend(wanted)
         columns = ("u.id, u.uplink_id, u.dev_eui, u.application_id, u.gateway_id, u.time, u.status, u.decoder,"

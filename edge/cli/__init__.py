@@ -32,6 +32,18 @@ def _load(path: Path) -> Config:
         raise SystemExit(2) from None
 
 
+def _existing_buffer(path: str) -> str:
+    """The buffer's path, or exit 1 with a clear error when `edge run` has not created it yet.
+
+    Commands other than `edge run` never create the buffer: one run as root would leave a file the
+    service's user cannot write.
+    """
+    if not Path(path).exists():
+        click.echo(f"error: no buffer at {path} yet (has `edge run` started?)", err=True)
+        raise SystemExit(1)
+    return path
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lorawan-edge")
 def main() -> None:
@@ -133,10 +145,7 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
     from edge.model import DecodeStatus
 
     cfg = _load(config_path)
-    if not Path(cfg.buffer.path).exists():
-        click.echo(f"error: no buffer at {cfg.buffer.path} yet (has `edge run` started?)", err=True)
-        raise SystemExit(1)
-    buf = Buffer(cfg.buffer.path, readonly=True)
+    buf = Buffer(_existing_buffer(cfg.buffer.path), readonly=True)
     held = quarantine.load(quarantine.path_for(cfg.buffer.path))
     from importlib.metadata import PackageNotFoundError, version
 

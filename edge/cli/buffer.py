@@ -10,18 +10,10 @@ from typing import Any
 import click
 import orjson
 
-from edge.cli import CONFIG_OPTION, _load, _timestamp
+from edge.cli import CONFIG_OPTION, _existing_buffer, _load, _timestamp
 from edge.model import DecodeStatus, Uplink
 
 _STATUSES = {name: code for code, name in enumerate(DecodeStatus.NAMES)}
-
-
-def _buffer_path(path: str) -> str:
-    # Never create the buffer from here: a command run as root would leave a file the service cannot write.
-    if not Path(path).exists():
-        click.echo(f"error: no buffer at {path} yet (has `edge run` started?)", err=True)
-        raise SystemExit(1)
-    return path
 
 
 def _utc(ts: float | None, sep: str = " ") -> str:
@@ -68,7 +60,7 @@ def list_(config_path: Path, dev_eui: str | None, since: str | None, until: str 
 
     cfg = _load(config_path)
     start, end = _timestamp(since, hint="--since"), _timestamp(until, hint="--until")
-    buf = Buffer(_buffer_path(cfg.buffer.path), readonly=True)
+    buf = Buffer(_existing_buffer(cfg.buffer.path), readonly=True)
     shown = 0
     try:
         for row in buf.stored(dev_eui=dev_eui.lower() if dev_eui else None, since=start, until=end,
@@ -127,7 +119,7 @@ def rewind(config_path: Path, name: str, since: str | None, everything: bool, as
         raise click.UsageError("give either --since TIME or --all")
     start = _timestamp(since, hint="--since")
     label = "the oldest uplink held" if start is None else _utc(start, "T")
-    buf = Buffer(_buffer_path(cfg.buffer.path), max_bytes=int(cfg.buffer.max_size_mb * 1024 * 1024))
+    buf = Buffer(_existing_buffer(cfg.buffer.path), max_bytes=int(cfg.buffer.max_size_mb * 1024 * 1024))
     try:
         done = buf.rewind(name, start, label)
     finally:

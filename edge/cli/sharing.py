@@ -10,16 +10,8 @@ from pathlib import Path
 
 import click
 
-from edge.cli import CONFIG_OPTION, _load
+from edge.cli import CONFIG_OPTION, _existing_buffer, _load
 from edge.config import Config
-
-
-def _buffer_path(cfg: Config) -> str:
-    # Never create the buffer from here: a command run as root would leave a file the service cannot write.
-    if not Path(cfg.buffer.path).exists():
-        click.echo(f"error: no buffer at {cfg.buffer.path} yet (has `edge run` started?)", err=True)
-        raise SystemExit(1)
-    return cfg.buffer.path
 
 
 def _upstream_names(cfg: Config) -> list[str]:
@@ -46,7 +38,7 @@ def explain(config_path: Path, name: str, dev_eui: str) -> None:
     http = {u.name: u for u in cfg.http_upstreams}
     if name not in mqtt and name not in http:
         raise click.UsageError(f"no upstream named {name!r}; configured: {', '.join(_upstream_names(cfg))}")
-    buf = Buffer(_buffer_path(cfg), readonly=True)
+    buf = Buffer(_existing_buffer(cfg.buffer.path), readonly=True)
     dev_eui = dev_eui.lower()
     row = buf.db.execute("SELECT last_uplink FROM devices WHERE dev_eui = ?", (dev_eui,)).fetchone()
     if row is None:
@@ -101,7 +93,7 @@ def list_(config_path: Path, name: str | None, as_json: bool) -> None:
     from edge.buffer.store import Buffer
 
     cfg = _load(config_path)
-    letters = Buffer(_buffer_path(cfg), readonly=True).dead_letters(name)
+    letters = Buffer(_existing_buffer(cfg.buffer.path), readonly=True).dead_letters(name)
     if as_json:
         click.echo(json.dumps([{k: v for k, v in d.items() if k != "payload"} | {"bytes": len(d["payload"])}
                                for d in letters], indent=2))
@@ -126,7 +118,7 @@ def replay(config_path: Path, name: str, ids: tuple[int, ...]) -> None:
     http = {u.name: u for u in cfg.http_upstreams}
     if name not in http:
         raise click.UsageError(f"{name!r} is not an HTTP upstream")
-    buf = Buffer(_buffer_path(cfg))
+    buf = Buffer(_existing_buffer(cfg.buffer.path))
     letters = [d for d in buf.dead_letters(name) if not ids or d["id"] in ids]
     sink = HttpSink(http[name], lambda: None, lambda entries: [], threading.Event())  # type: ignore[arg-type,return-value]
     ok = failed = 0

@@ -271,9 +271,7 @@ class MqttSink:
         finally:
             # Whatever was completely acknowledged stays delivered, however the session ended, so a
             # reconnect does not send it again.
-            if self._delivered_pending:
-                backlog.advance(self._committed_pos, self._delivered_pending)
-                self._delivered_pending = 0
+            self._save_progress(backlog)
             if self._batches and self._batches[0].entries > MIN_READ_BATCH and not stop.is_set():
                 cut = self._batches[0].entries
                 self.read_limit = max(MIN_READ_BATCH, min(self.read_limit, cut // 2))
@@ -281,11 +279,15 @@ class MqttSink:
                          " reading %d at a time until windows get through.", self.name, cut, self.read_limit,
                          extra={"upstream": self.name})
 
-    def _rewind(self, backlog: Backlog) -> int | None:
-        """Take up a rewind, if the operator asked for one: the position to read on from, else None."""
-        if self._delivered_pending:  # counted as delivered; the cursor stays where the rewind put it
+    def _save_progress(self, backlog: Backlog) -> None:
+        """Write the windows released since the last write (if any) to the buffer's cursor."""
+        if self._delivered_pending:
             backlog.advance(self._committed_pos, self._delivered_pending)
             self._delivered_pending = 0
+
+    def _rewind(self, backlog: Backlog) -> int | None:
+        """Take up a rewind, if the operator asked for one: the position to read on from, else None."""
+        self._save_progress(backlog)  # counted as delivered; the cursor stays where the rewind put it
         position = backlog.rewound()
         if position is None:
             return None
@@ -363,8 +365,7 @@ class MqttSink:
             self._acked_notices.clear()
             now = time.monotonic()
             if self._delivered_pending and (now - last_progress >= PROGRESS_INTERVAL_S or not self._batches):
-                backlog.advance(self._committed_pos, self._delivered_pending)
-                self._delivered_pending = 0
+                self._save_progress(backlog)
                 last_progress = now
             if now - last_rewind_check >= REWIND_CHECK_S:
                 last_rewind_check = now

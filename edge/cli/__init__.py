@@ -312,6 +312,8 @@ def _register() -> None:
     main.add_command(deadletter)
     main.add_command(devices)
     main.add_command(downlink)
+    # Imported for its effect: it adds `import`, `verify` and `export` to the `devices` group.
+    import edge.cli.onboard  # noqa: F401
 
 
 def _full_short_help(group: click.Group) -> None:

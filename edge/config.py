@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import socket
@@ -301,7 +302,10 @@ class _Reader:
 
     def done(self) -> None:
         for name in sorted(set(self.table) - self.used):
-            self.problems.append(f"{self.key(name)}: unknown key")
+            # Every key this section knows was asked for with get(), so `used` is the list to suggest from.
+            close = difflib.get_close_matches(name, sorted(self.used), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.problems.append(f"{self.key(name)}: unknown key{hint}")
 
 
 def _check_file(r: _Reader, name: str, value: str) -> None:

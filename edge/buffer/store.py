@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from edge.buffer import location
 from edge.buffer.migrations import migrate
 from edge.errors import StorageCorrupt, StorageError
 from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Reading, Uplink, radio_json, readings_json
@@ -161,6 +162,9 @@ def open_writer(path: str | Path, max_bytes: int) -> Buffer:
     instead of crash-looping on a damaged file.
     """
     p = Path(path)
+    blocked = location.problem(p)
+    if blocked:
+        raise StorageError(blocked)  # one clear line from `edge run`, not a traceback in a restart loop
     marker = p.with_name(p.name + ".clean")
     check = p.exists() and not marker.exists()
     try:

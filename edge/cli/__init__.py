@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -29,6 +30,11 @@ def _load(path: Path) -> Config:
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
+        if not path.exists():
+            source = "EDGE_CONFIG" if os.environ.get("EDGE_CONFIG") else "the default" \
+                if path == Path(DEFAULT_PATH) else "--config"
+            click.echo(f"hint: {path} is {source}; pass --config PATH (or set EDGE_CONFIG) to use another file,"
+                       " e.g. the demo's or a copy of deploy/edge.toml.example", err=True)
         raise SystemExit(2) from None
 
 
@@ -81,12 +87,29 @@ def run(config_path: Path) -> None:
 @click.option("--show", is_flag=True, help="Print the effective configuration (secrets are never included).")
 def validate(config_path: Path, show: bool) -> None:
     """Check the configuration; print every problem with its key."""
+    from edge.buffer.location import problem as buffer_problem
+    from edge.pipeline import build_registry
+
     cfg = _load(config_path)
     if show:
         from edge.config_layers import describe_sources
 
         click.echo(json.dumps({**describe(cfg), "sources": describe_sources(config_path)}, indent=2))
-    click.echo(f"{config_path}: OK ({len(cfg.upstreams)} upstream(s))")
+    problems = []
+    blocked = buffer_problem(cfg.buffer.path)
+    if blocked:
+        problems.append(f"buffer.path: {blocked}")
+    # A rule naming a decoder that is not installed would leave its devices undecoded in silence.
+    known = set(build_registry(cfg).ids())
+    for i, rule in enumerate(cfg.decoding.rules):
+        if rule.decoder not in known:
+            problems.append(f"decoding.rule[{i}].decoder: no installed decoder has the id {rule.decoder!r}"
+                            " (see `edge decoders list`; a plugin may be missing or blocked)")
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        raise SystemExit(2)
+    click.echo(f"{config_path}: OK ({len(cfg.upstreams)} MQTT and {len(cfg.http_upstreams)} HTTP upstream(s))")
 
 
 def service_health(cfg: Config, timeout: float = 3.0) -> dict[str, Any]:

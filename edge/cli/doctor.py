@@ -468,10 +468,15 @@ def _check_disk(r: _Report, cfg: Config) -> None:
 
 
 def _check_buffer(r: _Report, cfg: Config) -> None:
+    from edge.buffer.location import problem
     from edge.buffer.migrations import MIGRATIONS
     from edge.buffer.store import Buffer, connect
 
     path = Path(cfg.buffer.path)
+    blocked = problem(path)
+    if blocked:
+        r.add("buffer file", "FAIL", blocked, "run doctor as the service's user; `edge run` cannot store anything")
+        return
     if not path.exists():
         r.add("buffer file", "WARN", f"{path} does not exist yet", "start the service; `edge run` creates it")
         return

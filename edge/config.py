@@ -161,6 +161,7 @@ class UpstreamConfig:
     qos: int = 1
     max_inflight: int = 20
     max_message_bytes: int = 65536
+    one_uplink_per_message: bool = False  # for receivers that read only a pack's first base values
     read_batch: int = 50000
     share: ShareRules = field(default_factory=ShareRules)
     command_topic: str = ""
@@ -188,6 +189,7 @@ class HttpUpstreamConfig:
         headers: extra request headers, e.g. (("NGSILD-Tenant", "city"),).
         notice_endpoint: where gap notices are POSTed as JSON; empty to keep them in the buffer.
         proxy: an HTTP(S) proxy URL; the environment's proxy variables are not used.
+        one_uplink_per_message: SenML formats: one uplink per request instead of a device's backlog per request.
     """
 
     name: str
@@ -205,6 +207,7 @@ class HttpUpstreamConfig:
     headers: tuple[tuple[str, str], ...] = ()
     notice_endpoint: str = ""
     proxy: str = ""
+    one_uplink_per_message: bool = False
     share: ShareRules = field(default_factory=lambda: ShareRules())
     ngsi_ld: NgsiLdConfig = field(default_factory=lambda: NgsiLdConfig())
 
@@ -508,6 +511,7 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             qos=ur.get("qos", int, 1),
             max_inflight=ur.positive("max_inflight", int, UpstreamConfig.max_inflight),
             max_message_bytes=ur.positive("max_message_bytes", int, UpstreamConfig.max_message_bytes),
+            one_uplink_per_message=ur.get("one_uplink_per_message", bool, False),
             read_batch=ur.positive("read_batch", int, UpstreamConfig.read_batch),
             share=_share(ur),
             command_topic=_topic(ur, "command_topic", "", allow_empty=True),
@@ -544,6 +548,7 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             retry_after_max_s=hr.positive("retry_after_max_s", float, 600.0),
             headers=tuple((str(k), str(v)) for k, v in headers.items()),
             notice_endpoint=hr.get("notice_endpoint", str, ""), proxy=hr.get("proxy", str, ""),
+            one_uplink_per_message=hr.get("one_uplink_per_message", bool, False),
             share=_share(hr), ngsi_ld=_ngsi_ld(hr),
         )
         for key in ("bearer_token_file", "ca_file", "cert_file", "key_file"):

@@ -136,7 +136,10 @@ def make_formatter(up: UpstreamConfig, edge_id: str) -> Formatter:
         out: list[OutMessage] = []
         with_readings = [part for e in entries if e.has_readings for part in _split_readings(e, limit)]
         for topic, group in grouped(with_readings, up.topic).items():
-            for chunk in _chunks(group, limit, link=False):
+            # One uplink per message costs a message (and a PUBACK) per uplink; a packed backlog costs
+            # one per max_message_bytes of a device's uplinks (docs/records.md).
+            chunks = [[e] for e in group] if up.one_uplink_per_message else _chunks(group, limit, link=False)
+            for chunk in chunks:
                 out.append(OutMessage(topic, senml.pack(chunk, up.format), content_type))
         if up.link_topic:
             for topic, group in grouped(entries, up.link_topic).items():
@@ -168,6 +171,8 @@ def make_http_formatter(up: HttpUpstreamConfig) -> Formatter:
     content_type = senml.CONTENT_TYPES[up.format]
 
     def format_entries(entries: Sequence[Entry]) -> list[OutMessage]:
+        if up.one_uplink_per_message:
+            return [OutMessage("", senml.pack([e], up.format), content_type) for e in entries if e.has_readings]
         by_device: dict[str, list[Entry]] = {}
         for e in entries:
             if e.has_readings:

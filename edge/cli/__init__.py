@@ -246,9 +246,13 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
 @click.option("--seed", type=int, default=None, help="Seed for repeatable payloads and ids.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append every uplink the broker acknowledged as a JSON line to this file.")
+@click.option("--silent", type=click.IntRange(min=0), default=0, help="Devices that stop after 3 uplinks.")
+@click.option("--lossy", type=click.IntRange(min=0), default=0, help="Devices losing every third frame.")
+@click.option("--rejoin", type=click.IntRange(min=0), default=0, help="Devices whose frame counter restarts.")
+@click.option("--draining", type=click.IntRange(min=0), default=0, help="Devices whose battery drains.")
 def simulate(url: str, devices: int, count: int, rate: float, protobuf: bool, seed: int | None,
-             log_path: Path | None) -> None:
-    """Publish simulated ChirpStack v4 uplinks of Elsys ERS sensors."""
+             log_path: Path | None, silent: int, lossy: int, rejoin: int, draining: int) -> None:
+    """Publish simulated ChirpStack v4 uplinks of Elsys ERS sensors (some may misbehave, for sensor health)."""
     from urllib.parse import urlsplit
 
     from edge.simulate import SentUplink, Simulator, publish
@@ -262,7 +266,10 @@ def simulate(url: str, devices: int, count: int, rate: float, protobuf: bool, se
         # The simulator speaks plain MQTT only: an mqtts:// URL must not silently go unencrypted.
         raise click.BadParameter(f"{url!r}: use mqtt://host[:port] (plain MQTT, e.g. a local test broker)",
                                  param_hint="--url")
-    sim = Simulator(devices, protobuf=protobuf, seed=seed)
+    if silent + lossy + rejoin + draining > devices:
+        raise click.BadParameter("more misbehaving devices than --devices", param_hint="--silent/--lossy/...")
+    sim = Simulator(devices, protobuf=protobuf, seed=seed, silent=silent, lossy=lossy, rejoin=rejoin,
+                    draining=draining)
     log_file = log_path.open("a") if log_path else None
 
     def on_sent(s: SentUplink) -> None:

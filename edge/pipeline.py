@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 # How many recent uplink ids are remembered to drop duplicates. Redeliveries after a crash are
 # bounded by the broker's in-flight window, far below this.
 DEDUP_WINDOW = 8192
+# How often sensor health stores every device's statistics (changes of state are stored at once).
+HEALTH_SAVE_S = 300.0
 _STATUS_COUNTER = {
     DecodeStatus.DECODED: "decoded",
     DecodeStatus.CHIRPSTACK: "chirpstack",
@@ -439,6 +441,8 @@ class Pipeline:
                                        batch_ms=cfg.buffer.batch_ms)
         # Sensor health (edge/health.py): states load from the buffer, so a restart judges on.
         self.health: HealthTracker | None = None
+        self._health_conn: Buffer | None = None  # the health round's own connection (its thread's)
+        self._health_saved = time.time()
         if cfg.health.enabled:
             stored = health_store.load_states(self.buffer.db)
             self.health = HealthTracker(cfg.health, {d: DeviceHealth.from_dict(v) for d, v in stored.items()})
@@ -599,20 +603,14 @@ class Pipeline:
 
     def _observe_health(self, batch: Batch) -> None:
         """Committed uplinks into the health tracker: a few dictionary updates per uplink, no query."""
-        health = self.health
-        assert health is not None
-        for new in batch.uplinks:
-            up, radio = new.uplink, new.uplink.radio
-            health.observe(up.device.dev_eui, new.received, radio.fcnt, new.readings, rssi=radio.rssi,
-                           snr=radio.snr, gateway_id=radio.gateway_id, profile=up.device.device_profile_name,
-                           application=up.device.application_name or up.device.application_id,
-                           tags=up.device.tags)
+        assert self.health is not None
+        self.health.observe_all(batch.uplinks)
 
     def _health_loop(self, stop: threading.Event) -> None:
         """Judge silence and store changed states with their notices, every `health.check_interval_s`."""
         health = self.health
         assert health is not None
-        conn = Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes)
+        self._health_conn = Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes)
         self.health_heartbeat = time.monotonic()
         listening_since: float | None = None  # the source's current connection to ChirpStack's broker
         try:
@@ -622,30 +620,40 @@ class Pipeline:
                     listening_since = None
                 elif listening_since is None:
                     listening_since = now
-                health.check(now, self.devices.known() if self.devices is not None else (), listening_since)
-                changed, notices = health.take()
-                try:
-                    health_store.save(conn.db, [d.as_dict() for d in changed],
-                                      [(n.id, n.dev_eui, n.time, _notice_body(n)) for n in notices])
-                except sqlite3.OperationalError as exc:
-                    health.give_back(changed, notices)
-                    if not is_disk_full(exc):
-                        raise
-                if notices:
-                    log.info("%d device health change(s): %s", len(notices),
-                             ", ".join(f"{n.dev_eui} {n.previous or 'new'}->{n.state}"
-                                       f"{' (' + ','.join(n.problems) + ')' if n.problems else ''}"
-                                       for n in notices[:5]), extra={"count": len(notices)})
-                    for sink in self.sinks:
-                        sink.wake.set()
+                self.health_round(now, listening_since)
                 self.health_heartbeat = time.monotonic()
                 if stop.wait(self.cfg.health.check_interval_s):
                     break
-            changed, notices = health.take()  # what changed since the last round, at shutdown
-            health_store.save(conn.db, [d.as_dict() for d in changed],
-                              [(n.id, n.dev_eui, n.time, _notice_body(n)) for n in notices])
+            self.health_round(time.time(), None)  # what changed since the last round, at shutdown
         finally:
-            conn.close()
+            self._health_conn.close()
+
+    def health_round(self, now: float, listening_since: float | None) -> None:
+        """One round of sensor health: judge silence and fresh readings, store changes with their notices."""
+        health = self.health
+        assert health is not None
+        if self._health_conn is None:
+            self._health_conn = Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes)
+        health.check(now, self.devices.known() if self.devices is not None else (), listening_since)
+        # Every device's statistics only every few minutes (and at shutdown); changes every round.
+        everything = listening_since is None or now - self._health_saved >= HEALTH_SAVE_S
+        changed, notices = health.take(now, everything)
+        if everything:
+            self._health_saved = now
+        try:
+            health_store.save(self._health_conn.db, [(d.dev_eui, d.state, d.changed_at, d.data) for d in changed],
+                              [(n.id, n.dev_eui, n.time, _notice_body(n)) for n in notices])
+        except sqlite3.OperationalError as exc:
+            health.give_back(changed, notices)
+            if not is_disk_full(exc):
+                raise
+        if notices:
+            log.info("%d device health change(s): %s", len(notices),
+                     ", ".join(f"{n.dev_eui} {n.previous or 'new'}->{n.state}"
+                               f"{' (' + ','.join(n.problems) + ')' if n.problems else ''}"
+                               for n in notices[:5]), extra={"count": len(notices)})
+            for sink in self.sinks:
+                sink.wake.set()
 
     def _store(self, batch: Batch) -> None:
         """Commit a batch, making room by the size policy first when the bound or the disk requires it.

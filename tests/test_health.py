@@ -86,14 +86,17 @@ def test_health_low_battery_with_hysteresis_and_profile_override() -> None:
     volts = [3.2, 3.1, 3.0, 3.05, 3.08, 3.2]
     for i, v in enumerate(volts):
         tracker.observe(DEV, T0 + i * 60, i + 1, [Reading("battery-voltage", v, "V")])
+        tracker.settle(T0 + i * 60 + 1)  # a health round between uplinks, as in the service
     _, notices = tracker.take()
     # Low at 3.0 V; 3.05 and 3.08 are within the 0.1 V margin, so it clears only at 3.2 V.
     assert [list(n.problems) for n in notices] == [["low-battery"], []]
     override = HealthTracker(HealthConfig(batteries=(HealthBatteryRule(10, 3.3, device_profile=("Li-SOCl2",)),)))
     override.observe(DEV, T0, 1, [Reading("battery-voltage", 3.25, "V")], profile="Li-SOCl2")
+    override.settle(T0)
     assert override.devices[DEV].problems == ["low-battery"]
     percent = HealthTracker(HealthConfig())
     percent.observe(DEV, T0, 1, [Reading("battery", 15, "%EL")])
+    percent.settle(T0)
     assert percent.devices[DEV].problems == ["low-battery"]
 
 
@@ -101,9 +104,16 @@ def test_health_stuck_and_out_of_range_readings() -> None:
     tracker = HealthTracker(HealthConfig(stuck_uplinks=5))
     for i in range(5):
         tracker.observe(DEV, T0 + i * 60, i + 1, [Reading("temperature", 21.5, "Cel"), Reading("volume", 7, "m3")])
+        tracker.settle(T0 + i * 60)
     assert tracker.devices[DEV].problems == ["stuck:temperature"]  # a meter's volume may rest
-    tracker.observe(DEV, T0 + 600, 10, [Reading("temperature", 21.6, "Cel"), Reading("humidity", 140, "%RH")])
+    tracker.observe(DEV, T0 + 600, 6, [Reading("temperature", 21.6, "Cel"), Reading("humidity", 140, "%RH")])
+    tracker.settle(T0 + 600)
     assert tracker.devices[DEV].problems == ["out-of-range:humidity"]
+    # Several uplinks between two rounds: an unchanged value counts each of them.
+    for i in range(5):
+        tracker.observe(DEV, T0 + 700 + i * 60, 7 + i, [Reading("temperature", 21.6, "Cel")])
+    tracker.settle(T0 + 1000)
+    assert tracker.devices[DEV].problems == ["stuck:temperature", "out-of-range:humidity"]
 
 
 def test_health_never_seen_devices_from_the_registry() -> None:
@@ -121,7 +131,7 @@ def test_health_counts_have_bounded_labels() -> None:
     tracker = HealthTracker(HealthConfig())
     for i in range(500):
         tracker.observe(f"{i:016x}", T0, 1, [Reading("battery", 5, "%EL")] if i % 2 else [])
-    counts = tracker.counts()
+    counts = tracker.counts()  # counts after a round
     assert counts["state:ok"] == 500 and counts["problem:low-battery"] == 250
     assert len(counts) == 7  # 3 states + 4 problem kinds, whatever the fleet's size
 
@@ -134,7 +144,7 @@ def test_health_store_keeps_states_and_notices_together(tmp_path: Path) -> None:
         last = feed(tracker, 6)
         tracker.check(last + 10_000)
         changed, notices = tracker.take()
-        store.save(buffer.db, [d.as_dict() for d in changed],
+        store.save(buffer.db, [(d.dev_eui, d.state, d.changed_at, d.data) for d in changed],
                    [(n.id, n.dev_eui, n.time, {"id": n.id, "dev_eui": n.dev_eui, "time": n.time, "state": n.state,
                                                "problems": list(n.problems), "summary": n.summary})
                     for n in notices])
@@ -162,7 +172,8 @@ def test_health_store_failure_keeps_changes_for_the_next_round(tmp_path: Path) -
     changed, notices = tracker.take()
     db = sqlite3.connect(":memory:")  # no tables: the write fails
     with pytest.raises(sqlite3.OperationalError):
-        store.save(db, [d.as_dict() for d in changed], [(n.id, n.dev_eui, n.time, {}) for n in notices])
+        store.save(db, [(d.dev_eui, d.state, d.changed_at, d.data) for d in changed],
+               [(n.id, n.dev_eui, n.time, {}) for n in notices])
     tracker.give_back(changed, notices)
     again_changed, again_notices = tracker.take()
     assert [d.dev_eui for d in again_changed] == [DEV] and again_notices == notices

@@ -22,9 +22,9 @@ def load_states(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     return {dev: orjson.loads(data) for dev, data in db.execute("SELECT dev_eui, data FROM device_health")}
 
 
-def save(db: sqlite3.Connection, states: Sequence[Mapping[str, Any]],
+def save(db: sqlite3.Connection, states: Sequence[tuple[str, str, float, bytes]],
          notices: Sequence[tuple[str, str, float, Mapping[str, Any]]]) -> None:
-    """Store changed states and new notices (notice id, DevEUI, time, body) in one transaction."""
+    """Store states (DevEUI, state, changed_at, JSON) and new notices (id, DevEUI, time, body) in one transaction."""
     if not states and not notices:
         return
     db.execute("BEGIN IMMEDIATE")
@@ -33,7 +33,7 @@ def save(db: sqlite3.Connection, states: Sequence[Mapping[str, Any]],
             "INSERT INTO device_health(dev_eui, state, changed_at, data) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(dev_eui) DO UPDATE SET state=excluded.state, changed_at=excluded.changed_at,"
             " data=excluded.data",
-            [(s["dev_eui"], s["state"], s["changed_at"], orjson.dumps(s)) for s in states])
+            list(states))
         db.executemany("INSERT INTO health_notices(notice_id, dev_eui, time, body) VALUES (?, ?, ?, ?)",
                        [(nid, dev, t, orjson.dumps(body)) for nid, dev, t, body in notices])
         if notices:

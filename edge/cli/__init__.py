@@ -193,6 +193,13 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         "service": service_health(cfg),
     }
     buf.close()
+    from edge.cli.health import line as health_line
+    from edge.cli.health import report as health_report
+
+    sensors = health_report(cfg)
+    data["health"] = {"counts": {s: sum(r["state"] == s for r in sensors) for s in ("ok", "silent", "never-seen")},
+                      "with_problems": sum(bool(r["problems"]) for r in sensors),
+                      "unwell": [r for r in sensors if r["state"] != "ok" or r["problems"]][:devices]}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -216,6 +223,12 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         age = up["oldest_undelivered_age_s"]
         click.echo(f"  {up['name']:<16} backlog={up['backlog']:<8} oldest={'-' if age is None else f'{age:.0f}s'}"
                    f"  delivered={up['delivered']}  dropped={up['dropped']}  last={_ago(up['last_delivery'])}")
+    h = data["health"]
+    click.echo(f"sensor health: {h['counts']['ok']} ok, {h['counts']['silent']} silent,"
+               f" {h['counts']['never-seen']} never seen, {h['with_problems']} with problems"
+               + ("; the unwell (edge devices health --unwell lists all):" if h["unwell"] else ""))
+    for r in h["unwell"][:10]:
+        click.echo(f"  {health_line(r)}")
     click.echo("devices (last uplink):")
     for d in data["devices"]:
         values = " ".join(f"{r['n']}={r.get('v', r.get('vs', r.get('vb')))}{r.get('u', '')}" for r in d["readings"][:6])
@@ -342,7 +355,8 @@ def _register() -> None:
     main.add_command(deadletter)
     main.add_command(devices)
     main.add_command(downlink)
-    # Imported for its effect: it adds `import`, `verify` and `export` to the `devices` group.
+    # Imported for their effect: they add `import`, `verify`, `export` and `health` to the `devices` group.
+    import edge.cli.health
     import edge.cli.onboard  # noqa: F401
 
 

@@ -203,7 +203,7 @@ def test_cli_status_json(good_config: Path, filled: Pipeline) -> None:
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert set(data) == {"edge_id", "version", "generated_at", "buffer", "counters", "upstreams", "devices", "events",
-                         "malformed", "quarantined", "service"}
+                         "malformed", "quarantined", "service", "health"}
     assert data["edge_id"] == "gw-cli"
     assert data["quarantined"] == []  # uplinks a decoder hung on: tests/test_quarantine.py
     assert data["buffer"]["path"] == str(good_config.parent / "buffer.sqlite")

@@ -47,7 +47,7 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("temperature-min", "Cel", "lowest temperature over the device's reporting window", *_T),
     Quantity("temperature-max", "Cel", "highest temperature over the device's reporting window", *_T),
     Quantity("temperature-setpoint", "Cel", "target temperature of a thermostat or radiator valve", *_T),
-    Quantity("temperature-internal", "Cel", "temperature of the device's electronics or sensor chip (not the air)", *_T),
+    Quantity("temperature-internal", "Cel", "temperature of the device's own electronics or sensor chip", *_T),
     Quantity("temperature-surface", "Cel", "temperature of a surface (road, leaf, wall), contact or infrared", *_T),
     Quantity("dew-point", "Cel", "dew point temperature", *_T),
     Quantity("humidity", "%RH", "relative humidity, 0-100", 0, 100),

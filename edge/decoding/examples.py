@@ -17,10 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from edge.decoding.base import Decoder, DecodeResult, DeviceContext
 from edge.errors import ConfigError
+
+# TTN's validator reads codec YAML with YAML 1.2 (core schema): `On`, `NO` and `yes` stay strings,
+# where PyYAML's 1.1 rules would make booleans of them. ruamel's pure-Python safe loader follows
+# 1.2 whether or not its C extension is installed. One loader per process; it is not thread-safe.
+_YAML = YAML(typ="safe", pure=True)
 
 # The TTN fixture README: one example differs from Go's math.Pow in the 14th significant digit.
 REL_TOL = 1e-9
@@ -64,14 +70,14 @@ class Outcome:
 
 
 def read_yaml(path: Path) -> Mapping[str, Any]:
-    """A codec YAML file as a mapping.
+    """A codec YAML file as a mapping, read by YAML 1.2 rules as TTN's validator does.
 
     Raises:
         ConfigError: the file cannot be read or is not a YAML mapping.
     """
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        doc = _YAML.load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, YAMLError) as exc:
         raise ConfigError([f"{path}: cannot read codec YAML: {exc}"]) from None
     if not isinstance(doc, Mapping):
         raise ConfigError([f"{path}: a codec YAML must be a mapping"])

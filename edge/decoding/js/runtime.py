@@ -64,6 +64,21 @@ _SETTLE: Final = r"""(function (promise) {
                function (e) { state.done = true; state.error = String(e) + (e && e.stack ? '\n' + e.stack : ''); });
   return function () { return JSON.stringify(state); };
 })"""
+# For tests whose codec reads the clock (`new Date()`, Date.now()): the time stands still there.
+_PINNED_CLOCK: Final = r"""(function (global, now) {
+  var RealDate = Date;
+  function PinnedDate() {
+    if (!new.target) { return new RealDate(now).toString(); }
+    var args = arguments.length === 0 ? [now] : Array.prototype.slice.call(arguments);
+    return Reflect.construct(RealDate, args, new.target);
+  }
+  PinnedDate.prototype = RealDate.prototype;
+  PinnedDate.now = function () { return now; };
+  PinnedDate.UTC = RealDate.UTC;
+  PinnedDate.parse = RealDate.parse;
+  Object.defineProperty(RealDate.prototype, 'constructor', {value: PinnedDate, writable: true, configurable: true});
+  Object.defineProperty(global, 'Date', {value: PinnedDate, writable: true, configurable: true});
+})(globalThis, %r)"""
 # A bounded number of promise jobs after a module's evaluation (top-level await).
 _MAX_JOBS: Final = 10_000
 
@@ -303,13 +318,16 @@ class JsRuntime:
     and may be shared between threads; each call uses its context on the calling thread only.
     """
 
-    def __init__(self, source: str, *, name: str = "codec.js", limits: JsLimits | None = None) -> None:
+    def __init__(self, source: str, *, name: str = "codec.js", limits: JsLimits | None = None,
+                 pinned_now: float | None = None) -> None:
         """Check the script once: it must evaluate within the limits and define an entry point.
 
         Args:
             source: the codec script (TTN codec file or ChirpStack device-profile codec).
             name: how errors and log lines name the script.
             limits: per-call limits; the defaults match ChirpStack's 100 ms.
+            pinned_now: for tests only: the codec's clock (`new Date()`, `Date.now()`) shows this
+                time, in seconds since the epoch, instead of the real one.
 
         Raises:
             ConfigError: the script does not parse, fails or overruns while evaluating, or
@@ -322,6 +340,7 @@ class JsRuntime:
         self.is_module = bool(_ES_MODULE.search(source))
         self._source = _IMPORT_BUFFER.sub("", source) + _MODULE_FOOTER if self.is_module else source
         self._buffer = buffer_script() if _MENTIONS_BUFFER.search(source) else None
+        self._clock = None if pinned_now is None else _PINNED_CLOCK % (pinned_now * 1000.0,)
         if _MENTIONS_BUFFER.search(source) and self._buffer is None:
             log.warning("Codec %s uses Buffer, but the npm package `buffer` is not installed (looked in %s);"
                         " install node-buffer (scripts/setup does)", name, ", ".join(node_path()))
@@ -502,6 +521,9 @@ class JsRuntime:
                 context.set_time_limit(_BUFFER_TIME_LIMIT)
                 context.eval(self._buffer)
                 start = time.process_time()
+            if self._clock is not None:
+                arm()
+                context.eval(self._clock)
             arm()
             if self.is_module:
                 self._evaluate_module(context, budget, start)
@@ -589,3 +611,27 @@ def _js_kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+def js_literal(text: str, limits: JsLimits | None = None) -> Any:
+    """Evaluate `text` as one JS expression in a fresh sandbox and return its value as JSON data.
+
+    For ChirpStack's test files, which its runner pastes into a script (`const tests = <file>;`),
+    so comments, trailing commas, hex numbers and unquoted keys are all allowed.
+
+    Raises:
+        ConfigError: the text is not an expression, fails, or its value cannot be serialised.
+    """
+    limits = limits or JsLimits(time_limit=1.0)
+    context = cast(_Context, quickjs.Context())
+    context.set_memory_limit(limits.memory_limit)
+    context.set_max_stack_size(limits.stack_limit)
+    context.set_time_limit(limits.time_limit)
+    try:
+        # The newlines keep a line comment on the file's last line from swallowing the parentheses.
+        out = context.eval("JSON.stringify((\n" + text + "\n))")
+    except (_JSException, _StackOverflow) as exc:
+        raise ConfigError([f"not a JS literal: {_describe(str(exc))}"]) from None
+    if not isinstance(out, str):
+        raise ConfigError(["the literal has no JSON value"])
+    return json.loads(out)

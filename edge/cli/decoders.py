@@ -15,12 +15,12 @@ from edge.config import DEFAULT_PATH, load_config
 from edge.decoding.base import Decoder
 from edge.decoding.examples import (
     codec_id,
+    codec_targets,
     compare_encoded,
     load_encode_examples,
     load_examples,
     load_vectors,
     run_examples,
-    test_targets,
     vector_diff,
 )
 from edge.errors import ConfigError
@@ -167,7 +167,7 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
     tally = _Tally()
     limits = JsLimits(time_limit=time_limit_ms / 1000)
     now = _when(pinned) if pinned else None
-    for path in test_targets(paths):
+    for path in codec_targets(paths):
         if path.suffix == ".js":
             if decoder_id or native:
                 continue  # native decoders take TTN examples only

@@ -238,7 +238,7 @@ class Vector:
     expected: Any
 
 
-def test_targets(paths: Iterable[Path]) -> list[Path]:
+def codec_targets(paths: Iterable[Path]) -> list[Path]:
     """The codec files `edge decoders test` runs: TTN codec YAMLs and ChirpStack codec scripts.
 
     A TTN repository (a folder holding `vendor/index.yaml`), its `vendor/` folder or one vendor's

@@ -15,7 +15,7 @@ from edge.errors import ConfigError
 
 @click.group()
 def codecs() -> None:
-    """Import codec catalogues (TTN device repository, ChirpStack device-profiles) and list them."""
+    """Import codec catalogues (the TTN and ChirpStack device repositories) and list them."""
 
 
 @codecs.command("import")

@@ -1,6 +1,7 @@
-"""Runs TTN-style codec examples through a decoder and compares outputs by the TTN validator's rules.
+"""Runs codec examples and tests (TTN YAML, ChirpStack test files) and compares as each catalogue's tool does.
 
 Used by the test suite, by `edge decoders test` and by the pytest plugin for decoder authors.
+ChirpStack's device-profiles tests compare JSON.stringify of both sides instead (see load_vectors).
 Comparison (TTN `bin/validate.js`): the output goes through a JSON round trip, missing `warnings`
 and `errors` become [], missing `data` becomes null, numbers compare by value (41 == 41.0) but a
 boolean never equals a number, and floats may differ by a relative 1e-9 (engines round `Math.pow`

@@ -308,10 +308,16 @@ class JsRuntime:
     """A codec script that runs, per call, in a fresh sandboxed QuickJS context.
 
     Every call creates a new runtime and context, evaluates the script as a sloppy-mode global
-    script and calls the entry point, so global state and prototype writes never carry over
+    script (or, if it has `export` statements, as an ES module whose entry points are then made
+    global) and calls the entry point, so global state and prototype writes never carry over
     from one uplink to the next. The context has the ECMAScript built-ins plus a `console`
-    whose output goes to this module's logger at DEBUG (bounded per call), and nothing else:
-    no require, process, std/os modules, timers, file, network or environment access.
+    whose output goes to this module's logger at DEBUG (bounded per call) and, for scripts
+    that name it, Node's `Buffer` as ChirpStack v4 provides it (the npm `buffer` package, see
+    buffer_script); nothing else: no require, process, std/os modules, timers, file, network
+    or environment access.
+
+    The binding offers no bytecode or snapshot API, so Buffer cannot be loaded once per process:
+    it is evaluated in each fresh context (~2 ms), and only for scripts whose text mentions it.
 
     Calls never raise for anything the script does: syntax and runtime errors, a CPU-time or
     memory overrun and stack overflow all come back as error strings. Instances are immutable

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.decoding.examples import read_yaml
 from edge.errors import ConfigError
 
 INDEX_NAME = "codecs.sqlite"
@@ -336,6 +335,9 @@ def _read_text(path: Path) -> str:
 
 def _read_ttn(vendor_root: Path, rows: _Rows) -> None:
     """The TTN repository as its validator walks it: index → vendors → devices → firmware → codecs."""
+    # Imported here: `edge run` opens the index but never parses YAML, so it does not load the parser.
+    from edge.decoding.examples import read_yaml
+
     doc = read_yaml(vendor_root / "index.yaml")
     for entry in doc.get("vendors") or []:
         if not isinstance(entry, Mapping) or not entry.get("id"):

@@ -17,9 +17,10 @@ from edge.decoding.examples import (
     codec_id,
     codec_targets,
     compare_encoded,
-    load_encode_examples,
     load_examples,
+    load_routine_examples,
     load_vectors,
+    routine_output,
     run_examples,
     vector_diff,
 )
@@ -111,12 +112,16 @@ def _when(text: str) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
+# Test kinds counted apart: decodeUplink; normalizeUplink (TTN); encodeDownlink and decodeDownlink.
+KINDS = ("uplink", "normalized", "downlink")
+
+
 @dataclass
 class _Tally:
     """Passed/failed/skipped counts of one `edge decoders test` run, per direction."""
 
-    passed: dict[str, int] = field(default_factory=lambda: {"uplink": 0, "downlink": 0})
-    failed: dict[str, int] = field(default_factory=lambda: {"uplink": 0, "downlink": 0})
+    passed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     skipped: int = 0
 
     def ok(self, kind: str, label: str, quiet: bool) -> None:
@@ -148,12 +153,13 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
 
     TTN: codec YAML files or folders; a repository root, its `vendor/` or a vendor folder is walked
     through its index as TTN's validator does. Each file's own JavaScript runs in the sandbox on
-    its uplinkDecoder examples (outputs compared by the validator's rules) and downlinkEncoder
-    examples. ChirpStack device-profiles: codec `.js` files, `codecs/` folders, a vendor, `vendors/`
-    or the repository root; the tests in test_decode_<name>.json and test_encode_<name>.json beside
-    each codec call decodeUplink/encodeDownlink with their input and compare JSON.stringify of the
-    result with that of `expected`, as ChirpStack's runner does. Some codecs resolve device time
-    against `new Date()`; --now pins the clock their tests were written at. A file that cannot be
+    its uplinkDecoder examples (outputs compared by the validator's rules), normalizedOutput,
+    downlinkEncoder and downlinkDecoder examples (deep equality). ChirpStack device-profiles:
+    codec `.js` files, `codecs/` folders, a vendor, `vendors/` or the repository root; the tests
+    in test_decode_<name>.json and test_encode_<name>.json beside each codec call decodeUplink or
+    encodeDownlink with their input and compare JSON.stringify of the result with that of
+    `expected`, as ChirpStack's runner does. Some codecs resolve device time against `new Date()`;
+    --now pins the clock their tests were written at. A file that cannot be
     read counts as one failure. Ends with the line `N passed, M failed`; exit status 0 only when all pass.
     """
     by_id: dict[str, Decoder] = {}
@@ -182,13 +188,13 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
             native_decoder = by_codec.get(codec_id(path)) or by_id.get(codec_id(path))
         _test_ttn_uplinks(path, limits, now, native_decoder, bool(decoder_id or native), quiet, tally)
         if not (decoder_id or native):
-            _test_ttn_downlinks(path, limits, now, quiet, tally)
+            _test_ttn_routines(path, limits, now, quiet, tally)
     if tally.skipped:
         click.echo(f"{tally.skipped} skipped (no native decoder declares their codec)")
     passed, failed = sum(tally.passed.values()), sum(tally.failed.values())
-    if tally.passed["downlink"] or tally.failed["downlink"]:
+    if any(tally.passed[k] or tally.failed[k] for k in KINDS[1:]):
         click.echo("; ".join(f"{kind}: {tally.passed[kind]} passed, {tally.failed[kind]} failed"
-                             for kind in ("uplink", "downlink")))
+                             for kind in KINDS if kind == "uplink" or tally.passed[kind] or tally.failed[kind]))
     # The last line is exactly this, so scripts and CI can read it.
     click.echo(f"{passed} passed, {failed} failed")
     if failed or not passed:
@@ -227,40 +233,46 @@ def _test_ttn_uplinks(path: Path, limits: JsLimits, now: float | None, native_de
             tally.fail("uplink", label, outcome.diff())
 
 
-def _test_ttn_downlinks(path: Path, limits: JsLimits, now: float | None, quiet: bool, tally: _Tally) -> None:
-    """A TTN codec YAML's downlinkEncoder examples: encodeDownlink(input) deep-equals the output."""
+def _test_ttn_routines(path: Path, limits: JsLimits, now: float | None, quiet: bool, tally: _Tally) -> None:
+    """A TTN codec YAML's normalizeUplink, encodeDownlink and decodeDownlink examples, as its validator runs them."""
     from edge.decoding.js.codec import codec_script
     from edge.decoding.js.runtime import JsRuntime
 
     try:
-        examples = load_encode_examples(path)
+        examples = load_routine_examples(path)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"FAIL {problem}")
         tally.failed["downlink"] += 1
         return
-    if not examples:
-        return
-    try:
-        script, source = codec_script(path, "downlinkEncoder")
-        runtime = JsRuntime(source, name=f"{path.parent.name}/{script.name}", limits=limits, pinned_now=now)
-    except Exception as exc:  # noqa: BLE001 - as for uplinks
-        tally.fail("downlink", f"{path}: cannot load encoder: {exc}", count=len(examples))
-        return
+    runtimes: dict[str, JsRuntime | str] = {}  # section -> runtime, or why it does not load
     for example in examples:
-        label = f"{path}#encode{example.index} {example.description}"
-        result = runtime.call_routine("encodeDownlink", example.input)
-        if result.error:
-            tally.fail("downlink", label, result.error)
+        kind = _kind(example.routine)
+        if example.section not in runtimes:
+            try:
+                script, source = codec_script(path, example.section)
+                runtimes[example.section] = JsRuntime(source, name=f"{path.parent.name}/{script.name}",
+                                                      limits=limits, pinned_now=now)
+            except Exception as exc:  # noqa: BLE001 - a codec that cannot load fails its examples, not the run
+                runtimes[example.section] = str(exc)
+        label = f"{path}#{example.section}{example.index} {example.description}"
+        runtime = runtimes[example.section]
+        if isinstance(runtime, str):
+            tally.fail(kind, label, f"cannot load codec: {runtime}")
             continue
-        differences = compare_encoded(example.expected, result.value)
+        result = runtime.call_routine(example.routine, example.input)
+        if result.error:
+            tally.fail(kind, label, result.error)
+            continue
+        actual = routine_output(example.routine, result.value)
+        differences = compare_encoded(example.expected, actual)
         if differences:
             want = json.dumps(example.expected, indent=2, sort_keys=True).splitlines()
-            got = json.dumps(result.value, indent=2, sort_keys=True).splitlines()
-            tally.fail("downlink", label, "\n".join(
+            got = json.dumps(actual, indent=2, sort_keys=True).splitlines()
+            tally.fail(kind, label, "\n".join(
                 [*differences, *difflib.unified_diff(want, got, "expected", "actual", lineterm="")]))
         else:
-            tally.ok("downlink", label, quiet)
+            tally.ok(kind, label, quiet)
 
 
 def _test_chirpstack(script: Path, limits: JsLimits, now: float | None, quiet: bool, tally: _Tally) -> None:
@@ -281,7 +293,7 @@ def _test_chirpstack(script: Path, limits: JsLimits, now: float | None, quiet: b
         runtime = JsRuntime(source, name=f"{script.parent.parent.name}/{script.name}", limits=limits,
                             pinned_now=now)
     except Exception as exc:  # noqa: BLE001 - a codec that cannot load fails its tests, not the run
-        for kind in ("uplink", "downlink"):
+        for kind in KINDS:
             count = sum(1 for v in vectors if _kind(v.routine) == kind)
             if count:
                 tally.fail(kind, f"{script}: cannot load codec: {exc}", count=count)
@@ -299,7 +311,8 @@ def _test_chirpstack(script: Path, limits: JsLimits, now: float | None, quiet: b
 
 
 def _kind(routine: str) -> str:
-    return "downlink" if routine == "encodeDownlink" else "uplink"
+    return {"encodeDownlink": "downlink", "decodeDownlink": "downlink", "normalizeUplink": "normalized"}.get(
+        routine, "uplink")
 
 
 @decoders.command("new")

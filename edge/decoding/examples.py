@@ -217,12 +217,14 @@ def run_examples(decoder: Decoder, examples: Iterable[Example]) -> Iterator[Outc
 
 
 @dataclass(frozen=True)
-class EncodeExample:
-    """One TTN `downlinkEncoder.examples` entry: the input given to encodeDownlink and its expected output."""
+class RoutineExample:
+    """One TTN example for a routine other than decodeUplink: its input and expected output as given."""
 
     source: Path
     index: int
     description: str
+    routine: str
+    section: str
     input: dict[str, Any]
     expected: dict[str, Any]
 
@@ -314,33 +316,58 @@ def _vendor_codecs(vendor: Path) -> list[Path]:
     return list(codecs.values())
 
 
-def load_encode_examples(path: Path) -> list[EncodeExample]:
-    """The `downlinkEncoder.examples` of a TTN codec YAML ([] if none).
+# TTN's validator runs these besides decodeUplink: (routine, YAML section whose fileName has it).
+TTN_ROUTINES = (("normalizeUplink", "uplinkDecoder"), ("encodeDownlink", "downlinkEncoder"),
+                ("decodeDownlink", "downlinkDecoder"))
+
+
+def load_routine_examples(path: Path) -> list[RoutineExample]:
+    """A TTN codec YAML's other examples, as its validator runs them ([] if none).
+
+    `downlinkEncoder.examples` call encodeDownlink and `downlinkDecoder.examples` decodeDownlink
+    with their input; an uplink example with a `normalizedOutput` calls normalizeUplink with its
+    `output`, and expects the normalised `data` as a list (a single object is wrapped, as there).
 
     Raises:
         ConfigError: the YAML is unreadable or an example is malformed.
     """
     doc = read_yaml(path)
-    encoder = doc.get("downlinkEncoder")
-    raw = encoder.get("examples") if isinstance(encoder, Mapping) else None
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise ConfigError([f"{path}: downlinkEncoder.examples must be a list"])
-    examples: list[EncodeExample] = []
-    for n, item in enumerate(raw, 1):
-        where = f"{path}: downlinkEncoder.examples[{n}]"
-        given = item.get("input") if isinstance(item, Mapping) else None
-        output = item.get("output") if isinstance(item, Mapping) else None
-        if not isinstance(given, Mapping) or not isinstance(output, Mapping):
-            raise ConfigError([f"{where} needs an input and an output mapping"])
-        examples.append(EncodeExample(path, n, str(item.get("description", "")), _json_value(given),
-                                      _json_value(output)))
+    examples: list[RoutineExample] = []
+    for routine, section in TTN_ROUTINES:
+        part = doc.get(section)
+        raw = part.get("examples") if isinstance(part, Mapping) else None
+        if raw is None:
+            continue
+        if not isinstance(raw, list):
+            raise ConfigError([f"{path}: {section}.examples must be a list"])
+        for n, item in enumerate(raw, 1):
+            where = f"{path}: {section}.examples[{n}]"
+            if not isinstance(item, Mapping):
+                raise ConfigError([f"{where} must be a mapping"])
+            description = str(item.get("description", ""))
+            given, output = item.get("input"), item.get("output")
+            if routine == "normalizeUplink":
+                if "normalizedOutput" not in item:
+                    continue
+                given, output, description = output, item.get("normalizedOutput"), f"{description} (normalized)"
+            if not isinstance(given, Mapping) or not isinstance(output, Mapping):
+                raise ConfigError([f"{where} needs an input and an output mapping"])
+            examples.append(RoutineExample(path, n, description, routine, section, _json_value(given),
+                                           _json_value(output)))
     return examples
 
 
+def routine_output(routine: str, value: Any) -> Any:
+    """What TTN's validator compares for a routine's result: normalizeUplink's `data` always as a list."""
+    if routine == "normalizeUplink" and isinstance(value, dict):
+        data = value.get("data")
+        if data is not None and not isinstance(data, list):
+            return {**value, "data": [data]}
+    return value
+
+
 def compare_encoded(expected: Mapping[str, Any], actual: Any, *, rel_tol: float = REL_TOL) -> list[str]:
-    """Compare an encodeDownlink result as TTN's validator does (deep equality; numbers by value)."""
+    """Compare a routine's result as TTN's validator does (deep equality; numbers by value)."""
     differences: list[str] = []
     _diff("", _json_value(expected), _json_value(actual), rel_tol, differences)
     return differences

@@ -38,7 +38,7 @@ def test_codec_yaml_is_read_by_yaml_1_2_rules(tmp_path: Path):
 def test_examples_with_on_and_no_pass_against_a_codec_returning_strings():
     result = run_test(TTN / "vendor" / "acme" / "valve-codec.yaml")
     assert result.exit_code == 0, result.output
-    assert last_line(result) == "3 passed, 0 failed"
+    assert last_line(result) == "5 passed, 0 failed"
 
 
 # --- TTN layout ----------------------------------------------------------------------------------
@@ -49,8 +49,13 @@ def test_a_ttn_repository_is_walked_through_its_index():
     assert codec_targets([TTN / "vendor"]) == codec_targets([TTN]) == codec_targets([TTN / "vendor" / "acme"])
     result = run_test(TTN)
     assert result.exit_code == 0, result.output
-    assert "uplink: 2 passed, 0 failed; downlink: 1 passed, 0 failed" in result.output
-    assert last_line(result) == "3 passed, 0 failed"
+    # Besides decodeUplink, as TTN's validator: normalizeUplink (a single object wrapped in a list),
+    # encodeDownlink and decodeDownlink.
+    assert "uplink: 2 passed, 0 failed; normalized: 1 passed, 0 failed; downlink: 2 passed, 0 failed" \
+        in result.output
+    assert "valve-codec.yaml#uplinkDecoder1 valve open (normalized)" in result.output
+    assert "valve-codec.yaml#downlinkDecoder1 the open command" in result.output
+    assert last_line(result) == "5 passed, 0 failed"
     assert "orphan" not in result.output
 
 

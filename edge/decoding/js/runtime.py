@@ -34,7 +34,7 @@ UPLINK_ENTRY_POINTS: Final = ("decodeUplink", "Decoder", "Decode")
 DOWNLINK_ENTRY_POINTS: Final = ("encodeDownlink", "Encoder", "Encode")
 
 # Functions a catalogue test may call by name (ChirpStack's runner and TTN's validator).
-CALLABLE_ROUTINES: Final = ("decodeUplink", "encodeDownlink", "decodeDownlink")
+CALLABLE_ROUTINES: Final = ("decodeUplink", "normalizeUplink", "encodeDownlink", "decodeDownlink")
 
 # ChirpStack v4 gives codecs a Node-style Buffer: the npm `buffer` package (feross/buffer) with its
 # two dependencies. We load the same package, as installed by the distribution (Debian's
@@ -56,7 +56,8 @@ _IMPORT_BUFFER: Final = re.compile(r"^[ \t]*import\s*\{\s*Buffer\s*\}\s*from\s*[
 # After an ES-module codec, its entry points become globals, where the call wrapper looks them up.
 _MODULE_FOOTER: Final = "\n;" + "".join(
     f"if (typeof {name} === 'function') {{ globalThis.{name} = {name}; }}\n"
-    for name in ("decodeUplink", "Decoder", "Decode", "encodeDownlink", "Encoder", "Encode", "decodeDownlink"))
+    for name in ("decodeUplink", "Decoder", "Decode", "encodeDownlink", "Encoder", "Encode", "decodeDownlink",
+                 "normalizeUplink"))
 # Reports how a module's evaluation promise settled (QuickJS evaluates modules asynchronously).
 _SETTLE: Final = r"""(function (promise) {
   var state = {done: false, error: null};
@@ -154,6 +155,7 @@ _CALLS: Final = {
     if (spec.routine === 'decodeUplink' && typeof decodeUplink === 'function') { fn = decodeUplink; }
     if (spec.routine === 'encodeDownlink' && typeof encodeDownlink === 'function') { fn = encodeDownlink; }
     if (spec.routine === 'decodeDownlink' && typeof decodeDownlink === 'function') { fn = decodeDownlink; }
+    if (spec.routine === 'normalizeUplink' && typeof normalizeUplink === 'function') { fn = normalizeUplink; }
     if (fn === null) { return stringify({entry: null}); }
     out = fn(spec.input);
     return stringify({entry: spec.routine, value: stringify(out, undefinedAsNull), got: stringify(out),
@@ -416,7 +418,7 @@ class JsRuntime:
             return EncodeResult(None, fport, errors=[f"{type(exc).__name__}: {exc}"])
 
     def call_routine(self, routine: str, input_doc: Any, expected: Any = None) -> CallResult:
-        """Call decodeUplink, encodeDownlink or decodeDownlink with `input_doc` as it is; never raises.
+        """Call a routine of CALLABLE_ROUTINES with `input_doc` as it is; never raises.
 
         This is how the catalogues' own test runners call a codec: no `recvTime` or `variables` are
         added, and the expected value is serialised by the same engine for ChirpStack's comparison.

@@ -55,15 +55,18 @@ class JsCodecDecoder:
                   pinned_now: float | None = None) -> JsCodecDecoder:
         """A TTN codec definition: `uplinkDecoder.fileName` names the .js file next to the YAML.
 
-        The id defaults to `<vendor-dir>/<yaml-stem>`, e.g. `elsys/ers-codec`.
+        The id defaults to `<vendor-dir>/<yaml-stem>`, e.g. `elsys/ers-codec`; `codec_key` is
+        `ttn:<vendor-dir>/<yaml-stem>`.
 
         Raises:
             ConfigError: the YAML or the script cannot be read, or the script does not load.
         """
         path = Path(yaml_path)
         script, source = codec_script(path)
+        # A TTN-format codec YAML has the catalogue key of its place in that layout, e.g. ttn:elsys/elsys.
         return cls(decoder_id or f"{path.parent.name}/{path.stem}", source, fields=fields, limits=limits,
-                   name=f"{path.parent.name}/{script.name}", pinned_now=pinned_now)
+                   name=f"{path.parent.name}/{script.name}", pinned_now=pinned_now,
+                   codec_key=f"ttn:{path.parent.name}/{path.stem}")
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode one uplink in a fresh JS context; failures come back in `errors`, never raised."""

@@ -44,7 +44,7 @@ NODE_PATH_DIRS: Final = ("/usr/share/nodejs", "/usr/lib/nodejs", "/usr/local/lib
 # Loading the package is trusted code with its own CPU budget (not the codec's).
 _BUFFER_TIME_LIMIT: Final = 1.0
 # A codec that never names Buffer cannot reach it (eval and Function see no host either), so the
-# ~2 ms it costs to load the package into a context is spent only for codecs that mention it.
+# ~3 ms (x86-64) it costs to load the package into a context is spent only for codecs that name it.
 _MENTIONS_BUFFER: Final = re.compile(r"\bBuffer\b")
 # An ES-module codec: `export function decodeUplink ...`, `export { decodeUplink }`, ...
 _ES_MODULE: Final = re.compile(r"^[ \t]*export\s+(?:default\s+|async\s+)?(?:function|const|let|var|class|\{)",
@@ -319,7 +319,7 @@ class JsRuntime:
     or environment access.
 
     The binding offers no bytecode or snapshot API, so Buffer cannot be loaded once per process:
-    it is evaluated in each fresh context (~2 ms), and only for scripts whose text mentions it.
+    it is evaluated in each fresh context (~3 ms on x86-64), and only for scripts whose text names it.
 
     Calls never raise for anything the script does: syntax and runtime errors, a CPU-time or
     memory overrun and stack overflow all come back as error strings. Instances are immutable

@@ -18,6 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 JS_CODEC = REPO / "tests" / "decoding" / "js" / "codecs" / "elsys" / "elsys-tlv-codec.yaml"
 
 
+# A codec that names Buffer pays for loading the npm package into each fresh context.
+BUFFER_CODEC = """function decodeUplink(input) {
+  var b = Buffer.from(input.bytes), data = {};
+  if (b.length >= 3) { data.type = b.readUInt8(0); data.value = b.readInt16BE(1); }
+  return {data: data};
+}"""
+
+
 def _rate(decoder: Decoder, payloads: list[bytes], seconds: float) -> tuple[float, list[float]]:
     """Decodes per second over about `seconds`, and the per-call times in ms."""
     context = DeviceContext("a81758fffe000000")
@@ -46,3 +54,9 @@ def run(emit: Callable[[str, object], None], seconds: float = 3.0) -> None:
     emit("js_decodes_per_s", f"{js_rate:.0f} (the same payloads through an ES5 Elsys codec, fresh context each)")
     emit("native_vs_js_ratio", f"{native_rate / js_rate:.1f}")
     emit("js_context_ms_p50", f"{statistics.median(js_calls):.3f} (one JS decode: new context, script, call)")
+    from edge.decoding.js.runtime import buffer_script
+
+    if buffer_script() is not None:
+        _, buffer_calls = _rate(JsCodecDecoder("bench/buffer", BUFFER_CODEC), payloads, seconds / 3)
+        emit("js_buffer_context_ms_p50", f"{statistics.median(buffer_calls):.3f} (a codec using Buffer: the npm"
+             " package is evaluated in each fresh context)")

@@ -248,6 +248,18 @@ ensure_python() {
     esac
 }
 
+ensure_node_buffer() {
+    # Codecs from ChirpStack's catalogue may use Node's Buffer, which ChirpStack v4 gives them from
+    # the npm package `buffer`; Debian ships it as node-buffer (no Node.js needed). The gateway reads
+    # it from /usr/share/nodejs (or EDGE_NODE_PATH), never from the network.
+    [ -f /usr/share/nodejs/buffer/index.js ] && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt_install node-buffer
+    else
+        say "node-buffer is not installed: codecs that use Buffer will fail (apt-get install node-buffer)"
+    fi
+}
+
 ensure_user() {
     [ "$CREATE_USER" -eq 1 ] || return 0
     [ -n "$(user_id)" ] && return 0
@@ -371,6 +383,7 @@ UNIT_CHANGED=0
 case $MODE in
     install|upgrade)
         ensure_python
+        ensure_node_buffer
         ensure_user
         ensure_dirs
         install_files

@@ -29,6 +29,7 @@ from edge.buffer import health as health_store
 from edge.buffer.store import Batch, Buffer, Gap, NewUplink, is_disk_full, open_writer
 from edge.config import Config, HttpUpstreamConfig, UpstreamConfig
 from edge.decoding.base import Decoder
+from edge.decoding.catalogue import CatalogueIndex
 from edge.decoding.registry import NO_HINTS, OBJECT_FIELDS, PROFILE_JS, Decoded, DecoderRegistry, DeviceHints, Rule
 from edge.device_cache import DeviceCache
 from edge.downlinks import CommandRelay
@@ -338,6 +339,7 @@ def build_registry(cfg: Config, decoders: Sequence[Decoder] | None = None) -> De
         tag=cfg.decoding.tag,
         js_time_limit_s=cfg.decoding.js_time_limit_ms / 1000,
         js_memory_limit=cfg.decoding.js_memory_limit_mb << 20,
+        catalogue=CatalogueIndex.open_for(cfg.buffer.path),  # what `edge codecs import` read, if anything
     )
 
 

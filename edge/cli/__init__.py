@@ -341,6 +341,7 @@ def _timestamp(value: str | None, now: float | None = None, hint: str | None = N
 
 def _register() -> None:
     from edge.cli.buffer import buffer
+    from edge.cli.codecs import codecs
     from edge.cli.decoders import decoders
     from edge.cli.devices import devices, downlink
     from edge.cli.doctor import doctor
@@ -349,6 +350,7 @@ def _register() -> None:
 
     main.add_command(buffer)
     main.add_command(decoders)
+    main.add_command(codecs)
     main.add_command(doctor)
     main.add_command(watch)
     main.add_command(shares)

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edge.config import DEFAULT_PATH, load_config
 from edge.decoding.base import Decoder
-from edge.decoding.examples import Outcome, codec_files, codec_id, load_examples, run_examples
+from edge.decoding.examples import (
+    codec_id,
+    codec_targets,
+    compare_encoded,
+    load_examples,
+    load_routine_examples,
+    load_vectors,
+    routine_output,
+    run_examples,
+    vector_diff,
+)
 from edge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge.decoding.js.runtime import JsLimits
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,35}/[a-z0-9][a-z0-9-]{0,35}$")
 
@@ -79,11 +95,45 @@ def _native_index() -> tuple[dict[str, Decoder], dict[str, Decoder]]:
     return loaded.by_id(), by_codec
 
 
-def _js_decoder(path: Path, time_limit_ms: int) -> Decoder:
+def _js_decoder(path: Path, limits: JsLimits, now: float | None = None) -> Decoder:
     from edge.decoding.js.codec import JsCodecDecoder
-    from edge.decoding.js.runtime import JsLimits
 
-    return JsCodecDecoder.from_yaml(path, limits=JsLimits(time_limit=time_limit_ms / 1000))
+    return JsCodecDecoder.from_yaml(path, limits=limits, pinned_now=now)
+
+
+def _when(text: str) -> float:
+    """--now as seconds since the epoch (a time without zone is UTC)."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"not an ISO 8601 time: {text!r}", param_hint="--now") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+# Test kinds counted apart: decodeUplink; normalizeUplink (TTN); encodeDownlink and decodeDownlink.
+KINDS = ("uplink", "normalized", "downlink")
+
+
+@dataclass
+class _Tally:
+    """Passed/failed/skipped counts of one `edge decoders test` run, per direction."""
+
+    passed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    skipped: int = 0
+
+    def ok(self, kind: str, label: str, quiet: bool) -> None:
+        self.passed[kind] += 1
+        if not quiet:
+            click.echo(f"ok   {label}")
+
+    def fail(self, kind: str, label: str, details: str = "", count: int = 1) -> None:
+        self.failed[kind] += count
+        click.echo(f"FAIL {label}")
+        for line in details.splitlines():
+            click.echo(f"     {line}")
 
 
 @decoders.command("test")
@@ -92,14 +142,25 @@ def _js_decoder(path: Path, time_limit_ms: int) -> Decoder:
 @click.option("--native", is_flag=True,
               help="Run each file through the native decoder that declares its codec id (or has it as id).")
 @click.option("--time-limit-ms", default=1000, show_default=True,
-              help="CPU time per JS decode (TTN's validator allows 1 s).")
+              help="CPU time per JS call (TTN's validator allows 1 s).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only failures and the summary.")
-def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_limit_ms: int, quiet: bool) -> None:
-    """Run the uplink examples of codec YAML files or folders.
+@click.option("--now", "pinned", metavar="TIME", default=None,
+              help="Codecs see this as the current time (ISO 8601, e.g. 2026-01-02T15:00:00Z): for tests written"
+                   " against the clock of their day.")
+def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_limit_ms: int, quiet: bool,
+         pinned: str | None) -> None:
+    """Run the examples of TTN codec YAMLs and the tests of ChirpStack codecs, as their own tools do.
 
-    Takes TTN-style codec YAML files (or folders of them). By default each file's own JavaScript
-    codec (uplinkDecoder.fileName) runs in the sandbox. A YAML that cannot be read counts as one
-    failure. Ends with the line `N passed, M failed`; exit status 0 only when all pass.
+    TTN: codec YAML files or folders; a repository root, its `vendor/` or a vendor folder is walked
+    through its index as TTN's validator does. Each file's own JavaScript runs in the sandbox on
+    its uplinkDecoder examples (outputs compared by the validator's rules), normalizedOutput,
+    downlinkEncoder and downlinkDecoder examples (deep equality). ChirpStack device-profiles:
+    codec `.js` files, `codecs/` folders, a vendor, `vendors/` or the repository root; the tests
+    in test_decode_<name>.json and test_encode_<name>.json beside each codec call decodeUplink or
+    encodeDownlink with their input and compare JSON.stringify of the result with that of
+    `expected`, as ChirpStack's runner does. Some codecs resolve device time against `new Date()`;
+    --now pins the clock their tests were written at. A file that cannot be
+    read counts as one failure. Ends with the line `N passed, M failed`; exit status 0 only when all pass.
     """
     by_id: dict[str, Decoder] = {}
     by_codec: dict[str, Decoder] = {}
@@ -107,56 +168,151 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
         by_id, by_codec = _native_index()
     if decoder_id and decoder_id not in by_id:
         raise click.UsageError(f"no decoder with id {decoder_id!r} (see `edge decoders list`)")
-    passed = failed = skipped = 0
-    for path in codec_files(paths):
-        try:
-            examples = load_examples(path)
-        except ConfigError as exc:
-            # A YAML that cannot be read fails (counted once), and the other files still run.
-            for problem in exc.problems:
-                click.echo(f"FAIL {problem}")
-            failed += 1
+    from edge.decoding.js.runtime import JsLimits
+
+    tally = _Tally()
+    limits = JsLimits(time_limit=time_limit_ms / 1000)
+    now = _when(pinned) if pinned else None
+    for path in codec_targets(paths):
+        if path.suffix == ".js":
+            if decoder_id or native:
+                continue  # native decoders take TTN examples only
+            _test_chirpstack(path, limits, now, quiet, tally)
             continue
-        if not examples:
-            continue
-        decoder: Decoder | None
-        try:
-            if decoder_id:
-                decoder = by_id[decoder_id]
-            elif native:
-                # A TTN codec YAML is claimed through `ttn_codecs`; our own examples files are
-                # named after the decoder id itself (decoders/<vendor>/<model>.yaml).
-                decoder = by_codec.get(codec_id(path)) or by_id.get(codec_id(path))
-            else:
-                decoder = _js_decoder(path, time_limit_ms)
-        except Exception as exc:  # noqa: BLE001 - a codec that cannot load fails its examples, not the run
-            click.echo(f"FAIL {path}: cannot load codec: {exc}")
-            failed += len(examples)
-            continue
-        if decoder is None:
-            click.echo(f"skip {path}: no native decoder declares codec {codec_id(path)}")
-            skipped += len(examples)
-            continue
-        for outcome in run_examples(decoder, examples):
-            if outcome.passed:
-                passed += 1
-                if not quiet:
-                    click.echo(f"ok   {path}#{outcome.example.index} {outcome.example.description}")
-            else:
-                failed += 1
-                _report(path, outcome)
-    if skipped:
-        click.echo(f"{skipped} skipped (no native decoder declares their codec)")
+        native_decoder: Decoder | None = None
+        if decoder_id:
+            native_decoder = by_id[decoder_id]
+        elif native:
+            # A TTN codec YAML is claimed through `ttn_codecs`; our own examples files are
+            # named after the decoder id itself (decoders/<vendor>/<model>.yaml).
+            native_decoder = by_codec.get(codec_id(path)) or by_id.get(codec_id(path))
+        _test_ttn_uplinks(path, limits, now, native_decoder, bool(decoder_id or native), quiet, tally)
+        if not (decoder_id or native):
+            _test_ttn_routines(path, limits, now, quiet, tally)
+    if tally.skipped:
+        click.echo(f"{tally.skipped} skipped (no native decoder declares their codec)")
+    passed, failed = sum(tally.passed.values()), sum(tally.failed.values())
+    if any(tally.passed[k] or tally.failed[k] for k in KINDS[1:]):
+        click.echo("; ".join(f"{kind}: {tally.passed[kind]} passed, {tally.failed[kind]} failed"
+                             for kind in KINDS if kind == "uplink" or tally.passed[kind] or tally.failed[kind]))
     # The last line is exactly this, so scripts and CI can read it.
     click.echo(f"{passed} passed, {failed} failed")
     if failed or not passed:
         raise SystemExit(1)
 
 
-def _report(path: Path, outcome: Outcome) -> None:
-    click.echo(f"FAIL {path}#{outcome.example.index} {outcome.example.description}")
-    for line in outcome.diff().splitlines():
-        click.echo(f"     {line}")
+def _test_ttn_uplinks(path: Path, limits: JsLimits, now: float | None, native_decoder: Decoder | None,
+                      use_native: bool, quiet: bool, tally: _Tally) -> None:
+    """A TTN codec YAML's uplinkDecoder examples, through its JS codec or the chosen native decoder."""
+    try:
+        examples = load_examples(path)
+    except ConfigError as exc:
+        # A YAML that cannot be read fails (counted once), and the other files still run.
+        for problem in exc.problems:
+            click.echo(f"FAIL {problem}")
+        tally.failed["uplink"] += 1
+        return
+    if not examples:
+        return
+    decoder: Decoder | None = native_decoder
+    if not use_native:
+        try:
+            decoder = _js_decoder(path, limits, now)
+        except Exception as exc:  # noqa: BLE001 - a codec that cannot load fails its examples, not the run
+            tally.fail("uplink", f"{path}: cannot load codec: {exc}", count=len(examples))
+            return
+    if decoder is None:
+        click.echo(f"skip {path}: no native decoder declares codec {codec_id(path)}")
+        tally.skipped += len(examples)
+        return
+    for outcome in run_examples(decoder, examples):
+        label = f"{path}#{outcome.example.index} {outcome.example.description}"
+        if outcome.passed:
+            tally.ok("uplink", label, quiet)
+        else:
+            tally.fail("uplink", label, outcome.diff())
+
+
+def _test_ttn_routines(path: Path, limits: JsLimits, now: float | None, quiet: bool, tally: _Tally) -> None:
+    """A TTN codec YAML's normalizeUplink, encodeDownlink and decodeDownlink examples, as its validator runs them."""
+    from edge.decoding.js.codec import codec_script
+    from edge.decoding.js.runtime import JsRuntime
+
+    try:
+        examples = load_routine_examples(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"FAIL {problem}")
+        tally.failed["downlink"] += 1
+        return
+    runtimes: dict[str, JsRuntime | str] = {}  # section -> runtime, or why it does not load
+    for example in examples:
+        kind = _kind(example.routine)
+        if example.section not in runtimes:
+            try:
+                script, source = codec_script(path, example.section)
+                runtimes[example.section] = JsRuntime(source, name=f"{path.parent.name}/{script.name}",
+                                                      limits=limits, pinned_now=now)
+            except Exception as exc:  # noqa: BLE001 - a codec that cannot load fails its examples, not the run
+                runtimes[example.section] = str(exc)
+        label = f"{path}#{example.section}{example.index} {example.description}"
+        runtime = runtimes[example.section]
+        if isinstance(runtime, str):
+            tally.fail(kind, label, f"cannot load codec: {runtime}")
+            continue
+        result = runtime.call_routine(example.routine, example.input)
+        if result.error:
+            tally.fail(kind, label, result.error)
+            continue
+        actual = routine_output(example.routine, result.value)
+        differences = compare_encoded(example.expected, actual)
+        if differences:
+            want = json.dumps(example.expected, indent=2, sort_keys=True).splitlines()
+            got = json.dumps(actual, indent=2, sort_keys=True).splitlines()
+            tally.fail(kind, label, "\n".join(
+                [*differences, *difflib.unified_diff(want, got, "expected", "actual", lineterm="")]))
+        else:
+            tally.ok(kind, label, quiet)
+
+
+def _test_chirpstack(script: Path, limits: JsLimits, now: float | None, quiet: bool, tally: _Tally) -> None:
+    """A ChirpStack codec's test_decode_/test_encode_ tests, compared as its runner does."""
+    from edge.decoding.js.runtime import JsRuntime, js_literal
+
+    try:
+        vectors = load_vectors(script, js_literal)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"FAIL {problem}")
+        tally.failed["uplink"] += 1
+        return
+    if not vectors:
+        return
+    try:
+        source = script.read_text(encoding="utf-8-sig")
+        runtime = JsRuntime(source, name=f"{script.parent.parent.name}/{script.name}", limits=limits,
+                            pinned_now=now)
+    except Exception as exc:  # noqa: BLE001 - a codec that cannot load fails its tests, not the run
+        for kind in KINDS:
+            count = sum(1 for v in vectors if _kind(v.routine) == kind)
+            if count:
+                tally.fail(kind, f"{script}: cannot load codec: {exc}", count=count)
+        return
+    for vector in vectors:
+        kind = _kind(vector.routine)
+        label = f"{vector.source}#{vector.index} {vector.name}"
+        result = runtime.call_routine(vector.routine, vector.input, vector.expected)
+        if result.error:
+            tally.fail(kind, label, f"Test '{vector.name}' failed - {result.error}")
+        elif result.got != result.want:
+            tally.fail(kind, label, vector_diff(result.want, result.got))
+        else:
+            tally.ok(kind, label, quiet)
+
+
+def _kind(routine: str) -> str:
+    return {"encodeDownlink": "downlink", "decodeDownlink": "downlink", "normalizeUplink": "normalized"}.get(
+        routine, "uplink")
 
 
 @decoders.command("new")

@@ -14,7 +14,7 @@ import click
 from edge.buffer.registry import CachedApplication, CachedDevice, CachedProfile, DeviceRegistry
 from edge.cli import CONFIG_OPTION, _load
 from edge.config import Config
-from edge.decoding.registry import Rule
+from edge.decoding.registry import DecoderRegistry, DeviceHints, Rule
 from edge.errors import EdgeError
 from edge.model import DeviceInfo, RadioInfo, Uplink
 from edge.pipeline import build_registry
@@ -46,11 +46,13 @@ def _matched(rule: Rule, dev: DeviceInfo) -> str:
 def explain(dev_eui: str, device: CachedDevice | None, profile: CachedProfile | None,
             application: CachedApplication | None, rules: Sequence[Rule], known: Collection[str], *,
             tag: str = "decoder", uplink: DeviceInfo | None = None, uplink_had_object: bool = False,
-            use_object: bool = True, native: Callable[[str, str], str] | None = None) -> tuple[str, str]:
+            use_object: bool = True, native: Callable[[str, str], str] | None = None,
+            catalogue: DecoderRegistry | None = None) -> tuple[str, str]:
     """Which decoder a device gets, and why; a pure function of cached data and config.
 
-    Order: the device's tag → config rules → the device profile's tag → the profile's JS codec
-    → ChirpStack's `object` → undecoded. The device's tag comes from the cache; only for a
+    Order: the device's tag → config rules → the device profile's tag → a `codec` tag naming a
+    catalogue codec → a native decoder for a TTN profile → a catalogue codec matching the profile
+    → the profile's JS codec → ChirpStack's `object` → undecoded. The device's tag comes from the cache; only for a
     device not cached yet from its last uplink, whose tags ChirpStack merges from device and
     profile (so there a profile's tag also comes before the rules).
 
@@ -65,6 +67,8 @@ def explain(dev_eui: str, device: CachedDevice | None, profile: CachedProfile | 
         uplink: the device info of the last stored uplink, if any.
         uplink_had_object: whether that uplink carried ChirpStack's `object`.
         use_object: `[decoding] use_chirpstack_object`.
+        native: the registry's native_for_profile.
+        catalogue: the registry whose codec index (`edge codecs import`) is consulted, if any.
 
     Returns:
         (a decoder id, PROFILE_JS, CHIRPSTACK or UNDECODED; a sentence saying why).
@@ -95,10 +99,21 @@ def explain(dev_eui: str, device: CachedDevice | None, profile: CachedProfile | 
         chosen = profile.tags[tag]
         return chosen, f"Device profile {name} has the tag {tag}={chosen}." + _unknown(chosen, known)
     profile_name = profile.name if profile is not None else (uplink.device_profile_name if uplink else "")
+    hints = DeviceHints(tags=device.tags if device else (uplink.tags if uplink else {}),
+                        profile_id=dev.device_profile_id, profile_tags=profile.tags if profile else {})
+    probe = Uplink("", DeviceInfo(dev.dev_eui, device_profile_id=dev.device_profile_id,
+                                  device_profile_name=profile_name, tags=dict(hints.tags)), 0.0, 0, b"", RadioInfo())
+    found = catalogue.catalogue_match(probe, hints, tags_only=True) if catalogue is not None else None
+    if found is not None:
+        return found.key, f"{found.why} The gateway decodes its uplinks with that catalogue codec."
     chosen = native(profile_name, profile.tags.get("ttn_codec", "") if profile else "") if native else ""
     if chosen:
         return chosen, (f"Device profile {profile_name!r} is a TTN Device Repository device; the native decoder"
                         f" {chosen} returns the same data as its codec, faster.")
+    found = catalogue.catalogue_match(probe, hints) if catalogue is not None else None
+    if found is not None:
+        return found.key, (f"{found.why} It came from a codec catalogue, so the gateway decodes its uplinks"
+                           " with that codec.")
     if profile is not None and profile.codec_runtime == "JS" and profile.codec_script.strip():
         return PROFILE_JS, f"Device profile {name} has a JavaScript codec; the gateway runs that same script."
     if profile is not None and profile.codec_runtime == "CAYENNE_LPP":
@@ -337,13 +352,48 @@ def explain_(config_path: Path, dev_eui: str) -> None:
     known = load_decoders(cfg.decoding.plugins_allow, cfg.decoding.plugins_block).by_id()
     rules = [Rule(r.decoder, frozenset(r.dev_eui), frozenset(r.device_profile), frozenset(r.application))
              for r in cfg.decoding.rules]
+    decoders = build_registry(cfg)
     chosen, why = explain(dev_eui, device, profile, application, rules, known, tag=cfg.decoding.tag,
                           uplink=last.device if last else None,
                           uplink_had_object=last is not None and last.object is not None,
                           use_object=cfg.decoding.use_chirpstack_object,
-                          native=build_registry(cfg).native_for_profile)
+                          native=decoders.native_for_profile, catalogue=decoders)
     click.echo(f"{dev_eui.lower()}: {chosen}")
     click.echo(f"  {why}")
+
+
+def _encode_locally(cfg: Config, dev_eui: str, data: Mapping[str, Any],
+                    fport: int) -> tuple[bytes | Mapping[str, Any], int]:
+    """Encode `data` with the codec the device's uplinks are decoded with (catalogue or profile JS).
+
+    Returns the bytes and FPort (the codec may choose the port), or `data` unchanged when the
+    device's codec has no encodeDownlink; exits 1 when the codec reports errors.
+    """
+    from edge.device_cache import _hints
+
+    device = profile = None
+    if Path(cfg.buffer.path).exists():
+        cache = _registry(cfg, readonly=True)
+        try:
+            device = cache.get_device(dev_eui)
+            profile = cache.get_profile(device.profile_id) if device is not None else None
+        finally:
+            cache.close()
+    hints = _hints(device, profile) if device is not None else DeviceHints()
+    info = DeviceInfo(dev_eui.lower(), device_profile_id=device.profile_id if device else "",
+                      device_profile_name=profile.name if profile else "", tags=dict(hints.tags))
+    encoded = build_registry(cfg).encode(Uplink("", info, 0.0, fport, b"", RadioInfo()), data, fport, hints)
+    if encoded is None:
+        return data, fport
+    codec, result = encoded
+    if result.errors or result.payload is None:
+        click.echo(f"error: {codec} could not encode {json.dumps(data)}: {'; '.join(result.errors)}", err=True)
+        raise SystemExit(1)
+    for warning in result.warnings:
+        click.echo(f"warning: {codec}: {warning}", err=True)
+    port = result.fport or fport
+    click.echo(f"encoded by {codec}: {result.payload.hex()} on FPort {port}", err=True)
+    return result.payload, port
 
 
 def _payload(hex_: str | None, obj: str | None) -> bytes | Mapping[str, Any]:
@@ -370,7 +420,8 @@ def _payload(hex_: str | None, obj: str | None) -> bytes | Mapping[str, Any]:
 @click.option("--fport", type=click.IntRange(1, 223), required=True, help="LoRaWAN FPort of the downlink.")
 @click.option("--hex", "hex_", metavar="BYTES", help="Payload as hex bytes (spaces and colons allowed).")
 @click.option("--json", "obj", metavar="OBJECT",
-              help="Payload as a JSON object, encoded by the device profile's codec in ChirpStack.")
+              help="Payload as a JSON object, encoded by the device's codec (encodeDownlink) on the gateway when"
+                   " it has one, else by the device profile's codec in ChirpStack.")
 @click.option("--confirmed", is_flag=True, help="Ask the device to acknowledge the downlink.")
 @click.option("--wait", "wait_s", type=click.FloatRange(0), default=0, metavar="SECONDS",
               help="Wait this long for ChirpStack's txack (or, with --confirmed, ack) event, seen by `edge run`.")
@@ -385,6 +436,8 @@ def downlink(config_path: Path, api_url: str | None, token_file: Path | None, ca
     payload = _payload(hex_, obj)
     # The config is optional here: a downlink needs no buffer, and options can say everything.
     cfg = _load(config_path) if config_path.exists() else None
+    if isinstance(payload, Mapping) and cfg is not None:
+        payload, fport = _encode_locally(cfg, dev_eui, payload, fport)
     try:
         with _client(cfg, api_url, token_file, ca_file, timeout) as api:
             queue_id = api.enqueue(dev_eui, fport, payload, confirmed=confirmed)

@@ -596,6 +596,46 @@ def _check_health(r: _Report, cfg: Config) -> None:
         r.add("sensor health", "OK", detail)
 
 
+def _check_codecs(r: _Report, cfg: Config) -> None:
+    """The codec catalogue index: devices whose `codec` tag names a codec it lacks; Buffer for codecs."""
+    from edge.buffer.registry import DeviceRegistry
+    from edge.decoding.catalogue import CODEC_TAG, CatalogueIndex, index_path, is_key
+    from edge.errors import EdgeError
+
+    index = CatalogueIndex.open_for(cfg.buffer.path)
+    missing: list[str] = []
+    if Path(cfg.buffer.path).exists():
+        try:
+            cache = DeviceRegistry(cfg.buffer.path, readonly=True)
+        except EdgeError:
+            cache = None
+        if cache is not None:
+            try:
+                profiles = {p.id: p for p in cache.list_profiles()}
+                for device in cache.list_devices():
+                    profile = profiles.get(device.profile_id)
+                    for tags in (device.tags, profile.tags if profile else {}):
+                        key = tags.get(CODEC_TAG, "").strip()
+                        if is_key(key) and (index is None or index.codec(key) is None):
+                            missing.append(f"{device.dev_eui} ({key})")
+                            break
+            finally:
+                cache.close()
+    try:
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            r.add("codecs", "WARN", f"{len(missing)} device(s) name a catalogue codec the index"
+                  f" {index_path(cfg.buffer.path)} does not hold: {shown}; their uplinks fail to decode",
+                  "import the catalogue that has it (`edge codecs import PATH`) or correct the device's or its"
+                  " profile's `codec` tag")
+        if index is not None:
+            held = {i["catalogue"]: i["codecs"] for i in index.imports()}
+            r.add("codecs", "OK", "codec index: " + (", ".join(f"{k} {v} codecs" for k, v in held.items()) or "empty"))
+    finally:
+        if index is not None:
+            index.close()
+
+
 def _check_quarantine(r: _Report, cfg: Config) -> None:
     """Uplinks a decoder hung on (edge/quarantine.py); said only when there are some."""
     from edge import quarantine
@@ -656,6 +696,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
     _check_buffer(r, cfg)
     _check_clock(r, cfg, skew)
     _check_decoders(r, cfg)
+    _check_codecs(r, cfg)
     _check_quarantine(r, cfg)
     _check_health(r, cfg)
     _check_service(r, cfg)

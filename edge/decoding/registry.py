@@ -5,9 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edge.decoding.base import Decoder, DecodeResult, DeviceContext, Field, normalize
 from edge.model import DecodeStatus, Reading, Uplink
+
+if TYPE_CHECKING:
+    from edge.decoding.catalogue import CatalogueIndex, Match
+    from edge.decoding.js.runtime import EncodeResult
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +86,12 @@ class DecoderRegistry:
 
     Selection order: the device's ChirpStack tag `decoder`, then the config rules, then
     ChirpStack's `object` if present, else the uplink stays undecoded (raw kept).
+    `catalogue` is the index `edge codecs import` built (None: no catalogue codecs).
     """
 
     def __init__(self, decoders: Iterable[Decoder], rules: Sequence[Rule] = (), use_object: bool = True,
-                 tag: str = "decoder", js_time_limit_s: float = 0.1, js_memory_limit: int = 16 << 20) -> None:
+                 tag: str = "decoder", js_time_limit_s: float = 0.1, js_memory_limit: int = 16 << 20,
+                 catalogue: CatalogueIndex | None = None) -> None:
         self._by_id: dict[str, Decoder] = {}
         self._by_codec: dict[str, str] = {}  # TTN codec id -> decoder id
         for decoder in decoders:
@@ -96,6 +104,8 @@ class DecoderRegistry:
         self._tag = tag
         self._js_limits = (js_time_limit_s, js_memory_limit)
         self._profile_codecs: dict[str, tuple[str, Decoder]] = {}  # profile id -> (script, decoder)
+        self.catalogue = catalogue
+        self._catalogue_codecs: dict[str, Decoder] = {}  # codec key -> decoder
 
     def ids(self) -> list[str]:
         """Every id a decoder can be selected by."""
@@ -109,7 +119,9 @@ class DecoderRegistry:
         """The id of the decoder chosen for this uplink, PROFILE_JS, or '' for none.
 
         Order: the device's `decoder` tag (cached device first, else the event's tags), config
-        rules, the device profile's `decoder` tag, the profile's own JS codec.
+        rules, the device profile's `decoder` tag, a `codec` tag naming a catalogue codec (device,
+        then profile), a native decoder for a TTN Device Repository profile, a catalogue codec the
+        profile's name, id or vendor/device tags point to, the profile's own JS codec.
         """
         tagged = (hints.tags or uplink.device.tags).get(self._tag)
         if tagged:
@@ -120,12 +132,39 @@ class DecoderRegistry:
         profile_tagged = hints.profile_tags.get(self._tag)
         if profile_tagged:
             return profile_tagged
+        explicit = self.catalogue_match(uplink, hints, tags_only=True)
+        if explicit is not None:
+            return explicit.key
         native = self.native_for_profile(uplink.device.device_profile_name, hints.profile_tags.get("ttn_codec", ""))
         if native:
             return native
+        matched = self.catalogue_match(uplink, hints)
+        if matched is not None:
+            return matched.key
         if hints.profile_js:
             return PROFILE_JS
         return ""
+
+    def catalogue_match(self, uplink: Uplink, hints: DeviceHints = NO_HINTS, *,
+                        tags_only: bool = False) -> Match | None:
+        """The catalogue codec for this device and why (see CatalogueIndex.match), or None.
+
+        With `tags_only`, only an explicit `codec` tag counts; such a tag names a codec even when
+        no index was imported (the uplink then fails with a message that says so).
+        """
+        from edge.decoding.catalogue import CODEC_TAG, Match, is_key
+
+        device_tags = hints.tags or uplink.device.tags
+        if self.catalogue is None or tags_only:
+            for where, tags in (("The device has", device_tags), ("Its device profile has", hints.profile_tags)):
+                key = tags.get(CODEC_TAG, "")
+                if is_key(key):
+                    held = "" if self.catalogue is None or self.catalogue.codec(key.strip()) else \
+                        " (the codec index does not hold it)"
+                    return Match(key.strip(), f"{where} the tag {CODEC_TAG}={key.strip()}{held}.")
+            return None
+        return self.catalogue.match(uplink.device.device_profile_name, hints.profile_id or
+                                    uplink.device.device_profile_id, device_tags, hints.profile_tags)
 
     def native_for_profile(self, profile_name: str, ttn_codec: str = "") -> str:
         """The native decoder for a device profile that came from the TTN Device Repository, or ''.
@@ -158,6 +197,56 @@ class DecoderRegistry:
         self._profile_codecs[hints.profile_id] = (hints.profile_js, decoder)
         return decoder
 
+    def catalogue_decoder(self, key: str) -> Decoder:
+        """The JS decoder of a catalogue codec (built once), with `codec_key` set to `key`.
+
+        Raises:
+            LookupError: no index was imported, or it does not hold the codec.
+            ConfigError: the codec's script does not load.
+        """
+        cached = self._catalogue_codecs.get(key)
+        if cached is not None:
+            return cached
+        codec = self.catalogue.codec(key) if self.catalogue is not None else None
+        if codec is None or not codec.uplink_script:
+            where = "no codec index (run `edge codecs import`)" if self.catalogue is None else \
+                f"the codec index {self.catalogue.path} holds no uplink decoder {key}"
+            raise LookupError(where)
+        from edge.decoding.js.codec import JsCodecDecoder
+        from edge.decoding.js.runtime import JsLimits
+
+        # A native decoder declaring the same TTN codec returns the same `data`: it lends its field map.
+        native = self._by_id.get(self._by_codec.get(f"{codec.vendor}/{codec.name}", "")) \
+            if codec.catalogue == "ttn" else None
+        decoder = JsCodecDecoder(key, codec.uplink_script, fields=native.fields if native else OBJECT_FIELDS,
+                                 limits=JsLimits(time_limit=self._js_limits[0], memory_limit=self._js_limits[1]),
+                                 name=f"{codec.vendor}/{Path(codec.path).name}", codec_key=key)
+        self._catalogue_codecs[key] = decoder
+        return decoder
+
+    def encode(self, uplink: Uplink, data: Mapping[str, Any], fport: int | None,
+               hints: DeviceHints = NO_HINTS) -> tuple[str, EncodeResult] | None:
+        """Encode a downlink with the codec this device's uplinks are decoded with, if it has an encoder.
+
+        Returns (the codec: a catalogue key or PROFILE_JS, the result), or None when the chosen
+        decoder has no encodeDownlink (native decoders, ChirpStack's `object`).
+        """
+        from edge.decoding.js.runtime import JsLimits, JsRuntime
+
+        chosen = self.choose(uplink, hints)
+        limits = JsLimits(time_limit=self._js_limits[0], memory_limit=self._js_limits[1])
+        script, name = "", chosen
+        if chosen == PROFILE_JS:
+            script, name = hints.profile_js, f"{PROFILE_JS}/{hints.profile_id}"
+        elif ":" in chosen and self.catalogue is not None:
+            codec = self.catalogue.codec(chosen)
+            if codec is not None:
+                script = codec.downlink_script
+        if not script:
+            return None
+        runtime = JsRuntime(script, name=name, limits=limits)
+        return chosen, runtime.encode_downlink(data, fport, hints.variables)
+
     def decode(self, uplink: Uplink, hints: DeviceHints = NO_HINTS) -> Decoded:
         """Decode one uplink; never raises."""
         chosen = self.choose(uplink, hints)
@@ -168,6 +257,11 @@ class DecoderRegistry:
                     decoder = self._profile_decoder(hints)
                 except Exception as exc:  # noqa: BLE001 - a profile script that does not load fails this uplink
                     return Decoded(DecodeStatus.FAILED, [], chosen, f"profile codec does not load: {exc}")
+            elif chosen not in self._by_id and ":" in chosen:
+                try:
+                    decoder = self.catalogue_decoder(chosen)
+                except Exception as exc:  # noqa: BLE001 - a missing or broken catalogue codec fails this uplink
+                    return Decoded(DecodeStatus.FAILED, [], chosen, f"catalogue codec {chosen}: {exc}")
             else:
                 decoder = self._by_id.get(chosen)
             if decoder is None:

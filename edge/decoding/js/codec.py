@@ -21,7 +21,8 @@ class JsCodecDecoder:
     """
 
     def __init__(self, decoder_id: str, source: str, *, fields: Mapping[str, Field] | None = None,
-                 limits: JsLimits | None = None, name: str | None = None) -> None:
+                 limits: JsLimits | None = None, name: str | None = None, pinned_now: float | None = None,
+                 codec_key: str = "") -> None:
         """Build a decoder from a script's source.
 
         Args:
@@ -30,13 +31,17 @@ class JsCodecDecoder:
             fields: how `data` keys map to the vocabulary (default: none).
             limits: per-call limits for the JS runtime.
             name: how errors and logs name the script (default: the decoder id).
+            pinned_now: for tests: the time the codec's clock shows (see JsRuntime).
+            codec_key: `<catalogue>:<vendor>/<codec>` when the script came from a catalogue index,
+                e.g. "ttn:elsys/elsys" or "chirpstack:milesight/am307"; names its field map.
 
         Raises:
             ConfigError: the script does not load (see JsRuntime).
         """
         self.id = decoder_id
         self.fields: Mapping[str, Field] = MappingProxyType(dict(fields or {}))
-        self.runtime = JsRuntime(source, name=name or decoder_id, limits=limits)
+        self.codec_key = codec_key
+        self.runtime = JsRuntime(source, name=name or decoder_id, limits=limits, pinned_now=pinned_now)
 
     @classmethod
     def from_script(cls, decoder_id: str, source: str, *, fields: Mapping[str, Field] | None = None,
@@ -46,27 +51,22 @@ class JsCodecDecoder:
 
     @classmethod
     def from_yaml(cls, yaml_path: str | Path, *, decoder_id: str | None = None,
-                  fields: Mapping[str, Field] | None = None, limits: JsLimits | None = None) -> JsCodecDecoder:
+                  fields: Mapping[str, Field] | None = None, limits: JsLimits | None = None,
+                  pinned_now: float | None = None) -> JsCodecDecoder:
         """A TTN codec definition: `uplinkDecoder.fileName` names the .js file next to the YAML.
 
-        The id defaults to `<vendor-dir>/<yaml-stem>`, e.g. `elsys/ers-codec`.
+        The id defaults to `<vendor-dir>/<yaml-stem>`, e.g. `elsys/ers-codec`; `codec_key` is
+        `ttn:<vendor-dir>/<yaml-stem>`.
 
         Raises:
             ConfigError: the YAML or the script cannot be read, or the script does not load.
         """
         path = Path(yaml_path)
-        doc = read_yaml(path)
-        uplink = doc.get("uplinkDecoder")
-        file_name = uplink.get("fileName") if isinstance(uplink, Mapping) else None
-        if not isinstance(file_name, str) or not file_name:
-            raise ConfigError([f"{path}: uplinkDecoder.fileName is missing (no JS codec to load)"])
-        script = _codec_file(path, file_name)
-        try:
-            source = script.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"{path}: cannot read {file_name}: {exc}"]) from None
+        script, source = codec_script(path)
+        # A TTN-format codec YAML has the catalogue key of its place in that layout, e.g. ttn:elsys/elsys.
         return cls(decoder_id or f"{path.parent.name}/{path.stem}", source, fields=fields, limits=limits,
-                   name=f"{path.parent.name}/{file_name}")
+                   name=f"{path.parent.name}/{script.name}", pinned_now=pinned_now,
+                   codec_key=f"ttn:{path.parent.name}/{path.stem}")
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode one uplink in a fresh JS context; failures come back in `errors`, never raised."""
@@ -79,6 +79,24 @@ class JsCodecDecoder:
                variables: Mapping[str, str] | None = None) -> EncodeResult:
         """Encode a downlink with the codec's encodeDownlink (or legacy Encoder/Encode)."""
         return self.runtime.encode_downlink(data, fport, variables)
+
+
+def codec_script(yaml_path: Path, section: str = "uplinkDecoder") -> tuple[Path, str]:
+    """The script a TTN codec YAML's `section` (uplinkDecoder, downlinkEncoder, ...) names, and its text.
+
+    Raises:
+        ConfigError: the YAML has no fileName there, or the script cannot be read.
+    """
+    doc = read_yaml(yaml_path)
+    part = doc.get(section)
+    file_name = part.get("fileName") if isinstance(part, Mapping) else None
+    if not isinstance(file_name, str) or not file_name:
+        raise ConfigError([f"{yaml_path}: {section}.fileName is missing (no JS codec to load)"])
+    script = _codec_file(yaml_path, file_name)
+    try:
+        return script, script.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{yaml_path}: cannot read {file_name}: {exc}"]) from None
 
 
 def _codec_file(yaml_path: Path, file_name: str) -> Path:

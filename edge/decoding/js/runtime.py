@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol, cast
 
 import quickjs  # type: ignore[import-untyped]  # quickjs-ng ships neither stubs nor py.typed
@@ -29,6 +32,56 @@ if os.environ.get("TZ") != "UTC":
 # Entry points the runtime recognises, newest contract first (see _CALLS for the wrapping).
 UPLINK_ENTRY_POINTS: Final = ("decodeUplink", "Decoder", "Decode")
 DOWNLINK_ENTRY_POINTS: Final = ("encodeDownlink", "Encoder", "Encode")
+
+# Functions a catalogue test may call by name (ChirpStack's runner and TTN's validator).
+CALLABLE_ROUTINES: Final = ("decodeUplink", "normalizeUplink", "encodeDownlink", "decodeDownlink")
+
+# ChirpStack v4 gives codecs a Node-style Buffer: the npm `buffer` package (feross/buffer) with its
+# two dependencies. We load the same package, as installed by the distribution (Debian's
+# node-buffer puts it in /usr/share/nodejs) or by npm into a folder named in EDGE_NODE_PATH.
+BUFFER_PACKAGES: Final = ("base64-js", "ieee754", "buffer")
+NODE_PATH_DIRS: Final = ("/usr/share/nodejs", "/usr/lib/nodejs", "/usr/local/lib/node_modules")
+# Loading the package is trusted code with its own CPU budget (not the codec's).
+_BUFFER_TIME_LIMIT: Final = 1.0
+# A codec that never names Buffer cannot reach it (eval and Function see no host either), so the
+# ~3 ms (x86-64) it costs to load the package into a context is spent only for codecs that name it.
+_MENTIONS_BUFFER: Final = re.compile(r"\bBuffer\b")
+# An ES-module codec: `export function decodeUplink ...`, `export { decodeUplink }`, ...
+_ES_MODULE: Final = re.compile(r"^[ \t]*export\s+(?:default\s+|async\s+)?(?:function|const|let|var|class|\{)",
+                               re.MULTILINE)
+# ChirpStack's own runner puts `import { Buffer } from "buffer"` above the codec; a codec that
+# says it itself gets the global instead (this binding has no module loader).
+_IMPORT_BUFFER: Final = re.compile(r"^[ \t]*import\s*\{\s*Buffer\s*\}\s*from\s*['\"]buffer['\"][ \t]*;?",
+                                   re.MULTILINE)
+# After an ES-module codec, its entry points become globals, where the call wrapper looks them up.
+_MODULE_FOOTER: Final = "\n;" + "".join(
+    f"if (typeof {name} === 'function') {{ globalThis.{name} = {name}; }}\n"
+    for name in ("decodeUplink", "Decoder", "Decode", "encodeDownlink", "Encoder", "Encode", "decodeDownlink",
+                 "normalizeUplink"))
+# Reports how a module's evaluation promise settled (QuickJS evaluates modules asynchronously).
+_SETTLE: Final = r"""(function (promise) {
+  var state = {done: false, error: null};
+  promise.then(function () { state.done = true; },
+               function (e) { state.done = true; state.error = String(e) + (e && e.stack ? '\n' + e.stack : ''); });
+  return function () { return JSON.stringify(state); };
+})"""
+# For tests whose codec reads the clock (`new Date()`, Date.now()): the time stands still there.
+_PINNED_CLOCK: Final = r"""(function (global, now) {
+  var RealDate = Date;
+  function PinnedDate() {
+    if (!new.target) { return new RealDate(now).toString(); }
+    var args = arguments.length === 0 ? [now] : Array.prototype.slice.call(arguments);
+    return Reflect.construct(RealDate, args, new.target);
+  }
+  PinnedDate.prototype = RealDate.prototype;
+  PinnedDate.now = function () { return now; };
+  PinnedDate.UTC = RealDate.UTC;
+  PinnedDate.parse = RealDate.parse;
+  Object.defineProperty(RealDate.prototype, 'constructor', {value: PinnedDate, writable: true, configurable: true});
+  Object.defineProperty(global, 'Date', {value: PinnedDate, writable: true, configurable: true});
+})(globalThis, %r)"""
+# A bounded number of promise jobs after a module's evaluation (top-level await).
+_MAX_JOBS: Final = 10_000
 
 # A retry after a CPU-time interrupt may raise the engine's budget at most this much (see _invoke).
 _MAX_RETRY_SCALE: Final = 16.0
@@ -94,6 +147,20 @@ _CALLS: Final = {
     }
     return stringify({entry: entry, result: result});
 """,
+    # A catalogue test: the routine gets the test's input verbatim. `value` is the result as the
+    # TTN validator sees it (undefined as null); `got` and `want` are plain JSON.stringify of the
+    # result and of the expected value, which is how ChirpStack's runner compares.
+    "call": r"""
+    var spec = parse(inputJson), fn = null, out;
+    if (spec.routine === 'decodeUplink' && typeof decodeUplink === 'function') { fn = decodeUplink; }
+    if (spec.routine === 'encodeDownlink' && typeof encodeDownlink === 'function') { fn = encodeDownlink; }
+    if (spec.routine === 'decodeDownlink' && typeof decodeDownlink === 'function') { fn = decodeDownlink; }
+    if (spec.routine === 'normalizeUplink' && typeof normalizeUplink === 'function') { fn = normalizeUplink; }
+    if (fn === null) { return stringify({entry: null}); }
+    out = fn(spec.input);
+    return stringify({entry: spec.routine, value: stringify(out, undefinedAsNull), got: stringify(out),
+                      want: stringify(spec.expected)});
+""",
     "probe": r"""
     return stringify({
       decodeUplink: typeof decodeUplink === 'function', Decoder: typeof Decoder === 'function',
@@ -116,10 +183,46 @@ _PRELUDE: Final = r"""(function (global, maxLines, maxChars) {
 })(globalThis, %d, %d)"""
 
 
+def node_path() -> list[str]:
+    """Folders searched for the npm packages: EDGE_NODE_PATH (colon-separated) first, then the distro's."""
+    extra = [p for p in os.environ.get("EDGE_NODE_PATH", "").split(os.pathsep) if p]
+    return [*extra, *NODE_PATH_DIRS]
+
+
+@functools.cache
+def buffer_script() -> str | None:
+    """A script that defines the global `Buffer` from the npm `buffer` package, or None if not installed.
+
+    The three CommonJS packages are wrapped in a minimal `require` of our own; read once per process.
+    """
+    sources: dict[str, str] = {}
+    for package in BUFFER_PACKAGES:
+        for folder in node_path():
+            path = Path(folder) / package / "index.js"
+            try:
+                sources[package] = path.read_text(encoding="utf-8")
+                break
+            except OSError:
+                continue
+        else:
+            return None
+    modules = ",\n".join(f"{json.dumps(name)}: function (module, exports, require) {{\n{text}\n}}"
+                         for name, text in sources.items())
+    return (f"(function (global) {{\nvar factories = {{\n{modules}\n}}, cache = {{}};\n"
+            "function require(name) {\n"
+            "  if (!cache[name]) { var module = {exports: {}}; cache[name] = module;"
+            " factories[name](module, module.exports, require); }\n"
+            "  return cache[name].exports;\n}\n"
+            "Object.defineProperty(global, 'Buffer', {value: require('buffer').Buffer, writable: true,"
+            " configurable: true});\n})(globalThis);\n")
+
+
 class _Context(Protocol):
     """The slice of quickjs.Context this module uses (the package has no type information)."""
 
     def eval(self, code: str) -> Any: ...
+    def module(self, code: str) -> Any: ...
+    def execute_pending_job(self) -> bool: ...
     def set_time_limit(self, seconds: float) -> None: ...
     def set_memory_limit(self, limit: int) -> None: ...
     def set_max_stack_size(self, limit: int) -> None: ...
@@ -154,6 +257,17 @@ class JsLimits:
             raise ValueError(f"stack_limit must be at least 16 KiB, not {self.stack_limit!r}")
         if self.console_lines < 0 or self.console_chars < 1:
             raise ValueError("console_lines must be >= 0 and console_chars >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """One catalogue-test call: the result as JSON (undefined as null), and JSON.stringify of the
+    result and of the expected value as the engine wrote them (None where undefined); or an error."""
+
+    value: Any = None
+    got: str | None = None
+    want: str | None = None
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,23 +310,32 @@ class JsRuntime:
     """A codec script that runs, per call, in a fresh sandboxed QuickJS context.
 
     Every call creates a new runtime and context, evaluates the script as a sloppy-mode global
-    script and calls the entry point, so global state and prototype writes never carry over
+    script (or, if it has `export` statements, as an ES module whose entry points are then made
+    global) and calls the entry point, so global state and prototype writes never carry over
     from one uplink to the next. The context has the ECMAScript built-ins plus a `console`
-    whose output goes to this module's logger at DEBUG (bounded per call), and nothing else:
-    no require, process, std/os modules, timers, file, network or environment access.
+    whose output goes to this module's logger at DEBUG (bounded per call) and, for scripts
+    that name it, Node's `Buffer` as ChirpStack v4 provides it (the npm `buffer` package, see
+    buffer_script); nothing else: no require, process, std/os modules, timers, file, network
+    or environment access.
+
+    The binding offers no bytecode or snapshot API, so Buffer cannot be loaded once per process:
+    it is evaluated in each fresh context (~3 ms on x86-64), and only for scripts whose text names it.
 
     Calls never raise for anything the script does: syntax and runtime errors, a CPU-time or
     memory overrun and stack overflow all come back as error strings. Instances are immutable
     and may be shared between threads; each call uses its context on the calling thread only.
     """
 
-    def __init__(self, source: str, *, name: str = "codec.js", limits: JsLimits | None = None) -> None:
+    def __init__(self, source: str, *, name: str = "codec.js", limits: JsLimits | None = None,
+                 pinned_now: float | None = None) -> None:
         """Check the script once: it must evaluate within the limits and define an entry point.
 
         Args:
             source: the codec script (TTN codec file or ChirpStack device-profile codec).
             name: how errors and log lines name the script.
             limits: per-call limits; the defaults match ChirpStack's 100 ms.
+            pinned_now: for tests only: the codec's clock (`new Date()`, `Date.now()`) shows this
+                time, in seconds since the epoch, instead of the real one.
 
         Raises:
             ConfigError: the script does not parse, fails or overruns while evaluating, or
@@ -221,7 +344,14 @@ class JsRuntime:
         """
         self.name = name
         self.limits = limits or JsLimits()
-        self._source = source
+        # An ES module is evaluated as one (strict, own scope), its entry points then made global.
+        self.is_module = bool(_ES_MODULE.search(source))
+        self._source = _IMPORT_BUFFER.sub("", source) + _MODULE_FOOTER if self.is_module else source
+        self._buffer = buffer_script() if _MENTIONS_BUFFER.search(source) else None
+        self._clock = None if pinned_now is None else _PINNED_CLOCK % (pinned_now * 1000.0,)
+        if _MENTIONS_BUFFER.search(source) and self._buffer is None:
+            log.warning("Codec %s uses Buffer, but the npm package `buffer` is not installed (looked in %s);"
+                        " install node-buffer (scripts/setup does)", name, ", ".join(node_path()))
         self._preludes = {
             (mode, collect): _PRELUDE % (_CONSOLE_BUFFERED if collect else _CONSOLE_SILENT, call,
                                          self.limits.console_lines, self.limits.console_chars)
@@ -286,6 +416,26 @@ class JsRuntime:
         except Exception as exc:  # Broad on purpose (logged): same contract as decode_uplink.
             log.debug("Codec %s: unexpected failure", self.name, exc_info=True)
             return EncodeResult(None, fport, errors=[f"{type(exc).__name__}: {exc}"])
+
+    def call_routine(self, routine: str, input_doc: Any, expected: Any = None) -> CallResult:
+        """Call a routine of CALLABLE_ROUTINES with `input_doc` as it is; never raises.
+
+        This is how the catalogues' own test runners call a codec: no `recvTime` or `variables` are
+        added, and the expected value is serialised by the same engine for ChirpStack's comparison.
+        """
+        if routine not in CALLABLE_ROUTINES:
+            return CallResult(error=f"unknown routine {routine!r}")
+        try:
+            reply = self._invoke("call", json.dumps({"routine": routine, "input": input_doc, "expected": expected}),
+                                 0.0)
+        except _Failure as exc:
+            return CallResult(error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a test run reports it against this test
+            return CallResult(error=f"{type(exc).__name__}: {exc}")
+        if reply.get("entry") is None:
+            return CallResult(error=f"{self.name} does not define {routine}")
+        value = reply.get("value")
+        return CallResult(json.loads(value) if isinstance(value, str) else None, reply.get("got"), reply.get("want"))
 
     def _uplink_result(self, reply: Mapping[str, Any]) -> DecodeResult:
         entry = reply.get("entry")
@@ -374,8 +524,19 @@ class JsRuntime:
         try:
             arm()
             run = context.eval(self._preludes[mode, collect])
+            if self._buffer is not None:
+                # Trusted library code: its own budget, then the codec's clock starts afresh.
+                context.set_time_limit(_BUFFER_TIME_LIMIT)
+                context.eval(self._buffer)
+                start = time.process_time()
+            if self._clock is not None:
+                arm()
+                context.eval(self._clock)
             arm()
-            context.eval(self._source)
+            if self.is_module:
+                self._evaluate_module(context, budget, start)
+            else:
+                context.eval(self._source)
             phase = "call"
             arm()
             out = run(mode, input_json, recv_ms)
@@ -405,6 +566,28 @@ class JsRuntime:
         if not isinstance(reply, dict):
             raise _Failure(f"{self.name}: unexpected reply from the runtime")
         return reply
+
+    def _evaluate_module(self, context: _Context, budget: float, start: float) -> None:
+        """Evaluate the codec as an ES module; its rejection is raised like a script's exception.
+
+        QuickJS evaluates a module asynchronously: the binding returns a promise and queued jobs
+        (top-level await) run one by one, each under what is left of the CPU budget.
+        """
+        settle = context.eval(_SETTLE)
+        state = settle(context.module(self._source))
+        jobs = 0
+        while True:
+            context.set_time_limit(max(budget - (time.process_time() - start), 0.001))
+            if not context.execute_pending_job():
+                break
+            jobs += 1
+            if jobs > _MAX_JOBS or time.process_time() - start > budget:
+                raise _TimedOut
+        outcome = json.loads(state())
+        if outcome["error"] is not None:
+            raise _JSException(outcome["error"])
+        if not outcome["done"]:
+            raise _JSException("Error: the module did not finish evaluating (it awaits something that never settles)")
 
     def _drain_console(self, context: _Context, run: Any, budget: float) -> None:
         """Log what the codec wrote to console during this call (also after a failure)."""
@@ -436,3 +619,27 @@ def _js_kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+def js_literal(text: str, limits: JsLimits | None = None) -> Any:
+    """Evaluate `text` as one JS expression in a fresh sandbox and return its value as JSON data.
+
+    For ChirpStack's test files, which its runner pastes into a script (`const tests = <file>;`),
+    so comments, trailing commas, hex numbers and unquoted keys are all allowed.
+
+    Raises:
+        ConfigError: the text is not an expression, fails, or its value cannot be serialised.
+    """
+    limits = limits or JsLimits(time_limit=1.0)
+    context = cast(_Context, quickjs.Context())
+    context.set_memory_limit(limits.memory_limit)
+    context.set_max_stack_size(limits.stack_limit)
+    context.set_time_limit(limits.time_limit)
+    try:
+        # The newlines keep a line comment on the file's last line from swallowing the parentheses.
+        out = context.eval("JSON.stringify((\n" + text + "\n))")
+    except (_JSException, _StackOverflow) as exc:
+        raise ConfigError([f"not a JS literal: {_describe(str(exc))}"]) from None
+    if not isinstance(out, str):
+        raise ConfigError(["the literal has no JSON value"])
+    return json.loads(out)

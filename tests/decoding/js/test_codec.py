@@ -216,3 +216,9 @@ _PAYLOADS = st.one_of(st.lists(_TLV, max_size=6).map(b"".join), st.binary(max_si
 @given(payload=_PAYLOADS)
 def test_elsys_js_matches_native_on_any_payload(elsys, payload):
     assert elsys.decode(payload, 5, CONTEXT) == NATIVE.decode(payload, 5, CONTEXT)
+
+
+def test_a_codec_yaml_has_its_ttn_catalogue_key():
+    decoder = JsCodecDecoder.from_yaml(ELSYS_YAML)
+    assert decoder.codec_key == "ttn:elsys/elsys-tlv-codec"
+    assert JsCodecDecoder("acme/x", "function decodeUplink(i) { return {data: {}}; }").codec_key == ""

@@ -241,6 +241,10 @@ class BufferThinStore:
             return 0
         return self.buffer.save_thinning(self.sink, redo_from, kept)
 
+    def received(self, ids: Sequence[int]) -> dict[int, float]:
+        """Local receive times of entries (thinning clamps event times to a window around them)."""
+        return self.buffer.received_times(ids)
+
 
 class BufferBacklog:
     """The Backlog a sink sees: its own buffer connection and cursor, and its gap notices."""

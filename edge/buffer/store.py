@@ -22,7 +22,19 @@ import orjson
 
 from edge.buffer.migrations import migrate
 from edge.errors import StorageCorrupt, StorageError
-from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Reading, Uplink, radio_json, readings_json
+from edge.model import (
+    TRUSTED_FUTURE_S,
+    TRUSTED_PAST_S,
+    DecodeStatus,
+    DeviceEvent,
+    Entry,
+    Malformed,
+    Reading,
+    Uplink,
+    control_time,
+    radio_json,
+    readings_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -317,8 +329,10 @@ class Buffer:
                                  up.radio.gateway_id or "", up.time, new.status, new.decoder, new.error or None,
                                  readings, radio_json(up.radio)))
                     d = up.device
+                    # The receive-clamped time: an uplink dated 2099 must not freeze the device's row.
                     devices[d.dev_eui] = (d.dev_eui, d.device_name, d.application_id, d.application_name,
-                                          d.device_profile_name, row_id, up.time, up.radio.fcnt, up.radio.rssi,
+                                          d.device_profile_name, row_id, control_time(up.time, new.received),
+                                          up.radio.fcnt, up.radio.rssi,
                                           up.radio.snr, up.radio.gateway_id, new.decoder, new.status, readings,
                                           d.device_profile_id, orjson.dumps(d.tags))
                 db.executemany("INSERT INTO uplinks(id, uplink_id, dev_eui, application_id, gateway_id, time, status,"
@@ -724,13 +738,32 @@ class Buffer:
         known = {r[0] for r in rows}
         rows += [(name, 0, 0, 0, None) for name in configured if name not in known]
         for name, cursor, delivered, dropped, last in sorted(rows):
-            backlog, oldest = self.db.execute(
-                "SELECT count(*), min(time) FROM uplinks WHERE id > ?", (cursor,)).fetchone()
+            # Age by the event time clamped around the local receive time (control_time): one
+            # event dated in the future must not hide an upstream outage.
+            backlog = self.db.execute("SELECT count(*) FROM uplinks WHERE id > ?", (cursor,)).fetchone()[0]
+            oldest = self.db.execute(
+                f"SELECT min(min(max(u.time, r.received - {TRUSTED_PAST_S}), r.received + {TRUSTED_FUTURE_S}))"
+                " FROM uplinks u JOIN raw r ON r.id = u.id WHERE u.id > ?", (cursor,)).fetchone()[0]
             out.append({
                 "name": name, "cursor": cursor, "backlog": backlog,
                 "oldest_undelivered_age_s": round(now - oldest, 1) if oldest is not None else None,
                 "delivered": delivered, "dropped": dropped, "last_delivery": last,
             })
+        return out
+
+    def first_control_time_after(self, cursor: int) -> float | None:
+        """The control time (edge.model.control_time) of the first uplink after `cursor`, or None."""
+        row = self.db.execute("SELECT u.time, r.received FROM uplinks u JOIN raw r ON r.id = u.id WHERE u.id > ?"
+                              " ORDER BY u.id LIMIT 1", (cursor,)).fetchone()
+        return None if row is None else control_time(float(row[0]), float(row[1]))
+
+    def received_times(self, ids: Sequence[int]) -> dict[int, float]:
+        """Local receive time of each of these uplinks (ids no longer held are left out)."""
+        out: dict[int, float] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            out.update((int(i), float(r)) for i, r in self.db.execute(
+                f"SELECT id, received FROM raw WHERE id IN ({','.join('?' * len(chunk))})", chunk))
         return out
 
     def devices(self, limit: int = 1000) -> list[dict[str, Any]]:

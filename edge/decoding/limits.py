@@ -143,7 +143,5 @@ def summarise_messages(messages: Any, what: str = "errors") -> str:
     for message in list(messages[:MAX_MESSAGES]) if len(messages) > MAX_MESSAGES else messages:
         shown.append(truncate(message, MAX_MESSAGE_CHARS).encode("utf-8", "replace").decode("utf-8")
                      if isinstance(message, str) else f"<{type(message).__name__}>")
-    text = "; ".join(shown)
-    if len(messages) > MAX_MESSAGES:
-        text += f" (and {len(messages) - MAX_MESSAGES} more {what})"
-    return truncate(text, MAX_REASON_CHARS)
+    more = f" (and {len(messages) - MAX_MESSAGES} more {what})" if len(messages) > MAX_MESSAGES else ""
+    return truncate("; ".join(shown), MAX_REASON_CHARS - len(more)) + more

@@ -85,6 +85,8 @@ def _parse(topic: str, payload: bytes, received: float, max_payload_bytes: int) 
     if len(payload) > MAX_MESSAGE_BYTES:
         raise _Bad(f"message is {len(payload)} bytes, more than {MAX_MESSAGE_BYTES} (a ChirpStack event is 1-2 KB)")
     stripped = payload.lstrip()
+    if stripped[:1] == b"[":
+        raise _Bad("JSON payload is not an object")
     if stripped[:1] == b"{":
         try:
             doc = orjson.loads(payload)

@@ -1,0 +1,125 @@
+"""Hostile ChirpStack messages interleaved with good uplinks through a real `edge run` between two
+Mosquittos (issue #11): every good uplink arrives exactly as sent, every hostile message is kept for
+inspection, and the source never reconnects because of what a message contains."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.simulate import Simulator
+from tests.hostile_events import dated, hostile_catalogue, interleaved
+from tests.test_e2e import expected_readings
+
+pytestmark = pytest.mark.mosquitto
+
+# Above LoRaWAN's 242 bytes by far, yet below a 256 KB MQTT maximum packet size a subscriber may
+# announce (a broker drops larger messages before they reach us; the parser's own bound on a
+# 10 MB `data` is covered in tests/test_hostile_ingest.py).
+HUGE_DATA_BYTES = 150 * 1024
+
+
+def _publish(host: str, port: int, messages: list[tuple[str, bytes]]) -> None:
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    client.max_inflight_messages_set(50)
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, body, qos=1) for topic, body in messages]
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_hostile_messages_cost_only_themselves(broker_factory, make_config, edge_process, recorder,
+                                               tmp_path: Path) -> None:
+    chirpstack, upstream = broker_factory(), broker_factory()
+    rec = recorder(upstream)
+    edge = edge_process(make_config(chirpstack.url, upstream.url))
+    edge.start()
+    edge.wait_connected()
+
+    catalogue = hostile_catalogue(HUGE_DATA_BYTES)
+    good_sent = []
+    hostile_names = []
+    messages: list[tuple[str, bytes]] = []
+    for kind, topic, body, what in interleaved(Simulator(20, seed=21).events(600), 25, catalogue):
+        messages.append((topic, body))
+        (good_sent if kind == "good" else hostile_names).append(what)
+    assert set(hostile_names) == set(catalogue), "every kind at least once"
+    # An uplink dated 2099 is valid: it is delivered (its SenML t says 2099) like any other.
+    topic, body, far_id = dated(7)
+    messages.insert(300, (topic, body))
+    _publish(chirpstack.host, chirpstack.port, messages)
+
+    wanted = {s.uplink_id for s in good_sent} | {far_id}
+    if not rec.wait_for(wanted, 90):
+        raise AssertionError(f"{len(wanted - rec.ids())} of {len(wanted)} good uplinks never arrived upstream")
+    for s in good_sent:
+        copies = rec.copies[s.uplink_id]
+        assert copies[0] == expected_readings(s), s
+        assert all(c == copies[0] for c in copies)
+    assert not rec.ids() - wanted, "nothing hostile was sent upstream"
+
+    db = sqlite3.connect(tmp_path / "buffer.sqlite")
+    try:
+        malformed = db.execute("SELECT topic, error, length(payload) FROM malformed").fetchall()
+        counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+    finally:
+        db.close()
+    assert len(malformed) == len(hostile_names), [e for _, e, _ in malformed]
+    assert counters["malformed"] == len(hostile_names)
+    assert all(0 < len(error) <= 600 and 0 < size <= 64 * 1024 for _, error, size in malformed)
+    assert any("chirpstack.max_payload_bytes" in error for _, error, _ in malformed)
+    assert sum("nested deeper" in error for _, error, _ in malformed) >= 5
+
+    log = (tmp_path / "edge.log").read_bytes()
+    assert log.count(b"Connected to ChirpStack broker") == 1, "the source reconnected because of content"
+    assert b"Traceback" not in log
+    assert edge.proc is not None and edge.proc.poll() is None
+    assert edge.terminate() == 0
+
+
+def test_hostile_messages_survive_a_restart_without_looping(broker_factory, make_config, edge_process, recorder,
+                                                            tmp_path: Path) -> None:
+    """Published while the edge is down, hostile messages wait in the persistent session; the next
+    run stores them once and goes on (no redelivery loop), and the good ones arrive."""
+    chirpstack, upstream = broker_factory(), broker_factory()
+    rec = recorder(upstream)
+    edge = edge_process(make_config(chirpstack.url, upstream.url))
+    edge.start()
+    edge.wait_connected()
+    edge.kill()
+    catalogue = hostile_catalogue(HUGE_DATA_BYTES)
+    good_sent, messages = [], []
+    for kind, topic, body, what in interleaved(Simulator(5, seed=22).events(60), 3, catalogue):
+        messages.append((topic, body))
+        if kind == "good":
+            good_sent.append(what)
+    _publish(chirpstack.host, chirpstack.port, messages)
+    edge.start()
+    edge.wait_connected()
+    assert rec.wait_for({s.uplink_id for s in good_sent}, 60)
+    time.sleep(1.0)  # a redelivery loop would show as further connections in the log
+    edge.terminate()
+    edge.start()
+    edge.wait_connected()
+    time.sleep(0.5)
+    db = sqlite3.connect(tmp_path / "buffer.sqlite")
+    try:
+        (malformed,), = db.execute("SELECT count(*) FROM malformed").fetchall()
+        (uplinks,), = db.execute("SELECT count(*) FROM uplinks").fetchall()
+    finally:
+        db.close()
+    assert malformed == len(messages) - len(good_sent), "each hostile message stored once"
+    assert uplinks == len(good_sent)
+    assert (tmp_path / "edge.log").read_bytes().count(b"Connected to ChirpStack broker") == 3
+    assert edge.terminate() == 0

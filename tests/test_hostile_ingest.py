@@ -214,8 +214,9 @@ def deep(levels: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("result", "needle"), [
-    (DecodeResult({f"k{i}": i for i in range(30_000)}), "more than 1000 values"),
-    (DecodeResult({"x": list(range(100_000))}), "more than 1000 values"),
+    (DecodeResult({f"k{i}": i for i in range(30_000)}), "larger than 64 KB"),
+    (DecodeResult({"x": list(range(100_000))}), "larger than 64 KB"),
+    (DecodeResult({"x": [0] * 5000}), "more than 1000 values"),  # 15 KB: within the size, not the count
     (DecodeResult(deep(1000)), "nested deeper than 32"),
     (DecodeResult({"s": "x" * 100_000}), "larger than 64 KB"),
     (DecodeResult({"n": 2**70}), "beyond 64 bits"),

@@ -145,26 +145,31 @@ def _jsonable(value: Any) -> bool:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(chirpstack_events.EVENT_KINDS)), st.lists(st.sampled_from(FIELDS), max_size=3),
-       JSON, st.sampled_from(["", "deviceInfo"]), st.integers(0, 1200))
+       JSON, st.sampled_from(["", "deviceInfo"]), st.integers(0, 1200), st.sampled_from(["object", "list"]))
 def test_parse_never_raises_on_arbitrary_shapes_depths_and_sizes(kind: str, fields: list[str], value: Any,
-                                                                 under: str, depth: int) -> None:
+                                                                 under: str, depth: int, deep_kind: str) -> None:
     doc = good_doc()
     target = doc["deviceInfo"] if under else doc
     for f in fields:
         target[f] = value
     if not _jsonable(doc):
         return
-    body = orjson.dumps(doc)
-    if depth:  # the same document with one value nested `depth` deep (spliced: orjson stops at 255)
-        body = body.replace(b'"fCnt":', b'"fCnt":' + b"[" * depth, 1)
-        body = body.replace(b',"fPort"', b"]" * depth + b',"fPort"', 1) if b"[" * depth in body else body
+    if depth and fields:  # one of those fields nested `depth` deep instead (spliced: orjson stops at 255)
+        target[fields[0]] = "@@DEEP@@"
+        body = orjson.dumps(doc).replace(b'"@@DEEP@@"', deep_json(depth, deep_kind))
+    else:
+        body = orjson.dumps(doc)
     event = parse(UP.replace("/up", f"/{kind}"), body, RECEIVED)
     assert isinstance(event, Uplink | DeviceEvent | Malformed)
     if isinstance(event, Malformed):
         assert len(event.error) <= chirpstack_events.MAX_REASON + 80
+        assert event.payload == body[:chirpstack_events.MAX_KEPT_BYTES]
+    if isinstance(event, DeviceEvent):
+        assert len(event.summary) <= 512 and len(event.event_id) <= 128
     if isinstance(event, Uplink):
         assert len(event.payload) <= chirpstack_events.MAX_PAYLOAD_BYTES
-        assert event.radio.fport is None or 0 <= event.radio.fport <= 255
+        assert 0 <= event.fport <= 255
+        assert depth < 32 or not fields, "a value nested 32 deep or more never passes"
 
 
 @settings(max_examples=150, deadline=None)

@@ -248,9 +248,10 @@ def _reason(exc: BaseException) -> str:
 class CoolDown:
     """Sets aside decoders that keep timing out, so one looping codec cannot slow every other device.
 
-    A call of `slow_s` or longer (CPU time of the calling thread) counts as a timeout. `after` of them within `window_s` rest the
-    decoder for `rest_s`: meanwhile its uplinks are stored raw as failed ("cool-down", `edge
-    redecode` takes them later) and one WARNING says so. `after` = 0 turns this off.
+    A call of `slow_s` or longer (CPU time of the calling thread) counts as a timeout. `after` of
+    them within `window_s` rest the decoder for `rest_s`: meanwhile its uplinks are stored raw as
+    failed ("cool-down", `edge redecode` takes them later) and one WARNING says so. `after` = 0
+    turns this off.
     """
 
     def __init__(self, slow_s: float = 0.1, after: int = 3, window_s: float = 60.0, rest_s: float = 60.0,

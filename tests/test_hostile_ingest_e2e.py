@@ -4,7 +4,10 @@ inspection, and the source never reconnects because of what a message contains."
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,6 +22,8 @@ from tests.hostile_events import dated, hostile_catalogue, interleaved
 from tests.test_e2e import expected_readings
 
 pytestmark = pytest.mark.mosquitto
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Above LoRaWAN's 242 bytes by far, yet below a 256 KB MQTT maximum packet size a subscriber may
 # announce (a broker drops larger messages before they reach us; the parser's own bound on a
@@ -81,6 +86,14 @@ def test_hostile_messages_cost_only_themselves(broker_factory, make_config, edge
     assert all(0 < len(error) <= 600 and 0 < size <= 64 * 1024 for _, error, size in malformed)
     assert any("chirpstack.max_payload_bytes" in error for _, error, _ in malformed)
     assert sum("nested deeper" in error for _, error, _ in malformed) >= 5
+
+    # What a technician sees: `edge status` lists them, each with its bounded reason.
+    status = subprocess.run([sys.executable, "-m", "edge", "status", "--config", str(tmp_path / "edge.toml"),
+                             "--json"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["counters"]["malformed"] == len(hostile_names)
+    assert len(doc["malformed"]) == 5 and all(len(m["error"]) <= 600 for m in doc["malformed"])
 
     log = (tmp_path / "edge.log").read_bytes()
     assert log.count(b"Connected to ChirpStack broker") == 1, "the source reconnected because of content"

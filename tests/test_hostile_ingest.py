@@ -145,13 +145,19 @@ def _jsonable(value: Any) -> bool:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(chirpstack_events.EVENT_KINDS)), st.lists(st.sampled_from(FIELDS), max_size=3),
-       JSON, st.sampled_from(["", "deviceInfo"]), st.integers(0, 1200), st.sampled_from(["object", "list"]))
+       JSON, st.sampled_from(["", "deviceInfo"]), st.integers(0, 1200), st.sampled_from(["object", "list"]),
+       st.integers(0, 400_000), st.integers(0, 30_000))
 def test_parse_never_raises_on_arbitrary_shapes_depths_and_sizes(kind: str, fields: list[str], value: Any,
-                                                                 under: str, depth: int, deep_kind: str) -> None:
+                                                                 under: str, depth: int, deep_kind: str,
+                                                                 chars: int, width: int) -> None:
     doc = good_doc()
     target = doc["deviceInfo"] if under else doc
     for f in fields:
         target[f] = value
+    if fields and chars:
+        target[fields[-1]] = "x" * chars
+    if fields and width:
+        target[fields[-1]] = [value] * width
     if not _jsonable(doc):
         return
     if depth and fields:  # one of those fields nested `depth` deep instead (spliced: orjson stops at 255)
@@ -267,10 +273,16 @@ def test_a_decoder_that_raises_recursion_error_costs_its_uplink_only() -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(JSON, st.integers(0, 300), st.sampled_from(["native", "object"]))
-def test_registry_decode_never_raises_and_output_is_bounded(data: Any, depth: int, path: str) -> None:
+@given(JSON, st.integers(0, 300), st.integers(0, 5000), st.integers(0, 200_000),
+       st.sampled_from(["native", "object"]))
+def test_registry_decode_never_raises_and_output_is_bounded(data: Any, depth: int, width: int, chars: int,
+                                                            path: str) -> None:
     for _ in range(depth):
         data = {"a": data} if depth % 2 else [data]
+    if width:
+        data = {"wide": [data] * width, **({"s": "x" * chars} if chars else {})}
+    elif chars:
+        data = {"s": "x" * chars, "v": data}
     registry = DecoderRegistry([Returns(DecodeResult(data))])  # type: ignore[list-item]
     if path == "native":
         decoded = registry.decode(uplink({"decoder": "test/returns"}))

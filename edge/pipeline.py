@@ -539,8 +539,6 @@ class Pipeline:
             try:
                 self._take(msg, batch, fresh, released)
             except Exception as exc:  # noqa: BLE001 - a bug or a surprise costs this message only
-                log.warning("Could not handle a message on %s; stored it as malformed: %s", msg.topic[:200],
-                            _reason(exc), extra={"topic": msg.topic[:200]})
                 self._add_malformed(batch, _malformed(msg, f"not handled: {_reason(exc)}"), msg.received)
         try:
             self._store(batch)
@@ -619,6 +617,7 @@ class Pipeline:
                                new.decoder, new.error, new.topic)
                 uplinks.append(new)
             except _CONTENT_ERRORS as exc:
+                batch.count(_STATUS_COUNTER[new.status], -1)  # counted as malformed instead
                 self._add_malformed(batch, _malformed(Message(_safe(new.topic), new.payload, new.received),
                                                       f"could not be stored: {_reason(exc)}"), new.received)
         batch.uplinks = uplinks
@@ -628,6 +627,7 @@ class Pipeline:
                 _storable_text(event.kind, event.dev_eui, event.application_id, event.summary, event.event_id, topic)
                 events.append((event, topic, payload))
             except _CONTENT_ERRORS as exc:
+                batch.count("events", -1)
                 self._add_malformed(batch, _malformed(Message(_safe(topic), payload, event.time),
                                                       f"could not be stored: {_reason(exc)}"), event.time)
         batch.events = events

@@ -462,6 +462,8 @@ def test_a_record_that_cannot_be_stored_is_set_aside_and_the_rest_committed(pipe
     assert stored == set(ids_of(messages)) - {ids_of(messages)[1]}
     (error, payload), = db_rows(pipeline, "SELECT error, payload FROM malformed")
     assert error.startswith("could not be stored") and payload == messages[1].payload
+    counters = Buffer(pipeline.cfg.buffer.path, readonly=True).counters()
+    assert (counters["decoded"], counters["malformed"]) == (3, 1)
 
 
 def test_an_exception_while_handling_one_message_keeps_it_as_malformed(pipeline: Pipeline,

@@ -93,6 +93,26 @@ def test_bad_fields_are_malformed(field: str, value: Any, needle: str) -> None:
     assert isinstance(event, Malformed) and needle in event.error, event
 
 
+def test_thousands_of_receptions_are_malformed() -> None:
+    doc = good_doc()
+    doc["rxInfo"] = [{"rssi": -50}] * 3000
+    event = parse(UP, orjson.dumps(doc), RECEIVED)
+    assert isinstance(event, Malformed) and "more than 256 receptions" in event.error
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"deviceInfo": {"devEui": "0101010101010101"}, "fCnt": 1e400}',
+    b'{"deviceInfo": {"devEui": "0101010101010101"}, "fCnt": 123456789012345678901234567890}',
+    b'\xef\xbb\xbf{"deviceInfo": {}}',
+    b'{"deviceInfo": {"devEui": "0101010101010101", "devEui": 5}}',
+    b'   \n\t{"deviceInfo": null}',
+    b"",
+    b"{",
+])
+def test_odd_json_is_malformed_never_an_exception(raw: bytes) -> None:
+    assert isinstance(parse(UP, raw, RECEIVED), Malformed)
+
+
 def test_long_names_are_cut_long_ids_and_odd_gateways_refused_or_dropped() -> None:
     doc = good_doc()
     doc["deviceInfo"]["deviceName"] = "n" * 5000
@@ -225,9 +245,11 @@ def deep(levels: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("result", "needle"), [
-    (DecodeResult({f"k{i}": i for i in range(30_000)}), "larger than 64 KB"),
-    (DecodeResult({"x": list(range(100_000))}), "larger than 64 KB"),
-    (DecodeResult({"x": [0] * 5000}), "more than 1000 values"),  # 15 KB: within the size, not the count
+    (DecodeResult({f"k{i}": i for i in range(30_000)}), "more than 1000 values"),
+    (DecodeResult({"x": list(range(100_000))}), "more than 1000 values"),
+    (DecodeResult({"x": ["x" * 100] * 900}), "larger than 64 KB"),
+    # Shared references: 20 MB as JSON from a few KB of memory; refused before anything serialises it.
+    (DecodeResult({"x": [["x" * 2000] * 100] * 100}), "larger than 64 KB"),
     (DecodeResult(deep(1000)), "nested deeper than 32"),
     (DecodeResult({"s": "x" * 100_000}), "larger than 64 KB"),
     (DecodeResult({"n": 2**70}), "beyond 64 bits"),

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 # The bounds of one decode. A real codec returns a few dozen values and an error or two; these
 # are far above that and far below what hurts a Raspberry Pi (memory, a 1 GB buffer, the log).
@@ -42,87 +39,86 @@ def truncate(text: str, limit: int) -> str:
 
 
 def check_data(data: Any, *, max_depth: int = MAX_DEPTH, max_leaves: int = MAX_LEAVES,
-               max_bytes: int = MAX_DATA_BYTES, what: str = "data") -> None:
-    """Check that `data` is JSON-shaped and within the bounds (see walk_data), fast for usual output.
-
-    orjson serialises it first (in Rust: it refuses non-string keys, integers beyond 64 bits, lone
-    surrogates, most non-JSON types, and nesting beyond 255); the bytes then bound the size exactly
-    and, by their brackets and commas, depth and count. Only output that may be near a bound is
-    walked value by value.
-
-    Raises:
-        OverLimit: a bound is crossed or a value is of another type.
-    """
-    try:
-        blob = orjson.dumps(data)
-    except orjson.JSONEncodeError as exc:
-        walk_data(data, max_depth=max_depth, max_leaves=max_leaves, max_bytes=max_bytes, what=what)
-        raise OverLimit(f"{what} cannot be represented as JSON: {truncate(str(exc), 120)}") from None
-    if len(blob) > max_bytes:
-        raise OverLimit(f"{what} is larger than {max_bytes // 1024} KB")
-    brackets = blob.count(b"{") + blob.count(b"[")
-    if brackets > max_depth or brackets + blob.count(b",") >= max_leaves:
-        walk_data(data, max_depth=max_depth, max_leaves=max_leaves, max_bytes=max_bytes, what=what)
-
-
-def walk_data(data: Any, *, max_depth: int = MAX_DEPTH, max_leaves: int = MAX_LEAVES,
-              max_bytes: int = MAX_DATA_BYTES, what: str = "data") -> Shape:
+               max_bytes: int = MAX_DATA_BYTES, what: str = "data") -> Shape:
     """Check that `data` is JSON-shaped and within the bounds, without recursion.
 
-    JSON-shaped: mappings with string keys, lists or tuples, strings, finite or non-finite floats,
-    64-bit integers, booleans and None. Walked iteratively and stopped at the first bound crossed,
-    so a hostile value costs at most `max_leaves` steps.
+    JSON-shaped: mappings with string keys, lists or tuples, strings, floats (non-finite ones
+    too), 64-bit integers, booleans and None. Walked iteratively and stopped at the first bound
+    crossed, so a hostile value costs at most about `max_leaves` steps; nothing is serialised
+    first (orjson would build the whole output: `[big_string] * 100_000` from a buggy decoder
+    could take gigabytes before any bound is seen).
 
     Raises:
         OverLimit: a bound is crossed or a value is of another type.
     """
     leaves = 0
     size = 0
-    # (value, depth) pairs still to look at; containers push their children.
     stack: list[tuple[Any, int]] = [(data, 0)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, Mapping):
-            if depth >= max_depth:
-                raise OverLimit(f"{what} is nested deeper than {max_depth} levels")
-            size += 2
-            for key, child in value.items():
-                if not isinstance(key, str):
-                    raise OverLimit(f"{what} has a key that is not a string ({type(key).__name__})")
-                _check_text(key, what)
-                size += len(key) + 4
-                stack.append((child, depth + 1))
-                if len(stack) > max_leaves + max_depth:
-                    raise OverLimit(f"{what} has more than {max_leaves} values")
+        if type(value) is dict or isinstance(value, Mapping):
+            keys: Any = value.keys()
+            children: Any = value.values()
         elif isinstance(value, list | tuple):
-            if depth >= max_depth:
-                raise OverLimit(f"{what} is nested deeper than {max_depth} levels")
-            size += 2
-            for child in value:
-                size += 1
-                stack.append((child, depth + 1))
-                if len(stack) > max_leaves + max_depth:
-                    raise OverLimit(f"{what} has more than {max_leaves} values")
+            keys = ()
+            children = value
         else:
-            leaves += 1
-            if leaves > max_leaves:
-                raise OverLimit(f"{what} has more than {max_leaves} values")
-            if isinstance(value, str):
-                size += len(value) + 2
-                _check_text(value, what)
-            elif isinstance(value, bool) or value is None:
-                size += 5
-            elif isinstance(value, int):
-                if not _INT_MIN <= value <= _INT_MAX:
-                    raise OverLimit(f"{what} has an integer beyond 64 bits")
+            # Only the root can be a scalar here; children are handled inline below.
+            leaves, size = _leaf(value, leaves, size, what)
+            continue
+        if depth >= max_depth:
+            raise OverLimit(f"{what} is nested deeper than {max_depth} levels")
+        if len(value) > max_leaves:
+            raise OverLimit(f"{what} has more than {max_leaves} values")
+        size += 2 + len(value)
+        for key in keys:
+            if type(key) is not str:
+                raise OverLimit(f"{what} has a key that is not a string ({type(key).__name__})")
+            size += len(key) + 3
+            if not key.isascii():
+                _check_text(key, what)
+        for child in children:
+            kind = type(child)
+            if kind is float or kind is bool or child is None:
+                leaves += 1
                 size += 8
-            elif isinstance(value, float):
-                size += 8 if math.isfinite(value) else 4
+            elif kind is str:
+                leaves += 1
+                size += len(child) + 2
+                if not child.isascii():
+                    if size > max_bytes:
+                        break  # reported below, before scanning a long string
+                    _check_text(child, what)
+            elif kind is int:
+                if not _INT_MIN <= child <= _INT_MAX:
+                    raise OverLimit(f"{what} has an integer beyond 64 bits")
+                leaves += 1
+                size += 8
             else:
-                raise OverLimit(f"{what} has a value of type {type(value).__name__}, not a JSON type")
+                stack.append((child, depth + 1))
+        # One container adds at most max_leaves of each, so checking per container keeps the
+        # work bounded and the loop above lean.
+        if leaves > max_leaves or len(stack) > max_leaves:
+            raise OverLimit(f"{what} has more than {max_leaves} values")
         if size > max_bytes:
             raise OverLimit(f"{what} is larger than {max_bytes // 1024} KB")
     return Shape(leaves, size)
+
+
+def _leaf(value: Any, leaves: int, size: int, what: str) -> tuple[int, int]:
+    """Count one scalar (any type check the inline path of check_data skipped)."""
+    if isinstance(value, str):
+        _check_text(value, what)
+        return leaves + 1, size + len(value) + 2
+    if isinstance(value, bool) or value is None:
+        return leaves + 1, size + 5
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise OverLimit(f"{what} has an integer beyond 64 bits")
+        return leaves + 1, size + 8
+    if isinstance(value, float):
+        return leaves + 1, size + 8
+    raise OverLimit(f"{what} has a value of type {type(value).__name__}, not a JSON type")
 
 
 def check_messages(messages: Any, what: str) -> list[str]:

@@ -43,6 +43,7 @@ MAX_REASON = 512
 _MAX_NAME = 256  # device, application and profile names (display only): longer ones are cut
 _MAX_ID = 128  # ids (application, tenant, profile, event): longer ones make the event malformed
 _MAX_TAGS = 100
+_MAX_GATEWAYS = 256  # receptions of one uplink in rxInfo (ChirpStack deduplicates: a handful)
 # Namespace for v3 uplink ids, which ChirpStack v3 does not provide (see _v3_uplink_id).
 _V3_NAMESPACE = uuid.UUID("8f2b7a4e-3c1d-5b6a-9e0f-1a2b3c4d5e6f")
 
@@ -283,6 +284,8 @@ def _best_rx(
         return None, None, None, 0
     if not isinstance(rx_info, list):
         raise _Bad("rxInfo is not a list")
+    if len(rx_info) > _MAX_GATEWAYS:
+        raise _Bad(f"rxInfo lists more than {_MAX_GATEWAYS} receptions")
     best: dict[str, Any] | None = None
     best_rssi = -1e9
     for rx in rx_info if len(rx_info) > 1 else ():  # one gateway, the usual case: it is the best

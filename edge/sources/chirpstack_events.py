@@ -153,7 +153,7 @@ def _check_shape(doc: Any) -> None:
 def _scalar(value: Any, limit: int = 120) -> str:
     """A checked scalar for a human summary; containers and other types by their type name only."""
     if value is None:
-        return ""
+        return "None"  # as the summaries always said for an absent field
     if isinstance(value, str):
         return _text_of(value, limit)
     if isinstance(value, bool | int | float):
@@ -367,7 +367,8 @@ def _summary(kind: str, doc: dict[str, Any]) -> str:
     """A short human line for a non-uplink event, for `edge status` and logs (checked scalars only)."""
     get = doc.get
     if kind == "log":
-        line = f"{_scalar(get('level', 'INFO'), 16)} {_scalar(get('code'), 40)}: {_scalar(get('description'), 200)}"
+        line = (f"{_scalar(get('level', 'INFO'), 16)} {_scalar(get('code', ''), 40)}:"
+                f" {_scalar(get('description', ''), 200)}")
         return line.strip()
     if kind == "status":
         return f"margin={_scalar(get('margin'), 16)} battery={_scalar(get('batteryLevel'), 16)}"

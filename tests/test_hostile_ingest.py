@@ -580,3 +580,25 @@ GOOD = "6f1c2b7d-9e01-4f4e-9c55-3f1c2b7d9e01"
 
 def test_deep_json_helper_is_what_it_says() -> None:
     assert deep_json(2) == b'{"a":{"a":1}}' and deep_json(2, "list") == b"[[1]]"
+
+
+def test_malformed_messages_keep_within_their_share_of_the_buffer(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from edge.buffer.store import MALFORMED_SHARE, Batch
+
+    buf = Buffer(tmp_path / "b.sqlite", max_bytes=4 << 20)
+    try:
+        limit = 4 * 1024 * 1024 * MALFORMED_SHARE
+        for i in range(40):  # 40 x 2 x 30 KB = 2.4 MB of malformed messages, over 10 times the share
+            batch = Batch()
+            for j in range(2):
+                batch.malformed.append((Malformed(UP, bytes([i]) * 30_000, f"flood {i}/{j}"), float(i)))
+            buf.append(batch)
+            total = buf.db.execute("SELECT sum(length(payload) + length(error) + length(topic) + 64)"
+                                   " FROM malformed").fetchone()[0]
+            assert total <= limit
+        errors = [e for (e,) in buf.db.execute("SELECT error FROM malformed ORDER BY id")]
+        assert errors[-1] == "flood 39/1" and len(errors) == int(limit // 30_200)  # the newest are kept
+        assert any("fill their share" in r.message for r in caplog.records)
+    finally:
+        buf.close()

@@ -138,6 +138,10 @@ _SUPERSEDED = DecodeStatus.SUPERSEDED
 
 # The share of the size bound (`buffer.max_size_mb`) dead letters may take; the oldest go beyond it.
 DEAD_LETTER_SHARE = 0.1
+# The same for malformed messages (kept for inspection, never sent anywhere), and what one row
+# takes by that measure (its bytes and characters plus the row itself).
+MALFORMED_SHARE = 0.05
+_MALFORMED_SIZE = "length(payload) + length(error) + length(topic) + 64"
 
 
 def is_disk_full(exc: sqlite3.Error) -> bool:
@@ -210,6 +214,7 @@ class Buffer:
                  synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.limit_bytes = max_bytes  # buffer.max_size_mb, as configured
+        self._malformed_bytes: int | None = None  # malformed rows' size (MALFORMED_SHARE), once summed
         self.max_bytes = max_bytes  # the bound in force: lower while the disk is short of space
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -365,6 +370,7 @@ class Buffer:
                     "INSERT INTO malformed(received, topic, error, payload) VALUES (?,?,?,?)",
                     [(received, m.topic, m.error, m.payload) for m, received in batch.malformed],
                 )
+                self._bound_malformed([(m.topic, m.error, m.payload) for m, _ in batch.malformed])
             if batch.supersedes:
                 db.executemany(f"UPDATE uplinks SET status = {_SUPERSEDED} WHERE id = ?",
                                [(i,) for i in batch.supersedes])
@@ -373,6 +379,7 @@ class Buffer:
                                [(n, name) for name, n in batch.counts.items()])
             db.execute("COMMIT")
         except BaseException:
+            self._malformed_bytes = None  # what the rolled-back batch added is gone again
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
@@ -407,7 +414,38 @@ class Buffer:
             self._trim("malformed")
         return dropped_total
 
+    def _bound_malformed(self, added: Sequence[tuple[str, str, bytes]]) -> None:
+        """Keep malformed messages within MALFORMED_SHARE of the size bound, oldest dropped first.
+
+        Anyone who can publish to ChirpStack's broker can send malformed messages; kept without a
+        bound of their own, a flood of them would push out uplinks an upstream still waits for.
+        Runs inside append's transaction; the table's size is summed once, then kept up to date.
+        """
+        limit = int(self.max_bytes * MALFORMED_SHARE)
+        if self._malformed_bytes is None:
+            self._malformed_bytes = int(self.db.execute(
+                f"SELECT coalesce(sum({_MALFORMED_SIZE}), 0) FROM malformed").fetchone()[0])
+        else:
+            self._malformed_bytes += sum(len(p) + len(e) + len(t) + 64 for t, e, p in added)
+        if self._malformed_bytes <= limit:
+            return
+        excess, cut, dropped = self._malformed_bytes - limit, 0, 0
+        rows = self.db.execute(f"SELECT id, {_MALFORMED_SIZE} FROM malformed ORDER BY id")
+        try:
+            for row_id, size in rows:
+                excess -= int(size)
+                cut, dropped = int(row_id), dropped + 1
+                if excess <= 0:
+                    break
+        finally:
+            rows.close()
+        self.db.execute("DELETE FROM malformed WHERE id <= ?", (cut,))
+        self._malformed_bytes = None  # summed again next time (rare: only while a flood lasts)
+        log.warning("Malformed messages fill their share of the buffer (%.1f MB); dropped the %d oldest.",
+                    limit / 1e6, dropped, extra={"count": dropped})
+
     def _trim(self, table: str) -> None:
+        self._malformed_bytes = None
         lo, n = self.db.execute(f"SELECT min(id), count(*) FROM {table}").fetchone()
         if n:
             self.db.execute(f"DELETE FROM {table} WHERE id < ?", (lo + max(1, n // 20),))

@@ -215,6 +215,7 @@ class Buffer:
         self.path = Path(path)
         self.limit_bytes = max_bytes  # buffer.max_size_mb, as configured
         self._malformed_bytes: int | None = None  # malformed rows' size (MALFORMED_SHARE), once summed
+        self._malformed_warned = -1e9  # monotonic time of the last WARNING about that share
         self.max_bytes = max_bytes  # the bound in force: lower while the disk is short of space
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -441,8 +442,13 @@ class Buffer:
             rows.close()
         self.db.execute("DELETE FROM malformed WHERE id <= ?", (cut,))
         self._malformed_bytes = None  # summed again next time (rare: only while a flood lasts)
-        log.warning("Malformed messages fill their share of the buffer (%.1f MB); dropped the %d oldest.",
-                    limit / 1e6, dropped, extra={"count": dropped})
+        # While a flood lasts this happens at every batch: one WARNING a minute, the rest at DEBUG.
+        now = time.monotonic()
+        level = logging.WARNING if now - self._malformed_warned >= 60 else logging.DEBUG
+        if level == logging.WARNING:
+            self._malformed_warned = now
+        log.log(level, "Malformed messages fill their share of the buffer (%.1f MB); dropped the %d oldest.",
+                limit / 1e6, dropped, extra={"count": dropped})
 
     def _trim(self, table: str) -> None:
         self._malformed_bytes = None

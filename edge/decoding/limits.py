@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 # The bounds of one decode. A real codec returns a few dozen values and an error or two; these
 # are far above that and far below what hurts a Raspberry Pi (memory, a 1 GB buffer, the log).
 MAX_DEPTH = 32  # nesting of objects and lists in `data`
@@ -15,6 +17,7 @@ MAX_MESSAGES = 20  # errors or warnings one decode may return
 MAX_MESSAGE_CHARS = 256  # length of one error or warning
 MAX_REASON_CHARS = 1024  # the stored reason of a failed decode or a malformed message, all in
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 # Integers a JSON encoder (orjson) and SQLite take: 64 bits.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
@@ -51,6 +54,22 @@ def check_data(data: Any, *, max_depth: int = MAX_DEPTH, max_leaves: int = MAX_L
     Raises:
         OverLimit: a bound is crossed or a value is of another type.
     """
+    if type(data) is dict and len(data) <= max_leaves:
+        # The usual codec output, a flat object of scalars: orjson (in Rust) then checks keys,
+        # integer range and Unicode, and its length is the size. Safe to serialise: without
+        # containers nothing can be repeated by reference.
+        for child in data.values():
+            if type(child) not in _SCALARS:
+                break
+        else:
+            try:
+                size = len(orjson.dumps(data))
+            except orjson.JSONEncodeError:
+                pass  # the walk below says exactly what is wrong
+            else:
+                if size > max_bytes:
+                    raise OverLimit(f"{what} is larger than {max_bytes // 1024} KB")
+                return Shape(len(data), size)
     leaves = 0
     size = 0
     stack: list[tuple[Any, int]] = [(data, 0)]
@@ -128,7 +147,7 @@ def check_messages(messages: Any, what: str) -> list[str]:
         OverLimit: not a list, more than MAX_MESSAGES entries, or an entry that is not a string
             or is longer than MAX_MESSAGE_CHARS.
     """
-    if messages is None:
+    if not messages and (messages is None or type(messages) is list):
         return []
     if isinstance(messages, str) or not isinstance(messages, Sequence):
         raise OverLimit(f"{what} is not a list")

@@ -186,7 +186,8 @@ class DecoderRegistry:
         if chosen:
             decoder: Decoder | None
             key = f"{PROFILE_JS}/{hints.profile_id}" if chosen == PROFILE_JS else chosen
-            if self.cooldown.resting(key):
+            cooldown = self.cooldown
+            if cooldown.resting_any and cooldown.resting(key):
                 return Decoded(DecodeStatus.FAILED, [], chosen, "cool-down")
             if chosen == PROFILE_JS:
                 try:
@@ -207,7 +208,9 @@ class DecoderRegistry:
             except Exception as exc:  # noqa: BLE001 - a broken decoder costs one uplink, never the pipeline
                 return Decoded(DecodeStatus.FAILED, [], chosen, _reason(exc))
             finally:
-                self.cooldown.took(key, time.thread_time() - started)
+                took = time.thread_time() - started
+                if took >= cooldown.slow_s:
+                    cooldown.took(key, took)
             return self._normalised(result, decoder.fields, chosen)
         if self._use_object and uplink.object is not None:
             return self._normalised(DecodeResult(uplink.object), OBJECT_FIELDS, "chirpstack", DecodeStatus.CHIRPSTACK)
@@ -223,15 +226,17 @@ class DecoderRegistry:
         errors = result.errors
         if errors:
             return Decoded(DecodeStatus.FAILED, [], decoder, limits.summarise_messages(errors))
+        data = result.data
         try:
-            limits.check_messages(result.warnings, "warnings")
-            if result.data is not None and not isinstance(result.data, Mapping):
-                raise limits.OverLimit(f"data is a {type(result.data).__name__}, not an object")
-            limits.check_data(result.data)
+            if result.warnings:
+                limits.check_messages(result.warnings, "warnings")
+            if data is not None and type(data) is not dict and not isinstance(data, Mapping):
+                raise limits.OverLimit(f"data is a {type(data).__name__}, not an object")
+            limits.check_data(data)
         except limits.OverLimit as exc:
             return Decoded(DecodeStatus.FAILED, [], decoder, f"codec output over the limits: {exc}")
         try:
-            return Decoded(status, normalize(result.data, fields), decoder)
+            return Decoded(status, normalize(data, fields), decoder)
         except Exception as exc:  # noqa: BLE001 - the normaliser's failure costs this uplink only
             return Decoded(DecodeStatus.FAILED, [], decoder, f"normalising failed: {_reason(exc)}")
 
@@ -264,6 +269,11 @@ class CoolDown:
         self._timeouts: dict[str, deque[float]] = {}
         self._until: dict[str, float] = {}
         self.rested = 0  # how many times a decoder was set aside (tests, status)
+
+    @property
+    def resting_any(self) -> bool:
+        """True while some decoder is set aside (a cheap test before `resting`)."""
+        return bool(self._until)
 
     def resting(self, key: str) -> bool:
         """True while `key` is set aside."""

@@ -250,6 +250,7 @@ def deep(levels: int) -> dict[str, Any]:
     (DecodeResult({"x": ["x" * 100] * 900}), "larger than 64 KB"),
     # Shared references: 20 MB as JSON from a few KB of memory; refused before anything serialises it.
     (DecodeResult({"x": [["x" * 2000] * 100] * 100}), "larger than 64 KB"),
+    (DecodeResult(dict.fromkeys((f"k{i}" for i in range(1000)), "x" * 10_000_000)), "larger than 64 KB"),
     (DecodeResult(deep(1000)), "nested deeper than 32"),
     (DecodeResult({"s": "x" * 100_000}), "larger than 64 KB"),
     (DecodeResult({"n": 2**70}), "beyond 64 bits"),

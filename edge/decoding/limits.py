@@ -56,12 +56,19 @@ def check_data(data: Any, *, max_depth: int = MAX_DEPTH, max_leaves: int = MAX_L
     """
     if type(data) is dict and len(data) <= max_leaves:
         # The usual codec output, a flat object of scalars: orjson (in Rust) then checks keys,
-        # integer range and Unicode, and its length is the size. Safe to serialise: without
-        # containers nothing can be repeated by reference.
+        # integer range and Unicode, and its length is the size. Serialised only once the strings
+        # are known to fit: one long string referenced by every key must not be written out 1,000
+        # times first.
+        strings = 0
         for child in data.values():
-            if type(child) not in _SCALARS:
+            kind = type(child)
+            if kind is str:
+                strings += len(child)
+            elif kind not in _SCALARS:
                 break
         else:
+            if strings > max_bytes:
+                raise OverLimit(f"{what} is larger than {max_bytes // 1024} KB")
             try:
                 size = len(orjson.dumps(data))
             except orjson.JSONEncodeError:

@@ -24,7 +24,6 @@ from edge.buffer.migrations import migrate
 from edge.errors import StorageCorrupt, StorageError
 from edge.model import (
     TRUSTED_FUTURE_S,
-    TRUSTED_PAST_S,
     DecodeStatus,
     DeviceEvent,
     Entry,
@@ -782,11 +781,11 @@ class Buffer:
         known = {r[0] for r in rows}
         rows += [(name, 0, 0, 0, None) for name in configured if name not in known]
         for name, cursor, delivered, dropped, last in sorted(rows):
-            # Age by the event time clamped around the local receive time (control_time): one
+            # Age by the event time capped just after the local receive time (control_time): one
             # event dated in the future must not hide an upstream outage.
             backlog = self.db.execute("SELECT count(*) FROM uplinks WHERE id > ?", (cursor,)).fetchone()[0]
             oldest = self.db.execute(
-                f"SELECT min(min(max(u.time, r.received - {TRUSTED_PAST_S}), r.received + {TRUSTED_FUTURE_S}))"
+                f"SELECT min(min(u.time, r.received + {TRUSTED_FUTURE_S}))"
                 " FROM uplinks u JOIN raw r ON r.id = u.id WHERE u.id > ?", (cursor,)).fetchone()[0]
             out.append({
                 "name": name, "cursor": cursor, "backlog": backlog,

@@ -5,9 +5,9 @@ wired by the pipeline). A filtered-out entry still counts as handled for that up
 cursor moves on: a record no rule lets through is simply never sent there.
 
 Thinning (`thin_s`) keeps an uplink when its interval, `floor(time / thin_s)`, is later than that
-of the device's previous kept uplink, in buffer order; `time` is the event's own time clamped to a
-window around the local receive time (edge.model.control_time), so one uplink dated 2099 cannot
-suppress its device until 2099; only uplinks that still carry readings
+of the device's previous kept uplink, in buffer order; `time` is the event's own time, but never
+later than 5 minutes after the local receive time (edge.model.control_time), so one uplink dated
+2099 cannot suppress its device until 2099; only uplinks that still carry readings
 after the quantity rules take part. The decision for an entry depends only on the decisions
 before it, and those are stored per upstream: an uplink kept once is kept again when a reconnect
 or a restart reads it again (at-least-once holds for what passes), and a restart does not let a

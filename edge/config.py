@@ -70,6 +70,7 @@ class ChirpStackConfig:
     api_ca_file: str = ""
     api_timeout_s: float = 10.0
     api_sync_interval_s: int = 3600
+    max_payload_bytes: int = 256
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class DecodingConfig:
     codec_paths: tuple[str, ...] = ()
     js_time_limit_ms: int = 100
     js_memory_limit_mb: int = 16
+    cooldown_timeouts: int = 3
+    cooldown_window_s: float = 60.0
+    cooldown_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -460,7 +464,10 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         api_ca_file=cs.get("api_ca_file", str, ""),
         api_timeout_s=cs.positive("api_timeout_s", float, 10.0),
         api_sync_interval_s=cs.get("api_sync_interval_s", int, 3600),
+        max_payload_bytes=cs.get("max_payload_bytes", int, 256),
     )
+    if not 51 <= chirpstack.max_payload_bytes <= 65535:
+        problems.append("chirpstack.max_payload_bytes: must be 51 to 65535 bytes (LoRaWAN allows at most 242)")
     _check_file(cs, "api_token_file", chirpstack.api_token_file)
     _check_file(cs, "api_ca_file", chirpstack.api_ca_file)
     if chirpstack.api_url and not chirpstack.api_token_file:
@@ -494,7 +501,15 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         codec_paths=dec.strings("codec_paths"),
         js_time_limit_ms=dec.positive("js_time_limit_ms", int, 100),
         js_memory_limit_mb=dec.positive("js_memory_limit_mb", int, 16),
+        cooldown_timeouts=dec.get("cooldown_timeouts", int, 3),
+        cooldown_window_s=dec.positive("cooldown_window_s", float, 60.0),
+        cooldown_s=dec.positive("cooldown_s", float, 60.0),
     )
+    if not 0 <= decoding.cooldown_timeouts <= 1000:
+        problems.append("decoding.cooldown_timeouts: must be 0 (never cool down) to 1000")
+    for key in ("cooldown_window_s", "cooldown_s"):
+        if getattr(decoding, key) > 86400:
+            problems.append(f"decoding.{key}: must be at most 86400 (a day)")
     for i, codec_path in enumerate(decoding.codec_paths):
         if not Path(codec_path).exists():
             problems.append(f"decoding.codec_paths[{i}]: {codec_path!r} does not exist")

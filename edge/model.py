@@ -102,6 +102,22 @@ class Malformed:
 # What a parsed MQTT message turned into.
 Event = Uplink | DeviceEvent | Malformed
 
+# How far an event's own time may lie ahead of the local receive time before decisions stop
+# trusting it (clock skew). Older is plausible and harmless: ChirpStack's persistent session may
+# hold events for weeks while the edge is down (30 days by default), and an event dated in the
+# past only ever holds back itself in thinning and raises, never hides, the backlog age.
+TRUSTED_FUTURE_S = 300
+
+
+def control_time(event_time: float, received: float | None) -> float:
+    """The time decisions use (thinning, backlog age, a device's last uplink): the event's own
+    time, but never later than 5 minutes after its local receive time. SenML `t` still carries
+    the event time; without a receive time the event time is taken as it is.
+    """
+    if received is None:
+        return event_time
+    return min(event_time, received + TRUSTED_FUTURE_S)
+
 
 class DecodeStatus:
     """How the readings of a stored uplink were obtained (stored as small integers)."""

@@ -294,7 +294,7 @@ def _progress(buf: Buffer, names: Sequence[str], now: float) -> tuple[int, list[
     seconds on an SD card just when an upstream has been away for long. Uplink rows are only
     appended with consecutive ids and deleted oldest first (Buffer.enforce_size), so an id span
     is a row count. The age is that of the next uplink the upstream waits for (the first after
-    its cursor), which is the oldest one unless rows were stored out of time order (`edge redecode`).
+    its cursor), by its event time capped at 5 minutes after its receive time (control_time).
     """
     lo = buf.db.execute("SELECT min(id) FROM uplinks").fetchone()[0]
     hi = buf.db.execute("SELECT max(id) FROM uplinks").fetchone()[0]
@@ -307,8 +307,10 @@ def _progress(buf: Buffer, names: Sequence[str], now: float) -> tuple[int, list[
         backlog, age = 0, None
         if lo is not None and cursor < hi:
             backlog = int(hi) - max(int(cursor) + 1, int(lo)) + 1
-            first = buf.db.execute("SELECT time FROM uplinks WHERE id > ? ORDER BY id LIMIT 1", (cursor,)).fetchone()
-            age = round(max(0.0, now - float(first[0])), 1)
+            # The event time capped just after the local receive time: an event dated in the future
+            # must not hide an outage (#11).
+            first = buf.first_control_time_after(int(cursor))
+            age = round(max(0.0, now - first), 1) if first is not None else None
         out.append({"name": name, "backlog": backlog, "oldest_undelivered_age_s": age, "delivered": delivered,
                     "dropped": dropped, "last_delivery": last})
     return rows, out

@@ -61,13 +61,20 @@ class Decoder(Protocol):
 
 
 def _walk(prefix: str, data: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    # Iterative, depth-first in key order: a deeply nested value cannot exhaust Python's stack
+    # (the registry bounds depth and size before normalising; this holds without it too).
     out: list[tuple[str, Any]] = []
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.extend(_walk(path + ".", value))
-        else:
+    stack = [(prefix, iter(data.items()))]
+    while stack:
+        path_prefix, items = stack[-1]
+        for key, value in items:
+            path = f"{path_prefix}{key}"
+            if isinstance(value, Mapping):
+                stack.append((path + ".", iter(value.items())))
+                break
             out.append((path, value))
+        else:
+            stack.pop()
     return out
 
 

@@ -164,6 +164,8 @@ class UpstreamConfig:
     share: ShareRules = field(default_factory=ShareRules)
     command_topic: str = ""
     command_devices: tuple[str, ...] = ()
+    command_max_age_s: float = 600.0
+    command_max_per_hour: int = 12
 
 
 @dataclass(frozen=True)
@@ -508,6 +510,8 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             share=_share(ur),
             command_topic=_topic(ur, "command_topic", "", allow_empty=True),
             command_devices=tuple(e.lower() for e in ur.strings("command_devices")),
+            command_max_age_s=ur.positive("command_max_age_s", float, UpstreamConfig.command_max_age_s),
+            command_max_per_hour=ur.positive("command_max_per_hour", int, UpstreamConfig.command_max_per_hour),
         )
         if up.command_topic and not up.command_devices:
             problems.append(f"upstream[{i}].command_devices: downlink commands need an allow-list of DevEUIs")

@@ -153,6 +153,22 @@ def v5_rewind_requests() -> str:
     """
 
 
+@migration
+def v6_command_ids() -> str:
+    """Ids of downlink commands an upstream sent, so a redelivered command is enqueued only once."""
+    return """
+        -- One row per command accepted from an upstream; rows older than the upstream's
+        -- command_max_age_s (plus a margin) are pruned, since such commands are refused as stale anyway.
+        CREATE TABLE command_ids (
+            upstream TEXT NOT NULL,
+            id TEXT NOT NULL,
+            received REAL NOT NULL,
+            PRIMARY KEY (upstream, id)
+        ) WITHOUT ROWID;
+        CREATE INDEX command_ids_received ON command_ids(received);
+    """
+
+
 def _statements(script: str) -> list[str]:
     """The SQL statements of a migration script, split where SQLite itself says one ends."""
     out: list[str] = []

@@ -8,10 +8,17 @@ is dropped and reading restarts from the durable cursor: at-least-once, duplicat
 record ids. Each upstream runs its own thread, so one being down never holds back another.
 
 A message the broker refuses (an MQTT 5 PUBACK with a reason code >= 0x80: not authorized by an
-ACL, packet too large, quota exceeded) is never released from the buffer: a broker refuses for its
+ACL, quota exceeded, unspecified) is never released from the buffer: a broker refuses for its
 configuration, not for the data, and some brokers (Mosquitto 2.0) also drop the connection. The
 sink logs an ERROR naming the topic and reason and retries with a backoff growing to
 REFUSED_BACKOFF_MAX_S; once the broker's configuration is fixed, delivery resumes where it stopped.
+
+One message that can never be published is set aside instead, so it cannot stall the queue or
+crash-loop the service: a topic that is not a valid MQTT topic name (edge/sinks/topic.py), a
+message larger than the broker's Maximum Packet Size (MQTT 5 CONNACK), a formatter that raises for
+an uplink, and the two PUBACK reasons that are about the message itself, 0x90 (Topic Name
+invalid) and 0x99 (Payload format invalid). Each goes to `dead_letter` with the reason (`edge
+deadletter list`), is counted (`rejected`, `dead_letters`) and the window moves on.
 
 Rewinds (`edge buffer rewind`): about once a second the sink asks the buffer whether the operator
 moved it back. If so it forgets every window read or in flight (their late PUBACKs release
@@ -32,14 +39,18 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.backoff import Backoff
 from edge.config import UpstreamConfig
+from edge.model import Entry
 from edge.mqtt import make_client
+from edge.sinks import topic as topics
 from edge.sinks.base import Backlog, Formatter, OutMessage
+from edge.telemetry import escape_control
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +65,16 @@ REFUSED_BACKOFF_MAX_S = 60.0
 REWIND_CHECK_S = 1.0
 # The smallest window a flaky link shrinks reads to: about one pack per device of a large fleet.
 MIN_READ_BATCH = 100
+# PUBACK reasons that judge the message itself, not the broker's configuration (MQTT 5 §3.4.2.1):
+# sending it again can never succeed, so it becomes a dead letter instead of stalling the queue.
+PER_MESSAGE_REFUSALS = {0x90: "Topic Name invalid", 0x99: "Payload format invalid"}
+# Bytes of a PUBLISH besides topic, payload and content type: fixed header (at most 5), topic
+# length (2), packet id (2), property length (at most 4) and the content type's id and length (3).
+PUBLISH_OVERHEAD = 16
+
+# Receives a message that can never be published, the MQTT reason code (0 when refused before
+# sending) and why; the pipeline keeps it as a dead letter.
+DeadLetter = Callable[[OutMessage, int, str], None]
 
 
 class _Batch:
@@ -101,8 +122,8 @@ class MqttSink:
     """One MQTT upstream; `run` blocks until `stop` is set."""
 
     def __init__(self, cfg: UpstreamConfig, backlog_factory: Callable[[], Backlog], formatter: Formatter,
-                 wake: threading.Event, on_command: Callable[[bytes], None] | None = None,
-                 command_topic: str = "") -> None:
+                 wake: threading.Event, on_command: Callable[[bytes, bool], None] | None = None,
+                 command_topic: str = "", dead_letter: DeadLetter | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self._backlog_factory = backlog_factory
@@ -112,7 +133,10 @@ class MqttSink:
         # raw payloads; the pipeline decides what is allowed.
         self.on_command = on_command if command_topic else None
         self.command_topic = command_topic
+        self._dead_letter = dead_letter
         self.stats = SinkStats()
+        self.stats.extra["dead_letters"] = 0
+        self._max_packet = 0  # the broker's Maximum Packet Size (MQTT 5 CONNACK); 0 when it set none
         self._v5 = cfg.mqtt.protocol == "5"
         self._props: dict[str, Properties] = {}
         self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
@@ -126,8 +150,8 @@ class MqttSink:
 
     def _reset(self) -> None:
         self._batches: deque[_Batch] = deque()
-        # mid -> (batch, or notice id for notices; the topic, to name it if the broker refuses it)
-        self._by_mid: dict[int, tuple[_Batch | int, str]] = {}
+        # mid -> (batch, or notice id for notices; the message, to name or set it aside if refused)
+        self._by_mid: dict[int, tuple[_Batch | int, OutMessage]] = {}
         self._refused = False  # the broker refused a message in this session
         self._inflight = 0
         self._link_ok = False
@@ -153,6 +177,7 @@ class MqttSink:
             return
         self._link_ok = True
         self.stats.connected = True
+        self._max_packet = int(getattr(properties, "MaximumPacketSize", 0) or 0)
         if self.on_command is not None:
             client.subscribe(self.command_topic, qos=1)
         log.info("Connected to upstream %s (%s).", self.name, self.cfg.mqtt.url, extra={"upstream": self.name})
@@ -164,23 +189,35 @@ class MqttSink:
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         if self.on_command is not None:
-            self.on_command(bytes(msg.payload))
+            # The relay judges retained flags, ids and content; a command it cannot parse is its
+            # business, never a reason to lose this upstream's delivery thread.
+            try:
+                self.on_command(bytes(msg.payload), bool(msg.retain))
+            except Exception:
+                log.exception("Upstream %s: a downlink command could not be handled.", self.name,
+                              extra={"upstream": self.name})
 
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: object,
                     properties: object) -> None:
         found = self._by_mid.pop(mid, None)
         if found is None:
             return
-        owner, topic = found
+        owner, message = found
         self._inflight -= 1
         if getattr(reason, "is_failure", False):
+            code = int(getattr(reason, "value", 0x80))
+            if code in PER_MESSAGE_REFUSALS and isinstance(owner, _Batch):
+                # About this message alone: set it aside, the rest of the window goes on.
+                self._set_aside(message, code, f"the broker refused it: {PER_MESSAGE_REFUSALS[code]}"
+                                f" (PUBACK reason {code:#04x})")
+                owner.unacked -= 1
+                return
             # The broker refused this message (MQTT 5 PUBACK reason >= 0x80). It is not released:
             # the session ends and the message is sent again after a backoff (see the module doc).
             self.stats.rejected += 1
             if not self._refused:
-                code = getattr(reason, "value", 0x80)
                 self._refused = True
-                self._refusal = f"{reason} (PUBACK reason {code:#04x}) on topic {topic}"
+                self._refusal = f"{reason} (PUBACK reason {code:#04x}) on topic {escape_control(message.topic)}"
             return
         self.stats.acknowledged += 1
         if isinstance(owner, int):
@@ -294,9 +331,9 @@ class MqttSink:
         # Messages already published stay in paho's window until acknowledged; from now on their
         # PUBACKs only free the window. The entries they carry are read and sent again.
         stale = _Batch(position, 0, iter(()))
-        for mid, (owner, topic) in list(self._by_mid.items()):
+        for mid, (owner, message) in list(self._by_mid.items()):
             if isinstance(owner, _Batch):
-                self._by_mid[mid] = (stale, topic)
+                self._by_mid[mid] = (stale, message)
         self._batches.clear()
         self._committed_pos = position
         return position
@@ -328,7 +365,7 @@ class MqttSink:
                 last_id, count, groups = backlog.read_grouped(read_pos, self.read_limit)
                 if count:
                     read_pos = last_id
-                    self._batches.append(_Batch(last_id, count, (m for g in groups for m in self.format(g))))
+                    self._batches.append(_Batch(last_id, count, (m for g in groups for m in self._format(g))))
             # Publish what fits in the window.
             for batch in self._batches:
                 while self._inflight < window and batch.queued:
@@ -379,13 +416,75 @@ class MqttSink:
                 check_notices = True
                 last_progress = now
 
+    def _format(self, entries: list[Entry]) -> list[OutMessage]:
+        """The messages of one device group; an uplink the formatter fails on becomes a dead letter.
+
+        The group is formatted whole first (the normal case, one call); only when that raises is
+        each uplink formatted alone, so that exactly the ones that fail are set aside.
+        """
+        try:
+            return self.format(entries)
+        except Exception as exc:  # noqa: BLE001 - any formatter bug must cost one uplink, not the thread
+            if len(entries) == 1:
+                self._set_aside_entry(entries[0], exc)
+                return []
+        out: list[OutMessage] = []
+        for entry in entries:
+            try:
+                out.extend(self.format([entry]))
+            except Exception as exc:  # noqa: BLE001 - as above
+                self._set_aside_entry(entry, exc)
+        return out
+
+    def _set_aside_entry(self, entry: Entry, exc: Exception) -> None:
+        body = {"entry_id": entry.id, "uplink_id": entry.uplink_id, "dev_eui": entry.dev_eui,
+                "time": entry.time}
+        self._set_aside(OutMessage("", orjson.dumps(body), "application/json"), 0,
+                        f"the formatter failed on uplink {entry.uplink_id!r}: {type(exc).__name__}: {exc}")
+
+    def _set_aside(self, message: OutMessage, code: int, reason: str) -> None:
+        """Keep a message that can never be published as a dead letter, count it and go on."""
+        self.stats.rejected += 1
+        self.stats.extra["dead_letters"] += 1
+        reason = escape_control(reason)[:500]
+        if self._dead_letter is None:
+            log.error("Upstream %s: a message for topic %s cannot be published and is dropped: %s", self.name,
+                      escape_control(message.topic)[:200], reason, extra={"upstream": self.name})
+            return
+        try:
+            self._dead_letter(message, code, reason)
+        except Exception:
+            log.exception("Upstream %s: could not keep a message as a dead letter (%s); it is dropped.",
+                          self.name, reason, extra={"upstream": self.name})
+
+    def _unpublishable(self, message: OutMessage) -> str:
+        """Why `message` can never be published to this broker ('' when it can)."""
+        why = topics.problem(message.topic)
+        if why:
+            return why
+        if self._max_packet:
+            size = (PUBLISH_OVERHEAD + len(message.topic.encode("utf-8")) + len(message.payload)
+                    + (len(message.content_type) if self._v5 else 0))
+            if size > self._max_packet:
+                return (f"the message ({size} bytes) is larger than the broker's maximum packet size"
+                        f" ({self._max_packet} bytes)")
+        return ""
+
     def _publish(self, client: paho.Client, message: OutMessage, owner: _Batch | int) -> bool:
-        info = client.publish(message.topic, message.payload, qos=self.cfg.qos,
-                              properties=self._properties(message.content_type))
+        why = self._unpublishable(message)
+        if not why:
+            try:
+                info = client.publish(message.topic, message.payload, qos=self.cfg.qos,
+                                      properties=self._properties(message.content_type))
+            except ValueError as exc:  # paho's own checks (wildcards, sizes): as above
+                why = str(exc)
+        if why:
+            self._set_aside(message, 0, f"not published: {why}")
+            return True
         if info.rc != paho.MQTT_ERR_SUCCESS:
             self.stats.last_error = f"publish failed ({paho.error_string(info.rc)})"
             return False
-        self._by_mid[info.mid] = (owner, message.topic)
+        self._by_mid[info.mid] = (owner, message)
         self._inflight += 1
         self.stats.published += 1
         if isinstance(owner, _Batch):

@@ -218,7 +218,8 @@ class CommandRelay:
     def __init__(self, cfg: ChirpStackConfig, ids: Callable[[], CommandIds] | None = None) -> None:
         self.cfg = cfg
         self._open_ids = ids
-        self._jobs: queue.Queue[tuple[str, Command, float]] = queue.Queue(MAX_PENDING)
+        # (upstream, command, its command_max_age_s, its per-device rate limiter)
+        self._jobs: queue.Queue[tuple[str, Command, float, RateLimiter]] = queue.Queue(MAX_PENDING)
         self.accepted = 0
         self.refused = 0
         self.duplicates = 0
@@ -237,6 +238,9 @@ class CommandRelay:
                         extra={"upstream": upstream})
 
         def handle(payload: bytes, retained: bool = False) -> None:
+            if retained and not payload:
+                log.debug("Upstream %s cleared a retained message on its command topic.", upstream)
+                return
             if retained:
                 refuse("it was retained (a retained command would be sent again at every reconnect); publish"
                        " commands with retain=false")
@@ -258,12 +262,8 @@ class CommandRelay:
             if command.dev_eui not in allowed or not covered(command.dev_eui):
                 refuse("%s is not in its command_devices allow-list or its sharing rules", command.dev_eui)
                 return
-            if not limiter.allow(command.dev_eui, now):
-                refuse("more than %d commands for %s in the last hour (command_max_per_hour)", limiter.limit,
-                       command.dev_eui)
-                return
             try:
-                self._jobs.put_nowait((upstream, command, max_age_s))
+                self._jobs.put_nowait((upstream, command, max_age_s, limiter))
                 self.accepted += 1
             except queue.Full:
                 self.refused += 1
@@ -280,7 +280,7 @@ class CommandRelay:
         while not stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                upstream, command, max_age_s = self._jobs.get(timeout=0.5)
+                upstream, command, max_age_s, limiter = self._jobs.get(timeout=0.5)
             except queue.Empty:
                 continue
             # Remembered before the enqueue: a downlink sent twice may actuate twice, so a command
@@ -289,6 +289,14 @@ class CommandRelay:
                 self.duplicates += 1
                 log.warning("Refused a downlink command from upstream %s: command %r was received before"
                             " (a redelivery); it is enqueued once.", upstream, command.id,
+                            extra={"upstream": upstream})
+                continue
+            # After the id check, so that a redelivery does not use up the device's budget.
+            if not limiter.allow(command.dev_eui, time.time()):
+                self.refused += 1
+                ids.forget_command(upstream, command.id)
+                log.warning("Refused a downlink command from upstream %s: more than %d commands for %s in the last"
+                            " hour (command_max_per_hour).", upstream, limiter.limit, command.dev_eui,
                             extra={"upstream": upstream})
                 continue
             payload: bytes | dict[str, Any] = command.payload if command.payload is not None else command.object or {}

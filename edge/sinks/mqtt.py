@@ -43,6 +43,7 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.backoff import Backoff
 from edge.config import UpstreamConfig
@@ -179,7 +180,13 @@ class MqttSink:
         self.stats.connected = True
         self._max_packet = int(getattr(properties, "MaximumPacketSize", 0) or 0)
         if self.on_command is not None:
-            client.subscribe(self.command_topic, qos=1)
+            if self._v5:
+                # Retain As Published (MQTT 5 §3.8.3.1): a retained command keeps its flag even when
+                # delivered live, so the relay can refuse it (on 3.1.1 only the copies a new
+                # subscription gets are flagged; the relay's id check stops those).
+                client.subscribe(self.command_topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+            else:
+                client.subscribe(self.command_topic, qos=1)
         log.info("Connected to upstream %s (%s).", self.name, self.cfg.mqtt.url, extra={"upstream": self.name})
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, reason: object,

@@ -137,6 +137,9 @@ def test_downlink_commands_hostile_ones_are_refused_good_ones_enqueued_once(brok
     def cmd(n: str, **fields: object) -> dict[str, object]:
         return {"id": n, "time": time.time(), "dev_eui": dev0, "fport": 5, "hex": "01"} | fields
 
+    def obj(n: str, value: object) -> dict[str, object]:
+        return {k: v for k, v in cmd(n).items() if k != "hex"} | {"object": value}
+
     try:
         with _Running(cfg_path, upstream) as run:
             relay = run.pipeline.commands
@@ -153,8 +156,8 @@ def test_downlink_commands_hostile_ones_are_refused_good_ones_enqueued_once(brok
                 cmd("string-confirmed", confirmed="false"),
                 cmd("big-hex", hex="00" * 243),
                 cmd("huge-hex", hex="00" * 25_000),
-                {k: v for k, v in cmd("big-object").items() if k != "hex"} | {"object": {f"k{i}": i for i in range(300)}},
-                {k: v for k, v in cmd("deep-object").items() if k != "hex"} | {"object": {"a": [[[[[[[[[1]]]]]]]]]}},
+                obj("big-object", {f"k{i}": i for i in range(300)}),
+                obj("deep-object", {"a": [[[[[[[[[1]]]]]]]]]}),
                 cmd("unknown-field", confirm=True),
                 {"time": time.time(), "dev_eui": dev0, "fport": 5, "hex": "01"},  # no id
                 cmd("bad id with spaces"),

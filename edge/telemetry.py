@@ -46,6 +46,17 @@ def _escape_one(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+# The longest message a record may have; beyond it the text is cut (with a note), so one foreign
+# value cannot make a multi-megabyte journal entry.
+MAX_MESSAGE = 4000
+
+
+def _capped(text: str) -> str:
+    if len(text) <= MAX_MESSAGE:
+        return text
+    return f"{text[:MAX_MESSAGE]}… ({len(text) - MAX_MESSAGE} more characters)"
+
+
 def escape_control(text: str) -> str:
     """`text` with every control character written as a visible escape (`\\n`, `\\x1b`): one line, inert."""
     return _CONTROL.sub(_escape_one, text) if _CONTROL.search(text) else text
@@ -59,7 +70,7 @@ class EscapingFormatter(logging.Formatter):
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_control(record.message)
+        record.message = _capped(escape_control(record.message))
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
@@ -125,7 +136,7 @@ class JournalHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = escape_control(record.getMessage())
+            message = _capped(escape_control(record.getMessage()))
             if record.exc_info:
                 message += "\n" + "\n".join("    " + escape_control(line) for line in
                                              "".join(traceback.format_exception(*record.exc_info)).splitlines())

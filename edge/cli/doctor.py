@@ -22,6 +22,7 @@ import click
 import paho.mqtt.client as paho
 
 from edge.cli import CONFIG_OPTION
+from edge.cli.text import echo
 from edge.config import Config, MqttEndpoint, load_config
 from edge.errors import ConfigError
 from edge.mqtt import make_client
@@ -644,7 +645,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
 def doctor(config_path: Path, as_json: bool, publish_test: bool, listen: float) -> None:
     """Check config, brokers, certificates, ChirpStack's API, disk, buffer, clock, decoders and the service."""
     findings = run_checks(config_path, publish_test=publish_test, listen=listen,
-                          on_finding=None if as_json else lambda f: click.echo(f.line()))
+                          on_finding=None if as_json else lambda f: echo(f.line()))
     counts = {status: sum(1 for f in findings if f.status == status) for status in ("OK", "WARN", "FAIL")}
     if as_json:
         click.echo(json.dumps([asdict(f) for f in findings], indent=2))

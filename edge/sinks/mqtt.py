@@ -37,7 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 import paho.mqtt.client as paho
@@ -138,6 +138,7 @@ class MqttSink:
         self.stats = SinkStats()
         self.stats.extra["dead_letters"] = 0
         self._max_packet = 0  # the broker's Maximum Packet Size (MQTT 5 CONNACK); 0 when it set none
+        self._warned_size = False
         self._v5 = cfg.mqtt.protocol == "5"
         self._props: dict[str, Properties] = {}
         self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
@@ -179,6 +180,12 @@ class MqttSink:
         self._link_ok = True
         self.stats.connected = True
         self._max_packet = int(getattr(properties, "MaximumPacketSize", 0) or 0)
+        if self._max_packet and self.cfg.max_message_bytes + 512 > self._max_packet and not self._warned_size:
+            self._warned_size = True
+            log.error("Upstream %s accepts packets of at most %d bytes, less than max_message_bytes (%d): larger"
+                      " packs become dead letters. Set max_message_bytes to %d or less.", self.name,
+                      self._max_packet, self.cfg.max_message_bytes, max(1024, self._max_packet - 512),
+                      extra={"upstream": self.name})
         if self.on_command is not None:
             if self._v5:
                 # Retain As Published (MQTT 5 §3.8.3.1): a retained command keeps its flag even when
@@ -250,6 +257,45 @@ class MqttSink:
         else:
             client.connect(cfg.host, cfg.port, cfg.keepalive_s)
         return client
+
+    def publish_once(self, messages: list[OutMessage], timeout_s: float = 10.0) -> list[str]:
+        """Publish messages now, outside the delivery loop (`edge deadletter replay`).
+
+        Connects with its own client id (the running service's connection stays up), publishes
+        each message and waits for its acknowledgement.
+
+        Returns:
+            Per message, '' when the broker acknowledged it, else why not.
+        """
+        cfg = replace(self.cfg.mqtt, client_id=f"{self.cfg.mqtt.client_id}-replay")
+        client = make_client(cfg, clean=True)
+        reasons: dict[int, str] = {}
+        client.on_publish = lambda c, u, mid, reason, p: reasons.__setitem__(
+            mid, f"refused: {reason}" if getattr(reason, "is_failure", False) else "")
+        client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+        client.loop_start()
+        out: list[str] = []
+        try:
+            for message in messages:
+                why = topics.problem(message.topic)
+                if why:
+                    out.append(f"cannot be published: {why}")
+                    continue
+                try:
+                    info = client.publish(message.topic, message.payload, qos=self.cfg.qos,
+                                          properties=self._properties(message.content_type))
+                    info.wait_for_publish(timeout_s)
+                except (ValueError, RuntimeError) as exc:
+                    out.append(f"cannot be published: {exc}")
+                    continue
+                end = time.monotonic() + timeout_s
+                while info.mid not in reasons and time.monotonic() < end:
+                    time.sleep(0.01)
+                out.append(reasons.get(info.mid, "no acknowledgement in time"))
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return out
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set."""

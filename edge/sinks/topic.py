@@ -37,8 +37,8 @@ def _refused(kind: str, value: str) -> str:
             _warned.add(key)
     # %r escapes control characters, so a hostile value cannot forge a log line.
     if first:
-        log.warning("A %s from ChirpStack is not of its documented form (%r); its topic level is %r instead.",
-                    kind, value[:64], INVALID)
+        log.warning("Topic level %r used instead of %s %r from ChirpStack, which is not of its documented form"
+                    " (docs/records.md, Topics).", INVALID, kind, value[:64])
     else:
         log.debug("Invalid %s %r replaced by %r in a topic.", kind, value[:64], INVALID)
     return INVALID

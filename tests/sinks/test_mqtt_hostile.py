@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.cli import main
-
 from edge.simulate import APPLICATION_ID, Simulator
 
 pytestmark = pytest.mark.mosquitto

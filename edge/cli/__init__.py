@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -15,7 +16,7 @@ from typing import Any
 import click
 
 from edge.cli.text import echo
-from edge.config import DEFAULT_PATH, Config, describe, load_config
+from edge.config import DEFAULT_PATH, Config, describe, load_config, secret_file_warnings
 from edge.errors import ConfigError, EdgeError
 
 CONFIG_OPTION = click.option(
@@ -65,6 +66,8 @@ def run(config_path: Path) -> None:
 
     cfg = _load(config_path)
     setup_logging(cfg.log_level)
+    for warning in secret_file_warnings(cfg):
+        logging.getLogger("edge").warning("%s", warning)
     try:
         pipeline = Pipeline(cfg)
     except EdgeError as exc:
@@ -87,6 +90,8 @@ def validate(config_path: Path, show: bool) -> None:
         from edge.config_layers import describe_sources
 
         click.echo(json.dumps({**describe(cfg), "sources": describe_sources(config_path)}, indent=2))
+    for warning in secret_file_warnings(cfg):
+        echo(f"warning: {warning}", err=True)
     click.echo(f"{config_path}: OK ({len(cfg.upstreams)} upstream(s))")
 
 

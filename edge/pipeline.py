@@ -467,7 +467,7 @@ class Pipeline:
                 conn.append(Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes))
             dropped = conn[0].add_dead_letter(sink, status, message.content_type, message.topic, message.payload,
                                               detail)
-            if kind == "HTTP":
+            if kind == "HTTP" and status:
                 log.error("Upstream %s rejected a message (HTTP %d); kept as a dead letter: %s", sink, status, detail)
             else:
                 log.error("Upstream %s: a message could not be published (%s); kept as a dead letter"

@@ -102,10 +102,12 @@ def list_(config_path: Path, name: str | None, as_json: bool) -> None:
     http = {u.name for u in cfg.http_upstreams}
     for d in letters:
         when = datetime.fromtimestamp(d["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-        if d["sink"] in http:
-            status = f"HTTP {d['status']}"
-        else:  # MQTT: the PUBACK reason, or 0 for a message refused before it was sent
-            status = f"MQTT {d['status']:#04x}" if d["status"] else "MQTT -   "
+        # HTTP: the status; MQTT: the PUBACK reason; 0: refused before it was sent (or not formatted)
+        kind = "HTTP" if d["sink"] in http else "MQTT"
+        if not d["status"]:
+            status = f"{kind} -   "
+        else:
+            status = f"HTTP {d['status']}" if kind == "HTTP" else f"MQTT {d['status']:#04x}"
         click.echo(clean(f"{d['id']:>6} {when} {d['sink']:<16} {status}  {len(d['payload'])} B  {d['detail'][:80]}"))
     click.echo(f"{len(letters)} dead letter(s)")
 

@@ -39,7 +39,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -50,7 +49,7 @@ from edge.config import UpstreamConfig
 from edge.model import Entry
 from edge.mqtt import make_client
 from edge.sinks import topic as topics
-from edge.sinks.base import Backlog, Formatter, OutMessage
+from edge.sinks.base import Backlog, Formatter, OutMessage, format_isolated
 from edge.telemetry import escape_control
 
 log = logging.getLogger(__name__)
@@ -470,30 +469,8 @@ class MqttSink:
                 last_progress = now
 
     def _format(self, entries: list[Entry]) -> list[OutMessage]:
-        """The messages of one device group; an uplink the formatter fails on becomes a dead letter.
-
-        The group is formatted whole first (the normal case, one call); only when that raises is
-        each uplink formatted alone, so that exactly the ones that fail are set aside.
-        """
-        try:
-            return self.format(entries)
-        except Exception as exc:  # noqa: BLE001 - any formatter bug must cost one uplink, not the thread
-            if len(entries) == 1:
-                self._set_aside_entry(entries[0], exc)
-                return []
-        out: list[OutMessage] = []
-        for entry in entries:
-            try:
-                out.extend(self.format([entry]))
-            except Exception as exc:  # noqa: BLE001 - as above
-                self._set_aside_entry(entry, exc)
-        return out
-
-    def _set_aside_entry(self, entry: Entry, exc: Exception) -> None:
-        body = {"entry_id": entry.id, "uplink_id": entry.uplink_id, "dev_eui": entry.dev_eui,
-                "time": entry.time}
-        self._set_aside(OutMessage("", orjson.dumps(body), "application/json"), 0,
-                        f"the formatter failed on uplink {entry.uplink_id!r}: {type(exc).__name__}: {exc}")
+        """The messages of one device group; an uplink the formatter fails on becomes a dead letter."""
+        return format_isolated(self.format, entries, lambda message, why: self._set_aside(message, 0, why))
 
     def _set_aside(self, message: OutMessage, code: int, reason: str) -> None:
         """Keep a message that can never be published as a dead letter, count it and go on."""

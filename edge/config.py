@@ -564,8 +564,10 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             problems.append(f"upstream[{i}].format: must be one of {', '.join(FORMATS)}")
         if up.qos not in (1, 2):
             problems.append(f"upstream[{i}].qos: must be 1 or 2 (QoS 0 cannot be acknowledged)")
-        if not 1024 <= up.max_message_bytes <= MAX_PACKET_BYTES:
-            problems.append(f"upstream[{i}].max_message_bytes: must be from 1024 to {MAX_PACKET_BYTES}"
+        if up.max_message_bytes < 1024:
+            problems.append(f"upstream[{i}].max_message_bytes: must be at least 1024")
+        elif up.max_message_bytes > MAX_PACKET_BYTES:
+            problems.append(f"upstream[{i}].max_message_bytes: must be at most {MAX_PACKET_BYTES}"
                             " (the largest MQTT packet)")
         if up.max_inflight > MAX_INFLIGHT:
             problems.append(f"upstream[{i}].max_inflight: must be at most {MAX_INFLIGHT} (MQTT packet identifiers)")

@@ -64,6 +64,7 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
 def good_config(tmp_path: Path) -> Path:
     password = tmp_path / "city.pw"
     password.write_text(SECRET + "\n")
+    password.chmod(0o600)  # readable by others, `edge validate` would warn
     path = tmp_path / "edge.toml"
     path.write_text(GOOD.format(buffer=tmp_path / "buffer.sqlite", password_file=password))
     return path

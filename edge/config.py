@@ -24,6 +24,7 @@ MAX_PORT = 65535  # TCP
 MAX_KEEPALIVE_S = 65535  # MQTT Keep Alive is a two-byte integer (MQTT 5 §3.1.2.10)
 MAX_INFLIGHT = 65535  # MQTT packet identifiers are two bytes, so no more can be unacknowledged at once
 MAX_PACKET_BYTES = 268_435_455  # the largest MQTT packet a Remaining Length can describe (MQTT 5 §1.5.5)
+MAX_JS_MEMORY_MB = 4095  # the JS runtime's memory limit is a size_t: 32 bits on a 32-bit Raspberry Pi OS
 MAX_WAIT_S = threading.TIMEOUT_MAX  # the longest timeout a thread may wait (larger ones raise OverflowError)
 # The gateway's id goes into topics and client ids: letters, digits and a few marks, no MQTT wildcards.
 EDGE_ID = re.compile(r"[A-Za-z0-9._:@=~-]{1,128}")
@@ -487,6 +488,10 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         js_time_limit_ms=dec.positive("js_time_limit_ms", int, 100),
         js_memory_limit_mb=dec.positive("js_memory_limit_mb", int, 16),
     )
+    if decoding.js_time_limit_ms / 1000 > MAX_WAIT_S:
+        problems.append(f"decoding.js_time_limit_ms: must be at most {MAX_WAIT_S * 1000:g}")
+    if decoding.js_memory_limit_mb > MAX_JS_MEMORY_MB:
+        problems.append(f"decoding.js_memory_limit_mb: must be at most {MAX_JS_MEMORY_MB} (a 32-bit size)")
     for i, codec_path in enumerate(decoding.codec_paths):
         if not Path(codec_path).exists():
             problems.append(f"decoding.codec_paths[{i}]: {codec_path!r} does not exist")

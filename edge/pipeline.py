@@ -82,7 +82,7 @@ class RecentIds:
         self._ids.pop(uplink_id, None)
 
 
-def _topic_fields(entry: Entry, edge_id: str) -> dict[str, str]:
+def _topic_fields(entry: Entry, edge_id: str) -> Mapping[str, str]:
     # Values from data, validated: a hostile id cannot pick or break the topic (docs/records.md).
     return topic_fields(entry.dev_eui, entry.application_id, entry.gateway_id, edge_id)
 

@@ -48,6 +48,8 @@ def with_key(section: str, key: str, value: Any) -> dict[str, Any]:
     ("web", "port", 65536, "web.port: must be 0 (off) or a TCP port up to 65535"),
     ("web", "stuck_after_s", 1e300, "web.stuck_after_s: must be at most"),
     ("chirpstack", "api_sync_interval_s", 2**62, "chirpstack.api_sync_interval_s: must be 0 (only at start) or more"),
+    ("decoding", "js_memory_limit_mb", 2**40, "decoding.js_memory_limit_mb: must be at most 4095"),
+    ("decoding", "js_time_limit_ms", 2**62, "decoding.js_time_limit_ms: must be at most"),
     ("edge", "id", "gw/#", "edge.id: use 1-128 letters"),
     ("edge", "id", "gw\u0000", "edge.id: use 1-128 letters"),
 ])

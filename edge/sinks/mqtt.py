@@ -72,6 +72,8 @@ PER_MESSAGE_REFUSALS = {0x90: "Topic Name invalid", 0x99: "Payload format invali
 # length (2), packet id (2), property length (at most 4) and the content type's id and length (3).
 PUBLISH_OVERHEAD = 16
 
+# The largest packet this sink accepts from its broker (announced in CONNECT on MQTT 5).
+MAX_INBOUND_PACKET = 64 * 1024
 # Receives a message that can never be published, the MQTT reason code (0 when refused before
 # sending) and why; the pipeline keeps it as a dead letter.
 DeadLetter = Callable[[OutMessage, int, str], None]
@@ -251,8 +253,12 @@ class MqttSink:
         client.max_queued_messages_set(self.cfg.max_inflight * 2)
         if self._v5:
             # Clean start: the broker keeps no state for us; unacknowledged messages are re-read
-            # from the buffer after a reconnect instead.
-            client.connect(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True)
+            # from the buffer after a reconnect instead. Maximum Packet Size: all the broker sends
+            # us are acknowledgements and downlink commands (at most 8 KiB), so it must drop
+            # anything larger instead of making us buffer it (MQTT 5 §3.1.2.11.4).
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.MaximumPacketSize = MAX_INBOUND_PACKET
+            client.connect(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True, properties=props)
         else:
             client.connect(cfg.host, cfg.port, cfg.keepalive_s)
         return client

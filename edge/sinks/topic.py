@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
+from collections.abc import Mapping
+from types import MappingProxyType
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +64,25 @@ def edge_level(value: str) -> str:
     return value if _EDGE_ID.fullmatch(value) else _refused("edge id", value)
 
 
-def fields(dev_eui: str, application_id: str, gateway_id: str | None, edge_id: str) -> dict[str, str]:
-    """Every topic placeholder's value, each validated (docs/records.md "Topics")."""
+def _compute(dev_eui: str, application_id: str, gateway_id: str | None, edge_id: str) -> Mapping[str, str]:
     app = application(application_id)
-    return {"dev_eui": eui(dev_eui), "application": app, "application_id": app,
-            "gateway_id": eui(gateway_id, "gateway id") if gateway_id else "unknown",
-            "edge_id": edge_level(edge_id)}
+    return MappingProxyType({"dev_eui": eui(dev_eui), "application": app, "application_id": app,
+                             "gateway_id": eui(gateway_id, "gateway id") if gateway_id else "unknown",
+                             "edge_id": edge_level(edge_id)})
+
+
+_cached = functools.lru_cache(maxsize=4096)(_compute)
+
+
+def fields(dev_eui: str, application_id: str, gateway_id: str | None, edge_id: str) -> Mapping[str, str]:
+    """Every topic placeholder's value, each validated (docs/records.md "Topics"); read-only.
+
+    Cached: a backlog drain renders the same devices' topics over and over. Values far longer than
+    any valid one are checked uncached, so a flood of them cannot fill the cache with large strings.
+    """
+    if len(dev_eui) + len(application_id) + len(gateway_id or "") + len(edge_id) > 256:
+        return _compute(dev_eui, application_id, gateway_id, edge_id)
+    return _cached(dev_eui, application_id, gateway_id, edge_id)
 
 
 def problem(topic: str) -> str:

@@ -84,3 +84,32 @@ def test_command_parser_deep_and_huge_inputs_are_refused_before_walking() -> Non
         raise AssertionError(f"accepted {bad[:40]!r}")
     assert parse_command(orjson.dumps(base | {"hex": "00" * 242, "confirmed": True})).payload == bytes(242)
     assert parse_command(orjson.dumps(base | {"time": "2026-12-05T10:00:00Z", "object": {"a": [1, {"b": 2}]}}))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 5000), st.sampled_from(["[", '{"a":']), st.booleans())
+def test_command_parser_any_depth_is_refused_without_recursion(depth: int, opener: str, in_object: bool) -> None:
+    closer = "]" if opener == "[" else "}"
+    nested = opener * depth + "1" + closer * depth
+    text = (f'{{"id":"d","time":{time.time()},"dev_eui":"a81758fffe0346f1","fport":2,"object":{{"x":{nested}}}}}'
+            if in_object else nested)
+    try:
+        parse_command(text.encode())
+    except CommandError:
+        return
+    assert in_object and depth <= 7  # the object holding "x" is level 1, so 7 more levels fit in 8
+
+
+@settings(max_examples=300, deadline=None)
+@given(COMMANDS, st.booleans())
+def test_command_handler_never_raises_and_accounts_for_every_message(command: dict[str, object],
+                                                                     retained: bool) -> None:
+    from edge.config import ChirpStackConfig, MqttEndpoint
+    from edge.downlinks import CommandRelay
+
+    relay = CommandRelay(ChirpStackConfig(mqtt=MqttEndpoint(url="mqtt://127.0.0.1:1", client_id="t")))
+    handle = relay.handler("city", frozenset({"a81758fffe0346f1"}), lambda dev: True, 600.0, 12)
+    handle(json.dumps(command).encode(), retained)
+    assert relay.accepted + relay.refused == 1
+    if retained:
+        assert relay.refused == 1

@@ -15,7 +15,8 @@ REFUSED_BACKOFF_MAX_S; once the broker's configuration is fixed, delivery resume
 
 One message that can never be published is set aside instead, so it cannot stall the queue or
 crash-loop the service: a topic that is not a valid MQTT topic name (edge/sinks/topic.py), a
-message larger than the broker's Maximum Packet Size (MQTT 5 CONNACK), a formatter that raises for
+single uplink larger than the broker's Maximum Packet Size (MQTT 5 CONNACK; packs of several uplinks
+that are too large are sent again one uplink per pack), a formatter that raises for
 an uplink, and the two PUBACK reasons that are about the message itself, 0x90 (Topic Name
 invalid) and 0x99 (Payload format invalid). Each goes to `dead_letter` with the reason (`edge
 deadletter list`), is counted (`rejected`, `dead_letters`) and the window moves on.
@@ -183,10 +184,10 @@ class MqttSink:
         self._max_packet = int(getattr(properties, "MaximumPacketSize", 0) or 0)
         if self._max_packet and self.cfg.max_message_bytes + 512 > self._max_packet and not self._warned_size:
             self._warned_size = True
-            log.error("Upstream %s accepts packets of at most %d bytes, less than max_message_bytes (%d): larger"
-                      " packs become dead letters. Set max_message_bytes to %d or less.", self.name,
-                      self._max_packet, self.cfg.max_message_bytes, max(1024, self._max_packet - 512),
-                      extra={"upstream": self.name})
+            log.warning("Upstream %s accepts packets of at most %d bytes, less than max_message_bytes (%d): a"
+                        " backlog leaves one uplink per pack, and an uplink larger than that becomes a dead letter."
+                        " Set max_message_bytes to %d or less.", self.name, self._max_packet,
+                        self.cfg.max_message_bytes, max(1024, self._max_packet - 512), extra={"upstream": self.name})
         if self.on_command is not None:
             if self._v5:
                 # Retain As Published (MQTT 5 §3.8.3.1): a retained command keeps its flag even when
@@ -475,8 +476,24 @@ class MqttSink:
                 last_progress = now
 
     def _format(self, entries: list[Entry]) -> list[OutMessage]:
-        """The messages of one device group; an uplink the formatter fails on becomes a dead letter."""
-        return format_isolated(self.format, entries, lambda message, why: self._set_aside(message, 0, why))
+        """The messages of one device group; an uplink the formatter fails on becomes a dead letter.
+
+        A broker that takes smaller packets than `max_message_bytes` gets the group again one uplink
+        per pack, so a backlog drain still gets through; only an uplink too large on its own is set
+        aside (by `_publish`).
+        """
+        def failed(message: OutMessage, why: str) -> None:
+            self._set_aside(message, 0, why)
+
+        messages = format_isolated(self.format, entries, failed)
+        if self._max_packet and len(entries) > 1 and any(self._packet_size(m) > self._max_packet for m in messages):
+            messages = [m for entry in entries for m in format_isolated(self.format, [entry], failed)]
+        return messages
+
+    def _packet_size(self, message: OutMessage) -> int:
+        """About the size of the PUBLISH packet carrying `message` (never less)."""
+        return (PUBLISH_OVERHEAD + len(message.topic.encode("utf-8", "replace")) + len(message.payload)
+                + (len(message.content_type) if self._v5 else 0))
 
     def _set_aside(self, message: OutMessage, code: int, reason: str) -> None:
         """Keep a message that can never be published as a dead letter, count it and go on."""
@@ -499,8 +516,7 @@ class MqttSink:
         if why:
             return why
         if self._max_packet:
-            size = (PUBLISH_OVERHEAD + len(message.topic.encode("utf-8")) + len(message.payload)
-                    + (len(message.content_type) if self._v5 else 0))
+            size = self._packet_size(message)
             if size > self._max_packet:
                 return (f"the message ({size} bytes) is larger than the broker's maximum packet size"
                         f" ({self._max_packet} bytes)")

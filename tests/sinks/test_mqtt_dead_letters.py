@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Sequence
 
 import pytest
@@ -60,8 +59,9 @@ def test_mqtt_sink_formatter_failure_costs_one_uplink_not_the_queue(broker_facto
 
 def test_mqtt_sink_message_over_the_brokers_packet_size_is_a_dead_letter_and_can_be_replayed(
         broker_factory, make_config, edge_process, recorder, tmp_path):
-    """Mosquitto with max_packet_size (announced in CONNACK): a backlog pack too large for it is set aside with
-    the reason, later uplinks are delivered, and `edge deadletter replay` sends it once the broker allows it."""
+    """Mosquitto with max_packet_size (announced in CONNACK). A backlog whose packs are too large for it leaves one
+    uplink per pack instead; an uplink too large on its own is set aside with the reason, later uplinks are still
+    delivered, and `edge deadletter replay` sends it once the broker allows it."""
     chirpstack = broker_factory()
     city = Mosquitto()
     with city.conf.open("a") as conf:
@@ -71,7 +71,7 @@ def test_mqtt_sink_message_over_the_brokers_packet_size_is_a_dead_letter_and_can
         rec = recorder(city)
         cfg = make_config(chirpstack.url, city.url)
         edge = edge_process(cfg)
-        city.stop()  # a backlog builds up: it leaves in packs larger than the broker takes
+        city.stop()  # a backlog builds up: it would leave in packs larger than the broker takes
         edge.start()
         edge.wait_connected()
         backlog: list[SentUplink] = []
@@ -79,25 +79,34 @@ def test_mqtt_sink_message_over_the_brokers_packet_size_is_a_dead_letter_and_can
         db = sqlite3.connect(tmp_path / "buffer.sqlite")
         assert wait_until(lambda: db.execute("SELECT count(*) FROM uplinks").fetchone()[0] == 60, 10)
         city.start()
-        assert wait_until(lambda: db.execute("SELECT count(*) FROM dead_letters").fetchone()[0] > 0, 20)
-        live: list[SentUplink] = []
-        for n in range(5):  # one at a time: live uplinks leave in small packs
-            publish(chirpstack.host, chirpstack.port, Simulator(1, seed=100 + n), 1, None, live.append)
-            time.sleep(0.3)
-        assert rec.wait_for({s.uplink_id for s in live}, 20), "later uplinks are not held back"
+        assert rec.wait_for({s.uplink_id for s in backlog}, 30), "the backlog gets through, one uplink per pack"
+        assert db.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
+        assert "accepts packets of at most 3000 bytes" in (tmp_path / "edge.log").read_text()
+        assert edge.terminate() == 0
+        # A broker limit below a single uplink's pack: those become dead letters, and delivery goes on.
+        city.stop()
+        city.conf.write_text(city.conf.read_text().replace("max_packet_size 3000", "max_packet_size 200"))
+        city.start()
+        edge.start()
+        edge.wait_connected()
+        tiny: list[SentUplink] = []
+        publish(chirpstack.host, chirpstack.port, Simulator(1, seed=9), 3, None, tiny.append)
+        assert wait_until(lambda: db.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 6, 20), \
+            "3 measurement and 3 radio packs"
+        assert wait_until(lambda: db.execute("SELECT cursor FROM sinks WHERE name = 'city'").fetchone()[0] == 63, 10)
         log = (tmp_path / "edge.log").read_text()
-        assert "accepts packets of at most 3000 bytes" in log and "kept as a dead letter" in log
+        assert "kept as a dead letter" in log
         listing = CliRunner().invoke(main, ["deadletter", "list", "-c", str(cfg)])
         assert listing.exit_code == 0 and "is larger than the broker" in listing.output
         assert edge.proc is not None and edge.proc.poll() is None
         assert edge.terminate() == 0
-        # The operator raises the broker's limit and replays: the backlog arrives with its ids.
+        # The operator raises the broker's limit and replays: the uplinks arrive with their ids.
         city.stop()
-        city.conf.write_text(city.conf.read_text().replace("max_packet_size 3000\n", ""))
+        city.conf.write_text(city.conf.read_text().replace("max_packet_size 200\n", ""))
         city.start()
         replayed = CliRunner().invoke(main, ["deadletter", "replay", "--upstream", "city", "-c", str(cfg)])
         assert replayed.exit_code == 0, replayed.output
-        assert rec.wait_for({s.uplink_id for s in backlog}, 20)
+        assert rec.wait_for({s.uplink_id for s in tiny}, 20)
         assert db.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
         db.close()
     finally:

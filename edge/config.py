@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
+import re
 import socket
+import stat
+import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,15 @@ from edge.errors import ConfigError
 DEFAULT_PATH = Path("/etc/lorawan-edge/edge.toml")
 FORMATS = ("senml+json", "senml+cbor")
 TOPIC_PLACEHOLDERS = ("dev_eui", "application", "application_id", "gateway_id", "edge_id")
+# Bounds the protocols and the OS set (checked by `edge validate`):
+MAX_PORT = 65535  # TCP
+MAX_KEEPALIVE_S = 65535  # MQTT Keep Alive is a two-byte integer (MQTT 5 §3.1.2.10)
+MAX_INFLIGHT = 65535  # MQTT packet identifiers are two bytes, so no more can be unacknowledged at once
+MAX_PACKET_BYTES = 268_435_455  # the largest MQTT packet a Remaining Length can describe (MQTT 5 §1.5.5)
+MAX_JS_MEMORY_MB = 4095  # the JS runtime's memory limit is a size_t: 32 bits on a 32-bit Raspberry Pi OS
+MAX_WAIT_S = threading.TIMEOUT_MAX  # the longest timeout a thread may wait (larger ones raise OverflowError)
+# The gateway's id goes into topics and client ids: letters, digits and a few marks, no MQTT wildcards.
+EDGE_ID = re.compile(r"[A-Za-z0-9._:@=~-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -171,6 +184,8 @@ class UpstreamConfig:
     share: ShareRules = field(default_factory=ShareRules)
     command_topic: str = ""
     command_devices: tuple[str, ...] = ()
+    command_max_age_s: float = 600.0
+    command_max_per_hour: int = 12
 
 
 @dataclass(frozen=True)
@@ -330,6 +345,10 @@ class _Reader:
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             self.problems.append(f"{self.key(name)}: must be {names}, got {type(value).__name__}")
             return default
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has inf and nan; neither is a size, a count or a time.
+            self.problems.append(f"{self.key(name)}: must be a finite number")
+            return default
         return value
 
     def positive(self, name: str, kind: type, default: Any) -> Any:
@@ -376,6 +395,8 @@ def _mqtt(r: _Reader, url_key: str, default_client: str, edge_id: str) -> MqttEn
                               f" (scheme {parts.scheme!r})")
         if parts.username or parts.password:
             r.problems.append(f"{r.key(url_key)}: must not carry credentials; use username and password_file")
+        if parts.port == 0:
+            r.problems.append(f"{r.key(url_key)}: port must be from 1 to {MAX_PORT}")
     endpoint = MqttEndpoint(
         url=url,
         client_id=r.get("client_id", str, default_client).replace("{edge_id}", edge_id),
@@ -389,6 +410,9 @@ def _mqtt(r: _Reader, url_key: str, default_client: str, edge_id: str) -> MqttEn
         reconnect_min_s=r.positive("reconnect_min_s", float, 0.5),
         reconnect_max_s=r.positive("reconnect_max_s", float, 10.0),
     )
+    if not endpoint.reconnect_min_s <= endpoint.reconnect_max_s <= MAX_WAIT_S:
+        r.problems.append(f"{r.key('reconnect_max_s')}: must be at least reconnect_min_s"
+                          f" ({endpoint.reconnect_min_s:g}) and at most {MAX_WAIT_S:g}")
     for name in ("password_file", "ca_file", "cert_file", "key_file"):
         _check_file(r, name, getattr(endpoint, name))
     if endpoint.protocol not in ("5", "3.1.1"):
@@ -410,6 +434,8 @@ def _topic(r: _Reader, name: str, default: str, allow_empty: bool = False) -> st
         return value
     if "+" in value or "#" in value:
         r.problems.append(f"{r.key(name)}: wildcards are not allowed in a publish topic")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        r.problems.append(f"{r.key(name)}: control characters (NUL, newline ...) are not allowed in a topic")
     try:
         value.format(**{p: "x" for p in TOPIC_PLACEHOLDERS})
     except (KeyError, IndexError, ValueError, AttributeError) as exc:
@@ -430,6 +456,14 @@ def _topic_filter(r: _Reader, name: str, default: str) -> str:
     return value
 
 
+def _has_credentials(url: str) -> bool:
+    try:
+        parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    except ValueError:
+        return False
+    return bool(parts.username or parts.password)
+
+
 def _api_url_ok(url: str) -> bool:
     """host:port (plaintext gRPC), http://host:port, or https://host with an optional port."""
     try:
@@ -448,6 +482,8 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
 
     edge = _Reader(top.get("edge", dict, {}), "edge", problems)
     edge_id = edge.get("id", str, "") or os.environ.get("EDGE_ID", "") or socket.gethostname()
+    if not EDGE_ID.fullmatch(edge_id):
+        problems.append("edge.id: use 1-128 letters, digits and . _ : @ = ~ - (it goes into topics and client ids)")
     log_level = edge.get("log_level", str, "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         problems.append("edge.log_level: must be debug, info, warning or error")
@@ -472,10 +508,15 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
     _check_file(cs, "api_ca_file", chirpstack.api_ca_file)
     if chirpstack.api_url and not chirpstack.api_token_file:
         problems.append("chirpstack.api_token_file: is required with api_url")
-    if chirpstack.api_url and not _api_url_ok(chirpstack.api_url):
+    if chirpstack.api_url and _has_credentials(chirpstack.api_url):
+        # The URL itself is never echoed: the credentials in it must not reach the journal.
+        problems.append("chirpstack.api_url: must not carry credentials (user:password@); use api_token_file")
+    elif chirpstack.api_url and not _api_url_ok(chirpstack.api_url):
         problems.append("chirpstack.api_url: must be host:port, http://host:port or https://host[:port]")
-    if chirpstack.api_sync_interval_s < 0:
-        problems.append("chirpstack.api_sync_interval_s: must be 0 (only at start) or more")
+    if not 0 <= chirpstack.api_sync_interval_s <= MAX_WAIT_S:
+        problems.append(f"chirpstack.api_sync_interval_s: must be 0 (only at start) or more, at most {MAX_WAIT_S:g}")
+    if chirpstack.api_timeout_s > MAX_WAIT_S:
+        problems.append(f"chirpstack.api_timeout_s: must be at most {MAX_WAIT_S:g}")
     cs.done()
 
     dec = _Reader(top.get("decoding", dict, {}), "decoding", problems)
@@ -510,6 +551,10 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
     for key in ("cooldown_window_s", "cooldown_s"):
         if getattr(decoding, key) > 86400:
             problems.append(f"decoding.{key}: must be at most 86400 (a day)")
+    if decoding.js_time_limit_ms / 1000 > MAX_WAIT_S:
+        problems.append(f"decoding.js_time_limit_ms: must be at most {MAX_WAIT_S * 1000:g}")
+    if decoding.js_memory_limit_mb > MAX_JS_MEMORY_MB:
+        problems.append(f"decoding.js_memory_limit_mb: must be at most {MAX_JS_MEMORY_MB} (a 32-bit size)")
     for i, codec_path in enumerate(decoding.codec_paths):
         if not Path(codec_path).exists():
             problems.append(f"decoding.codec_paths[{i}]: {codec_path!r} does not exist")
@@ -522,6 +567,8 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         batch_max=buf.positive("batch_max", int, BufferConfig.batch_max),
         batch_ms=buf.positive("batch_ms", int, BufferConfig.batch_ms),
     )
+    if buffer.batch_ms / 1000 > MAX_WAIT_S:
+        problems.append(f"buffer.batch_ms: must be at most {MAX_WAIT_S * 1000:g}")
     buf.done()
 
     wr = _Reader(top.get("web", dict, {}), "web", problems)
@@ -532,6 +579,8 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         stuck_after_s=wr.positive("stuck_after_s", float, WebConfig.stuck_after_s),
     )
     _check_file(wr, "token_file", web.token_file)
+    if web.stuck_after_s > MAX_WAIT_S:
+        problems.append(f"web.stuck_after_s: must be at most {MAX_WAIT_S:g}")
     if not 0 <= web.port <= 65535:
         problems.append("web.port: must be 0 (off) or a TCP port up to 65535")
     if not web.token_file and not _loopback(web.bind):
@@ -575,6 +624,8 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             share=_share(ur),
             command_topic=_topic(ur, "command_topic", "", allow_empty=True),
             command_devices=tuple(e.lower() for e in ur.strings("command_devices")),
+            command_max_age_s=ur.positive("command_max_age_s", float, UpstreamConfig.command_max_age_s),
+            command_max_per_hour=ur.positive("command_max_per_hour", int, UpstreamConfig.command_max_per_hour),
         )
         if up.command_topic and not up.command_devices:
             problems.append(f"upstream[{i}].command_devices: downlink commands need an allow-list of DevEUIs")
@@ -587,6 +638,15 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             problems.append(f"upstream[{i}].qos: must be 1 or 2 (QoS 0 cannot be acknowledged)")
         if up.max_message_bytes < 1024:
             problems.append(f"upstream[{i}].max_message_bytes: must be at least 1024")
+        elif up.max_message_bytes > MAX_PACKET_BYTES:
+            problems.append(f"upstream[{i}].max_message_bytes: must be at most {MAX_PACKET_BYTES}"
+                            " (the largest MQTT packet)")
+        if up.max_inflight > MAX_INFLIGHT:
+            problems.append(f"upstream[{i}].max_inflight: must be at most {MAX_INFLIGHT} (MQTT packet identifiers)")
+        if up.mqtt.keepalive_s > MAX_KEEPALIVE_S:
+            problems.append(f"upstream[{i}].keepalive_s: must be at most {MAX_KEEPALIVE_S} (MQTT Keep Alive)")
+        if up.command_max_age_s > MAX_WAIT_S:
+            problems.append(f"upstream[{i}].command_max_age_s: must be at most {MAX_WAIT_S:g}")
         ur.done()
         upstreams.append(up)
     http_upstreams: list[HttpUpstreamConfig] = []
@@ -616,6 +676,11 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             problems.append(f"{hr.key('format')}: must be ngsi-ld, senml+json or senml+cbor")
         if http.format == "ngsi-ld" and endpoint:
             _ngsi_ld_endpoint(hr, endpoint)
+        if not http.backoff_min_s <= http.backoff_max_s:
+            problems.append(f"{hr.key('backoff_max_s')}: must be at least backoff_min_s ({http.backoff_min_s:g})")
+        for key in ("timeout_s", "backoff_max_s", "retry_after_max_s"):
+            if getattr(http, key) > MAX_WAIT_S:
+                problems.append(f"{hr.key(key)}: must be at most {MAX_WAIT_S:g}")
         if http.endpoint.startswith("http://") and (http.ca_file or http.cert_file):
             problems.append(f"{hr.key('endpoint')}: TLS files are set but the endpoint is not https://")
         hr.done()
@@ -719,8 +784,8 @@ def _share(parent: _Reader) -> ShareRules:
     if not_eui:
         # A mistyped DevEUI would silently select nothing.
         r.problems.append(f"{r.key('devices')}: not DevEUIs (16 hex digits): {', '.join(not_eui)}")
-    if rules.thin_s < 0:
-        r.problems.append(f"{r.key('thin_s')}: must be 0 (off) or more seconds")
+    if not 0 <= rules.thin_s <= MAX_WAIT_S:
+        r.problems.append(f"{r.key('thin_s')}: must be 0 (off) or more seconds, at most {MAX_WAIT_S:g}")
     from edge.vocabulary import BY_NAME
 
     for key, names in (("quantities", rules.quantities), ("drop_quantities", rules.drop_quantities),
@@ -762,6 +827,41 @@ def _ngsi_ld(parent: _Reader) -> NgsiLdConfig:
         r.problems.append(f"{r.key('climate_type')}: must be IndoorEnvironmentObserved or WeatherObserved")
     r.done()
     return cfg
+
+
+def secret_files(cfg: Config) -> list[tuple[str, str]]:
+    """(config key, path) of every file that holds a secret: passwords, tokens, private keys."""
+    found: list[tuple[str, str]] = []
+
+    def add(key: str, path: str) -> None:
+        if path:
+            found.append((key, path))
+
+    for where, endpoint in (("chirpstack", cfg.chirpstack.mqtt),
+                            *((f"upstream {u.name}", u.mqtt) for u in cfg.upstreams)):
+        add(f"{where}: password_file", endpoint.password_file)
+        add(f"{where}: key_file", endpoint.key_file)
+    add("chirpstack.api_token_file", cfg.chirpstack.api_token_file)
+    for http in cfg.http_upstreams:
+        add(f"http_upstream {http.name}: bearer_token_file", http.bearer_token_file)
+        add(f"http_upstream {http.name}: key_file", http.key_file)
+    add("web.token_file", cfg.web.token_file)
+    return found
+
+
+def secret_file_warnings(cfg: Config) -> list[str]:
+    """A sentence per secret file that users other than its owner may read (group or others)."""
+    out = []
+    for key, path in secret_files(cfg):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue  # a missing file is a validation problem of its own
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            who = " and ".join(w for w, bit in (("its group", stat.S_IRGRP), ("all users", stat.S_IROTH)) if mode & bit)
+            out.append(f"{key}: {path} holds a secret but {who} may read it (mode {stat.S_IMODE(mode):04o});"
+                       f" `chmod 600 {path}` (owned by the service's user)")
+    return out
 
 
 def load_config(path: str | Path) -> Config:

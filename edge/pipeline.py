@@ -51,6 +51,7 @@ from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Uplink, radi
 from edge.plugins import load_decoders
 from edge.sinks.base import Backlog, Formatter, OutMessage
 from edge.sinks.mqtt import MqttSink
+from edge.sinks.topic import fields as topic_fields
 
 if TYPE_CHECKING:
     from edge.sinks.http import HttpSink
@@ -133,10 +134,9 @@ def _malformed(msg: Message, reason: str) -> Malformed:
     return Malformed(msg.topic, payload, reason)
 
 
-def _topic_fields(entry: Entry, edge_id: str) -> dict[str, str]:
-    return {"dev_eui": entry.dev_eui, "application": entry.application_id,
-            "application_id": entry.application_id, "gateway_id": entry.gateway_id or "unknown",
-            "edge_id": edge_id}
+def _topic_fields(entry: Entry, edge_id: str) -> Mapping[str, str]:
+    # Values from data, validated: a hostile id cannot pick or break the topic (docs/records.md).
+    return topic_fields(entry.dev_eui, entry.application_id, entry.gateway_id, edge_id)
 
 
 def _chunks(entries: list[Entry], max_bytes: int, link: bool) -> list[list[Entry]]:
@@ -503,16 +503,19 @@ class Pipeline:
             health_store.start_at_newest(self.buffer.db, [u.name for u in cfg.upstreams])
         self.sinks: list[MqttSink | HttpSink] = []
         # Downlink commands from destinations (issue #4/#6): only when some upstream enables them.
-        self.commands = CommandRelay(cfg.chirpstack) if any(u.command_topic for u in cfg.upstreams) else None
+        self.commands = (CommandRelay(cfg.chirpstack, lambda: Buffer(cfg.buffer.path, max_bytes=self.max_bytes))
+                         if any(u.command_topic for u in cfg.upstreams) else None)
         for up in cfg.upstreams:
             share = ShareFilter(up.share)
             formatter = make_formatter(up if up.share.radio else replace(up, link_topic=""), cfg.edge_id)
             on_command = None
             if self.commands is not None and up.command_topic:
-                on_command = self.commands.handler(up.name, frozenset(up.command_devices), share.allows_device)
+                on_command = self.commands.handler(up.name, frozenset(up.command_devices), share.allows_device,
+                                                   up.command_max_age_s, up.command_max_per_hour)
             self.sinks.append(MqttSink(up, self._backlog_factory(up.name, up.notice_topic, share, up),
                                        shared(formatter, share), threading.Event(), on_command,
-                                       up.command_topic.replace("{edge_id}", cfg.edge_id)))
+                                       up.command_topic.replace("{edge_id}", cfg.edge_id),
+                                       dead_letter=self._dead_letter_writer(up.name, "MQTT")))
         for http in cfg.http_upstreams:
             # Imported here: httpx costs memory on gateways that only publish over MQTT.
             from edge.sinks.http import HttpSink
@@ -520,7 +523,7 @@ class Pipeline:
             share = ShareFilter(http.share)
             self.sinks.append(HttpSink(http, self._backlog_factory(http.name, "", share),
                                        shared(make_http_formatter(http), share), threading.Event(),
-                                       dead_letter=self._dead_letter_writer(http.name)))
+                                       dead_letter=self._dead_letter_writer(http.name, "HTTP")))
         self.commits = 0
         self.failed = False
         self.on_commit: Callable[[], None] | None = None
@@ -577,7 +580,7 @@ class Pipeline:
 
         return factory
 
-    def _dead_letter_writer(self, sink: str) -> Callable[[OutMessage, int, str], None]:
+    def _dead_letter_writer(self, sink: str, kind: str) -> Callable[[OutMessage, int, str], None]:
         conn: list[Buffer] = []
 
         def write(message: OutMessage, status: int, detail: str) -> None:
@@ -585,7 +588,12 @@ class Pipeline:
                 conn.append(Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes))
             dropped = conn[0].add_dead_letter(sink, status, message.content_type, message.topic, message.payload,
                                               detail)
-            log.error("Upstream %s rejected a message (HTTP %d); kept as a dead letter: %s", sink, status, detail)
+            if kind == "HTTP" and status:
+                log.error("Upstream %s rejected a message (HTTP %d); kept as a dead letter: %s", sink, status, detail)
+            else:
+                log.error("Upstream %s: a message could not be published (%s); kept as a dead letter"
+                          " (`edge deadletter list`): %s", sink, f"reason {status:#04x}" if status else "refused"
+                          " before sending", detail, extra={"upstream": sink})
             if dropped:
                 log.error("Dead letters fill their share of the buffer; dropped the %d oldest. Fix the upstream"
                           " and replay (`edge deadletter replay`).", dropped, extra={"count": dropped})

@@ -351,11 +351,29 @@ def status_document(snap: Snapshot, edge_id: str, max_bytes: int, stuck_after_s:
 
 # -- Prometheus ---------------------------------------------------------------------------------------
 
+_PROFILE_JS = re.compile(r"profile-js/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def decoder_label(decoder: str, known: frozenset[str]) -> str:
+    """A stored decoder name as a Prometheus label value: known ids as they are, anything else "unknown".
+
+    The name may come from a device's ChirpStack tag, i.e. from outside: taken as it is, every new
+    tag would be a new time series (and a tag holding a newline or quote a broken exposition line).
+    A device profile's own codec is one value for all profiles, `profile-js`.
+    """
+    if decoder in known or decoder in ("", "chirpstack"):
+        return decoder or "none"
+    if _PROFILE_JS.fullmatch(decoder):
+        return "profile-js"
+    return "unknown"
+
+
 class EdgeCollector:
     """Reads the gateway's state at scrape time, so nothing is counted twice or kept in memory."""
 
     def __init__(self, state: StateReader) -> None:
         self.state = state
+        self._known: tuple[float, frozenset[str]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         """One metric family per quantity; upstream metrics are labelled `upstream`."""
@@ -385,8 +403,13 @@ class EdgeCollector:
         # A gauge, not a counter: rows leave the buffer when it trims or `edge redecode` succeeds.
         failed = GaugeMetricFamily("edge_buffer_decode_errors",
                                    "Uplinks in the buffer whose decoder failed, by decoder.", labels=["decoder"])
-        for decoder, n in sorted(snap.decode_errors.items()):
-            failed.add_metric([decoder], n)
+        by_label: dict[str, int] = {}
+        known = self._known_decoders()
+        for decoder, n in snap.decode_errors.items():
+            label = decoder_label(decoder, known)
+            by_label[label] = by_label.get(label, 0) + n
+        for label, n in sorted(by_label.items()):
+            failed.add_metric([label], n)
         yield failed
         yield from self._upstreams(snap)
         if snap.health_counts:
@@ -399,6 +422,15 @@ class EdgeCollector:
                 (states if kind == "state" else problems).add_metric([name], n)
             yield states
             yield problems
+
+    def _known_decoders(self) -> frozenset[str]:
+        """The decoder ids this gateway has: the only values the `decoder` label may take besides two fixed ones."""
+        registry = getattr(self.state.pipeline, "registry", None)
+        now = time.monotonic()
+        if self._known is None or now - self._known[0] > DECODE_ERRORS_TTL_S:
+            ids = frozenset(registry.ids()) if registry is not None and hasattr(registry, "ids") else frozenset()
+            self._known = (now, ids)
+        return self._known[1]
 
     def _upstreams(self, snap: Snapshot) -> Iterator[Metric]:
         families: list[tuple[str, GaugeMetricFamily | CounterMetricFamily]] = [

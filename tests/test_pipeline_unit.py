@@ -71,11 +71,15 @@ def test_formatter_groups_by_topic_and_keeps_order(fmt: str) -> None:
 
 
 def test_formatter_topic_placeholders() -> None:
-    entries = [entry(1, "0000000000000001", app="app-1"), entry(2, "0000000000000002", app="app-1"),
-               entry(3, "0000000000000003", app="app-2", gateway_id="")]
+    app1, app2 = "5e0c2a4e-9d1b-4f7a-8c3e-2b6f1d0a9c11", "6f1d3b5f-0e2c-4a8b-9d4f-3c7a2e1b0d22"
+    entries = [entry(1, "0000000000000001", app=app1), entry(2, "0000000000000002", app=app1),
+               entry(3, "0000000000000003", app=app2, gateway_id=""),
+               entry(4, "0000000000000004", app="other-city/sensors/#", gateway_id="evil/+")]
     up = upstream(topic="city/{edge_id}/{application}/{gateway_id}", link_topic="")
     messages = make_formatter(up, "gw-01")(entries)
-    assert [m.topic for m in messages] == ["city/gw-01/app-1/acde48fffe000001", "city/gw-01/app-2/unknown"]
+    # Values from data that are not of their documented form become the level `invalid` (docs/records.md).
+    assert [m.topic for m in messages] == [f"city/gw-01/{app1}/acde48fffe000001", f"city/gw-01/{app2}/unknown",
+                                           "city/gw-01/invalid/invalid"]
     # Two devices in one pack: each reading still resolves to its own device and time.
     resolved = senml.resolve(senml.decode(messages[0].payload, "senml+json"))
     names = {(r["n"], r["t"]) for r in resolved}

@@ -955,6 +955,29 @@ class Buffer:
         """Forget a dead letter (replayed successfully)."""
         self.db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
 
+    def remember_command(self, upstream: str, command_id: str, now: float, keep_s: float) -> bool:
+        """Note a downlink command's id; False when this upstream sent that id before (a redelivery).
+
+        Ids older than `keep_s` are forgotten on the way: a command that old is refused as stale
+        before its id is looked at, so remembering it longer would only grow the table.
+        """
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM command_ids WHERE received < ?", (now - keep_s,))
+            fresh = db.execute("INSERT OR IGNORE INTO command_ids(upstream, id, received) VALUES (?,?,?)",
+                               (upstream, command_id, now)).rowcount == 1
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return fresh
+
+    def forget_command(self, upstream: str, command_id: str) -> None:
+        """Forget a command id (its enqueue failed, so the same command may be sent again)."""
+        self.db.execute("DELETE FROM command_ids WHERE upstream = ? AND id = ?", (upstream, command_id))
+
     def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest device events (join, status, log, ack, txack, location)."""
         cols = ("id", "kind", "dev_eui", "time", "summary")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -15,7 +16,8 @@ from typing import Any
 
 import click
 
-from edge.config import DEFAULT_PATH, Config, describe, load_config
+from edge.cli.text import echo
+from edge.config import DEFAULT_PATH, Config, describe, load_config, secret_file_warnings
 from edge.errors import ConfigError, EdgeError
 
 CONFIG_OPTION = click.option(
@@ -70,6 +72,8 @@ def run(config_path: Path) -> None:
 
     cfg = _load(config_path)
     setup_logging(cfg.log_level)
+    for warning in secret_file_warnings(cfg):
+        logging.getLogger("edge").warning("%s", warning)
     try:
         pipeline = Pipeline(cfg)
     except EdgeError as exc:
@@ -105,6 +109,8 @@ def validate(config_path: Path, show: bool) -> None:
         if rule.decoder not in known:
             problems.append(f"decoding.rule[{i}].decoder: no installed decoder has the id {rule.decoder!r}"
                             " (see `edge decoders list`; a plugin may be missing or blocked)")
+    for warning in secret_file_warnings(cfg):
+        echo(f"warning: {warning}", err=True)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:
@@ -204,46 +210,46 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     c = data["counters"]
-    click.echo(f"edge {cfg.edge_id}  buffer {data['buffer']['used_bytes'] / 1e6:.1f} MB"
+    echo(f"edge {cfg.edge_id}  buffer {data['buffer']['used_bytes'] / 1e6:.1f} MB"
                f" of {data['buffer']['max_bytes'] / 1e6:.0f} MB")
     svc = data["service"]
     if not svc["reachable"]:
-        click.echo(f"service: not reachable ({svc['error']}); `systemctl status lorawan-edge` tells more")
+        echo(f"service: not reachable ({svc['error']}); `systemctl status lorawan-edge` tells more")
     elif svc["healthy"]:
-        click.echo("service: running, healthy")
+        echo("service: running, healthy")
     else:
-        click.echo("service: running, PROBLEMS: " + ("; ".join(svc["problems"]) or svc.get("error", "")))
+        echo("service: running, PROBLEMS: " + ("; ".join(svc["problems"]) or svc.get("error", "")))
     if held:
-        click.echo(f"quarantine: {quarantine.summary(held.values())}; {quarantine.FIX}")
-    click.echo("counters: " + "  ".join(f"{k}={c.get(k, 0)}" for k in (
+        echo(f"quarantine: {quarantine.summary(held.values())}; {quarantine.FIX}")
+    echo("counters: " + "  ".join(f"{k}={c.get(k, 0)}" for k in (
         "received", "duplicates", "decoded", "chirpstack", "undecoded", "decode_failed", "malformed", "events",
         "dropped")))
-    click.echo("upstreams:")
+    echo("upstreams:")
     for up in data["upstreams"]:
         age = up["oldest_undelivered_age_s"]
-        click.echo(f"  {up['name']:<16} backlog={up['backlog']:<8} oldest={'-' if age is None else f'{age:.0f}s'}"
+        echo(f"  {up['name']:<16} backlog={up['backlog']:<8} oldest={'-' if age is None else f'{age:.0f}s'}"
                    f"  delivered={up['delivered']}  dropped={up['dropped']}  last={_ago(up['last_delivery'])}")
     h = data["health"]
-    click.echo(f"sensor health: {h['counts']['ok']} ok, {h['counts']['silent']} silent,"
+    echo(f"sensor health: {h['counts']['ok']} ok, {h['counts']['silent']} silent,"
                f" {h['counts']['never-seen']} never seen, {h['with_problems']} with problems"
                + ("; the unwell (edge devices health --unwell lists all):" if h["unwell"] else ""))
     for r in h["unwell"][:10]:
-        click.echo(f"  {health_line(r)}")
-    click.echo("devices (last uplink):")
+        echo(f"  {health_line(r)}")
+    echo("devices (last uplink):")
     for d in data["devices"]:
         values = " ".join(f"{r['n']}={r.get('v', r.get('vs', r.get('vb')))}{r.get('u', '')}" for r in d["readings"][:6])
-        click.echo(f"  {d['dev_eui']} {d['name'][:20]:<20} {_ago(d['last_time']):>9} fcnt={d['fcnt']}"
+        echo(f"  {d['dev_eui']} {d['name'][:20]:<20} {_ago(d['last_time']):>9} fcnt={d['fcnt']}"
                    f" rssi={d['rssi']} snr={d['snr']} {DecodeStatus.NAMES[d['status']]}:{d['decoder'] or '-'}"
                    f"  {values}")
     if data["events"]:
-        click.echo("device events:")
+        echo("device events:")
         for e in data["events"]:
             when = datetime.fromtimestamp(e["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-            click.echo(f"  {when} {e['dev_eui']} {e['kind']}: {e['summary']}")
+            echo(f"  {when} {e['dev_eui']} {e['kind']}: {e['summary']}")
     if data["malformed"]:
-        click.echo("malformed messages (newest):")
+        echo("malformed messages (newest):")
         for m in data["malformed"]:
-            click.echo(f"  {m['topic']}: {m['error']}")
+            echo(f"  {m['topic']}: {m['error']}")
 
 
 @main.command()

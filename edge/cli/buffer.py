@@ -11,6 +11,7 @@ import click
 import orjson
 
 from edge.cli import CONFIG_OPTION, _existing_buffer, _load, _timestamp
+from edge.cli.text import echo
 from edge.model import DecodeStatus, Uplink
 
 _STATUSES = {name: code for code, name in enumerate(DecodeStatus.NAMES)}
@@ -89,7 +90,7 @@ def list_(config_path: Path, dev_eui: str | None, since: str | None, until: str 
                     f"  {row.decoder or '-'}  {status}  {what}")
             if raw:
                 line += f"  payload={payload if payload is not None else '-'}"
-            click.echo(line)
+            echo(line)
     finally:
         buf.close()
     if not as_json and not shown:

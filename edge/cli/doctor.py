@@ -22,7 +22,8 @@ import click
 import paho.mqtt.client as paho
 
 from edge.cli import CONFIG_OPTION
-from edge.config import Config, MqttEndpoint, load_config
+from edge.cli.text import echo
+from edge.config import Config, MqttEndpoint, load_config, secret_file_warnings, secret_files
 from edge.errors import ConfigError
 from edge.mqtt import make_client
 from edge.sinks.base import Backlog
@@ -452,6 +453,14 @@ def _check_http_upstream(r: _Report, cfg: Config, index: int, publish_test: bool
               else f"check {section}.notice_endpoint and the server's logs")
 
 
+def _check_secret_files(r: _Report, cfg: Config) -> None:
+    warnings = secret_file_warnings(cfg)
+    for warning in warnings:
+        r.add("secret files", "WARN", warning, "only the service's user should read a password, token or key")
+    if not warnings and secret_files(cfg):
+        r.add("secret files", "OK", "password, token and key files are readable by their owner only")
+
+
 def _check_disk(r: _Report, cfg: Config) -> None:
     directory = Path(cfg.buffer.path).parent
     while not directory.exists() and directory != directory.parent:
@@ -686,6 +695,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
             r.add("config", "FAIL", problem, f"edit {config_path}, then run `edge validate --config {config_path}`")
         return r.findings
     r.add("config", "OK", f"{config_path} is valid ({len(cfg.upstreams) + len(cfg.http_upstreams)} upstream(s))")
+    _check_secret_files(r, cfg)
     skew = _check_chirpstack(r, cfg, listen)
     _check_chirpstack_api(r, cfg)
     for index in range(len(cfg.upstreams)):
@@ -713,7 +723,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
 def doctor(config_path: Path, as_json: bool, publish_test: bool, listen: float) -> None:
     """Check config, brokers, certificates, ChirpStack's API, disk, buffer, clock, decoders and the service."""
     findings = run_checks(config_path, publish_test=publish_test, listen=listen,
-                          on_finding=None if as_json else lambda f: click.echo(f.line()))
+                          on_finding=None if as_json else lambda f: echo(f.line()))
     counts = {status: sum(1 for f in findings if f.status == status) for status in ("OK", "WARN", "FAIL")}
     if as_json:
         click.echo(json.dumps([asdict(f) for f in findings], indent=2))

@@ -15,6 +15,7 @@ import orjson
 import paho.mqtt.client as paho
 
 from edge.cli import CONFIG_OPTION, _load
+from edge.cli.text import echo
 from edge.decoding.registry import DecoderRegistry
 from edge.model import DecodeStatus, DeviceEvent, Event, Malformed, Reading
 from edge.mqtt import make_client
@@ -184,12 +185,12 @@ def watch(config_path: Path, devices: tuple[str, ...], applications: tuple[str, 
             except queue.Empty:
                 continue
             if isinstance(item, str):
-                click.echo(f"error: {item}", err=True)
+                echo(f"error: {item}", err=True)
                 raise SystemExit(1)
             topic, payload, received = item
             line = format_event(parse(topic, payload, received), payload, received, registry, filters, raw)
             if line is not None:
-                click.echo(line)  # click.echo flushes: `edge watch | tee` and a test's pipe see each line at once
+                echo(line)  # click.echo flushes: `edge watch | tee` and a test's pipe see each line at once
                 shown += 1
     except KeyboardInterrupt:
         pass

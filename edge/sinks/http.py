@@ -44,7 +44,7 @@ import orjson
 
 from edge.backoff import Backoff
 from edge.config import HttpUpstreamConfig
-from edge.sinks.base import Backlog, Formatter, OutMessage
+from edge.sinks.base import Backlog, Formatter, OutMessage, format_isolated
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ class HttpSink:
                 if not entries:
                     self.wake.wait(IDLE_WAIT_S)
                     continue
-                pending = deque(self.format(entries))
+                pending = deque(format_isolated(self.format, entries, self._formatter_failed))
                 batch_last, batch_entries = entries[-1].id, len(entries)
             # A retry resumes at the first unsettled message; earlier ones of the batch are not re-sent.
             while pending and not stop.is_set():
@@ -315,6 +315,15 @@ class HttpSink:
             if not pending and batch_entries:
                 backlog.advance(batch_last, batch_entries)
                 cursor, batch_entries = batch_last, 0
+
+    def _formatter_failed(self, message: OutMessage, reason: str) -> None:
+        """An uplink the formatter failed on: kept as a dead letter (status 0), the batch goes on."""
+        self.stats.rejected += 1
+        if self._dead_letter is not None:
+            self._dead_letter(message, 0, reason)
+        else:
+            log.error("Upstream %s: %s; the uplink is not sent to it.", self.name, reason,
+                      extra={"upstream": self.name})
 
     def _send_notices(self, client: httpx.Client, backlog: Backlog, stop: threading.Event, backoff: Backoff) -> bool:
         for notice_id, message in backlog.notices():

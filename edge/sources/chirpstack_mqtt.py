@@ -140,18 +140,19 @@ class ChirpStackSource:
             backoff.reset()
             self.connected.set()
             why: str | None = None
+            level = logging.WARNING
             try:
                 self._session(sub, stop)
             except ConnectionRefused as exc:
-                why = f"refused: {exc}"
+                why, level = str(exc), logging.ERROR  # the broker's ACL needs an operator
             except ProtocolError as exc:
                 self.protocol_errors += 1
-                why = f"broke the MQTT protocol ({exc})"
+                why = f"it broke the MQTT protocol: {exc}"
             except (ConnectionError, OSError) as exc:
-                why = f"lost: {exc}"
+                why = str(exc)
             except Exception as exc:  # a bug must not stop intake; the broker redelivers
                 log.exception("ChirpStack source failed unexpectedly; reconnecting.")
-                why = f"failed: {type(exc).__name__}"
+                why = f"{type(exc).__name__} in the source"
             finally:
                 self.connected.clear()
                 sub.close()
@@ -162,7 +163,8 @@ class ChirpStackSource:
                     # The broker is fine but the buffer is not: wait longer each time (capped).
                     delay = max(delay, min(30.0, self.cfg.mqtt.reconnect_min_s * 2 ** min(self.store_failures, 8)))
                 # One line per lost connection: what happened and when we try again.
-                log.warning("ChirpStack broker %s %s; reconnecting in %.1f s.", url, why or "connection ended", delay)
+                log.log(level, "Lost ChirpStack broker %s (%s); reconnecting in %.1f s.", url,
+                        why or "session ended", delay)
                 stop.wait(delay)
 
     def _session(self, sub: MqttSubscriber, stop: threading.Event) -> None:

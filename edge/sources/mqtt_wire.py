@@ -29,6 +29,8 @@ from edge.config import MqttEndpoint
 from edge.mqtt import tls_context
 
 CONNACK, PUBLISH, SUBACK, PINGRESP, DISCONNECT = 2, 3, 9, 13, 14
+_KINDS = ("reserved 0", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL", "PUBCOMP", "SUBSCRIBE",
+          "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP", "DISCONNECT", "AUTH")
 READ_SIZE = 64 * 1024  # one recv; with the largest packet this bounds what is ever buffered
 
 
@@ -108,9 +110,9 @@ def _decode5(data: memoryview) -> _Packet:
     except (KeyboardInterrupt, SystemExit, MemoryError):
         raise
     except BaseException as exc:  # noqa: BLE001 - the Rust codec may raise anything, even a panic
-        raise ProtocolError(f"malformed packet type {data[0] >> 4}: {exc}") from None
+        raise ProtocolError(f"malformed {_KINDS[data[0] >> 4]}: {exc}") from None
     if used != len(data):
-        raise ProtocolError(f"malformed packet type {data[0] >> 4}: {len(data) - used} bytes past its content")
+        raise ProtocolError(f"malformed {_KINDS[data[0] >> 4]}: {len(data) - used} bytes past its content")
     if isinstance(packet, mqtt5.PublishPacket):
         if packet.topic_alias is not None:
             raise ProtocolError("PUBLISH with a topic alias, but we allow none (Topic Alias Maximum 0)")
@@ -128,7 +130,7 @@ def _decode5(data: memoryview) -> _Packet:
         return _PINGRESP
     if isinstance(packet, mqtt5.DisconnectPacket):
         return _Disconnect(int(packet.reason_code), packet.reason_str or packet.reason_code.name.lower())
-    raise ProtocolError(f"unexpected {type(packet).__name__} from the broker")
+    raise ProtocolError(f"unexpected {_KINDS[data[0] >> 4]} from the broker")
 
 
 def _decode311(header: int, body: bytes) -> _Packet:
@@ -152,8 +154,8 @@ def _decode311(header: int, body: bytes) -> _Packet:
         if kind == PINGRESP and flags == 0 and not body:
             return _PINGRESP
     except (MalformedPacket, UnicodeDecodeError, struct.error, ValueError, IndexError) as exc:
-        raise ProtocolError(f"malformed packet type {kind}: {exc}") from None
-    raise ProtocolError(f"unexpected packet type {kind} (flags {flags:#x}, {len(body)} bytes) from the broker")
+        raise ProtocolError(f"malformed {_KINDS[kind]}: {exc}") from None
+    raise ProtocolError(f"unexpected {_KINDS[kind]} (flags {flags:#x}, {len(body)} bytes) from the broker")
 
 
 def _string(s: str | bytes) -> bytes:
@@ -209,6 +211,7 @@ class MqttSubscriber:
         self._ping_sent: float | None = None
         self._sub_mid = 0
         self._topic = ""
+        self._failure: ConnectionError | None = None  # raised by the next poll
         self._suback_due: float | None = None  # while the SUBACK is outstanding
         self._early: list[Publish] = []  # PUBLISHes read while waiting for the SUBACK in connect()
 
@@ -318,10 +321,22 @@ class MqttSubscriber:
                 broke the protocol (ProtocolError) or refused the subscription (ConnectionRefused).
         """
         sock = self._require()
+        if self._failure is not None:
+            raise self._failure
         out: list[Publish] = []
         if self._early:
             out, self._early = self._early[:limit], self._early[limit:]
-        deadline = time.monotonic() + timeout
+        try:
+            self._fill(sock, out, limit, time.monotonic() + timeout)
+        except ConnectionError as exc:
+            if not out:
+                raise
+            # The good messages before the failure go to the caller first (to be committed, not
+            # acknowledged); the next poll raises.
+            self._failure = exc
+        return out
+
+    def _fill(self, sock: socket.socket, out: list[Publish], limit: int, deadline: float) -> None:
         while len(out) < limit:
             packet = self._next_buffered()
             if packet is not None:
@@ -343,7 +358,6 @@ class MqttSubscriber:
             if not self._recv():
                 break  # TLS: a record not yet complete
         self._timers(idle=False)
-        return out
 
     def _recv(self) -> bool:
         sock = self._require()

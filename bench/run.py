@@ -422,9 +422,14 @@ class Bench:
 
     def run_ingest(self) -> None:
         """rss_mb_ingest_backlog: a backlog queued at A for the edge's persistent session, then `edge run`."""
+        emit("rss_mb_ingest_backlog", self.ingest(ROOT))
+        if self.baseline_rev:
+            emit("rss_mb_ingest_backlog_baseline", self.ingest(self.baseline()) + f"; --baseline {self.baseline_rev}")
+
+    def ingest(self, root: Path) -> str:
         figures = []
         for n in self.sizes.ingest:
-            name = f"ingest-{n // 1000}k"
+            name = f"ingest-{n // 1000}k-{'base' if root != ROOT else 'tree'}"
             buffer = self.wd / name / "buffer.sqlite"
             a = Broker(f"a-{name}", self.wd)
             a.start()
@@ -432,14 +437,14 @@ class Bench:
                 # Upstream B stays down: the figure is the ingest's alone (the drain has its own lines).
                 cfg = self.edge_config(name, a_url=f"mqtt://127.0.0.1:{a.port}",
                                        b_url=f"mqtt://127.0.0.1:{free_port()}", buffer=buffer)
-                edge, _ = self.start_edge(f"edge-{name}-session", cfg)  # creates the persistent session
+                edge, _ = self.start_edge(f"edge-{name}-session", cfg, root=root)  # the persistent session
                 edge.stop()
                 feed = self.feed(f"feed-{name}", a.port, n, self.next_seed(), devices=self.sizes.ingest_devices)
                 note(f"{name}: queueing {n} uplinks from {self.sizes.ingest_devices} devices at A (edge stopped)")
                 feed.send("go")
                 feed.wait_line("done", 120 + n / 500)
                 feed.stop()
-                edge, log = self.start_edge(f"edge-{name}", cfg)
+                edge, log = self.start_edge(f"edge-{name}", cfg, root=root)
                 t0 = time.monotonic()
                 end = t0 + 120 + n / 500
                 while buffer_count(buffer) < n and time.monotonic() < end:
@@ -456,7 +461,8 @@ class Bench:
                 figures.append(f"{n // 1000}k {hwm:.1f} MiB ({n / seconds:.0f}/s)")
             finally:
                 a.stop()
-        emit("rss_mb_ingest_backlog", ", ".join(figures) + f"; {self.sizes.ingest_devices} devices, upstream down")
+            shutil.rmtree(buffer.parent, ignore_errors=True)
+        return ", ".join(figures) + f"; {self.sizes.ingest_devices} devices, upstream down"
 
     def run_source(self) -> None:
         """source_cpu_us_per_msg_*: the subscriber candidates drain the same queued backlog, each in its own process."""

@@ -191,6 +191,62 @@ def _subscribe311(mid: int, topic: str) -> bytes:
     return b"\x82" + _varint(len(body)) + body
 
 
+class PacketReader:
+    """The read path: splits the broker's byte stream into packets and decodes them.
+
+    It holds at most one partial packet (never more than `max_packet_size`) plus what one read
+    brought; the caller decides when to read more.
+    """
+
+    def __init__(self, v5: bool, max_packet_size: int) -> None:
+        self.v5 = v5
+        self.max_packet_size = max_packet_size
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Append bytes read from the socket."""
+        self.buf += data
+
+    def next(self) -> _Packet | None:
+        """Take the next complete packet out of the buffer, decoded; None if there is none yet.
+
+        Raises:
+            ProtocolError: the packet is malformed or too large.
+            ConnectionRefused: a CONNACK with a failure reason.
+        """
+        buf = self.buf
+        if not buf:
+            return None
+        where = frame(buf, 0, self.max_packet_size)
+        if where is None:
+            return None
+        start, length = where
+        end = start + length
+        if self.v5:
+            with memoryview(buf) as view, view[:end] as data:
+                packet = _decode5(data)
+        else:
+            packet = _decode311(buf[0], bytes(buf[start:end]))
+        del buf[:end]
+        return packet
+
+
+def check_publish(pub: Publish) -> Publish:
+    """`pub` if the broker may send it on our QoS 1 subscription.
+
+    Raises:
+        ProtocolError: QoS 2 or 3 (§3.8.4, §3.3.1.2), packet id 0 (§2.3.1), or a topic name that
+            is empty or holds wildcards or NUL (§4.7).
+    """
+    if pub.qos not in (0, 1):
+        raise ProtocolError(f"PUBLISH with QoS {pub.qos} on a QoS 1 subscription")
+    if pub.qos and not pub.mid:
+        raise ProtocolError("PUBLISH with packet id 0")
+    if not pub.topic or "+" in pub.topic or "#" in pub.topic or "\x00" in pub.topic:
+        raise ProtocolError(f"PUBLISH with an invalid topic name {pub.topic[:80]!r}")
+    return pub
+
+
 class MqttSubscriber:
     """One connection to a broker; create a new one for every (re)connect."""
 
@@ -205,7 +261,7 @@ class MqttSubscriber:
         self.granted: Granted | None = None
         self.keepalive_s = endpoint.keepalive_s
         self._sock: socket.socket | None = None
-        self._buf = bytearray()
+        self._reader = PacketReader(self.v5, max_packet_size)
         self._last_sent = time.monotonic()
         self._last_received = time.monotonic()
         self._ping_sent: float | None = None
@@ -284,7 +340,7 @@ class MqttSubscriber:
             if isinstance(packet, Publish):
                 # A resumed session's queued messages may come before the SUBACK: stop waiting and
                 # let poll() take them (and the SUBACK after them) at the pace of the commits.
-                self._early.append(self._check_publish(packet))
+                self._early.append(check_publish(packet))
                 break
             self._dispatch(packet)
         sock.setblocking(False)
@@ -338,10 +394,10 @@ class MqttSubscriber:
 
     def _fill(self, sock: socket.socket, out: list[Publish], limit: int, deadline: float) -> None:
         while len(out) < limit:
-            packet = self._next_buffered()
+            packet = self._reader.next()
             if packet is not None:
                 if isinstance(packet, Publish):
-                    out.append(self._check_publish(packet))
+                    out.append(check_publish(packet))
                 else:
                     self._dispatch(packet)
                 continue
@@ -367,34 +423,16 @@ class MqttSubscriber:
             return False
         if not chunk:
             raise ConnectionError("the broker closed the connection")
-        self._buf += chunk
+        self._reader.feed(chunk)
         self._last_received = time.monotonic()
         self._ping_sent = None  # any packet shows the broker is alive
         return True
-
-    def _next_buffered(self) -> _Packet | None:
-        """Take the next complete packet out of the buffer, decoded; None if there is none."""
-        buf = self._buf
-        if not buf:
-            return None
-        where = frame(buf, 0, self.max_packet_size)
-        if where is None:
-            return None
-        start, length = where
-        end = start + length
-        if self.v5:
-            with memoryview(buf) as view, view[:end] as data:
-                packet = _decode5(data)
-        else:
-            packet = _decode311(buf[0], bytes(buf[start:end]))
-        del buf[:end]
-        return packet
 
     def _blocking_packet(self, deadline: float) -> _Packet:
         """Read one packet during the handshake (blocking, bounded by the connect timeout)."""
         sock = self._require()
         while True:
-            packet = self._next_buffered()
+            packet = self._reader.next()
             if packet is not None:
                 return packet
             left = deadline - time.monotonic()
@@ -404,18 +442,7 @@ class MqttSubscriber:
             chunk = sock.recv(READ_SIZE)
             if not chunk:
                 raise ConnectionError("the broker closed the connection during the handshake")
-            self._buf += chunk
-
-    def _check_publish(self, pub: Publish) -> Publish:
-        # We subscribe with QoS 1, so the broker may send QoS 0 or 1 only (§3.8.4); a QoS 1
-        # PUBLISH needs a non-zero packet id (§2.3.1); QoS 3 is malformed (§3.3.1.2).
-        if pub.qos not in (0, 1):
-            raise ProtocolError(f"PUBLISH with QoS {pub.qos} on a QoS 1 subscription")
-        if pub.qos and not pub.mid:
-            raise ProtocolError("PUBLISH with packet id 0")
-        if not pub.topic or "+" in pub.topic or "#" in pub.topic or "\x00" in pub.topic:
-            raise ProtocolError(f"PUBLISH with an invalid topic name {pub.topic[:80]!r}")
-        return pub
+            self._reader.feed(chunk)
 
     def _dispatch(self, packet: _Packet) -> None:
         """Handle a packet that is not a PUBLISH."""

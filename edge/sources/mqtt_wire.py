@@ -223,6 +223,14 @@ class PacketReader:
         start, length = where
         end = start + length
         if self.v5:
+            if buf[0] >> 4 == PUBLISH and length >= 2:
+                # mqtt5 0.8 panics (caught, but with a Rust backtrace on stderr) on a topic that is
+                # not UTF-8; the most likely such string is checked first so it stays one WARNING.
+                topic = bytes(buf[start + 2:start + 2 + (buf[start] << 8 | buf[start + 1])])
+                try:
+                    topic.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ProtocolError(f"malformed PUBLISH: topic name is not UTF-8 ({exc.reason})") from None
             with memoryview(buf) as view, view[:end] as data:
                 packet = _decode5(data)
         else:

@@ -49,6 +49,7 @@ class Conn:
     buf: bytearray = field(default_factory=bytearray)
     sent: dict[int, bytes] = field(default_factory=dict)  # packet id -> payload of PUBLISHes sent
     pings: list[float] = field(default_factory=list)
+    disconnect: bytes | None = None  # body of the client's DISCONNECT, once it came
 
     def send(self, data: bytes, *, byte_by_byte: bool = False) -> None:
         """Send raw bytes (one at a time if asked, each in its own TCP segment)."""
@@ -124,6 +125,7 @@ class Conn:
                 mid = int.from_bytes(body[:2], "big")
                 self.broker.acked.append(self.sent.get(mid, f"unknown id {mid}".encode()))
             elif header == 0xE0:
+                self.disconnect = body
                 return
 
 

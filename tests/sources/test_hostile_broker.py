@@ -102,6 +102,8 @@ HOSTILE: dict[str, tuple[Callable[[bool], bytes], str]] = {
     "QoS 3": (_qos3, "QoS"),
     "packet id 0": (_id0, "packet id 0"),
     "200 MB announced": (lambda v5: bytes([0x32]) + varint(200 * 2**20) + b"\x00" * 65536, "maximum packet size"),
+    "topic not UTF-8": (lambda v5: packet(0x32, b"\x00\x03a\xff/\x00\x07" + (b"\x00" if v5 else b"") + b"x"),
+                        "not UTF-8|malformed PUBLISH"),
     "CONNACK after the handshake": (lambda v5: b"\x20\x02\x00\x00", "CONNACK"),
     "PUBREL although we never take QoS 2": (lambda v5: b"\x62\x02\x00\x05", "PUBREL"),
 }

@@ -239,7 +239,8 @@ class Bench:
             if olds:
                 old = max(olds, key=lambda r: r["rate"])
                 emit("cpu_us_per_uplink_baseline", f"{old['cpu_us']:.0f} (e2e {old['rate']:.0f}/s, ratio"
-                     f" {old['rate'] / relay['rate']:.2f}; edge/ of --baseline {self.baseline_rev})")
+                     f" {old['rate'] / relay['rate']:.2f}, {old['messages']:.0f} messages;"
+                     f" edge/ of --baseline {self.baseline_rev})")
             emit("disk_bytes_written_per_uplink", f"{best['disk']:.0f}")
 
     def build_backlog(self, name: str, n: int) -> Path:
@@ -445,6 +446,7 @@ class Bench:
                 feed.wait_line("done", 120 + n / 500)
                 feed.stop()
                 edge, log = self.start_edge(f"edge-{name}", cfg, root=root)
+                before = proc_sample(edge.pid)
                 t0 = time.monotonic()
                 end = t0 + 120 + n / 500
                 while buffer_count(buffer) < n and time.monotonic() < end:
@@ -454,11 +456,12 @@ class Bench:
                 seconds = time.monotonic() - t0
                 stored = buffer_count(buffer)
                 hwm = vm_hwm_mb(edge.pid)
+                cpu_us = (proc_sample(edge.pid).cpu_s - before.cpu_s) / n * 1e6
                 edge.stop()
                 if stored < n:
                     raise RuntimeError(f"{name}: only {stored} of {n} queued uplinks stored; peak {hwm:.1f} MiB")
-                note(f"{name}: stored {n} in {seconds:.1f} s, VmHWM {hwm:.1f} MiB")
-                figures.append(f"{n // 1000}k {hwm:.1f} MiB ({n / seconds:.0f}/s)")
+                note(f"{name}: stored {n} in {seconds:.1f} s, VmHWM {hwm:.1f} MiB, {cpu_us:.0f} us CPU per uplink")
+                figures.append(f"{n // 1000}k {hwm:.1f} MiB ({n / seconds:.0f}/s, {cpu_us:.0f} us CPU each)")
             finally:
                 a.stop()
             shutil.rmtree(buffer.parent, ignore_errors=True)

@@ -4,7 +4,10 @@ The subscriber uses a fixed client id and a persistent session (v5: clean start 
 session expiry; v3.1.1: clean session off) and subscribes with QoS 1, so the broker keeps events
 while the gateway is down. PUBACK is sent only after the `handle` callback has returned for the
 batch holding the message, i.e. after the buffer committed it. A batch closes after `batch_max`
-messages (also the receive maximum announced to the broker) or `batch_ms`, whichever is first.
+messages (also the receive maximum announced to the broker) or `batch_ms`, whichever is first,
+and the socket is read only while the batch has room: a backlog queued at the broker stays there
+(TCP back-pressure) instead of in memory. A broken connection, a protocol error or a bug ends in
+one log line and a reconnect with backoff; the thread only ends when `stop` is set.
 """
 
 from __future__ import annotations
@@ -135,6 +138,12 @@ class ChirpStackSource:
             except (OSError, ValueError) as exc:
                 delay = backoff.next()
                 log.warning("Cannot connect to ChirpStack broker %s (%s); retrying in %.1f s.", url, exc, delay)
+                stop.wait(delay)
+                continue
+            except Exception:  # a bug must not stop intake for good
+                delay = backoff.next()
+                log.exception("Connecting to ChirpStack broker %s failed unexpectedly; retrying in %.1f s.", url,
+                              delay)
                 stop.wait(delay)
                 continue
             backoff.reset()

@@ -123,7 +123,10 @@ class Conn:
                     self.send(b"\xd0\x00")
             elif header == 0x40:
                 mid = int.from_bytes(body[:2], "big")
-                self.broker.acked.append(self.sent.get(mid, f"unknown id {mid}".encode()))
+                payload = self.sent.get(mid, f"unknown id {mid}".encode())
+                if payload not in self.broker.committed:
+                    self.broker.early.append(payload)  # acknowledged before its commit returned
+                self.broker.acked.append(payload)
             elif header == 0xE0:
                 self.disconnect = body
                 return
@@ -148,6 +151,8 @@ class ScriptedBroker:
         self.port: int = self.listener.getsockname()[1]
         self.conns: list[Conn] = []
         self.acked: list[bytes] = []  # payloads whose PUBACK came, in order
+        self.committed: list[bytes] = []  # what the client under test committed (the test fills it)
+        self.early: list[bytes] = []  # payloads acknowledged before they were in `committed`
         self.errors: list[BaseException] = []
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()

@@ -44,6 +44,7 @@ class Running:
         assert not self.thread.is_alive()
         # Nothing acknowledged that was not committed first.
         assert set(self.broker.acked) <= set(self.committed)
+        assert not self.broker.early
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def start(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Running]]:
             mqtt=MqttEndpoint(url=broker.url, client_id="hostile", protocol=protocol, keepalive_s=keepalive_s,
                               reconnect_min_s=0.05, reconnect_max_s=0.1),
             session_expiry_s=CONFIGURED_EXPIRY, max_packet_size_kb=max_packet_size_kb)
-        committed: list[bytes] = []
+        committed = broker.committed
 
         def handle(batch: list[Message]) -> None:
             committed.extend(m.payload for m in batch)

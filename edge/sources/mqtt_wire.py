@@ -271,7 +271,6 @@ class MqttSubscriber:
         self._sock: socket.socket | None = None
         self._reader = PacketReader(self.v5, max_packet_size)
         self._last_sent = time.monotonic()
-        self._last_received = time.monotonic()
         self._ping_sent: float | None = None
         self._sub_mid = 0
         self._topic = ""
@@ -432,7 +431,6 @@ class MqttSubscriber:
         if not chunk:
             raise ConnectionError("the broker closed the connection")
         self._reader.feed(chunk)
-        self._last_received = time.monotonic()
         self._ping_sent = None  # any packet shows the broker is alive
         return True
 

@@ -42,7 +42,9 @@ Handler = Callable[[list[Message]], None]
 class ChirpStackSource:
     """The ChirpStack MQTT source; `run` blocks until `stop` is set."""
 
-    def __init__(self, cfg: ChirpStackConfig, handle: Handler, *, batch_max: int, batch_ms: int) -> None:
+    def __init__(self, cfg: ChirpStackConfig, handle: Handler, *, batch_max: int, batch_ms: int,
+                 expect_session: bool = False) -> None:
+        """`expect_session`: the broker should already hold our session (e.g. the buffer shows an earlier run)."""
         self.cfg = cfg
         self.handle = handle
         self.batch_max = batch_max
@@ -55,7 +57,7 @@ class ChirpStackSource:
         self.keepalive_s = cfg.mqtt.keepalive_s  # in force: the broker's Server Keep Alive wins
         self.granted_session_expiry_s: int | None = None  # from the last CONNACK (MQTT 5)
         # After a session was set up, a reconnect that finds none means the broker lost what it queued.
-        self._session_expected = False
+        self._session_expected = expect_session and (cfg.mqtt.protocol != "5" or cfg.session_expiry_s > 0)
 
     def _connect(self) -> MqttSubscriber:
         cfg = self.cfg
@@ -70,7 +72,7 @@ class ChirpStackSource:
                  cfg.mqtt.client_id, present)
         self._check_grant(sub)
         if self._session_expected and not present:
-            log.warning("ChirpStack broker %s had no session for %s on reconnect: events queued there while we"
+            log.warning("ChirpStack broker %s had no session for %s: events queued there while we"
                         " were disconnected may be lost (session expired, taken over, or the broker restarted"
                         " without persistence).", cfg.mqtt.url, cfg.mqtt.client_id)
         # This connection set a session up (3.1.1: clean session off; 5: a non-zero expiry).

@@ -53,7 +53,7 @@ def start(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Running]]:
     running: list[Running] = []
 
     def make(scripts: list[Callable[[Conn], None]], *, protocol: str = "5", keepalive_s: int = 30,
-             max_packet_size_kb: int = 256) -> Running:
+             max_packet_size_kb: int = 256, expect_session: bool = False) -> Running:
         broker = ScriptedBroker(scripts)
         cfg = ChirpStackConfig(
             mqtt=MqttEndpoint(url=broker.url, client_id="hostile", protocol=protocol, keepalive_s=keepalive_s,
@@ -64,7 +64,7 @@ def start(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Running]]:
         def handle(batch: list[Message]) -> None:
             committed.extend(m.payload for m in batch)
 
-        source = ChirpStackSource(cfg, handle, batch_max=50, batch_ms=10)
+        source = ChirpStackSource(cfg, handle, batch_max=50, batch_ms=10, expect_session=expect_session)
         stop = threading.Event()
         thread = threading.Thread(target=source.run, args=(stop,), daemon=True)
         thread.start()
@@ -293,4 +293,18 @@ def test_broker_disconnect_with_reason_is_one_warning(start, caplog):
     run.wait(lambda: b"after-1" in run.broker.acked)
     loud = _loud(caplog)
     assert len(loud) == 1 and "0x8b" in loud[0].getMessage()
+    run.finish()
+
+
+def test_first_connect_without_an_expected_session_warns(start, caplog):
+    """After a restart the caller may know a session should exist (the buffer holds earlier uplinks)."""
+    def script(conn: Conn) -> None:
+        conn.handshake(session_present=False)
+        conn.publish(1, b"one")
+        conn.serve()
+
+    run = start([script], expect_session=True)
+    run.wait(lambda: b"one" in run.broker.acked)
+    loud = _loud(caplog)
+    assert len(loud) == 1 and "no session" in loud[0].getMessage() and "may be lost" in loud[0].getMessage()
     run.finish()

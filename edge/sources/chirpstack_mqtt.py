@@ -54,6 +54,7 @@ class ChirpStackSource:
         self.store_failures = 0  # batches in a row the buffer could not store
         self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
         self.protocol_errors = 0  # connections dropped because the broker broke the protocol
+        self._broken_streak = 0  # of those, in a row without a committed batch in between
         self.keepalive_s = cfg.mqtt.keepalive_s  # in force: the broker's Server Keep Alive wins
         self.granted_session_expiry_s: int | None = None  # from the last CONNACK (MQTT 5)
         # After a session was set up, a reconnect that finds none means the broker lost what it queued.
@@ -158,6 +159,7 @@ class ChirpStackSource:
                 why, level = str(exc), logging.ERROR  # the broker's ACL needs an operator
             except ProtocolError as exc:
                 self.protocol_errors += 1
+                self._broken_streak += 1
                 why = f"it broke the MQTT protocol: {exc}"
             except (ConnectionError, OSError) as exc:
                 why = str(exc)
@@ -173,6 +175,11 @@ class ChirpStackSource:
                 if self.store_failures:
                     # The broker is fine but the buffer is not: wait longer each time (capped).
                     delay = max(delay, min(30.0, self.cfg.mqtt.reconnect_min_s * 2 ** min(self.store_failures, 8)))
+                if self._broken_streak:
+                    # A broker that breaks the protocol right after accepting us would otherwise be
+                    # reconnected to at the minimum delay forever: back off until a batch gets through.
+                    delay = max(delay, min(self.cfg.mqtt.reconnect_max_s,
+                                           self.cfg.mqtt.reconnect_min_s * 2 ** min(self._broken_streak, 8)))
                 # One line per lost connection: what happened and when we try again.
                 log.log(level, "Lost ChirpStack broker %s (%s); reconnecting in %.1f s.", url,
                         why or "session ended", delay)
@@ -198,6 +205,7 @@ class ChirpStackSource:
                     if not self._commit(batch):
                         raise ConnectionError("the buffer could not store the batch")
                     sub.ack(acks)
+                    self._broken_streak = 0
                     batch, acks = [], []
         finally:
             # Commit what was received; it is not acknowledged on this connection (packet ids

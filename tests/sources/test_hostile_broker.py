@@ -53,11 +53,11 @@ def start(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Running]]:
     running: list[Running] = []
 
     def make(scripts: list[Callable[[Conn], None]], *, protocol: str = "5", keepalive_s: int = 30,
-             max_packet_size_kb: int = 256, expect_session: bool = False) -> Running:
+             max_packet_size_kb: int = 256, expect_session: bool = False, reconnect_max_s: float = 0.1) -> Running:
         broker = ScriptedBroker(scripts)
         cfg = ChirpStackConfig(
             mqtt=MqttEndpoint(url=broker.url, client_id="hostile", protocol=protocol, keepalive_s=keepalive_s,
-                              reconnect_min_s=0.05, reconnect_max_s=0.1),
+                              reconnect_min_s=0.05, reconnect_max_s=reconnect_max_s),
             session_expiry_s=CONFIGURED_EXPIRY, max_packet_size_kb=max_packet_size_kb)
         committed = broker.committed
 
@@ -307,4 +307,20 @@ def test_first_connect_without_an_expected_session_warns(start, caplog):
     run.wait(lambda: b"one" in run.broker.acked)
     loud = _loud(caplog)
     assert len(loud) == 1 and "no session" in loud[0].getMessage() and "may be lost" in loud[0].getMessage()
+    run.finish()
+
+
+def test_a_broker_that_keeps_breaking_the_protocol_is_backed_off(start, caplog):
+    def bad(conn: Conn) -> None:
+        conn.handshake(session_present=True)
+        conn.send(_qos3(conn.v5))
+        conn.serve()
+
+    run = start([bad] * 5, reconnect_max_s=0.4)
+    run.wait(lambda: b"after-5" in run.broker.acked)
+    delays = [float(re.search(r"reconnecting in ([0-9.]+) s", r.getMessage()).group(1))  # type: ignore[union-attr]
+              for r in _loud(caplog)]
+    assert len(delays) == 5
+    assert delays == sorted(delays) and delays[-1] == 0.4  # doubling from 0.05 per failure, capped
+    assert run.source.protocol_errors == 5
     run.finish()

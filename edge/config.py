@@ -77,6 +77,7 @@ class ChirpStackConfig:
     mqtt: MqttEndpoint
     topic: str = "application/+/device/+/event/+"
     session_expiry_s: int = 30 * 24 * 3600
+    max_packet_size_kb: int = 256
     api_url: str = ""
     api_token_file: str = ""
     tenant_id: str = ""
@@ -375,6 +376,15 @@ class _Reader:
             self.problems.append(f"{self.key(name)}: unknown key{hint}")
 
 
+def _ranged(r: _Reader, name: str, default: int, low: int, high: int, why: str) -> int:
+    """An integer key that the protocol bounds; out of range is a problem naming the range and why."""
+    value: int = r.get(name, int, default)
+    if not low <= value <= high:
+        r.problems.append(f"{r.key(name)}: must be {low} to {high} ({why}), got {value}")
+        return default
+    return value
+
+
 def _check_file(r: _Reader, name: str, value: str) -> None:
     if value and not Path(value).is_file():
         r.problems.append(f"{r.key(name)}: file {value!r} does not exist")
@@ -406,7 +416,7 @@ def _mqtt(r: _Reader, url_key: str, default_client: str, edge_id: str) -> MqttEn
         cert_file=r.get("cert_file", str, ""),
         key_file=r.get("key_file", str, ""),
         protocol=str(r.get("protocol", (str, int), "5")),
-        keepalive_s=r.positive("keepalive_s", int, 30),
+        keepalive_s=_ranged(r, "keepalive_s", 30, 0, 65535, "MQTT keeps it in two bytes; 0 turns it off"),
         reconnect_min_s=r.positive("reconnect_min_s", float, 0.5),
         reconnect_max_s=r.positive("reconnect_max_s", float, 10.0),
     )
@@ -493,7 +503,10 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
     chirpstack = ChirpStackConfig(
         mqtt=_mqtt(cs, "mqtt_url", "lorawan-edge-{edge_id}", edge_id),
         topic=_topic_filter(cs, "topic", "application/+/device/+/event/+"),
-        session_expiry_s=cs.positive("session_expiry_s", int, 30 * 24 * 3600),
+        session_expiry_s=_ranged(cs, "session_expiry_s", 30 * 24 * 3600, 0, 2**32 - 1,
+                                 "MQTT 5 keeps it in four bytes"),
+        max_packet_size_kb=_ranged(cs, "max_packet_size_kb", 256, 1, 262143,
+                                   "MQTT's largest packet is 256 MiB; ChirpStack events are 1-2 KB"),
         api_url=cs.get("api_url", str, ""),
         api_token_file=cs.get("api_token_file", str, ""),
         tenant_id=cs.get("tenant_id", str, ""),

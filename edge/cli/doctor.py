@@ -20,6 +20,8 @@ from typing import Any
 
 import click
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.cli import CONFIG_OPTION
 from edge.cli.text import echo
@@ -162,8 +164,11 @@ def _check_network(r: _Report, label: str, section: str, ep: MqttEndpoint | _End
 class _Session:
     """A short MQTT connection under a throwaway client id, so the service's own session is never taken over."""
 
-    def __init__(self, ep: MqttEndpoint) -> None:
+    def __init__(self, ep: MqttEndpoint, session_expiry_s: int = 0) -> None:
         self.ep = replace(ep, client_id=f"{ep.client_id}-doctor")
+        # MQTT 5: ask for the service's session expiry to learn what the broker grants (dropped again at close).
+        self.expiry = session_expiry_s if ep.protocol == "5" else 0
+        self.granted_expiry: int | None = None
         self.client = make_client(self.ep, clean=True)
         self.client.connect_timeout = NET_TIMEOUT
         self.connack = threading.Event()
@@ -172,19 +177,23 @@ class _Session:
         self.pubacks: dict[int, Any] = {}
         self.messages: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
         self.client.on_connect = self._on_connect
+        self.gone = threading.Event()
+        self.client.on_disconnect = lambda *args: self.gone.set()
         self.client.on_subscribe = lambda c, u, mid, codes, p: self.subacks.__setitem__(mid, list(codes))
         self.client.on_publish = lambda c, u, mid, code, p: self.pubacks.__setitem__(mid, code)
         self.client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload), time.time()))
 
     def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: Any, props: object) -> None:
         self.reason = reason
+        self.granted_expiry = getattr(props, "SessionExpiryInterval", None)
         self.connack.set()
 
     def open(self) -> str:
         """Connect and wait for CONNACK; returns '' when accepted, else what went wrong."""
         try:
             if self.ep.protocol == "5":
-                self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s, clean_start=True)
+                self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s, clean_start=True,
+                                    properties=_expiry(PacketTypes.CONNECT, self.expiry) if self.expiry else None)
             else:
                 self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s)
         except (OSError, ValueError) as exc:
@@ -203,13 +212,21 @@ class _Session:
 
     def close(self) -> None:
         """Disconnect; the clean session leaves nothing behind at the broker."""
-        self.client.disconnect()
+        self.client.disconnect(properties=_expiry(PacketTypes.DISCONNECT, 0) if self.expiry else None)
+        if self.expiry and self.client.is_connected():
+            self.gone.wait(MQTT_TIMEOUT)  # the DISCONNECT must go out, or our session would stay that long
         self.client.loop_stop()
 
 
-def _check_mqtt(r: _Report, label: str, section: str, ep: MqttEndpoint) -> _Session | None:
+def _expiry(packet_type: int, seconds: int) -> Any:
+    props = Properties(packet_type)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = seconds
+    return props
+
+
+def _check_mqtt(r: _Report, label: str, section: str, ep: MqttEndpoint, expiry: int = 0) -> _Session | None:
     try:
-        session = _Session(ep)
+        session = _Session(ep, expiry)
     except (OSError, ssl.SSLError) as exc:
         # Typically a technician running doctor as a user who cannot read the service's 0600 secrets.
         r.add(f"{label} mqtt", "FAIL", f"cannot read the password or TLS files: {_why(exc)}",
@@ -246,8 +263,13 @@ def _check_chirpstack(r: _Report, cfg: Config, listen: float) -> float | None:
     from edge.sources.chirpstack_events import parse
 
     ep, topic = cfg.chirpstack.mqtt, cfg.chirpstack.topic
-    session = _check_mqtt(r, "chirpstack", "chirpstack", ep) if _check_network(r, "chirpstack", "chirpstack", ep) \
-        else None
+    want = cfg.chirpstack.session_expiry_s
+    session = _check_mqtt(r, "chirpstack", "chirpstack", ep, want) \
+        if _check_network(r, "chirpstack", "chirpstack", ep) else None
+    if session is not None and session.granted_expiry is not None and session.granted_expiry < want:
+        r.add("chirpstack session", "WARN", f"the broker grants a session expiry of {session.granted_expiry} s,"
+              f" shorter than the {want} s configured: events queued during a longer outage are lost",
+              "raise the broker's session expiry limit, or set chirpstack.session_expiry_s to what it grants")
     message, started = None, time.monotonic()
     if session is not None:
         # QoS 0 on a clean session: the broker queues nothing for us and nothing is acknowledged

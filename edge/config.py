@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,11 @@ class DecodingConfig:
     codec_paths: tuple[str, ...] = ()
     js_time_limit_ms: int = 100
     js_memory_limit_mb: int = 16
+    # Device profile name or id -> field map key (`ttn:elsys/elsys`) for ChirpStack's `object`
+    # and the profile's own JS codec (docs/field-maps.md).
+    object_maps: Mapping[str, str] = field(default_factory=dict)
+    # Folders of more field maps (YAML), beside the package's and plugins' maps.
+    map_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -446,7 +453,12 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         codec_paths=dec.strings("codec_paths"),
         js_time_limit_ms=dec.positive("js_time_limit_ms", int, 100),
         js_memory_limit_mb=dec.positive("js_memory_limit_mb", int, 16),
+        object_maps=_object_maps(dec.get("object_maps", dict, {}), problems),
+        map_paths=dec.strings("map_paths"),
     )
+    for i, map_path in enumerate(decoding.map_paths):
+        if not Path(map_path).is_dir():
+            problems.append(f"decoding.map_paths[{i}]: {map_path!r} is not a folder")
     for i, codec_path in enumerate(decoding.codec_paths):
         if not Path(codec_path).exists():
             problems.append(f"decoding.codec_paths[{i}]: {codec_path!r} does not exist")
@@ -644,6 +656,18 @@ def _ngsi_ld(parent: _Reader) -> NgsiLdConfig:
         r.problems.append(f"{r.key('climate_type')}: must be IndoorEnvironmentObserved or WeatherObserved")
     r.done()
     return cfg
+
+
+def _object_maps(raw: Mapping[str, Any], problems: list[str]) -> dict[str, str]:
+    """decoding.object_maps: profile name or id -> `<catalogue>:<id>` of a field map."""
+    out: dict[str, str] = {}
+    for profile, key in raw.items():
+        if not isinstance(key, str) or not re.match(r"^(ttn|chirpstack|native|object):[^\s:]+$", key):
+            problems.append(f"decoding.object_maps.{profile}: {key!r} is not a field map key like"
+                            " \"ttn:elsys/elsys\" (<catalogue>:<id>, catalogue ttn, chirpstack, native or object)")
+            continue
+        out[str(profile)] = key
+    return out
 
 
 def load_config(path: str | Path) -> Config:

@@ -355,8 +355,10 @@ class Buffer:
                 db.executemany(f"UPDATE uplinks SET status = {_SUPERSEDED} WHERE id = ?",
                                [(i,) for i in batch.supersedes])
             if batch.counts:
-                db.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
-                               [(n, name) for name, n in batch.counts.items()])
+                # An upsert: per-codec counters (`unmapped:<codec>`) appear as codecs are seen.
+                db.executemany("INSERT INTO counters(name, value) VALUES (?, ?)"
+                               " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                               [(name, n) for name, n in batch.counts.items()])
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

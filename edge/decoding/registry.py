@@ -5,27 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from edge.decoding.base import Decoder, DecodeResult, DeviceContext, Field, normalize
+from edge.decoding.base import Decoder, DecodeResult, DeviceContext
+from edge.decoding.fieldmap import EMPTY, FieldMap, MapIndex, default_index, map_for
+from edge.decoding.normalize import normalise
 from edge.model import DecodeStatus, Reading, Uplink
 
 log = logging.getLogger(__name__)
 
-# Field names ChirpStack codecs commonly return, mapped to the vocabulary. Used only for
-# ChirpStack's own `object`, where no decoder declared its fields.
-OBJECT_FIELDS: dict[str, Field] = {
-    "temperature": Field("temperature", "Cel"),
-    "humidity": Field("humidity", "%RH"),
-    "relativeHumidity": Field("humidity", "%RH"),
-    "light": Field("illuminance", "lx"),
-    "illuminance": Field("illuminance", "lx"),
-    "co2": Field("co2", "/", scale=1e-6),
-    "pressure": Field("pressure", "Pa", scale=100),
-    "batteryVoltage": Field("battery-voltage", "V"),
-    "battery": Field("battery", "%EL"),
-    "vdd": Field("battery-voltage", "V", scale=1e-3),
-    "motion": Field("motion", "count"),
-}
+# At most this many codec keys are counted apart for `unmapped`; the rest share "other", so a
+# fleet of unmapped codecs cannot grow the counters table or the metrics' label set without bound.
+MAX_UNMAPPED_KEYS = 200
+OTHER = "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +43,10 @@ class Rule:
 class DeviceHints:
     """What the ChirpStack device registry cache knows beyond the MQTT event (issue #4).
 
-    `profile_js` is the device profile's own codec script when its codec runtime is JS.
+    `profile_js` is the device profile's own codec script when its codec runtime is JS. `codec`
+    names the field map (`<catalogue>:<id>`, e.g. "ttn:elsys/elsys") for the profile's JS codec and
+    for ChirpStack's `object`; the device cache sets it from a catalogue index, else the device or
+    profile tag `codec` or config `decoding.object_maps` apply.
     """
 
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -59,6 +54,7 @@ class DeviceHints:
     profile_id: str = ""
     profile_tags: Mapping[str, str] = field(default_factory=dict)
     profile_js: str = ""
+    codec: str = ""
 
 
 PROFILE_JS = "profile-js"  # the choice "run the device profile's own JS codec"
@@ -73,6 +69,8 @@ class Decoded:
     readings: list[Reading]
     decoder: str = ""
     error: str = ""
+    codec: str = ""  # the field map's key that applied (or would have), for the `unmapped` counter
+    unmapped: int = 0  # leaves no map entry covered: sent unit-less under their own key
 
 
 class DecoderRegistry:
@@ -83,7 +81,8 @@ class DecoderRegistry:
     """
 
     def __init__(self, decoders: Iterable[Decoder], rules: Sequence[Rule] = (), use_object: bool = True,
-                 tag: str = "decoder", js_time_limit_s: float = 0.1, js_memory_limit: int = 16 << 20) -> None:
+                 tag: str = "decoder", js_time_limit_s: float = 0.1, js_memory_limit: int = 16 << 20,
+                 maps: MapIndex | None = None, object_maps: Mapping[str, str] | None = None) -> None:
         self._by_id: dict[str, Decoder] = {}
         self._by_codec: dict[str, str] = {}  # TTN codec id -> decoder id
         for decoder in decoders:
@@ -96,6 +95,43 @@ class DecoderRegistry:
         self._tag = tag
         self._js_limits = (js_time_limit_s, js_memory_limit)
         self._profile_codecs: dict[str, tuple[str, Decoder]] = {}  # profile id -> (script, decoder)
+        self._maps = maps if maps is not None else default_index()
+        self._object_maps = dict(object_maps or {})
+        self._decoder_maps: dict[int, tuple[str, FieldMap]] = {}  # id(decoder) -> its map
+        self._counted: set[str] = set()  # codec keys counted apart for `unmapped`
+
+    def map_for(self, decoder: Decoder) -> tuple[str, FieldMap]:
+        """The codec key and field map that normalise a decoder's output (cached per decoder)."""
+        found = self._decoder_maps.get(id(decoder))
+        if found is None:
+            found = self._decoder_maps[id(decoder)] = map_for(decoder, self._maps)
+        return found
+
+    def codec_for(self, uplink: Uplink, hints: DeviceHints) -> str:
+        """The map key for a profile's own JS codec or ChirpStack's `object`, or ''.
+
+        Order: the hint (catalogue index), the device's then the profile's tag `codec`, then
+        `decoding.object_maps` by profile name, then by profile id.
+        """
+        tags = hints.tags or uplink.device.tags
+        dev = uplink.device
+        return (hints.codec or tags.get("codec") or hints.profile_tags.get("codec")
+                or self._object_maps.get(dev.device_profile_name)
+                or self._object_maps.get(dev.device_profile_id or hints.profile_id) or "")
+
+    def _count_key(self, key: str) -> str:
+        if key in self._counted:
+            return key
+        if len(self._counted) >= MAX_UNMAPPED_KEYS:
+            return OTHER
+        self._counted.add(key)
+        return key
+
+    def _normalised(self, status: int, data: Mapping[str, Any] | None, key: str, fmap: FieldMap, decoder: str,
+                    time: float) -> Decoded:
+        result = normalise(data, fmap, time)
+        count_key = self._count_key(key or f"decoder:{decoder}") if result.unmapped else key
+        return Decoded(status, result.readings, decoder, codec=count_key, unmapped=len(result.unmapped))
 
     def ids(self) -> list[str]:
         """Every id a decoder can be selected by."""
@@ -153,7 +189,7 @@ class DecoderRegistry:
         from edge.decoding.js.runtime import JsLimits
 
         decoder = JsCodecDecoder.from_script(
-            f"{PROFILE_JS}/{hints.profile_id}", hints.profile_js, fields=OBJECT_FIELDS,
+            f"{PROFILE_JS}/{hints.profile_id}", hints.profile_js,
             limits=JsLimits(time_limit=self._js_limits[0], memory_limit=self._js_limits[1]))
         self._profile_codecs[hints.profile_id] = (hints.profile_js, decoder)
         return decoder
@@ -178,9 +214,17 @@ class DecoderRegistry:
                 result: DecodeResult = decoder.decode(uplink.payload, uplink.fport, context)
                 if result.errors:
                     return Decoded(DecodeStatus.FAILED, [], chosen, "; ".join(map(str, result.errors)))
-                return Decoded(DecodeStatus.DECODED, normalize(result.data, decoder.fields), chosen)
+                if chosen == PROFILE_JS:
+                    key = self.codec_for(uplink, hints)
+                    fmap = (self._maps.get(key) if key else None) or EMPTY
+                else:
+                    key, fmap = self.map_for(decoder)
+                return self._normalised(DecodeStatus.DECODED, result.data, key, fmap, chosen, uplink.time)
             except Exception as exc:  # noqa: BLE001 - a broken decoder costs one uplink, never the pipeline
                 return Decoded(DecodeStatus.FAILED, [], chosen, f"{type(exc).__name__}: {exc}")
         if self._use_object and uplink.object is not None:
-            return Decoded(DecodeStatus.CHIRPSTACK, normalize(uplink.object, OBJECT_FIELDS), "chirpstack")
+            key = self.codec_for(uplink, hints)
+            fmap = (self._maps.get(key) if key else None) or EMPTY
+            return self._normalised(DecodeStatus.CHIRPSTACK, uplink.object, key or "object:chirpstack", fmap,
+                                    "chirpstack", uplink.time)
         return Decoded(DecodeStatus.UNDECODED, [])

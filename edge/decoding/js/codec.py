@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -16,12 +16,13 @@ from edge.errors import ConfigError
 class JsCodecDecoder:
     """A Decoder backed by a JS codec: TTN's decodeUplink contract, run by JsRuntime.
 
-    `fields` is the caller's mapping from `data` keys to the vocabulary; by default it is
-    empty, so normalize() keeps every scalar under its own unit-less key.
+    `codecs` are the field-map keys of its output (`ttn:<vendor>/<stem>` for a TTN codec YAML,
+    `chirpstack:<vendor>/<stem>` for a device-profiles codec); the registry normalises with the
+    first that has a map. `fields` is the legacy table, used only when no map is found.
     """
 
     def __init__(self, decoder_id: str, source: str, *, fields: Mapping[str, Field] | None = None,
-                 limits: JsLimits | None = None, name: str | None = None) -> None:
+                 limits: JsLimits | None = None, name: str | None = None, codecs: Sequence[str] = ()) -> None:
         """Build a decoder from a script's source.
 
         Args:
@@ -30,19 +31,21 @@ class JsCodecDecoder:
             fields: how `data` keys map to the vocabulary (default: none).
             limits: per-call limits for the JS runtime.
             name: how errors and logs name the script (default: the decoder id).
+            codecs: the field-map keys of this codec's output.
 
         Raises:
             ConfigError: the script does not load (see JsRuntime).
         """
         self.id = decoder_id
         self.fields: Mapping[str, Field] = MappingProxyType(dict(fields or {}))
+        self.codecs = tuple(codecs)
         self.runtime = JsRuntime(source, name=name or decoder_id, limits=limits)
 
     @classmethod
     def from_script(cls, decoder_id: str, source: str, *, fields: Mapping[str, Field] | None = None,
-                    limits: JsLimits | None = None) -> JsCodecDecoder:
+                    limits: JsLimits | None = None, codecs: Sequence[str] = ()) -> JsCodecDecoder:
         """A ChirpStack device-profile codec (the same decodeUplink contract) as a Decoder."""
-        return cls(decoder_id, source, fields=fields, limits=limits)
+        return cls(decoder_id, source, fields=fields, limits=limits, codecs=codecs)
 
     @classmethod
     def from_yaml(cls, yaml_path: str | Path, *, decoder_id: str | None = None,
@@ -65,8 +68,9 @@ class JsCodecDecoder:
             source = script.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError([f"{path}: cannot read {file_name}: {exc}"]) from None
-        return cls(decoder_id or f"{path.parent.name}/{path.stem}", source, fields=fields, limits=limits,
-                   name=f"{path.parent.name}/{file_name}")
+        codec = f"{path.parent.name}/{path.stem}"
+        return cls(decoder_id or codec, source, fields=fields, limits=limits, name=f"{path.parent.name}/{file_name}",
+                   codecs=(f"ttn:{codec}",))
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode one uplink in a fresh JS context; failures come back in `errors`, never raised."""

@@ -1,0 +1,229 @@
+"""The one normalisation step: a codec's vendor `data` plus its field map become standard readings."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from edge.decoding.fieldmap import ANY_INDEX, ANY_KEY, EMPTY, FieldMap, FieldSpec, Step, format_path
+from edge.model import Reading, Value
+from edge.vocabulary import UnitMismatch
+
+# Keys an object may have besides `value` and still be one leaf: `{"value": 3.1, "unit": "V",
+# "displayName": "Battery voltage"}` as Decentlab, Adeunis and others return it.
+_VALUE_OBJECT_KEYS = frozenset({"value", "unit", "displayName", "name", "label"})
+
+
+@dataclass(slots=True)
+class Leaf:
+    """One scalar of `data` with its path; `unit` is the data's own unit for `{value, unit}` objects."""
+
+    steps: tuple[Step, ...]
+    value: Any
+    unit: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The field path as maps and `edge decoders readings` write it: `a.b[2].c`."""
+        return format_path(self.steps)
+
+
+@dataclass(slots=True)
+class Normalised:
+    """The readings of one decode, and the paths of leaves no map entry covered."""
+
+    readings: list[Reading] = field(default_factory=list)
+    unmapped: list[str] = field(default_factory=list)
+    # Leaves whose map entry names a unit the data's own unit contradicts (kept unit-less).
+    unit_errors: list[str] = field(default_factory=list)
+
+
+def _value_object(value: Mapping[str, Any]) -> bool:
+    inner = value.get("value")
+    return ("value" in value and (inner is None or isinstance(inner, str | int | float | bool))
+            and value.keys() <= _VALUE_OBJECT_KEYS
+            and all(isinstance(value[k], str) for k in value if k != "value"))
+
+
+def leaves(data: Any, prefix: tuple[Step, ...] = ()) -> Iterator[Leaf]:
+    """Every scalar of `data`, depth first in the data's own order; nulls are skipped."""
+    if isinstance(data, Mapping):
+        if prefix and _value_object(data):
+            if data.get("value") is not None:
+                unit = data.get("unit")
+                yield Leaf(prefix, data["value"], unit if isinstance(unit, str) and unit else None)
+            return
+        for key, value in data.items():
+            yield from leaves(value, (*prefix, str(key)))
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            yield from leaves(value, (*prefix, i))
+    elif data is not None:
+        yield Leaf(prefix, data)
+
+
+def component(steps: Sequence[Step]) -> str:
+    """A SenML-safe name for an unmapped leaf: `batteryVoltage` -> `battery-voltage`, `a.b[2]` -> `a.b.2`."""
+    text = ".".join(str(s) for s in steps)
+    chars: list[str] = []
+    for i, ch in enumerate(text):
+        if ch.isupper() and i and text[i - 1].islower():
+            chars.append("-")
+        if ch.isalnum() and ch.isascii():
+            chars.append(ch.lower())
+        elif ch in ".-":
+            chars.append(ch)
+        else:
+            chars.append("-")
+    return "".join(chars).strip("-.") or "value"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _round(value: float) -> float:
+    # Round away binary noise of the conversion (0.1 * 3 = 0.30000000000000004).
+    return float(f"{value:.12g}")
+
+
+def _resolve(pattern: tuple[Step, ...], leaf: tuple[Step, ...]) -> tuple[Step, ...]:
+    """The time path for a leaf: `[*]` and `*` take the leaf's indices and keys, in order."""
+    indices = [s for s in leaf if isinstance(s, int)]
+    keys_at = {i: s for i, s in enumerate(leaf)}
+    out: list[Step] = []
+    n_index = 0
+    for pos, step in enumerate(pattern):
+        if step == ANY_INDEX:
+            out.append(indices[n_index] if n_index < len(indices) else 0)
+            n_index += 1
+        elif step == ANY_KEY:
+            out.append(keys_at.get(pos, ""))
+        else:
+            out.append(step)
+    return tuple(out)
+
+
+def _get(data: Any, steps: tuple[Step, ...]) -> Any:
+    for step in steps:
+        if isinstance(step, int):
+            if not isinstance(data, list | tuple) or step >= len(data):
+                return None
+            data = data[step]
+        elif isinstance(data, Mapping):
+            data = data.get(step)
+        else:
+            return None
+        if isinstance(data, Mapping) and _value_object(data):
+            data = data.get("value")
+    return data
+
+
+def _time(spec: FieldSpec, leaf: Leaf, data: Any, recv_time: float) -> float | None:
+    base: float | None = None
+    if spec.time is not None:
+        raw = _get(data, _resolve(spec.time, leaf.steps))
+        base = _timestamp(raw, spec.time_unit, recv_time)
+        if base is None:
+            return None
+    if spec.time_step:
+        index = next((s for s in reversed(leaf.steps) if isinstance(s, int)), 0)
+        base = (recv_time if base is None else base) + index * spec.time_step
+    return None if base is None else _round(base)
+
+
+def _timestamp(raw: Any, unit: str, recv_time: float) -> float | None:
+    if unit == "iso8601":
+        if not isinstance(raw, str):
+            return None
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            return None  # a local time without an offset cannot be placed
+        return parsed.timestamp()
+    if not _number(raw):
+        return None
+    number = float(raw)
+    if unit == "ms":
+        return number / 1000
+    if unit == "offset-s":
+        return recv_time + number
+    if unit == "ago-s":
+        return recv_time - number
+    return number
+
+
+_NUMBER_TEXT = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*([^\d\s].*?)?\s*$")
+
+
+def _numeric_text(text: str, map_unit: str | None) -> Value:
+    """A number a codec wrote as text ("-10.00", "1234 mm", in the map's unit) as a number.
+
+    Text that is not a number, or states a unit other than the map's, stays text (sent as `vs`).
+    """
+    match = _NUMBER_TEXT.match(text)
+    if match is None:
+        return text
+    number, unit = match.groups()
+    if unit is not None and unit != map_unit:
+        return text
+    return float(number) if "." in number else int(number)
+
+
+def normalise(data: Mapping[str, Any] | None, fmap: FieldMap = EMPTY, recv_time: float = 0.0) -> Normalised:
+    """Vendor `data` plus its map -> readings (docs/field-maps.md, "What the normaliser does").
+
+    A mapped leaf gets the quantity's name and unit, its value converted, its own time when the map
+    names one, and its source path. An ignored leaf leaves nothing. Any other number, string or
+    boolean goes out unit-less under its own key and is listed in `unmapped`: never a guessed unit.
+    """
+    out = Normalised()
+    if not data:
+        return out
+    for leaf in leaves(data):
+        value = leaf.value
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        if not isinstance(value, str | int | float | bool):
+            continue
+        spec = fmap.lookup(leaf.steps)
+        path = leaf.path
+        if spec is not None and spec.ignore:
+            continue
+        if spec is None:
+            out.unmapped.append(path)
+            out.readings.append(Reading(component(leaf.steps), value, None, path))
+            continue
+        when = _time(spec, leaf, data, recv_time) if (spec.time is not None or spec.time_step) else None
+        quantity = spec.quantity
+        unit = quantity.unit if quantity is not None else spec.unit
+        if isinstance(value, str) and not spec.state and unit is not None:
+            value = _numeric_text(value, spec.unit)
+        if spec.state or isinstance(value, str | bool) or unit is None:
+            # States, and strings or booleans under a measurement (e.g. "2.3(low battery)"), carry no unit.
+            out.readings.append(Reading(spec.name, value, None, path, when))
+            continue
+        factor, offset = spec.factor, spec.offset
+        if spec.unit is None and leaf.unit is None:
+            # The map relies on the data's own unit, which this leaf lacks: no unit beats a guess.
+            out.unit_errors.append(path)
+            out.readings.append(Reading(component(leaf.steps), value, None, path, when))
+            continue
+        if leaf.unit is not None and spec.unit is None:
+            try:
+                factor, offset = spec.convert_from(leaf.unit)
+            except UnitMismatch:
+                out.unit_errors.append(path)
+                out.readings.append(Reading(component(leaf.steps), value, None, path, when))
+                continue
+        converted: Value = value
+        if factor != 1.0 or offset != 0.0:
+            converted = _round(value * factor + offset)
+        out.readings.append(Reading(spec.name, converted, unit, path, when))
+    return out

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from edge.decoding.base import DeviceContext
+from edge.decoding.builtin.elsys import ElsysDecoder
 from edge.decoding.fieldmap import map_for
 from edge.decoding.normalize import normalise
-from edge.decoding.builtin.elsys import ElsysDecoder
 from edge.simulate import SentUplink, Simulator, publish
 
 pytestmark = pytest.mark.mosquitto

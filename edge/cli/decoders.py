@@ -10,6 +10,7 @@ import click
 
 from edge.config import DEFAULT_PATH, load_config
 from edge.decoding.base import Decoder
+from edge.decoding.coverage import Coverage, map_report, summary_line
 from edge.decoding.examples import Outcome, codec_files, codec_id, load_examples, run_examples
 from edge.errors import ConfigError
 
@@ -99,7 +100,10 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
 
     Takes TTN-style codec YAML files (or folders of them). By default each file's own JavaScript
     codec (uplinkDecoder.fileName) runs in the sandbox. A YAML that cannot be read counts as one
-    failure. Ends with the line `N passed, M failed`; exit status 0 only when all pass.
+    failure. Each codec's field map (docs/field-maps.md) is checked with the examples' outputs:
+    every numeric field mapped, a state or ignored, units convertible, values in range; a failing
+    map counts as one failure, a codec without a map is reported but does not fail. Ends with the
+    map coverage line, then `N passed, M failed`; exit status 0 only when all pass.
     """
     by_id: dict[str, Decoder] = {}
     by_codec: dict[str, Decoder] = {}
@@ -108,6 +112,7 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
     if decoder_id and decoder_id not in by_id:
         raise click.UsageError(f"no decoder with id {decoder_id!r} (see `edge decoders list`)")
     passed = failed = skipped = 0
+    maps = _MapTally()
     for path in codec_files(paths):
         try:
             examples = load_examples(path)
@@ -137,7 +142,8 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
             click.echo(f"skip {path}: no native decoder declares codec {codec_id(path)}")
             skipped += len(examples)
             continue
-        for outcome in run_examples(decoder, examples):
+        outcomes = list(run_examples(decoder, examples))
+        for outcome in outcomes:
             if outcome.passed:
                 passed += 1
                 if not quiet:
@@ -145,6 +151,8 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
             else:
                 failed += 1
                 _report(path, outcome)
+        failed += _check_map(path, decoder, outcomes, maps, quiet)
+    click.echo(summary_line(maps.total, maps.without))
     if skipped:
         click.echo(f"{skipped} skipped (no native decoder declares their codec)")
     # The last line is exactly this, so scripts and CI can read it.
@@ -153,10 +161,62 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
         raise SystemExit(1)
 
 
+class _MapTally:
+    """Map coverage summed over the files of one `edge decoders test` run."""
+
+    def __init__(self) -> None:
+        self.total = Coverage()
+        self.without = 0
+
+
+def _check_map(path: Path, decoder: Decoder, outcomes: list[Outcome], maps: _MapTally, quiet: bool) -> int:
+    """Check the codec's field map with the examples' outputs; 1 when the map fails (counted once)."""
+    report = map_report(decoder, ((f"{path}#{o.example.index}", o.actual.get("data")) for o in outcomes))
+    if not report.found:
+        maps.without += 1
+        if not quiet:
+            click.echo(f"map  {path}: no field map for {report.key} (fields go out unit-less)")
+        return 0
+    maps.total.add(report.coverage)
+    cov = report.coverage
+    if cov.ok:
+        if not quiet:
+            click.echo(f"map  {path}: {report.key} covers {cov.covered}/{cov.numeric} numeric fields")
+        return 0
+    click.echo(f"FAIL map {report.key} for {path}: {cov.covered}/{cov.numeric} numeric fields covered")
+    for problem in dict.fromkeys(cov.problems):
+        click.echo(f"     {problem}")
+    return 1
+
+
 def _report(path: Path, outcome: Outcome) -> None:
     click.echo(f"FAIL {path}#{outcome.example.index} {outcome.example.description}")
     for line in outcome.diff().splitlines():
         click.echo(f"     {line}")
+
+
+@decoders.command("readings")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per example (the only output form for now).")
+def readings(paths: tuple[Path, ...], as_json: bool) -> None:
+    """Print the readings a receiver gets from each uplink example of codec files.
+
+    PATHS are TTN codec YAMLs or folders of them, or ChirpStack device-profiles codec scripts
+    (`vendors/<vendor>/codecs/<name>.js`, examples from `test_decode_<name>.json` beside them) or
+    `codecs/` folders. Each example is decoded by its codec in the JS sandbox and normalised with
+    the codec's field map. One line per example, in file order: {"file", "example" (from 0),
+    "readings": [{"field", "n", "u"?, "v"|"vs"|"vb", "t"?}]}; unmapped fields have no "u".
+    """
+    from edge.decoding.coverage import example_readings, reading_json
+
+    for example, found, error in example_readings(list(paths)):
+        if example.number < 0:
+            click.echo(f"error: {example.file}: {error}", err=True)
+            continue
+        if error:
+            click.echo(f"warning: {example.file} example {example.number}: {error}", err=True)
+        click.echo(json.dumps({"file": str(example.file), "example": example.number,
+                               "readings": [reading_json(r) for r in found]}, ensure_ascii=False))
 
 
 @decoders.command("new")

@@ -316,3 +316,31 @@ def example_readings(paths: Sequence[Path], index: MapIndex | None = None, *, ru
             readings = normalise(data, fmap, EXAMPLE_RECV_TIME).readings if fmap is not None else \
                 normalise(data).readings
             yield example, readings, error
+
+
+@dataclass(slots=True)
+class MapReport:
+    """What `edge decoders test` says about one codec file's map."""
+
+    key: str  # the map key looked up (or the first the decoder answers to)
+    found: bool  # a map (or a legacy fields table) serves the codec
+    coverage: Coverage
+
+
+def map_report(decoder: Any, outputs: Iterable[tuple[str, Mapping[str, Any] | None]],
+               index: MapIndex | None = None) -> MapReport:
+    """Check a decoder's map with its examples' outputs (`where`, `data`) as `edge decoders test` does."""
+    from edge.decoding.fieldmap import map_for
+
+    key, fmap = map_for(decoder, index or default_index())
+    cov = Coverage()
+    for where, data in outputs:
+        check(data, fmap, where, cov)
+    return MapReport(key, bool(fmap.specs), cov)
+
+
+def summary_line(total: Coverage, without_map: int) -> str:
+    """The map coverage line `edge decoders test` prints before its last line."""
+    return (f"maps: {total.covered}/{total.numeric} numeric fields covered ({100 * total.share:.1f} %),"
+            f" {total.standardised}/{total.readings} numeric readings standardised,"
+            f" {total.wrong_units} out of range; {without_map} codec file(s) without a map")

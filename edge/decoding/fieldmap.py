@@ -147,6 +147,7 @@ class FieldSpec:
     pattern: str
     steps: tuple[Step, ...]
     ignore: bool = False
+    keep: bool = False  # sent unit-less under its own key on purpose: no quantity fits (yet)
     name: str = ""
     unit: str | None = None
     scale: float = 1.0
@@ -184,8 +185,10 @@ def _spec(pattern: str, raw: Any, where: str, problems: list[str]) -> FieldSpec 
         return None
     if raw == "ignore":
         return FieldSpec(pattern, steps, ignore=True)
+    if raw == "keep":
+        return FieldSpec(pattern, steps, keep=True)
     if not isinstance(raw, Mapping):
-        problems.append(f"{where}: must be 'ignore' or a mapping with n (and u, state, t ...)")
+        problems.append(f"{where}: must be 'ignore', 'keep' or a mapping with n (and u, state, t ...)")
         return None
     unknown = set(map(str, raw)) - _SPEC_KEYS
     if unknown:
@@ -278,8 +281,8 @@ class FieldMap:
 
     @property
     def mapped_count(self) -> int:
-        """How many field patterns name a quantity (not ignored)."""
-        return sum(1 for s in self.specs if not s.ignore)
+        """How many field patterns name a quantity (not ignored or kept as they are)."""
+        return sum(1 for s in self.specs if not (s.ignore or s.keep))
 
 
 EMPTY = FieldMap((), ())

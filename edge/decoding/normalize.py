@@ -196,8 +196,9 @@ def normalise(data: Mapping[str, Any] | None, fmap: FieldMap = EMPTY, recv_time:
         path = leaf.path
         if spec is not None and spec.ignore:
             continue
-        if spec is None:
-            out.unmapped.append(path)
+        if spec is None or spec.keep:
+            if spec is None:
+                out.unmapped.append(path)
             out.readings.append(Reading(component(leaf.steps), value, None, path))
             continue
         when = _time(spec, leaf, data, recv_time) if (spec.time is not None or spec.time_step) else None

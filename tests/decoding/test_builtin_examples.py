@@ -15,7 +15,7 @@ from edge.decoding.base import Decoder, DecodeResult, DeviceContext
 from edge.decoding.builtin import builtin_decoders
 from edge.decoding.coverage import check
 from edge.decoding.examples import compare
-from edge.decoding.fieldmap import FieldMap, default_index, map_for
+from edge.decoding.fieldmap import FieldMap, default_index, map_for, parse_path
 from edge.decoding.normalize import normalise
 from edge.vocabulary import BY_NAME
 
@@ -120,13 +120,6 @@ def test_builtin_decoder_follows_protocol(decoder: Decoder) -> None:
         assert codec.split("/")[0] == decoder.id.split("/")[0]
 
 
-# Leaves left unmapped on purpose: no vocabulary quantity has their unit, so they go out
-# unit-less under their own key rather than under a guessed unit.
-UNMAPPED_BY_DESIGN = {
-    "cayenne/lpp": {"analog_in_1", "gyrometer_2.x", "gyrometer_2.y", "gyrometer_2.z"},
-}
-
-
 def _map(decoder: Decoder) -> FieldMap:
     key, fmap = map_for(decoder, default_index())
     assert fmap.specs, f"{decoder.id}: no field map (edge/decoding/maps/native/) serves {key}"
@@ -149,14 +142,14 @@ def test_native_maps_load_without_problems() -> None:
 def _assert_readings_use_vocabulary(decoder: Decoder, data: Any, where: str) -> None:
     fmap = _map(decoder)
     coverage = check(data, fmap, where)
-    allowed = UNMAPPED_BY_DESIGN.get(decoder.id, set())
-    assert set(coverage.unmapped) <= allowed, f"{decoder.id}: unmapped numeric fields {sorted(coverage.unmapped)}"
+    assert not coverage.unmapped, f"{decoder.id}: unmapped numeric fields {sorted(coverage.unmapped)}"
     problems = [p for p in coverage.problems if "is not mapped" not in p]
     assert problems == [] and coverage.wrong_units == 0
     result = normalise(data, fmap)
     for reading in result.readings:
         quantity = BY_NAME.get(reading.name)
-        if reading.field not in result.unmapped:
+        spec = fmap.lookup(tuple(parse_path(reading.field)))
+        if spec is not None and not spec.keep:
             assert quantity is not None, f"{decoder.id}: reading {reading.name!r} not in the vocabulary"
             if isinstance(reading.value, int | float) and not isinstance(reading.value, bool) \
                     and not quantity.state and quantity.unit is not None:
@@ -165,7 +158,7 @@ def _assert_readings_use_vocabulary(decoder: Decoder, data: Any, where: str) -> 
                 # A state, or a string under a measurement (e.g. Netvox's "2.3(low battery)"): no unit.
                 assert reading.unit is None
         else:
-            # Unmapped keys are kept unit-less under their own name, which must not pose as a
+            # Unmapped keys (and `keep` ones) go unit-less under their own name, which must not pose as a
             # vocabulary quantity (a unit-less "temperature" would be ambiguous downstream).
             assert reading.unit is None
             assert quantity is None, f"{decoder.id}: unmapped reading {reading.name!r} shadows the vocabulary"

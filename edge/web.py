@@ -29,6 +29,7 @@ from edge.buffer.store import Buffer
 from edge.config import Config
 from edge.errors import EdgeError
 from edge.model import DecodeStatus
+from edge.telemetry import UNMAPPED_SHOWN, plain_counters, unmapped_by_codec
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +326,8 @@ def status_document(snap: Snapshot, edge_id: str, max_bytes: int, stuck_after_s:
                    "commits": snap.commits},
         "buffer": {"used_bytes": snap.used_bytes, "max_bytes": max_bytes, "uplinks": snap.uplinks,
                    "error": snap.buffer_error},
-        "counters": snap.counters,
+        "counters": plain_counters(snap.counters),
+        "unmapped": unmapped_by_codec(snap.counters),
         "upstreams": snap.upstreams,
         "devices": devices,
         "decode_errors": {"by_decoder": snap.decode_errors, "recent": snap.recent_failures},
@@ -372,6 +374,12 @@ class EdgeCollector:
         for decoder, n in sorted(snap.decode_errors.items()):
             failed.add_metric([decoder], n)
         yield failed
+        unmapped = CounterMetricFamily("edge_unmapped_fields",
+                                       "Decoded fields no field map covered (sent without a unit), by codec key"
+                                       f" (the {UNMAPPED_SHOWN} largest; the rest as 'other').", labels=["codec"])
+        for codec, n in unmapped_by_codec(snap.counters).items():
+            unmapped.add_metric([codec], n)
+        yield unmapped
         yield from self._upstreams(snap)
 
     def _upstreams(self, snap: Snapshot) -> Iterator[Metric]:
@@ -719,10 +727,21 @@ function age(s) {
 }
 function num(n) { return n === null || n === undefined ? "\\u2013" : Number(n).toLocaleString("en-US"); }
 function mb(b) { return (b / 1048576).toFixed(1); }
+// SenML primary units as people read them: a ratio as ppm or %, a mass concentration in ug/m3,
+// energy in kWh, flow in m3/h, barometric pressure in hPa (the values sent stay in SenML units).
+const GASES = new Set(["co2", "tvoc", "o3", "no2", "no", "co", "so2", "h2s", "nh3", "ch4"]);
+function human(r) {
+  if (r.u === "/") return GASES.has(r.n) ? [r.v * 1e6, "ppm"] : [r.v * 100, "%"];
+  if (r.u === "kg/m3") return [r.v * 1e9, "\\u00b5g/m\\u00b3"];
+  if (r.u === "J") return [r.v / 3.6e6, "kWh"];
+  if (r.u === "m3/s") return [r.v * 3600, "m\\u00b3/h"];
+  if (r.u === "Pa" && r.n === "pressure") return [r.v / 100, "hPa"];
+  return [r.v, r.u in UNITS ? UNITS[r.u] : (r.u || "")];
+}
 function value(r) {
   if ("v" in r) {
-    const v = Math.abs(r.v) >= 100 ? Math.round(r.v * 10) / 10 : Math.round(r.v * 1000) / 1000;
-    const u = r.u in UNITS ? UNITS[r.u] : (r.u || "");
+    const [x, u] = human(r);
+    const v = Math.abs(x) >= 100 ? Math.round(x * 10) / 10 : Number(x.toPrecision(4));
     return v + (u ? (u === "\\u00b0C" || u === "%" ? "" : " ") + u : "");
   }
   if ("vb" in r) return r.vb ? "yes" : "no";
@@ -745,6 +764,8 @@ function render(s) {
   for (const p of s.problems) problems.append(el("li", "", p));
 
   const c = s.counters, b = s.buffer;
+  // Fields no field map covers yet: sent without a unit (docs/field-maps.md).
+  const unmapped = Object.values(s.unmapped || {}).reduce((a, n) => a + n, 0);
   clear($("overview")).append(
     stat("ChirpStack", s.source.connected ? "connected" : "disconnected", s.source.connected ? "" : "bad"),
     stat("Buffer", b.error ? "unreadable" : mb(b.used_bytes) + " / " + Math.round(b.max_bytes / 1048576) + " MB",
@@ -753,6 +774,7 @@ function render(s) {
     stat("Received", num(c.received)),
     stat("Decoded", num((c.decoded || 0) + (c.chirpstack || 0))),
     stat("Decode errors", num(c.decode_failed), c.decode_failed ? "warn" : ""),
+    stat("Unmapped fields", num(unmapped), unmapped ? "warn" : ""),
     stat("Duplicates", num(c.duplicates)),
     stat("Dropped", num(c.dropped), c.dropped ? "bad" : ""));
 

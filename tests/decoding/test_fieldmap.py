@@ -94,8 +94,9 @@ def test_units_convert_from_what_the_codec_emits() -> None:
               "p": {"n": "pressure", "u": "hPa"}, "t": {"n": "temperature", "u": "°F"},
               "raw": {"n": "temperature", "u": "Cel", "scale": 0.1}, "bat": {"n": "battery", "u": "%"}})
     out = normalise({"vdd": 3600, "co2": 776, "p": 1013.2, "t": 212, "raw": 215, "bat": 87}, m)
-    assert triples(out.readings) == [("battery-voltage", 3.6, "V"), ("co2", 0.000776, "/"), ("pressure", 101320.0, "Pa"),
-                                     ("temperature", 100.0, "Cel"), ("temperature", 21.5, "Cel"), ("battery", 87, "%EL")]
+    assert triples(out.readings) == [
+        ("battery-voltage", 3.6, "V"), ("co2", 0.000776, "/"), ("pressure", 101320.0, "Pa"),
+        ("temperature", 100.0, "Cel"), ("temperature", 21.5, "Cel"), ("battery", 87, "%EL")]
 
 
 def test_value_objects_use_their_own_unit_unless_the_map_names_one() -> None:
@@ -106,8 +107,8 @@ def test_value_objects_use_their_own_unit_unless_the_map_names_one() -> None:
             "vwc": {"displayName": "VWC", "value": 0.25, "unit": "m³⋅m⁻³"},
             "bad": {"value": 20, "unit": "lx"}}
     out = normalise(data, m)
-    assert triples(out.readings) == [("battery-voltage", 3.1, "V"), ("distance", 1.2, "m"), ("soil-moisture", 0.25, "/"),
-                                     ("bad", 20, None)]
+    assert triples(out.readings) == [
+        ("battery-voltage", 3.1, "V"), ("distance", 1.2, "m"), ("soil-moisture", 0.25, "/"), ("bad", 20, None)]
     assert out.unit_errors == ["bad"]  # lux is no temperature: unit-less beats wrong
 
 
@@ -170,7 +171,8 @@ def test_legacy_fields_table_still_works() -> None:
 
 
 def test_stored_records_carry_t_but_not_the_field_path() -> None:
-    readings = [Reading("volume", 123.4, "m3", "history[0].volume", 1_799_996_400.0), Reading("alarm", "leak", None, "a")]
+    readings = [Reading("volume", 123.4, "m3", "history[0].volume", 1_799_996_400.0),
+                Reading("alarm", "leak", None, "a")]
     blob = readings_json(readings)
     assert json.loads(blob) == [{"n": "volume", "u": "m3", "v": 123.4, "t": 1_799_996_400.0},
                                 {"n": "alarm", "vs": "leak"}]
@@ -223,8 +225,9 @@ def test_index_prefers_a_maps_own_catalogue_and_reports_clashes(tmp_path: Path) 
     index.load_folder(tmp_path / "maps")
     held = index.get("ttn:acme/th")
     assert held is not None and held.source.endswith("ttn/acme/b.yaml")
-    assert [p for p in index.problems if "already mapped" in p] == [f"{tmp_path}/maps/ttn/acme/c.yaml: codec ttn:acme/th"
-                                                                    f" already mapped by {tmp_path}/maps/ttn/acme/b.yaml"]
+    base = tmp_path / "maps" / "ttn" / "acme"
+    clashes = [p for p in index.problems if "already mapped" in p]
+    assert clashes == [f"{base}/c.yaml: codec ttn:acme/th already mapped by {base}/b.yaml"]
 
 
 # --- which map applies ---------------------------------------------------------------------------------

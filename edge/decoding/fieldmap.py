@@ -354,7 +354,11 @@ def from_fields(fields: Mapping[str, Any], codecs: Sequence[str] = (), source: s
         unit = getattr(f, "unit", None)
         scale = float(getattr(f, "scale", 1.0))
         offset = float(getattr(f, "offset", 0.0))
-        quantity = BY_NAME.get(name) or Quantity(name, unit, "from a legacy fields table")
+        quantity = BY_NAME.get(name)
+        if quantity is None or (quantity.unit != unit and not quantity.state):
+            # Outside the vocabulary, or in another unit: sent as the table says, as before maps
+            # (edge.testing flags both to the plugin's author).
+            quantity = Quantity(name, unit, "from a legacy fields table")
         try:
             steps = parse_path(key)
         except ValueError:

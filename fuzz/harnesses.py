@@ -17,9 +17,9 @@ with atheris.instrument_imports():
 
     from edge.config import parse_config
     from edge.decoding.base import DecodeResult, DeviceContext
+    from edge.decoding.builtin import builtin_decoders
     from edge.decoding.fieldmap import map_for
     from edge.decoding.normalize import normalise
-    from edge.decoding.builtin import builtin_decoders
     from edge.errors import ConfigError
     from edge.formats import senml
     from edge.model import Entry, RadioInfo, Reading

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from edge.decoding.fieldmap import ANY_INDEX, ANY_KEY, EMPTY, FieldMap, FieldSpec, Step, format_path
+from edge.decoding.fieldmap import ANY_INDEX, ANY_KEY, EMPTY, FieldMap, FieldSpec, Step
 from edge.model import Reading, Value
 from edge.vocabulary import UnitMismatch
 
@@ -20,16 +20,13 @@ _VALUE_OBJECT_KEYS = frozenset({"value", "unit", "displayName", "name", "label"}
 
 @dataclass(slots=True)
 class Leaf:
-    """One scalar of `data` with its path; `unit` is the data's own unit for `{value, unit}` objects."""
+    """One scalar of `data`: its steps, its path as maps write it (`a.b[2].c`), its value, and the
+    data's own unit for `{value, unit}` objects."""
 
     steps: tuple[Step, ...]
     value: Any
     unit: str | None = None
-
-    @property
-    def path(self) -> str:
-        """The field path as maps and `edge decoders readings` write it: `a.b[2].c`."""
-        return format_path(self.steps)
+    path: str = ""
 
 
 @dataclass(slots=True)
@@ -43,27 +40,53 @@ class Normalised:
 
 
 def _value_object(value: Mapping[str, Any]) -> bool:
-    inner = value.get("value")
-    return ("value" in value and (inner is None or isinstance(inner, str | int | float | bool))
-            and value.keys() <= _VALUE_OBJECT_KEYS
+    if "value" not in value:
+        return False
+    inner = value["value"]
+    return ((inner is None or isinstance(inner, str | int | float | bool)) and value.keys() <= _VALUE_OBJECT_KEYS
             and all(isinstance(value[k], str) for k in value if k != "value"))
 
 
-def leaves(data: Any, prefix: tuple[Step, ...] = ()) -> Iterator[Leaf]:
+_SPECIAL = re.compile(r"[.\[\]`]")
+_PLAIN = frozenset({str, int, float, bool, list, tuple, type(None)})
+
+
+def _key_text(key: str) -> str:
+    return f"`{key}`" if not key or _SPECIAL.search(key) else key
+
+
+def leaves(data: Any) -> list[Leaf]:
     """Every scalar of `data`, depth first in the data's own order; nulls are skipped."""
+    out: list[Leaf] = []
     if isinstance(data, Mapping):
-        if prefix and _value_object(data):
-            if data.get("value") is not None:
-                unit = data.get("unit")
-                yield Leaf(prefix, data["value"], unit if isinstance(unit, str) and unit else None)
-            return
-        for key, value in data.items():
-            yield from leaves(value, (*prefix, str(key)))
-    elif isinstance(data, list | tuple):
-        for i, value in enumerate(data):
-            yield from leaves(value, (*prefix, i))
-    elif data is not None:
-        yield Leaf(prefix, data)
+        _walk(data, (), "", out)
+    return out
+
+
+def _walk(data: Mapping[Any, Any], steps: tuple[Step, ...], path: str, out: list[Leaf]) -> None:
+    # Per uplink, so written for speed: paths are built as the walk goes down, dicts tested first.
+    for key, value in data.items():
+        if not isinstance(key, str):
+            key = str(key)
+        text = _key_text(key)
+        _visit(value, (*steps, key), f"{path}.{text}" if path else text, out)
+
+
+def _visit(value: Any, steps: tuple[Step, ...], path: str, out: list[Leaf]) -> None:
+    kind = type(value)
+    if kind is dict or (kind not in _PLAIN and isinstance(value, Mapping)):
+        if _value_object(value):
+            inner = value.get("value")
+            if inner is not None:
+                unit = value.get("unit")
+                out.append(Leaf(steps, inner, unit if isinstance(unit, str) and unit else None, path))
+        else:
+            _walk(value, steps, path, out)
+    elif kind is list or kind is tuple:
+        for i, item in enumerate(value):
+            _visit(item, (*steps, i), f"{path}[{i}]", out)
+    elif value is not None:
+        out.append(Leaf(steps, value, None, path))
 
 
 def component(steps: Sequence[Step]) -> str:
@@ -186,45 +209,50 @@ def normalise(data: Mapping[str, Any] | None, fmap: FieldMap = EMPTY, recv_time:
     out = Normalised()
     if not data:
         return out
+    readings = out.readings
+    lookup = fmap.lookup
     for leaf in leaves(data):
         value = leaf.value
-        if isinstance(value, float) and not math.isfinite(value):
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                continue
+        elif kind is not int and kind is not str and kind is not bool and not isinstance(value, (str, int, float)):
             continue
-        if not isinstance(value, str | int | float | bool):
-            continue
-        spec = fmap.lookup(leaf.steps)
+        spec = lookup(leaf.steps)
         path = leaf.path
-        if spec is not None and spec.ignore:
-            continue
         if spec is None or spec.keep:
             if spec is None:
                 out.unmapped.append(path)
-            out.readings.append(Reading(component(leaf.steps), value, None, path))
+            readings.append(Reading(component(leaf.steps), value, None, path))
+            continue
+        if spec.ignore:
             continue
         when = _time(spec, leaf, data, recv_time) if (spec.time is not None or spec.time_step) else None
         quantity = spec.quantity
         unit = quantity.unit if quantity is not None else spec.unit
-        if isinstance(value, str) and not spec.state and unit is not None:
+        if kind is str and not spec.state and unit is not None:
             value = _numeric_text(value, spec.unit)
-        if spec.state or isinstance(value, str | bool) or unit is None:
+            kind = type(value)
+        if spec.state or kind is str or kind is bool or unit is None:
             # States, and strings or booleans under a measurement (e.g. "2.3(low battery)"), carry no unit.
-            out.readings.append(Reading(spec.name, value, None, path, when))
+            readings.append(Reading(spec.name, value, None, path, when))
             continue
         factor, offset = spec.factor, spec.offset
         if spec.unit is None and leaf.unit is None:
             # The map relies on the data's own unit, which this leaf lacks: no unit beats a guess.
             out.unit_errors.append(path)
-            out.readings.append(Reading(component(leaf.steps), value, None, path, when))
+            readings.append(Reading(component(leaf.steps), value, None, path, when))
             continue
         if leaf.unit is not None and spec.unit is None:
             try:
                 factor, offset = spec.convert_from(leaf.unit)
             except UnitMismatch:
                 out.unit_errors.append(path)
-                out.readings.append(Reading(component(leaf.steps), value, None, path, when))
+                readings.append(Reading(component(leaf.steps), value, None, path, when))
                 continue
         converted: Value = value
         if factor != 1.0 or offset != 0.0:
             converted = _round(value * factor + offset)
-        out.readings.append(Reading(spec.name, converted, unit, path, when))
+        readings.append(Reading(spec.name, converted, unit, path, when))
     return out

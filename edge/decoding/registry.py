@@ -217,6 +217,7 @@ class DecoderRegistry:
                 if chosen == PROFILE_JS:
                     key = self.codec_for(uplink, hints)
                     fmap = (self._maps.get(key) if key else None) or EMPTY
+                    key = key or f"{PROFILE_JS}:{hints.profile_id}"  # counted per profile while unmapped
                 else:
                     key, fmap = self.map_for(decoder)
                 return self._normalised(DecodeStatus.DECODED, result.data, key, fmap, chosen, uplink.time)

@@ -231,3 +231,18 @@ def test_elsys_decoder_claims_every_elsys_codec() -> None:
     for codec in codecs:
         assert _by_ttn_codec(f"elsys/{codec}-codec").id == "elsys/ers"
         assert _by_id(f"elsys/{codec}").id == "elsys/ers"
+
+
+# Cayenne LPP names channels only in its keys: two temperature channels are two "temperature"
+# readings, as they always were.
+REPEATS_ALLOWED = {"cayenne/lpp"}
+
+
+@pytest.mark.parametrize(("decoder_id", "example"), _yaml_examples())
+def test_builtin_decoder_readings_do_not_repeat_a_name_at_one_time(decoder_id: str, example: dict[str, Any]) -> None:
+    decoder = _by_id(decoder_id)
+    if decoder.id in REPEATS_ALLOWED:
+        return
+    readings = normalise(example["output"].get("data"), _map(decoder)).readings
+    seen = [(r.name, r.time) for r in readings if r.name in BY_NAME]
+    assert len(seen) == len(set(seen)), f"{decoder_id}: a name repeats at one time: {seen}"

@@ -51,17 +51,18 @@ def _status(status: int, out: dict[str, Any]) -> None:
 LOG_INTERVAL_S = 3600
 
 
-def _history(log_time: int, log_volume: int, deltas: list[int]) -> list[dict[str, int]]:
+def _history(log_time: int, log_volume: int, deltas: list[int], now: int) -> list[dict[str, int]]:
     """The hourly log as meter readings: the volume at the log time, then after each hour's delta.
 
     Kept as readings with their own time (diwise keeps this history too); the deltas alone would
-    make every receiver redo the sum.
+    make every receiver redo the sum. Points at or after the frame's own time are left out: the
+    frame's `volume` is the meter reading then.
     """
-    history = [{"time": log_time, "volume": log_volume}]
+    points = [{"time": log_time, "volume": log_volume}]
     for delta in deltas:
-        last = history[-1]
-        history.append({"time": last["time"] + LOG_INTERVAL_S, "volume": last["volume"] + delta})
-    return history
+        last = points[-1]
+        points.append({"time": last["time"] + LOG_INTERVAL_S, "volume": last["volume"] + delta})
+    return [point for point in points if point["time"] < now]
 
 
 class QalcosonicW1Decoder:
@@ -84,7 +85,7 @@ class QalcosonicW1Decoder:
             data["log_volume"] = _u(payload[13:17])
             rest = payload[_EXTENDED:]
             data["deltas"] = [_u(rest[j : j + 2]) for j in range(0, len(rest) - 1, 2)]
-            data["history"] = _history(data["log_time"], data["log_volume"], data["deltas"])
+            data["history"] = _history(data["log_time"], data["log_volume"], data["deltas"], data["time"])
         if data["permanent_error"] or data["temporary_error"]:
             warnings.append(f"meter status 0x{payload[4]:02x}: {data.get('alarm', 'permanent error')}")
         return DecodeResult(data, warnings=warnings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -164,9 +165,11 @@ class UpstreamConfig:
     topic: str = "lorawan/{dev_eui}"
     link_topic: str = "lorawan/{dev_eui}/link"
     notice_topic: str = "lorawan-edge/{edge_id}/notice"
+    health_topic: str = "lorawan/{dev_eui}/health"
     qos: int = 1
     max_inflight: int = 20
     max_message_bytes: int = 65536
+    one_uplink_per_message: bool = False  # for receivers that read only a pack's first base values
     read_batch: int = 50000
     share: ShareRules = field(default_factory=ShareRules)
     command_topic: str = ""
@@ -194,6 +197,7 @@ class HttpUpstreamConfig:
         headers: extra request headers, e.g. (("NGSILD-Tenant", "city"),).
         notice_endpoint: where gap notices are POSTed as JSON; empty to keep them in the buffer.
         proxy: an HTTP(S) proxy URL; the environment's proxy variables are not used.
+        one_uplink_per_message: SenML formats: one uplink per request instead of a device's backlog per request.
     """
 
     name: str
@@ -211,6 +215,7 @@ class HttpUpstreamConfig:
     headers: tuple[tuple[str, str], ...] = ()
     notice_endpoint: str = ""
     proxy: str = ""
+    one_uplink_per_message: bool = False
     share: ShareRules = field(default_factory=lambda: ShareRules())
     ngsi_ld: NgsiLdConfig = field(default_factory=lambda: NgsiLdConfig())
 
@@ -229,6 +234,45 @@ class WebConfig:
         if not self.token_file:
             return None
         return Path(self.token_file).read_text().strip()
+
+
+@dataclass(frozen=True)
+class HealthIntervalRule:
+    """`[[health.interval]]`: the expected uplink interval of the devices it names (instead of learning it)."""
+
+    interval_s: float
+    dev_eui: tuple[str, ...] = ()
+    device_profile: tuple[str, ...] = ()
+    application: tuple[str, ...] = ()
+    tag: tuple[str, ...] = ()  # "key=value" of a device tag
+
+
+@dataclass(frozen=True)
+class HealthBatteryRule:
+    """`[[health.battery]]`: low-battery thresholds for the devices it names."""
+
+    low_percent: float
+    low_voltage: float
+    dev_eui: tuple[str, ...] = ()
+    device_profile: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """`[health]`: sensor health (edge/health.py, docs/health.md)."""
+
+    enabled: bool = True
+    silent_factor: float = 3.0
+    learn_uplinks: int = 5
+    min_interval_s: float = 30.0
+    check_interval_s: float = 10.0
+    loss_window: int = 100
+    lossy_ratio: float = 0.2
+    stuck_uplinks: int = 24
+    battery_low_percent: float = 20.0
+    battery_low_voltage: float = 3.0
+    intervals: tuple[HealthIntervalRule, ...] = ()
+    batteries: tuple[HealthBatteryRule, ...] = ()
 
 
 def _loopback(host: str) -> bool:
@@ -252,6 +296,7 @@ class Config:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     http_upstreams: tuple[HttpUpstreamConfig, ...] = ()
     web: WebConfig = field(default_factory=WebConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     log_level: str = "info"
     source_path: str = ""
 
@@ -308,7 +353,10 @@ class _Reader:
 
     def done(self) -> None:
         for name in sorted(set(self.table) - self.used):
-            self.problems.append(f"{self.key(name)}: unknown key")
+            # Every key this section knows was asked for with get(), so `used` is the list to suggest from.
+            close = difflib.get_close_matches(name, sorted(self.used), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.problems.append(f"{self.key(name)}: unknown key{hint}")
 
 
 def _check_file(r: _Reader, name: str, value: str) -> None:
@@ -487,6 +535,8 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         problems.append("web.token_file: is required when web.bind is not a loopback address (127.0.0.1, ::1)")
     wr.done()
 
+    health = _health(top, problems)
+
     upstreams: list[UpstreamConfig] = []
     raw_ups = top.get("upstream", list, [])
     raw_http = top.get("http_upstream", list, [])
@@ -513,9 +563,11 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             topic=_topic(ur, "topic", UpstreamConfig.topic),
             link_topic=_topic(ur, "link_topic", UpstreamConfig.link_topic, allow_empty=True),
             notice_topic=_topic(ur, "notice_topic", UpstreamConfig.notice_topic),
+            health_topic=_topic(ur, "health_topic", UpstreamConfig.health_topic, allow_empty=True),
             qos=ur.get("qos", int, 1),
             max_inflight=ur.positive("max_inflight", int, UpstreamConfig.max_inflight),
             max_message_bytes=ur.positive("max_message_bytes", int, UpstreamConfig.max_message_bytes),
+            one_uplink_per_message=ur.get("one_uplink_per_message", bool, False),
             read_batch=ur.positive("read_batch", int, UpstreamConfig.read_batch),
             share=_share(ur),
             command_topic=_topic(ur, "command_topic", "", allow_empty=True),
@@ -552,6 +604,7 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             retry_after_max_s=hr.positive("retry_after_max_s", float, 600.0),
             headers=tuple((str(k), str(v)) for k, v in headers.items()),
             notice_endpoint=hr.get("notice_endpoint", str, ""), proxy=hr.get("proxy", str, ""),
+            one_uplink_per_message=hr.get("one_uplink_per_message", bool, False),
             share=_share(hr), ngsi_ld=_ngsi_ld(hr),
         )
         for key in ("bearer_token_file", "ca_file", "cert_file", "key_file"):
@@ -569,7 +622,57 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         raise ConfigError(problems)
     return Config(edge_id=edge_id, chirpstack=chirpstack, buffer=buffer, upstreams=tuple(upstreams),
                   decoding=decoding, log_level=log_level, source_path=source_path,
-                  http_upstreams=tuple(http_upstreams), web=web)
+                  http_upstreams=tuple(http_upstreams), web=web, health=health)
+
+
+def _health(top: _Reader, problems: list[str]) -> HealthConfig:
+    hr = _Reader(top.get("health", dict, {}), "health", problems)
+    d = HealthConfig
+    intervals = []
+    for i, raw in enumerate(hr.get("interval", list, [])):
+        ir = _Reader(raw, f"health.interval[{i}]", problems)
+        rule = HealthIntervalRule(interval_s=ir.get("interval_s", float, 0.0, required=True),
+                                  dev_eui=tuple(e.lower() for e in ir.strings("dev_eui")),
+                                  device_profile=ir.strings("device_profile"), application=ir.strings("application"),
+                                  tag=ir.strings("tag"))
+        if rule.interval_s <= 0:
+            problems.append(f"health.interval[{i}].interval_s: must be greater than 0")
+        if not (rule.dev_eui or rule.device_profile or rule.application or rule.tag):
+            problems.append(f"health.interval[{i}]: needs dev_eui, device_profile, application or tag")
+        if any("=" not in t for t in rule.tag):
+            problems.append(f"health.interval[{i}].tag: each must be key=value")
+        ir.done()
+        intervals.append(rule)
+    batteries = []
+    for i, raw in enumerate(hr.get("battery", list, [])):
+        br = _Reader(raw, f"health.battery[{i}]", problems)
+        batteries.append(HealthBatteryRule(
+            low_percent=br.get("low_percent", float, d.battery_low_percent),
+            low_voltage=br.get("low_voltage", float, d.battery_low_voltage),
+            dev_eui=tuple(e.lower() for e in br.strings("dev_eui")), device_profile=br.strings("device_profile")))
+        br.done()
+    health = HealthConfig(
+        enabled=hr.get("enabled", bool, True),
+        silent_factor=hr.positive("silent_factor", float, d.silent_factor),
+        learn_uplinks=hr.positive("learn_uplinks", int, d.learn_uplinks),
+        min_interval_s=hr.positive("min_interval_s", float, d.min_interval_s),
+        check_interval_s=hr.positive("check_interval_s", float, d.check_interval_s),
+        loss_window=hr.positive("loss_window", int, d.loss_window),
+        lossy_ratio=hr.positive("lossy_ratio", float, d.lossy_ratio),
+        stuck_uplinks=hr.positive("stuck_uplinks", int, d.stuck_uplinks),
+        battery_low_percent=hr.get("battery_low_percent", float, d.battery_low_percent),
+        battery_low_voltage=hr.get("battery_low_voltage", float, d.battery_low_voltage),
+        intervals=tuple(intervals), batteries=tuple(batteries))
+    if health.silent_factor < 1:
+        problems.append("health.silent_factor: must be at least 1 (a multiple of the expected interval)")
+    if health.learn_uplinks < 2:
+        problems.append("health.learn_uplinks: must be at least 2 (an interval needs two uplinks)")
+    if not 0 < health.lossy_ratio < 1:
+        problems.append("health.lossy_ratio: must be between 0 and 1")
+    if health.loss_window > 100000:
+        problems.append("health.loss_window: must be at most 100000 uplinks")
+    hr.done()
+    return health
 
 
 def _ngsi_ld_endpoint(r: _Reader, endpoint: str) -> None:

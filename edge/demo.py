@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -11,6 +13,7 @@ import click
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge import present
 from edge.broker import Mosquitto
 from edge.config import load_config
 from edge.formats import senml
@@ -58,7 +61,8 @@ def run_demo(*, seconds: float, devices: int, rate: float, fmt: str) -> int:
                 if not link:
                     arrived.add(uplink.removeprefix("urn:uuid:"))
             shown = [r for r in records if not r["n"].endswith("_uplink")]
-            text = "  ".join(f"{r['n'].rsplit('_', 1)[-1]}={_value(r)}{r.get('u', '')}" for r in shown)
+            text = "  ".join(f"{name}={present.reading(name, _value(r), r.get('u'))}" for r in shown
+                             for name in [r["n"].rsplit("_", 1)[-1]])
             click.echo(f"  upstream {msg.topic:<32} {text}")
 
         sub = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="demo-upstream-viewer")
@@ -85,7 +89,11 @@ def run_demo(*, seconds: float, devices: int, rate: float, fmt: str) -> int:
         missing = {s.uplink_id for s in sent} - arrived
         click.echo(f"sent {len(sent)}  arrived upstream {len(arrived & {s.uplink_id for s in sent})}"
                    f"  missing {len(missing)}")
-        click.echo(f"Inspect the buffer: edge status --config {cfg_path}  (brokers are gone after the demo)")
+        # `edge` is in the virtualenv that runs this demo, not necessarily on PATH (scripts/demo).
+        invoked = Path(sys.argv[0])
+        edge = invoked.absolute() if invoked.name == "edge" else Path(sys.executable).with_name("edge")
+        click.echo(f"Inspect the buffer: {shlex.quote(str(edge))} status --config {cfg_path}"
+                   "  (brokers are gone after the demo)")
     if ok and not missing:
         # The work directory is kept (it is small, in the temp dir) so the `edge status` hint above works.
         click.echo("demo OK: every uplink arrived upstream as SenML.")

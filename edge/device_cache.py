@@ -71,6 +71,10 @@ class DeviceCache:
             self._wanted.put(dev_eui)
         return NO_HINTS
 
+    def known(self) -> list[str]:
+        """Every DevEUI in the cache (the devices ChirpStack has)."""
+        return list(self._hints)
+
     def _snapshot(self, registry: DeviceRegistry) -> None:
         profiles: dict[str, CachedProfile] = {p.id: p for p in registry.list_profiles()}
         hints: dict[str, DeviceHints] = {}

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from edge import quarantine
+from edge.buffer import health as health_store
 from edge.buffer.store import Batch, Buffer, Gap, NewUplink, is_disk_full, open_writer
 from edge.config import Config, HttpUpstreamConfig, UpstreamConfig
 from edge.decoding.base import Decoder
@@ -33,8 +34,10 @@ from edge.decoding.registry import NO_HINTS, PROFILE_JS, Decoded, DecoderRegistr
 from edge.device_cache import DeviceCache
 from edge.downlinks import CommandRelay
 from edge.errors import EdgeError, StorageFull
+from edge.formats import health as health_format
 from edge.formats import senml
 from edge.formats.share import ShareFilter
+from edge.health import DeviceHealth, HealthTracker, Notice
 from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Uplink
 from edge.plugins import load_decoders
 from edge.sinks.base import Backlog, Formatter, OutMessage
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 # How many recent uplink ids are remembered to drop duplicates. Redeliveries after a crash are
 # bounded by the broker's in-flight window, far below this.
 DEDUP_WINDOW = 8192
+# How often sensor health stores every device's statistics (changes of state are stored at once).
+HEALTH_SAVE_S = 300.0
 _STATUS_COUNTER = {
     DecodeStatus.DECODED: "decoded",
     DecodeStatus.CHIRPSTACK: "chirpstack",
@@ -137,7 +142,10 @@ def make_formatter(up: UpstreamConfig, edge_id: str) -> Formatter:
         out: list[OutMessage] = []
         with_readings = [part for e in entries if e.has_readings for part in _split_readings(e, limit)]
         for topic, group in grouped(with_readings, up.topic).items():
-            for chunk in _chunks(group, limit, link=False):
+            # One uplink per message costs a message (and a PUBACK) per uplink; a packed backlog costs
+            # one per max_message_bytes of a device's uplinks (docs/records.md).
+            chunks = [[e] for e in group] if up.one_uplink_per_message else _chunks(group, limit, link=False)
+            for chunk in chunks:
                 out.append(OutMessage(topic, senml.pack(chunk, up.format), content_type))
         if up.link_topic:
             for topic, group in grouped(entries, up.link_topic).items():
@@ -169,6 +177,8 @@ def make_http_formatter(up: HttpUpstreamConfig) -> Formatter:
     content_type = senml.CONTENT_TYPES[up.format]
 
     def format_entries(entries: Sequence[Entry]) -> list[OutMessage]:
+        if up.one_uplink_per_message:
+            return [OutMessage("", senml.pack([e], up.format), content_type) for e in entries if e.has_readings]
         by_device: dict[str, list[Entry]] = {}
         for e in entries:
             if e.has_readings:
@@ -200,13 +210,21 @@ class BufferThinStore:
 class BufferBacklog:
     """The Backlog a sink sees: its own buffer connection and cursor, and its gap notices."""
 
-    def __init__(self, buffer: Buffer, sink: str, notice_topic: str, edge_id: str) -> None:
+    def __init__(self, buffer: Buffer, sink: str, notice_topic: str, edge_id: str, *, health_topic: str = "",
+                 health_format: str = senml.JSON, allows: Callable[[str], bool] | None = None) -> None:
         self.buffer = buffer
         self.sink = sink
         self.notice_topic = notice_topic.format(edge_id=edge_id, dev_eui="", application="",
                                                 application_id="", gateway_id="")
         self.edge_id = edge_id
         self._announced: dict[int, Gap] = {}  # gap notices as last read, by id
+        # Health notices (edge/health.py) ride with gap notices under negative ids; the sinks
+        # treat every notice alike. Acknowledgements may come out of order, the cursor may not.
+        self.health_topic = health_topic
+        self.health_format = health_format
+        self.allows = allows
+        self._health_out: list[int] = []  # health notice rows handed out, in order, not yet delivered
+        self._health_acked: set[int] = set()
         buffer.register_sink(sink)
 
     def cursor(self) -> int:
@@ -251,7 +269,39 @@ class BufferBacklog:
                         " it is kept in memory.", self.sink, upto_id, extra={"upstream": self.sink})
 
     def notices(self) -> list[tuple[int, OutMessage]]:
-        """Gap notices as JSON messages (docs/records.md, "Gap notices")."""
+        """Gap notices as JSON messages (docs/records.md, "Gap notices"), then health notices (docs/health.md)."""
+        return self._gap_notices() + self._health_notices()
+
+    def _health_notices(self) -> list[tuple[int, OutMessage]]:
+        if not self.health_topic:
+            return []
+        out: list[tuple[int, OutMessage]] = []
+        self._health_out = []
+        for row_id, dev_eui, body in health_store.pending(self.buffer.db, self.sink):
+            self._health_out.append(row_id)
+            if self.allows is not None and not self.allows(dev_eui):
+                self._health_acked.add(row_id)  # not shared with this upstream: nothing to send
+                continue
+            topic = self.health_topic.format(edge_id=self.edge_id, dev_eui=dev_eui, application="",
+                                             application_id="", gateway_id="")
+            out.append((-row_id, OutMessage(topic, health_format.pack(body, self.health_format),
+                                            senml.CONTENT_TYPES[self.health_format])))
+        self._advance_health()
+        return out
+
+    def _advance_health(self) -> None:
+        done = 0
+        while self._health_out and self._health_out[0] in self._health_acked:
+            done = self._health_out.pop(0)
+            self._health_acked.discard(done)
+        if done:
+            try:
+                health_store.delivered(self.buffer.db, self.sink, done)
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+
+    def _gap_notices(self) -> list[tuple[int, OutMessage]]:
         out = []
         self._announced = {}
         for gap in self.buffer.gaps(self.sink):
@@ -263,7 +313,11 @@ class BufferBacklog:
         return out
 
     def notice_delivered(self, notice_id: int) -> None:
-        """Forget a delivered gap notice (on a full disk it may be sent again later)."""
+        """Forget a delivered notice (on a full disk a gap notice may be sent again later)."""
+        if notice_id < 0:
+            self._health_acked.add(-notice_id)
+            self._advance_health()
+            return
         try:
             self.buffer.gap_delivered(notice_id, self._announced.get(notice_id))
         except sqlite3.OperationalError as exc:
@@ -386,6 +440,14 @@ class Pipeline:
         self._warned: set[tuple[str, str]] = set()
         self.source = ChirpStackSource(cfg.chirpstack, self.handle, batch_max=cfg.buffer.batch_max,
                                        batch_ms=cfg.buffer.batch_ms)
+        # Sensor health (edge/health.py): states load from the buffer, so a restart judges on.
+        self.health: HealthTracker | None = None
+        self._health_conn: Buffer | None = None  # the health round's own connection (its thread's)
+        self._health_saved = time.time()
+        if cfg.health.enabled:
+            stored = health_store.load_states(self.buffer.db)
+            self.health = HealthTracker(cfg.health, {d: DeviceHealth.from_dict(v) for d, v in stored.items()})
+            health_store.start_at_newest(self.buffer.db, [u.name for u in cfg.upstreams])
         self.sinks: list[MqttSink | HttpSink] = []
         # Downlink commands from destinations (issue #4/#6): only when some upstream enables them.
         self.commands = CommandRelay(cfg.chirpstack) if any(u.command_topic for u in cfg.upstreams) else None
@@ -395,7 +457,7 @@ class Pipeline:
             on_command = None
             if self.commands is not None and up.command_topic:
                 on_command = self.commands.handler(up.name, frozenset(up.command_devices), share.allows_device)
-            self.sinks.append(MqttSink(up, self._backlog_factory(up.name, up.notice_topic, share),
+            self.sinks.append(MqttSink(up, self._backlog_factory(up.name, up.notice_topic, share, up),
                                        shared(formatter, share), threading.Event(), on_command,
                                        up.command_topic.replace("{edge_id}", cfg.edge_id)))
         for http in cfg.http_upstreams:
@@ -447,13 +509,18 @@ class Pipeline:
         self.quarantined[entry.uplink_id] = entry
         return entry
 
-    def _backlog_factory(self, name: str, notice_topic: str, share: ShareFilter) -> Callable[[], Backlog]:
+    def _backlog_factory(self, name: str, notice_topic: str, share: ShareFilter,
+                         up: UpstreamConfig | None = None) -> Callable[[], Backlog]:
+        health_topic = up.health_topic if up is not None and self.health is not None else ""
+
         def factory() -> Backlog:
             # NORMAL: a lost cursor update after power loss only re-sends delivered records.
             conn = Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes, synchronous="NORMAL")
             share.lookup = conn.device_meta  # runs on the sink's thread, like the connection
             share.store = BufferThinStore(conn, name)
-            return BufferBacklog(conn, name, notice_topic, self.cfg.edge_id)
+            return BufferBacklog(conn, name, notice_topic, self.cfg.edge_id, health_topic=health_topic,
+                                 health_format=up.format if up is not None else senml.JSON,
+                                 allows=share.allows_device)
 
         return factory
 
@@ -521,6 +588,8 @@ class Pipeline:
                 self.seen.discard(uplink_id)
             raise
         self.commits += 1
+        if self.health is not None:
+            self._observe_health(batch)
         if released:
             self._release(released)
         if self.buffer.used_bytes() > self.buffer.max_bytes:  # the bound in force, disk included
@@ -534,6 +603,60 @@ class Pipeline:
             sink.wake.set()
         if self.on_commit is not None:
             self.on_commit()
+
+    def _observe_health(self, batch: Batch) -> None:
+        """Committed uplinks into the health tracker: a few dictionary updates per uplink, no query."""
+        assert self.health is not None
+        self.health.observe_all(batch.uplinks)
+
+    def _health_loop(self, stop: threading.Event) -> None:
+        """Judge silence and store changed states with their notices, every `health.check_interval_s`."""
+        health = self.health
+        assert health is not None
+        self._health_conn = Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes)
+        self.health_heartbeat = time.monotonic()
+        listening_since: float | None = None  # the source's current connection to ChirpStack's broker
+        try:
+            while True:
+                now = time.time()
+                if not self.source.connected.is_set():
+                    listening_since = None
+                elif listening_since is None:
+                    listening_since = now
+                self.health_round(now, listening_since)
+                self.health_heartbeat = time.monotonic()
+                if stop.wait(self.cfg.health.check_interval_s):
+                    break
+            self.health_round(time.time(), None)  # what changed since the last round, at shutdown
+        finally:
+            self._health_conn.close()
+
+    def health_round(self, now: float, listening_since: float | None) -> None:
+        """One round of sensor health: judge silence and fresh readings, store changes with their notices."""
+        health = self.health
+        assert health is not None
+        if self._health_conn is None:
+            self._health_conn = Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes)
+        health.check(now, self.devices.known() if self.devices is not None else (), listening_since)
+        # Every device's statistics only every few minutes (and at shutdown); changes every round.
+        everything = listening_since is None or now - self._health_saved >= HEALTH_SAVE_S
+        changed, notices = health.take(now, everything)
+        if everything:
+            self._health_saved = now
+        try:
+            health_store.save(self._health_conn.db, [(d.dev_eui, d.state, d.changed_at, d.data) for d in changed],
+                              [(n.id, n.dev_eui, n.time, _notice_body(n)) for n in notices])
+        except sqlite3.OperationalError as exc:
+            health.give_back(changed, notices)
+            if not is_disk_full(exc):
+                raise
+        if notices:
+            log.info("%d device health change(s): %s", len(notices),
+                     ", ".join(f"{n.dev_eui} {n.previous or 'new'}->{n.state}"
+                               f"{' (' + ','.join(n.problems) + ')' if n.problems else ''}"
+                               for n in notices[:5]), extra={"count": len(notices)})
+            for sink in self.sinks:
+                sink.wake.set()
 
     def _store(self, batch: Batch) -> None:
         """Commit a batch, making room by the size policy first when the bound or the disk requires it.
@@ -618,6 +741,9 @@ class Pipeline:
         if self.commands is not None:
             threads.append(threading.Thread(target=self._guard, args=(self.commands.run, stop, "downlink commands"),
                                             name="downlink-commands", daemon=True))
+        if self.health is not None:
+            threads.append(threading.Thread(target=self._guard, args=(self._health_loop, stop, "sensor health"),
+                                            name="sensor-health", daemon=True))
         for t in threads:
             t.start()
         log.info("lorawan-edge %s running: %d upstream(s), buffer %s.", self.cfg.edge_id, len(self.sinks),
@@ -639,6 +765,12 @@ class Pipeline:
             log.exception("The %s thread failed; stopping lorawan-edge so it restarts cleanly.", what)
             self.failed = True
             stop.set()
+
+
+def _notice_body(notice: Notice) -> dict[str, Any]:
+    """A health notice as stored and formatted (edge.formats.health)."""
+    return {"id": notice.id, "dev_eui": notice.dev_eui, "time": notice.time, "state": notice.state,
+            "previous": notice.previous, "problems": list(notice.problems), "summary": notice.summary}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -28,12 +28,19 @@ def dev_eui_of(index: int) -> str:
     return f"a81758fffe{index:06x}"
 
 
-def elsys_payload(rng: random.Random) -> bytes:
+def elsys_payload(rng: random.Random, vdd_mv: int | None = None) -> bytes:
     """A realistic Elsys ERS payload: temperature, humidity, light, motion, supply voltage."""
     temp = round(rng.uniform(15.0, 28.0) * 10)
+    vdd = rng.randint(3300, 3650) if vdd_mv is None else vdd_mv
     return (b"\x01" + temp.to_bytes(2, "big", signed=True) + b"\x02" + bytes([rng.randint(20, 80)])
             + b"\x04" + rng.randint(0, 2000).to_bytes(2, "big") + b"\x05" + bytes([rng.randint(0, 30)])
-            + b"\x07" + rng.randint(3300, 3650).to_bytes(2, "big"))
+            + b"\x07" + vdd.to_bytes(2, "big"))
+
+
+# Simulated misbehaviour, for sensor health (docs/health.md): a device that stops sending after a
+# few uplinks, one whose every third frame is lost on the air, one that rejoins (its frame counter
+# starts again) and one whose battery drains 40 mV an uplink.
+SILENT, LOSSY, REJOIN, DRAINING = "silent", "lossy", "rejoin", "draining"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,22 +87,52 @@ def _template(index: int, protobuf: bool) -> Any:
 class Simulator:
     """Builds uplink events for `devices` simulated Elsys ERS sensors."""
 
-    def __init__(self, devices: int, *, protobuf: bool = False, seed: int | None = None) -> None:
+    def __init__(self, devices: int, *, protobuf: bool = False, seed: int | None = None, silent: int = 0,
+                 lossy: int = 0, rejoin: int = 0, draining: int = 0, silent_after: int = 3) -> None:
+        """Simulated devices, some of them misbehaving for sensor-health tests.
+
+        Args:
+            devices: how many devices in all; the first `silent`, then `lossy`, `rejoin` and
+                `draining` ones misbehave that way, the rest are well.
+            silent_after: uplinks a silent device sends before it stops.
+        """
         self.devices = devices
         self.protobuf = protobuf
         self.rng = random.Random(seed)
         self._templates = [_template(i, protobuf) for i in range(devices)]
         self._fcnt = [0] * devices
+        self._sent = [0] * devices
+        self.behaviour: dict[int, str] = {}
+        kinds = [SILENT] * silent + [LOSSY] * lossy + [REJOIN] * rejoin + [DRAINING] * draining
+        if len(kinds) > devices:
+            raise ValueError("more misbehaving devices than devices")
+        self.behaviour = dict(enumerate(kinds))
+        self.silent_after = silent_after
 
     def events(self, count: int | None = None) -> Iterator[tuple[str, bytes, SentUplink]]:
         """Yield (topic, payload, what was sent), cycling through the devices."""
-        n = 0
+        n = slot = 0
+        if self.behaviour and all(self.behaviour.get(i) == SILENT for i in range(self.devices)) and count is None:
+            raise ValueError("every device is silent: nothing would ever be sent")
         while count is None or n < count:
-            i = n % self.devices
-            n += 1
+            i = slot % self.devices
+            slot += 1
+            kind = self.behaviour.get(i)
+            if kind == SILENT and self._sent[i] >= self.silent_after:
+                if all(self.behaviour.get(d) == SILENT and self._sent[d] >= self.silent_after
+                       for d in range(self.devices)):
+                    return  # everyone fell silent
+                continue
             self._fcnt[i] += 1
+            if kind == LOSSY and self._fcnt[i] % 3 == 0:
+                continue  # lost on the air: the counter moved on, nothing reaches ChirpStack
+            if kind == REJOIN and self._sent[i] == 5:
+                self._fcnt[i] = 1  # a rejoin: the frame counter starts again
+            n += 1
+            self._sent[i] += 1
             fcnt = self._fcnt[i]
-            payload = elsys_payload(self.rng)
+            vdd = max(2500, 3600 - 40 * self._sent[i]) if kind == DRAINING else None
+            payload = elsys_payload(self.rng, vdd)
             # Built from the uplink's random bits, so a seeded run repeats its ids.
             uplink_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
             now = time.time()

@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
+from edge import present
 from edge.buffer.store import Buffer
 from edge.config import Config
 from edge.errors import EdgeError
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 9108
 # Enough for a technician's phone; the page is not a device list (that is `edge status`).
 PAGE_DEVICES = 50
+# Sensors listed in the page's health table, the unwell first (`edge devices health` lists all).
+PAGE_HEALTH = 500
 MAX_DEVICES = 1000
 RECENT_FAILURES = 10
 RECENT_MALFORMED = 5
@@ -164,6 +167,8 @@ class Snapshot:
     malformed: list[dict[str, Any]] = field(default_factory=list)
     buffer_error: str = ""
     problems: list[str] = field(default_factory=list)
+    health_counts: dict[str, int] = field(default_factory=dict)  # "state:<s>" / "problem:<kind>" -> devices
+    health: list[dict[str, Any]] = field(default_factory=list)  # per device, the unwell first (details only)
 
     @property
     def healthy(self) -> bool:
@@ -257,6 +262,12 @@ class StateReader:
             snap.problems.append(f"buffer unreadable: {snap.buffer_error}")
         for thread in self.stalled() if self.stalled is not None else ():
             snap.problems.append(f"no progress from {thread}: the service is hung and should be restarted")
+        # Sensor health (edge/health.py) is the sensors' state, not the gateway's: it never fails /health.
+        tracker = getattr(pipeline, "health", None)
+        if tracker is not None:
+            snap.health_counts = tracker.counts()
+            if details:
+                snap.health = tracker.report(snap.time)[:PAGE_HEALTH]
         return snap
 
     def _decode_failures(self, buf: Buffer) -> tuple[dict[str, int], list[dict[str, Any]]]:
@@ -314,7 +325,9 @@ def status_document(snap: Snapshot, edge_id: str, max_bytes: int, stuck_after_s:
             "last_time": d["last_time"], "fcnt": d["fcnt"], "rssi": d["rssi"], "snr": d["snr"],
             "gateway_id": d["gateway_id"], "decoder": d["decoder"],
             "status": DecodeStatus.NAMES[status] if 0 <= status < len(DecodeStatus.NAMES) else str(status),
-            "readings": d["readings"],
+            # Shown as every technician view shows them (edge/present.py: °C, ppm, hPa...).
+            "readings": [{**r, "text": present.reading(r["n"], r.get("v", r.get("vs", r.get("vb"))), r.get("u"))}
+                         for r in d["readings"]],
         })
     return {
         "edge_id": edge_id,
@@ -332,6 +345,7 @@ def status_document(snap: Snapshot, edge_id: str, max_bytes: int, stuck_after_s:
         "devices": devices,
         "decode_errors": {"by_decoder": snap.decode_errors, "recent": snap.recent_failures},
         "malformed": [{"received": m["received"], "topic": m["topic"], "error": m["error"]} for m in snap.malformed],
+        "health": {"counts": snap.health_counts, "devices": snap.health},
     }
 
 
@@ -381,6 +395,16 @@ class EdgeCollector:
             unmapped.add_metric([codec], n)
         yield unmapped
         yield from self._upstreams(snap)
+        if snap.health_counts:
+            # Counts per state and problem kind: a bounded number of series whatever the fleet's size.
+            states = GaugeMetricFamily("edge_devices", "Devices by health state (docs/health.md).", labels=["state"])
+            problems = GaugeMetricFamily("edge_device_problems", "Devices with a health problem, by kind.",
+                                         labels=["problem"])
+            for key, n in sorted(snap.health_counts.items()):
+                kind, _, name = key.partition(":")
+                (states if kind == "state" else problems).add_metric([name], n)
+            yield states
+            yield problems
 
     def _upstreams(self, snap: Snapshot) -> Iterator[Metric]:
         families: list[tuple[str, GaugeMetricFamily | CounterMetricFamily]] = [
@@ -692,6 +716,9 @@ font-variant-numeric:tabular-nums}
 table{width:100%;border-collapse:collapse}td{padding:.2rem 0;border-bottom:1px solid var(--line)}
 td:last-child{text-align:right;font-variant-numeric:tabular-nums}
 footer{color:var(--muted);font-size:.8rem;text-align:center;padding:0 1rem 1.5rem}
+.scroll{overflow-x:auto}
+table.health td,table.health th{padding:.25rem .5rem .25rem 0;text-align:left;white-space:nowrap}
+th.sort{cursor:pointer;color:var(--muted);font-weight:600;border-bottom:1px solid var(--line)}
 """
 
 _SCRIPT = """
@@ -727,21 +754,10 @@ function age(s) {
 }
 function num(n) { return n === null || n === undefined ? "\\u2013" : Number(n).toLocaleString("en-US"); }
 function mb(b) { return (b / 1048576).toFixed(1); }
-// SenML primary units as people read them: a ratio as ppm or %, a mass concentration in ug/m3,
-// energy in kWh, flow in m3/h, barometric pressure in hPa (the values sent stay in SenML units).
-const GASES = new Set(["co2", "tvoc", "o3", "no2", "no", "co", "so2", "h2s", "nh3", "ch4"]);
-function human(r) {
-  if (r.u === "/") return GASES.has(r.n) ? [r.v * 1e6, "ppm"] : [r.v * 100, "%"];
-  if (r.u === "kg/m3") return [r.v * 1e9, "\\u00b5g/m\\u00b3"];
-  if (r.u === "J") return [r.v / 3.6e6, "kWh"];
-  if (r.u === "m3/s") return [r.v * 3600, "m\\u00b3/h"];
-  if (r.u === "Pa" && r.n === "pressure") return [r.v / 100, "hPa"];
-  return [r.v, r.u in UNITS ? UNITS[r.u] : (r.u || "")];
-}
 function value(r) {
   if ("v" in r) {
-    const [x, u] = human(r);
-    const v = Math.abs(x) >= 100 ? Math.round(x * 10) / 10 : Number(x.toPrecision(4));
+    const v = Math.abs(r.v) >= 100 ? Math.round(r.v * 10) / 10 : Math.round(r.v * 1000) / 1000;
+    const u = r.u in UNITS ? UNITS[r.u] : (r.u || "");
     return v + (u ? (u === "\\u00b0C" || u === "%" ? "" : " ") + u : "");
   }
   if ("vb" in r) return r.vb ? "yes" : "no";
@@ -790,7 +806,9 @@ function render(s) {
       ["Delivered", num(u.delivered)], ["Dropped", num(u.dropped)], ["Last delivery", ago(u.last_delivery)]];
     for (const [k, v] of rows) { const tr = el("tr"); tr.append(el("td", "k", k), el("td", "", v)); t.append(tr); }
     card.append(head, t);
-    if (u.last_error) card.append(el("div", "muted bad", "Last error: " + u.last_error));
+    // Once the upstream is back, its last error is history, not an alarm.
+    if (u.last_error) card.append(el("div", u.connected ? "muted" : "muted bad",
+      (u.connected ? "Recovered from: " : "Last error: ") + u.last_error));
     ups.append(card);
   }
   if (!s.upstreams.length) ups.append(el("div", "card muted", "No upstreams configured."));
@@ -807,12 +825,16 @@ function render(s) {
     const dec = el("div", "muted " + (d.status === "failed" ? "bad" : ""),
       (d.decoder || "no decoder") + " \\u00b7 " + d.status);
     const chips = el("div", "chips");
-    for (const r of d.readings) chips.append(el("span", "chip", r.n + " " + value(r)));
+    for (const r of d.readings) {
+      chips.append(el("span", "chip", r.n + " " + (r.text === undefined ? value(r) : r.text)));
+    }
     card.append(head, meta, dec);
     if (d.readings.length) card.append(chips);
     devs.append(card);
   }
   if (!s.devices.length) devs.append(el("div", "card muted", "No uplinks received yet."));
+
+  renderHealth(s.health);
 
   const errs = clear($("errors"));
   const by = Object.entries(s.decode_errors.by_decoder);
@@ -842,6 +864,59 @@ function render(s) {
   }
   if (!errs.firstChild) errs.append(el("div", "card muted", "No decode errors in the buffer."));
   $("updated").textContent = new Date(s.now * 1000).toLocaleTimeString();
+}
+
+// Sensor health: a table the technician sorts by clicking a column (the unwell first by default).
+let healthRows = [], healthSort = null, healthDesc = false;
+const HEALTH_COLS = [["dev_eui", "Device"], ["state", "State"], ["problems", "Problems"],
+  ["silent_for_s", "Last seen"], ["expected_interval_s", "Interval"], ["loss_ratio", "Loss"],
+  ["battery", "Battery"], ["rssi_dbm", "RSSI"]];
+function healthCell(d, key) {
+  if (key === "problems") return d.problems.join(", ") || "\u2013";
+  if (key === "silent_for_s") return d.silent_for_s === null ? "never" : age(d.silent_for_s) + " ago";
+  if (key === "expected_interval_s") return age(d.expected_interval_s);
+  if (key === "loss_ratio") return d.loss_ratio === null ? "\u2013" : Math.round(d.loss_ratio * 100) + " %";
+  if (key === "battery") return d.battery !== null ? d.battery + " %" :
+    d.battery_voltage !== null ? d.battery_voltage + " V" : "\u2013";
+  if (key === "rssi_dbm") return d.rssi_dbm === null ? "\u2013" : d.rssi_dbm + " dBm";
+  return d[key];
+}
+function renderHealth(h) {
+  if (h) healthRows = h.devices;
+  const box = clear($("health"));
+  if (h) {
+    const c = h.counts;
+    box.append(el("div", "muted", (c["state:ok"] || 0) + " ok \u00b7 " + (c["state:silent"] || 0) + " silent \u00b7 " +
+      (c["state:never-seen"] || 0) + " never seen \u00b7 " + (c["problem:low-battery"] || 0) + " low battery \u00b7 " +
+      (c["problem:lossy"] || 0) + " lossy"));
+  }
+  if (!healthRows.length) { box.append(el("div", "card muted", "No sensors seen yet.")); return; }
+  const rows = healthRows.slice();
+  if (healthSort) rows.sort((a, b) => {
+    const x = a[healthSort], y = b[healthSort];
+    const r = x === y ? 0 : x === null ? 1 : y === null ? -1 : x < y ? -1 : 1;
+    return healthDesc ? -r : r;
+  });
+  const t = el("table", "health");
+  const head = el("tr");
+  for (const [key, label] of HEALTH_COLS) {
+    const th = el("th", "sort", label + (healthSort === key ? (healthDesc ? " \u25bc" : " \u25b2") : ""));
+    th.addEventListener("click", () => {
+      healthDesc = healthSort === key ? !healthDesc : false;
+      healthSort = key;
+      renderHealth(null);
+    });
+    head.append(th);
+  }
+  t.append(head);
+  for (const d of rows) {
+    const tr = el("tr", d.state !== "ok" ? "bad" : d.problems.length ? "warn" : "");
+    for (const [key] of HEALTH_COLS) tr.append(el("td", key === "dev_eui" ? "mono" : "", healthCell(d, key)));
+    t.append(tr);
+  }
+  const card = el("div", "card scroll");
+  card.append(t);
+  box.append(card);
 }
 
 async function refresh() {
@@ -878,6 +953,7 @@ PAGE = ("""<!doctype html>
 <ul id="problems"></ul>
 <section><h2>Overview</h2><div id="overview" class="grid"></div></section>
 <section><h2>Upstreams</h2><div id="upstreams"></div></section>
+<section><h2>Sensor health</h2><div id="health"></div></section>
 <section><h2>Last uplinks</h2><div id="devices"></div></section>
 <section><h2>Decode errors</h2><div id="errors"></div></section>
 </main>

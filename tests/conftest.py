@@ -145,21 +145,29 @@ def edge_process(tmp_path: Path) -> Iterator[Callable[[Path], EdgeProcess]]:
 class Recorder:
     """Subscribes to an upstream broker with a persistent session and records every SenML pack."""
 
-    def __init__(self, broker: Mosquitto, fmt: str = "senml+json", topic: str = "#") -> None:
+    def __init__(self, broker: Mosquitto, fmt: str = "senml+json", topic: str = "#", protocol: str = "5") -> None:
         self.fmt = fmt
         self.lock = threading.Lock()
         # uplink id -> list of the readings [(name, value, unit)] of each copy received
         self.copies: dict[str, list[list[tuple[str, Any, Any]]]] = defaultdict(list)
         self.link: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.messages: list[paho.MQTTMessage] = []
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id=f"recorder-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
+        client_id = f"recorder-{uuid.uuid4().hex[:8]}"
+        if protocol == "3.1.1":  # e.g. RabbitMQ 3.10; clean session off keeps the session across restarts
+            self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                                      protocol=paho.MQTTv311, clean_session=False)
+        else:
+            self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                                      protocol=paho.MQTTv5)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, qos=1)
         self.client.reconnect_delay_set(0.1, 0.5)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600  # persistent: nothing is lost while the broker restarts
-        self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
+        if protocol == "3.1.1":
+            self.client.connect(broker.host, broker.port)
+        else:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600  # persistent: nothing is lost while the broker restarts
+            self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
         self.client.loop_start()
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
@@ -206,8 +214,8 @@ class Recorder:
 def recorder() -> Iterator[Callable[..., Recorder]]:
     made: list[Recorder] = []
 
-    def make(broker: Mosquitto, fmt: str = "senml+json", topic: str = "#") -> Recorder:
-        r = Recorder(broker, fmt, topic)
+    def make(broker: Mosquitto, fmt: str = "senml+json", topic: str = "#", protocol: str = "5") -> Recorder:
+        r = Recorder(broker, fmt, topic, protocol)
         made.append(r)
         return r
 

@@ -49,6 +49,8 @@ class State:
     devices: dict[str, api.Device] = field(default_factory=dict)  # by dev_eui
     profiles: dict[str, api.DeviceProfile] = field(default_factory=dict)
     enqueued: list[Enqueued] = field(default_factory=list)
+    keys: dict[str, api.DeviceKeys] = field(default_factory=dict)  # by dev_eui
+    lose_replies: int = 0  # writes that succeed but whose answer is lost (UNAVAILABLE), as on a cut link
     calls: list[str] = field(default_factory=list)
     hook: Hook | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -76,6 +78,16 @@ def _uuid(value: str, context: grpc.ServicerContext) -> None:
         uuid.UUID(value)
     except ValueError:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid character: expected a UUID, found {value!r}")
+
+
+def _eui(value: str, context: grpc.ServicerContext) -> None:
+    if len(value) != 16 or any(c not in "0123456789abcdef" for c in value):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Invalid EUI64: {value!r}")
+
+
+def _key(value: str, context: grpc.ServicerContext) -> None:
+    if len(value) != 32 or any(c not in "0123456789abcdef" for c in value.lower()):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Invalid AES128 key")
 
 
 def _page(items: list[Any], limit: int, offset: int) -> list[Any]:
@@ -160,6 +172,94 @@ class DeviceService(_Base, api.DeviceServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"Object does not exist (id: {request.dev_eui})")
         return api.GetDeviceResponse(device=device)
 
+    def _written(self, context: grpc.ServicerContext) -> None:
+        """After a write: lose the answer when asked to (the write stays done)."""
+        with self.state.lock:
+            lose = self.state.lose_replies > 0
+            self.state.lose_replies -= lose
+        if lose:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset by peer")
+
+    def _writable(self, device: Any, context: grpc.ServicerContext) -> None:
+        if self.state.read_only:
+            _denied(context)
+        _eui(device.dev_eui, context)
+        tenant = self._tenant_of_app(device.application_id)
+        if not tenant:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Object does not exist (id: {device.application_id})")
+        self._tenant(tenant, context)
+        if device.device_profile_id not in self.state.profiles:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Object does not exist (id: {device.device_profile_id})")
+
+    def Create(self, request: Any, context: grpc.ServicerContext) -> Any:
+        from google.protobuf import empty_pb2
+
+        self._enter("DeviceService.Create", request, context)
+        self._writable(request.device, context)
+        with self.state.lock:
+            if request.device.dev_eui in self.state.devices:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, "Object already exists")
+            device = api.Device()
+            device.CopyFrom(request.device)
+            self.state.devices[device.dev_eui] = device
+        self._written(context)
+        return empty_pb2.Empty()
+
+    def Update(self, request: Any, context: grpc.ServicerContext) -> Any:
+        from google.protobuf import empty_pb2
+
+        self._enter("DeviceService.Update", request, context)
+        self._writable(request.device, context)
+        with self.state.lock:
+            if request.device.dev_eui not in self.state.devices:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"Object does not exist (id: {request.device.dev_eui})")
+            device = api.Device()
+            device.CopyFrom(request.device)
+            self.state.devices[device.dev_eui] = device
+        self._written(context)
+        return empty_pb2.Empty()
+
+    def _keys(self, method: str, request: Any, context: grpc.ServicerContext, *, exists: bool) -> Any:
+        from google.protobuf import empty_pb2
+
+        self._enter(method, request, context)
+        if self.state.read_only:
+            _denied(context)
+        keys = request.device_keys
+        device = self.state.devices.get(keys.dev_eui)
+        if device is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Object does not exist (id: {keys.dev_eui})")
+        self._tenant(self._tenant_of_app(device.application_id), context)
+        _key(keys.nwk_key, context)
+        if keys.app_key:
+            _key(keys.app_key, context)
+        with self.state.lock:
+            if exists and keys.dev_eui not in self.state.keys:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"Object does not exist (id: {keys.dev_eui})")
+            if not exists and keys.dev_eui in self.state.keys:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, "Object already exists")
+            stored = api.DeviceKeys()
+            stored.CopyFrom(keys)
+            self.state.keys[keys.dev_eui] = stored
+        self._written(context)
+        return empty_pb2.Empty()
+
+    def CreateKeys(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._keys("DeviceService.CreateKeys", request, context, exists=False)
+
+    def UpdateKeys(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._keys("DeviceService.UpdateKeys", request, context, exists=True)
+
+    def GetKeys(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("DeviceService.GetKeys", request, context)
+        device = self.state.devices.get(request.dev_eui)
+        if device is not None:
+            self._tenant(self._tenant_of_app(device.application_id), context)
+        keys = self.state.keys.get(request.dev_eui)
+        if keys is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Object does not exist (id: {request.dev_eui})")
+        return api.GetDeviceKeysResponse(device_keys=keys)
+
     def Enqueue(self, request: Any, context: grpc.ServicerContext) -> Any:
         from google.protobuf import json_format
 
@@ -179,6 +279,16 @@ class DeviceService(_Base, api.DeviceServiceServicer):
 
 
 class DeviceProfileService(_Base, api.DeviceProfileServiceServicer):
+    def List(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("DeviceProfileService.List", request, context)
+        if not request.tenant_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id is required")
+        self._tenant(request.tenant_id, context)
+        items = [api.DeviceProfileListItem(id=p.id, name=p.name) for p in self.state.profiles.values()
+                 if p.tenant_id == request.tenant_id]
+        return api.ListDeviceProfilesResponse(total_count=len(items),
+                                              result=_page(items, request.limit, request.offset))
+
     def Get(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("DeviceProfileService.Get", request, context)
         profile = self.state.profiles.get(request.id)

@@ -35,10 +35,11 @@ def test_docs_config_example_documents_every_key():
     documented = _documented_keys()
     classes = [config_module.MqttEndpoint, config_module.ChirpStackConfig, config_module.DecodingConfig,
                config_module.BufferConfig, config_module.UpstreamConfig, config_module.ShareRules,
-               config_module.HttpUpstreamConfig, config_module.NgsiLdConfig, config_module.WebConfig]
+               config_module.HttpUpstreamConfig, config_module.NgsiLdConfig, config_module.WebConfig,
+               config_module.HealthConfig, config_module.HealthIntervalRule, config_module.HealthBatteryRule]
     # Dataclass fields that are not TOML keys (nested tables or renamed ones).
     not_keys = {"mqtt", "rules", "url", "source_path", "upstreams", "chirpstack", "buffer", "decoding", "share",
-                "ngsi_ld"}
+                "ngsi_ld", "health", "intervals", "batteries"}
     missing = {f.name for cls in classes for f in dataclasses.fields(cls)} - not_keys - documented
     assert not missing, f"deploy/edge.toml.example does not document: {sorted(missing)}"
     assert {"mqtt_url", "url", "id", "log_level"} <= documented

@@ -204,7 +204,7 @@ def test_install_lifecycle(tmp_path: Path, broker_factory, recorder) -> None:
         f.write(f"EDGE__UPSTREAM__CITY__URL={upstream.url}\n")
     edited = {p: digest(p) for p in (at.config, at.dropins / "50-site.toml", at.defaults)}
     shown = at.edge_cmd("validate", "--config", at.config, env=at.service_env())
-    assert "OK (1 upstream(s))" in shown.stdout
+    assert "OK (1 MQTT and 0 HTTP upstream(s))" in shown.stdout
 
     # -- a short run: uplinks from "ChirpStack" reach the upstream set by the environment override
     received = recorder(upstream)

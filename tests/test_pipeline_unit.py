@@ -83,6 +83,21 @@ def test_formatter_topic_placeholders() -> None:
     assert ("urn:dev:mac:0000000000000002_temperature", T0 + 2) in names
 
 
+@pytest.mark.parametrize("fmt", ["senml+json", "senml+cbor"])
+def test_formatter_one_uplink_per_message_for_first_base_value_readers(fmt: str) -> None:
+    """A backlog of one device leaves as one message per uplink, each read right by taking its first `bt`."""
+    entries = [entry(i) for i in range(1, 6)]
+    messages = make_formatter(upstream(format=fmt, link_topic="", one_uplink_per_message=True), "gw")(entries)
+    assert len(messages) == 5
+    for i, message in enumerate(messages, start=1):
+        raw = senml.decode(message.payload, fmt)
+        assert uplink_ids(message.payload, fmt) == [str(uuid.UUID(int=i))]
+        # What a naive reader does: the first record's base time for every record of the message.
+        assert raw[0]["bt"] == T0 + i and not any("bt" in r for r in raw[1:])
+    packed = make_formatter(upstream(format=fmt, link_topic=""), "gw")(entries)
+    assert len(packed) == 1  # the default stays packed
+
+
 def test_formatter_pack_resolves_to_reference_records() -> None:
     (message, link) = make_formatter(upstream(), "gw-01")([entry(0)])
     resolved = [r for r in senml.resolve(senml.decode(message.payload, "senml+json"))

@@ -225,3 +225,24 @@ def test_cli_decoders_test_runs_the_yaml_js_codec_by_default():
 def test_cli_decoders_test_js_codec_that_cannot_load_fails():
     result = CliRunner().invoke(main, ["decoders", "test", "tests/decoding/js/codecs/acme/outside-codec.yaml"])
     assert result.exit_code == 1
+
+
+def test_scaffold_installs_in_a_fresh_venv_as_its_readme_says(tmp_path):
+    """The README's steps in a venv that sees nothing of this one: lorawan-edge from its checkout, then the plugin."""
+    result = CliRunner().invoke(main, ["decoders", "new", "acme-iot/th-3000", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "edge-decoder-acme-iot"
+    readme = (root / "README.md").read_text()
+    checkout = str(Path(edge.__file__).resolve().parent.parent)
+    assert f"pip install {checkout}\n" in readme and f"pip install {checkout}" in result.output
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EDGE_CONFIG", "VIRTUAL_ENV")}
+    for step in ([str(python), "-m", "pip", "install", "-q", checkout],
+                 [str(python), "-m", "pip", "install", "-q", "-e", ".[test]"]):
+        run = subprocess.run(step, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout + run.stderr
+    tests = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert tests.returncode == 0, tests.stdout + tests.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import struct
 import subprocess
@@ -518,3 +519,20 @@ def test_web_page_screenshot_on_a_phone_screen(served: Callable[..., WebServer],
     # The health badge is drawn in the "ok" green (#1a7f37) only once live data said healthy.
     assert sum(1 for px in pixels if px == b"\x1a\x7f\x37") > 200
     assert png.stat().st_size > 10_000
+
+
+def test_web_sensor_health_in_metrics_and_page_data(served: Callable[..., WebServer], pipeline: Pipeline) -> None:
+    web = served()
+    samples = metrics(web)
+    # Counts per state and problem kind only: bounded series whatever the fleet's size.
+    assert samples[("edge_devices", (("state", "ok"),))] == 3
+    assert samples[("edge_devices", (("state", "silent"),))] == 0
+    assert ("edge_device_problems", (("problem", "low-battery"),)) in samples
+    assert not any("dev_eui" in dict(labels) for _, labels in samples)
+    status, _, body = get(web.url + "api/status")
+    health = json.loads(body)["health"]
+    assert status == 200 and len(health["devices"]) == 3
+    keys = {"dev_eui", "state", "problems", "expected_interval_s", "loss_ratio", "rssi_dbm"}
+    assert keys <= set(health["devices"][0])
+    page = get(web.url)[2].decode()
+    assert "Sensor health" in page and "renderHealth" in page

@@ -153,6 +153,30 @@ def v5_rewind_requests() -> str:
     """
 
 
+@migration
+def v6_device_health() -> str:
+    """Sensor health (edge/health.py): each device's state, and health notices until every upstream has them."""
+    return """
+        CREATE TABLE device_health (
+            dev_eui TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            changed_at REAL NOT NULL,
+            data BLOB NOT NULL          -- the whole DeviceHealth as JSON
+        ) WITHOUT ROWID;
+        CREATE TABLE health_notices (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            notice_id TEXT NOT NULL,    -- stable across re-sends: receivers drop repeats by it
+            dev_eui TEXT NOT NULL,
+            time REAL NOT NULL,
+            body BLOB NOT NULL          -- the notice as JSON
+        );
+        CREATE TABLE health_sent (
+            sink TEXT PRIMARY KEY,
+            last_id INTEGER NOT NULL    -- every notice up to this id is delivered to this upstream
+        ) WITHOUT ROWID;
+    """
+
+
 def _statements(script: str) -> list[str]:
     """The SQL statements of a migration script, split where SQLite itself says one ends."""
     out: list[str] = []

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from edge.buffer import location
 from edge.buffer.migrations import migrate
 from edge.errors import StorageCorrupt, StorageError
 from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Reading, Uplink, radio_json, readings_json
@@ -161,6 +162,9 @@ def open_writer(path: str | Path, max_bytes: int) -> Buffer:
     instead of crash-looping on a damaged file.
     """
     p = Path(path)
+    blocked = location.problem(p)
+    if blocked:
+        raise StorageError(blocked)  # one clear line from `edge run`, not a traceback in a restart loop
     marker = p.with_name(p.name + ".clean")
     check = p.exists() and not marker.exists()
     try:
@@ -747,6 +751,31 @@ class Buffer:
             item["readings"] = orjson.loads(item["readings"])
             result.append(item)
         return result
+
+    def activity(self, dev_euis: Iterable[str], since: float) -> dict[str, dict[str, Any]]:
+        """What each device did since `since`, for `edge devices verify`: join, first and last uplink.
+
+        Keys per device: joined (time of the first join event or None), first_uplink (receive time or
+        None), and from its last uplink: last_time, decoder, status, readings, rssi, snr, gateway_id.
+        Devices with nothing since `since` are absent. One pass over each table from `since` on.
+        """
+        wanted = set(dev_euis)
+        out: dict[str, dict[str, Any]] = {}
+        for dev, joined in self.db.execute(
+                "SELECT dev_eui, min(time) FROM events WHERE kind = 'join' AND time >= ? GROUP BY dev_eui", (since,)):
+            if dev in wanted:
+                out.setdefault(dev, {})["joined"] = joined
+        for dev, first in self.db.execute(
+                "SELECT dev_eui, min(time) FROM uplinks WHERE time >= ? GROUP BY dev_eui", (since,)):
+            if dev in wanted:
+                out.setdefault(dev, {})["first_uplink"] = first
+        cols = ("dev_eui", "last_time", "decoder", "status", "readings", "rssi", "snr", "gateway_id", "fcnt")
+        for row in self.db.execute(f"SELECT {', '.join(cols)} FROM devices WHERE last_time >= ?", (since,)):
+            if row[0] in wanted:
+                item = dict(zip(cols[1:], row[1:], strict=True))
+                item["readings"] = orjson.loads(item["readings"])
+                out.setdefault(row[0], {}).update(item)
+        return out
 
     def device_meta(self, dev_euis: Iterable[str]) -> dict[str, dict[str, Any]]:
         """What sharing rules select on, per device: application, profile (name and id), tags."""

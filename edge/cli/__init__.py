@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -29,6 +30,11 @@ def _load(path: Path) -> Config:
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
+        if not path.exists():
+            source = "EDGE_CONFIG" if os.environ.get("EDGE_CONFIG") else "the default" \
+                if path == Path(DEFAULT_PATH) else "--config"
+            click.echo(f"hint: {path} is {source}; pass --config PATH (or set EDGE_CONFIG) to use another file,"
+                       " e.g. the demo's or a copy of deploy/edge.toml.example", err=True)
         raise SystemExit(2) from None
 
 
@@ -81,12 +87,29 @@ def run(config_path: Path) -> None:
 @click.option("--show", is_flag=True, help="Print the effective configuration (secrets are never included).")
 def validate(config_path: Path, show: bool) -> None:
     """Check the configuration; print every problem with its key."""
+    from edge.buffer.location import problem as buffer_problem
+    from edge.pipeline import build_registry
+
     cfg = _load(config_path)
     if show:
         from edge.config_layers import describe_sources
 
         click.echo(json.dumps({**describe(cfg), "sources": describe_sources(config_path)}, indent=2))
-    click.echo(f"{config_path}: OK ({len(cfg.upstreams)} upstream(s))")
+    problems = []
+    blocked = buffer_problem(cfg.buffer.path)
+    if blocked:
+        problems.append(f"buffer.path: {blocked}")
+    # A rule naming a decoder that is not installed would leave its devices undecoded in silence.
+    known = set(build_registry(cfg).ids())
+    for i, rule in enumerate(cfg.decoding.rules):
+        if rule.decoder not in known:
+            problems.append(f"decoding.rule[{i}].decoder: no installed decoder has the id {rule.decoder!r}"
+                            " (see `edge decoders list`; a plugin may be missing or blocked)")
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        raise SystemExit(2)
+    click.echo(f"{config_path}: OK ({len(cfg.upstreams)} MQTT and {len(cfg.http_upstreams)} HTTP upstream(s))")
 
 
 def service_health(cfg: Config, timeout: float = 3.0) -> dict[str, Any]:
@@ -174,6 +197,13 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         "service": service_health(cfg),
     }
     buf.close()
+    from edge.cli.health import line as health_line
+    from edge.cli.health import report as health_report
+
+    sensors = health_report(cfg)
+    data["health"] = {"counts": {s: sum(r["state"] == s for r in sensors) for s in ("ok", "silent", "never-seen")},
+                      "with_problems": sum(bool(r["problems"]) for r in sensors),
+                      "unwell": [r for r in sensors if r["state"] != "ok" or r["problems"]][:devices]}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -202,6 +232,12 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         age = up["oldest_undelivered_age_s"]
         click.echo(f"  {up['name']:<16} backlog={up['backlog']:<8} oldest={'-' if age is None else f'{age:.0f}s'}"
                    f"  delivered={up['delivered']}  dropped={up['dropped']}  last={_ago(up['last_delivery'])}")
+    h = data["health"]
+    click.echo(f"sensor health: {h['counts']['ok']} ok, {h['counts']['silent']} silent,"
+               f" {h['counts']['never-seen']} never seen, {h['with_problems']} with problems"
+               + ("; the unwell (edge devices health --unwell lists all):" if h["unwell"] else ""))
+    for r in h["unwell"][:10]:
+        click.echo(f"  {health_line(r)}")
     click.echo("devices (last uplink):")
     for d in data["devices"]:
         values = " ".join(f"{r['n']}={r.get('v', r.get('vs', r.get('vb')))}{r.get('u', '')}" for r in d["readings"][:6])
@@ -232,9 +268,13 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
 @click.option("--seed", type=int, default=None, help="Seed for repeatable payloads and ids.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append every uplink the broker acknowledged as a JSON line to this file.")
+@click.option("--silent", type=click.IntRange(min=0), default=0, help="Devices that stop after 3 uplinks.")
+@click.option("--lossy", type=click.IntRange(min=0), default=0, help="Devices losing every third frame.")
+@click.option("--rejoin", type=click.IntRange(min=0), default=0, help="Devices whose frame counter restarts.")
+@click.option("--draining", type=click.IntRange(min=0), default=0, help="Devices whose battery drains.")
 def simulate(url: str, devices: int, count: int, rate: float, protobuf: bool, seed: int | None,
-             log_path: Path | None) -> None:
-    """Publish simulated ChirpStack v4 uplinks of Elsys ERS sensors."""
+             log_path: Path | None, silent: int, lossy: int, rejoin: int, draining: int) -> None:
+    """Publish simulated ChirpStack v4 uplinks of Elsys ERS sensors (some may misbehave, for sensor health)."""
     from urllib.parse import urlsplit
 
     from edge.simulate import SentUplink, Simulator, publish
@@ -248,7 +288,10 @@ def simulate(url: str, devices: int, count: int, rate: float, protobuf: bool, se
         # The simulator speaks plain MQTT only: an mqtts:// URL must not silently go unencrypted.
         raise click.BadParameter(f"{url!r}: use mqtt://host[:port] (plain MQTT, e.g. a local test broker)",
                                  param_hint="--url")
-    sim = Simulator(devices, protobuf=protobuf, seed=seed)
+    if silent + lossy + rejoin + draining > devices:
+        raise click.BadParameter("more misbehaving devices than --devices", param_hint="--silent/--lossy/...")
+    sim = Simulator(devices, protobuf=protobuf, seed=seed, silent=silent, lossy=lossy, rejoin=rejoin,
+                    draining=draining)
     log_file = log_path.open("a") if log_path else None
 
     def on_sent(s: SentUplink) -> None:
@@ -321,6 +364,9 @@ def _register() -> None:
     main.add_command(deadletter)
     main.add_command(devices)
     main.add_command(downlink)
+    # Imported for their effect: they add `import`, `verify`, `export` and `health` to the `devices` group.
+    import edge.cli.health
+    import edge.cli.onboard  # noqa: F401
 
 
 def _full_short_help(group: click.Group) -> None:

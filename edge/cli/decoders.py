@@ -229,7 +229,7 @@ def new(decoder_id: str, parent: Path) -> None:
     The package has the entry point, a decoder module, an examples file and a test that runs them,
     and passes its own tests out of the box.
     """
-    from edge.cli.scaffold import scaffold
+    from edge.cli.scaffold import edge_source, scaffold
 
     if not ID_RE.match(decoder_id):
         raise click.UsageError("the id must be VENDOR/MODEL: lowercase letters, digits and dashes, ≤36 each")
@@ -238,4 +238,5 @@ def new(decoder_id: str, parent: Path) -> None:
     except FileExistsError as exc:
         raise click.ClickException(f"{exc}; choose another --dir or remove it") from None
     click.echo(f"created {root}")
-    click.echo(f"next: cd {root} && pip install -e '.[test]' && pytest  (then `edge decoders list` shows {decoder_id})")
+    click.echo(f"next, in a fresh virtualenv: pip install {edge_source().split('  #')[0]} && cd {root}"
+               f" && pip install -e '.[test]' && pytest  (then `edge decoders list` shows {decoder_id})")

@@ -468,10 +468,15 @@ def _check_disk(r: _Report, cfg: Config) -> None:
 
 
 def _check_buffer(r: _Report, cfg: Config) -> None:
+    from edge.buffer.location import problem
     from edge.buffer.migrations import MIGRATIONS
     from edge.buffer.store import Buffer, connect
 
     path = Path(cfg.buffer.path)
+    blocked = problem(path)
+    if blocked:
+        r.add("buffer file", "FAIL", blocked, "run doctor as the service's user; `edge run` cannot store anything")
+        return
     if not path.exists():
         r.add("buffer file", "WARN", f"{path} does not exist yet", "start the service; `edge run` creates it")
         return
@@ -569,6 +574,28 @@ def _check_decoders(r: _Report, cfg: Config) -> None:
           " from plugins)")
 
 
+def _check_health(r: _Report, cfg: Config) -> None:
+    """How many sensors are silent or unwell, with the worst ones (docs/health.md)."""
+    from edge.cli.health import report
+
+    if not cfg.health.enabled or not Path(cfg.buffer.path).exists():
+        return
+    rows = report(cfg)
+    if not rows:
+        return
+    silent = [x for x in rows if x["state"] == "silent"]
+    never = [x for x in rows if x["state"] == "never-seen"]
+    unwell = [x for x in rows if x["problems"]]
+    detail = (f"{len(rows)} sensors: {len(silent)} silent, {len(never)} never seen, {len(unwell)} with problems")
+    if silent or never or unwell:
+        worst = ", ".join(f"{x['dev_eui']} ({x['state']}{': ' + ','.join(x['problems']) if x['problems'] else ''})"
+                          for x in (silent + never + unwell)[:5])
+        r.add("sensor health", "WARN", f"{detail}; worst: {worst}",
+              "`edge devices health --unwell` lists them; check batteries and coverage, or the device's interval")
+    else:
+        r.add("sensor health", "OK", detail)
+
+
 def _check_quarantine(r: _Report, cfg: Config) -> None:
     """Uplinks a decoder hung on (edge/quarantine.py); said only when there are some."""
     from edge import quarantine
@@ -630,6 +657,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
     _check_clock(r, cfg, skew)
     _check_decoders(r, cfg)
     _check_quarantine(r, cfg)
+    _check_health(r, cfg)
     _check_service(r, cfg)
     return r.findings
 

@@ -147,8 +147,13 @@ def test_examples(path):
 
 README = '''# edge-decoder-{vendor}
 
-A [lorawan-edge](https://pypi.org/project/lorawan-edge/) decoder plugin for the {vendor} {model}.
+A lorawan-edge decoder plugin for the {vendor} {model}.
 
+lorawan-edge is installed from its source checkout or a wheel, not by name from an index, so a fresh
+virtualenv gets it first, then this package:
+
+    python3 -m venv .venv && . .venv/bin/activate
+    pip install {edge_source}
     pip install -e '.[test]'
     pytest                                  # runs examples/<vendor>/<model>.yaml through the decoder
     edge decoders list                      # shows {decoder_id} once installed
@@ -156,6 +161,17 @@ A [lorawan-edge](https://pypi.org/project/lorawan-edge/) decoder plugin for the 
 
 See lorawan-edge's decoders/CONTRIBUTING.md for the contract.
 '''
+
+
+def edge_source() -> str:
+    """What `pip install` takes to put this lorawan-edge in another virtualenv: its checkout, if it runs from one."""
+    import edge
+
+    checkout = Path(edge.__file__).resolve().parent.parent
+    pyproject = checkout / "pyproject.toml"
+    if pyproject.is_file() and 'name = "lorawan-edge"' in pyproject.read_text(encoding="utf-8"):
+        return str(checkout)
+    return "/path/to/lorawan-edge  # its source checkout, or the lorawan_edge-*.whl the gateway was installed from"
 
 
 def scaffold(decoder_id: str, parent: Path) -> Path:
@@ -167,7 +183,7 @@ def scaffold(decoder_id: str, parent: Path) -> Path:
     if cls[0].isdigit():
         cls = "D" + cls
     values = {"vendor": vendor, "model": model, "vendor_py": vendor_py, "model_py": model_py,
-              "package": package, "cls": cls, "decoder_id": decoder_id}
+              "package": package, "cls": cls, "decoder_id": decoder_id, "edge_source": edge_source()}
     root = parent / f"edge-decoder-{vendor}"
     if root.exists():
         raise FileExistsError(f"{root} already exists")

@@ -369,6 +369,8 @@ class MqttSink:
                 last_progress = now
             if now - last_rewind_check >= REWIND_CHECK_S:
                 last_rewind_check = now
+                # Notices made while data flows (sensor health) go out within a second, not only when idle.
+                check_notices = True
                 position = self._rewind(backlog)
                 if position is not None:
                     read_pos = position

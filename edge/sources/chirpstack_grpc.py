@@ -11,6 +11,7 @@ Exception tree (all subclasses of `edge.errors.EdgeError`):
      ├── ApiPermissionError UNAUTHENTICATED without a reason (or PERMISSION_DENIED): the key was
      │                     deleted, or may not do this (a tenant key outside its tenant)
      ├── ApiNotFound       NOT_FOUND: the tenant, device or profile does not exist
+     ├── ApiExists         ALREADY_EXISTS: a create found the object (device, keys) already there
      └── ApiUnavailable    UNAVAILABLE / DEADLINE_EXCEEDED after every retry
 
 ChirpStack v4 never answers PERMISSION_DENIED: its request validator turns every refused access
@@ -55,6 +56,10 @@ class ApiNotFound(ApiError):
     """The object asked for does not exist in ChirpStack."""
 
 
+class ApiExists(ApiError):
+    """The object to create is already in ChirpStack."""
+
+
 class ApiUnavailable(ApiError):
     """ChirpStack could not be reached (after retries)."""
 
@@ -85,6 +90,7 @@ class DeviceRecord:
     tags: dict[str, str] = field(default_factory=dict)
     variables: dict[str, str] | None = None
     is_disabled: bool | None = None
+    join_eui: str = ""  # OTAA JoinEUI (AppEUI); only from `get_device`
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,22 @@ class ProfileRecord:
     codec_runtime: str  # "NONE", "CAYENNE_LPP" or "JS"
     codec_script: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKeys:
+    """A device's OTAA root keys, hex. Never logged or printed unless asked for (`export --with-keys`).
+
+    For LoRaWAN 1.0.x devices the AppKey is ChirpStack's `nwk_key` (its API names it so);
+    `app_key` is only set for LoRaWAN 1.1 devices.
+    """
+
+    dev_eui: str
+    nwk_key: str
+    app_key: str = ""
+
+    def __repr__(self) -> str:
+        return f"DeviceKeys({self.dev_eui!r}, <keys hidden>)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +254,8 @@ class ChirpStackApi:
                                       " is a tenant key and this is outside its tenant.")
         if code == grpc.StatusCode.NOT_FOUND:
             return ApiNotFound(f"{where}: {action}: not found")
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            return ApiExists(f"{where}: {action}: already exists")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return ApiUnavailable(f"ChirpStack API {self.url} unreachable: {self._hint(code, details)}"
                                   f" ({code.name}: {details})")
@@ -387,7 +411,7 @@ class ChirpStackApi:
         d = self._call(f"read device {dev_eui}", self._stub("DeviceService").Get,
                        api.GetDeviceRequest(dev_eui=dev_eui.lower())).device
         return DeviceRecord(d.dev_eui, d.name, d.application_id, d.device_profile_id, d.description, dict(d.tags),
-                            dict(d.variables), d.is_disabled)
+                            dict(d.variables), d.is_disabled, d.join_eui)
 
     def get_device_profile(self, profile_id: str) -> ProfileRecord:
         """One device profile with its codec.
@@ -409,6 +433,69 @@ class ChirpStackApi:
                              dict(p.tags))
 
     # -- writes ------------------------------------------------------------------------------
+
+    def list_device_profiles(self, tenant_id: str) -> list[tuple[str, str]]:
+        """(id, name) of every device profile of a tenant.
+
+        Args:
+            tenant_id: the tenant's UUID.
+        """
+        from chirpstack_api import api
+
+        items = self._pages(f"list device profiles of tenant {tenant_id}", self._stub("DeviceProfileService").List,
+                            lambda n, o: api.ListDeviceProfilesRequest(limit=n, offset=o, tenant_id=tenant_id))
+        return [(p.id, p.name) for p in items]
+
+    def get_keys(self, dev_eui: str) -> DeviceKeys | None:
+        """A device's OTAA keys, or None when it has none (ABP or not set yet)."""
+        from chirpstack_api import api
+
+        try:
+            k = self._call(f"read the keys of device {dev_eui}", self._stub("DeviceService").GetKeys,
+                           api.GetDeviceKeysRequest(dev_eui=dev_eui.lower())).device_keys
+        except ApiNotFound:
+            return None
+        return DeviceKeys(dev_eui.lower(), k.nwk_key, k.app_key)
+
+    def _device(self, record: DeviceRecord) -> Any:
+        from chirpstack_api import api
+
+        return api.Device(dev_eui=record.dev_eui.lower(), name=record.name, description=record.description,
+                          application_id=record.application_id, device_profile_id=record.profile_id,
+                          tags=dict(record.tags), variables=dict(record.variables or {}),
+                          join_eui=record.join_eui.lower(), is_disabled=bool(record.is_disabled))
+
+    def create_device(self, record: DeviceRecord) -> None:
+        """Create a device. Not retried here: the caller checks with `get_device` and retries (idempotently).
+
+        Raises:
+            ApiExists: ChirpStack already has a device with this DevEUI.
+        """
+        from chirpstack_api import api
+
+        self._call(f"create device {record.dev_eui}", self._stub("DeviceService").Create,
+                   api.CreateDeviceRequest(device=self._device(record)), retry=False)
+
+    def update_device(self, record: DeviceRecord) -> None:
+        """Replace a device's name, description, profile, tags, variables and JoinEUI."""
+        from chirpstack_api import api
+
+        self._call(f"update device {record.dev_eui}", self._stub("DeviceService").Update,
+                   api.UpdateDeviceRequest(device=self._device(record)))
+
+    def set_keys(self, keys: DeviceKeys, *, exists: bool) -> None:
+        """Create (or, when `exists`, replace) a device's OTAA keys."""
+        from chirpstack_api import api
+
+        message = api.DeviceKeys(dev_eui=keys.dev_eui.lower(), nwk_key=keys.nwk_key.lower(),
+                                 app_key=keys.app_key.lower())
+        service = self._stub("DeviceService")
+        if exists:
+            self._call(f"update the keys of device {keys.dev_eui}", service.UpdateKeys,
+                       api.UpdateDeviceKeysRequest(device_keys=message))
+        else:
+            self._call(f"create the keys of device {keys.dev_eui}", service.CreateKeys,
+                       api.CreateDeviceKeysRequest(device_keys=message), retry=False)
 
     def enqueue(self, dev_eui: str, f_port: int, payload: bytes | Mapping[str, Any], *,
                 confirmed: bool = False) -> str:

@@ -111,7 +111,7 @@ def test_cli_version() -> None:
 def test_cli_validate_good_config(good_config: Path) -> None:
     result = invoke("validate", "--config", str(good_config))
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{good_config}: OK (1 upstream(s))\n"
+    assert result.stdout == f"{good_config}: OK (1 MQTT and 0 HTTP upstream(s))\n"
     assert result.stderr == ""
 
 
@@ -149,7 +149,7 @@ def test_cli_validate_show_prints_json_without_secrets(good_config: Path, tmp_pa
     assert result.exit_code == 0
     assert SECRET not in result.output
     shown, end = json.JSONDecoder().raw_decode(result.stdout)
-    assert result.stdout[end:].strip() == f"{good_config}: OK (1 upstream(s))"
+    assert result.stdout[end:].strip() == f"{good_config}: OK (1 MQTT and 0 HTTP upstream(s))"
     assert shown["edge_id"] == "gw-cli"
     up = shown["upstreams"][0]
     assert up["mqtt"]["password_file"] == str(tmp_path / "city.pw")
@@ -203,7 +203,7 @@ def test_cli_status_json(good_config: Path, filled: Pipeline) -> None:
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert set(data) == {"edge_id", "version", "generated_at", "buffer", "counters", "unmapped", "upstreams", "devices",
-                         "events", "malformed", "quarantined", "service"}
+                         "events", "malformed", "quarantined", "service", "health"}
     assert data["unmapped"] == {}  # every field of these uplinks has a map
     assert data["edge_id"] == "gw-cli"
     assert data["quarantined"] == []  # uplinks a decoder hung on: tests/test_quarantine.py

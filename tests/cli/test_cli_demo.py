@@ -32,18 +32,22 @@ def test_cli_demo_shows_records_arriving_and_its_status_hint_works() -> None:
     out = done.stdout
     assert "demo OK: every uplink arrived upstream as SenML." in out
     assert "sent 10  arrived upstream 10  missing 0" in out
-    assert re.search(r"upstream lorawan/a81758fffe000000 +temperature=[\d.]+Cel", out)
-    assert re.search(r"upstream lorawan/a81758fffe000001/link +fcnt=", out)
-    config = re.search(r"edge status --config (\S+)", out)
-    assert config, out
+    # One presentation everywhere: °C, and RSSI in dBm as status and watch show it (SenML sends dBW).
+    assert re.search(r"upstream lorawan/a81758fffe000000 +temperature=[\d.]+ °C", out)
+    assert re.search(r"upstream lorawan/a81758fffe000001/link +fcnt=.*rssi=-\d+(\.\d+)? dBm", out)
+    hint = re.search(r"Inspect the buffer: (\S+) status --config (\S+)", out)
+    assert hint, out
+    config = hint
     try:
-        status = CliRunner().invoke(main, ["status", "--json", "--config", config.group(1)])
-        assert status.exit_code == 0, status.output
-        data = json.loads(status.output)
+        # The hint works as printed, with `edge` not on PATH (a fresh `bash scripts/demo`).
+        status = subprocess.run([hint.group(1), "status", "--json", "--config", hint.group(2)], capture_output=True,
+                                text=True, timeout=60, env={"PATH": "/usr/bin:/bin"}, check=False)
+        assert status.returncode == 0, status.stdout + status.stderr
+        data = json.loads(status.stdout)
         assert data["counters"]["received"] == 10 and data["counters"]["decoded"] == 10
         assert {d["dev_eui"] for d in data["devices"]} == {"a81758fffe000000", "a81758fffe000001"}
     finally:
-        shutil.rmtree(Path(config.group(1)).parent, ignore_errors=True)
+        shutil.rmtree(Path(config.group(2)).parent, ignore_errors=True)
 
 
 def test_cli_simulate_protobuf_publishes_chirpstack_uplinks(broker_factory, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ class Coverage:
     readings: int = 0  # numeric readings sent (ignored leaves send none)
     standardised: int = 0  # ... with a vocabulary name and its unit (or a quantity that has none)
     wrong_units: int = 0  # readings whose converted value lies outside the quantity's physical range
+    sentinels: int = 0  # ... because the codec returned its "no value" marker (not sent as the quantity)
     unmapped: dict[str, int] = field(default_factory=dict)  # path -> times seen
     problems: list[str] = field(default_factory=list)
 
@@ -57,6 +58,7 @@ class Coverage:
         self.readings += other.readings
         self.standardised += other.standardised
         self.wrong_units += other.wrong_units
+        self.sentinels += other.sentinels
         for path, n in other.unmapped.items():
             self.unmapped[path] = self.unmapped.get(path, 0) + n
         self.problems.extend(other.problems)
@@ -93,6 +95,17 @@ def check(data: Mapping[str, Any] | None, fmap: FieldMap, where: str = "", cover
     for path in result.unit_errors:
         cov.problems.append(f"{where}: {path}: the data's own unit does not convert to the map's quantity"
                             " (or the map gives no u and the data no unit)")
+    raw = {leaf.path: leaf.value for leaf in leaves(data)}
+    # Sent unit-less under their own key (a key may look like a vocabulary name: it is not one then).
+    withheld = unmapped | set(result.unit_errors) | {path for path, _, _ in result.out_of_range}
+    for path, name, value in result.out_of_range:
+        bounds = BY_NAME[name]
+        if is_sentinel(raw.get(path)):
+            cov.sentinels += 1  # the codec's "no value" marker: not sent as the quantity, rightly
+            continue
+        cov.wrong_units += 1
+        cov.problems.append(f"{where}: {path} -> {name} = {value:g} {bounds.unit or ''} is outside"
+                            f" {bounds.low:g} … {bounds.high:g}: is the unit right?")
     for reading in result.readings:
         if not _numeric(reading.value):
             continue
@@ -101,7 +114,7 @@ def check(data: Mapping[str, Any] | None, fmap: FieldMap, where: str = "", cover
         if spec is not None and spec.state:
             continue  # an enum state: not a measurement
         cov.readings += 1
-        if quantity is None or reading.field in unmapped:
+        if quantity is None or reading.field in withheld or (spec is not None and spec.keep):
             continue
         if reading.unit != quantity.unit:
             cov.wrong_units += 1
@@ -109,12 +122,26 @@ def check(data: Mapping[str, Any] | None, fmap: FieldMap, where: str = "", cover
                                 f" {quantity.unit!r}")
             continue
         cov.standardised += 1
-        value = float(reading.value)
-        if not quantity.low <= value <= quantity.high:
-            cov.wrong_units += 1
-            cov.problems.append(f"{where}: {reading.field} -> {reading.name} = {value:g} {quantity.unit or ''}"
-                                f" is outside {quantity.low:g} … {quantity.high:g}: is the unit right?")
     return cov
+
+
+# Raw values codecs return for "no sensor" or "no value": integer-overflow markers, as they are or
+# scaled by a power of ten (327.67 °C is 0x7FFF hundredths); 8-bit ones only unscaled.
+_SENTINELS = frozenset({0x7FFF, 0x8000, 0xFFFF, 0x7FFFFF, 0x800000, 0xFFFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF})
+_BYTE_SENTINELS = frozenset({0x7F, 0x80, 0xFF})
+
+
+def is_sentinel(value: Any) -> bool:
+    """True for a codec's "no value" marker such as 32767, -32768, 65535 or 327.67."""
+    if not _numeric(value):
+        return False
+    magnitude = abs(float(value))
+    for digits in range(4):
+        scaled = magnitude * 10**digits
+        whole = round(scaled)
+        if abs(scaled - whole) < 1e-6 * max(1.0, scaled):
+            return whole in _SENTINELS or (digits == 0 and whole in _BYTE_SENTINELS)
+    return False
 
 
 def _steps(path: str) -> tuple[str | int, ...]:
@@ -416,6 +443,7 @@ def bench_lines(figures: CorpusFigures) -> list[str]:
         f"standardised_readings_share: {total.standardised_share:.3f}",
         f"standardised_readings_share_mapped_codecs: {mapped.standardised_share:.3f}",
         f"wrong_units: {total.wrong_units}",
+        f"no_value_markers_withheld: {total.sentinels}",
         f"numeric_readings: {total.readings}",
         f"standardised_readings: {total.standardised}",
         f"unmapped_numeric_fields: {total.numeric - total.covered}",

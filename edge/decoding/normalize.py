@@ -37,6 +37,10 @@ class Normalised:
     unmapped: list[str] = field(default_factory=list)
     # Leaves whose map entry names a unit the data's own unit contradicts (kept unit-less).
     unit_errors: list[str] = field(default_factory=list)
+    # Leaves whose converted value lies outside the quantity's physical range, kept unit-less under
+    # their own key: (path, quantity name, converted value). A wrong unit in the map, or a
+    # codec's "no sensor" marker (e.g. 327.67 °C): either way not a reading of that quantity.
+    out_of_range: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 def _value_object(value: Mapping[str, Any]) -> bool:
@@ -251,8 +255,12 @@ def normalise(data: Mapping[str, Any] | None, fmap: FieldMap = EMPTY, recv_time:
                 out.unit_errors.append(path)
                 readings.append(Reading(component(leaf.steps), value, None, path, when))
                 continue
-        converted: Value = value
+        converted: float = value
         if factor != 1.0 or offset != 0.0:
             converted = _round(value * factor + offset)
+        if quantity is not None and not quantity.low <= converted <= quantity.high:
+            out.out_of_range.append((path, spec.name, float(converted)))
+            readings.append(Reading(component(leaf.steps), value, None, path, when))
+            continue
         readings.append(Reading(spec.name, converted, unit, path, when))
     return out

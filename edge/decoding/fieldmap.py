@@ -373,53 +373,129 @@ def from_fields(fields: Mapping[str, Any], codecs: Sequence[str] = (), source: s
 
 @dataclass(slots=True)
 class MapIndex:
-    """Maps by codec key (`<catalogue>:<id>`), with the problems met while loading them."""
+    """Maps by codec key (`<catalogue>:<id>`), with the problems met while loading them.
 
-    by_key: dict[str, FieldMap] = field(default_factory=dict)
+    Folders are indexed lazily: only each file's `codecs:` list is read at start (parsing every
+    map of a catalogue takes seconds on a Raspberry Pi); a map is parsed and validated the first
+    time one of its keys is asked for. `load_all` parses every map (tests, `edge decoders test`).
+    """
+
     problems: list[str] = field(default_factory=list)
-    maps: list[FieldMap] = field(default_factory=list)
+    _claims: dict[str, str] = field(default_factory=dict)  # codec key -> source of the map that serves it
+    _files: dict[str, Path] = field(default_factory=dict)  # source -> file, for maps not parsed yet
+    _parsed: dict[str, FieldMap | None] = field(default_factory=dict)  # source -> map (None: invalid)
 
     def get(self, key: str) -> FieldMap | None:
-        """The map serving this codec key."""
-        return self.by_key.get(key)
+        """The map serving this codec key (parsed on first use; an invalid map serves nothing)."""
+        source = self._claims.get(key)
+        if source is None:
+            return None
+        if source in self._parsed:
+            return self._parsed[source]
+        return self._parse(source)
 
     def first(self, keys: Iterable[str]) -> tuple[str, FieldMap] | None:
         """The first of `keys` that has a map, with the map."""
         for key in keys:
-            found = self.by_key.get(key)
+            found = self.get(key)
             if found is not None:
                 return key, found
         return None
 
-    def add(self, fmap: FieldMap, catalogue: str = "") -> None:
-        """Index a map under each of its codec keys.
+    @property
+    def keys(self) -> list[str]:
+        """Every codec key some map claims."""
+        return sorted(self._claims)
 
-        Two maps claiming one key: the one from the key's own catalogue folder wins (a TTN map
-        written from the TTN codec beats a native map listing the same codec), else the first.
-        """
-        self.maps.append(fmap)
-        for key in fmap.codecs:
-            held = self.by_key.get(key)
+    @property
+    def maps(self) -> list[FieldMap]:
+        """The maps parsed so far (all of them after `load_all`)."""
+        return [m for m in self._parsed.values() if m is not None]
+
+    def add(self, fmap: FieldMap, catalogue: str = "") -> None:
+        """Index a parsed map under each of its codec keys."""
+        self._parsed[fmap.source] = fmap
+        self._claim(fmap.codecs, fmap.source, catalogue)
+
+    def _claim(self, keys: Sequence[str], source: str, catalogue: str) -> None:
+        """Two maps claiming one key: the one from the key's own catalogue folder wins (a TTN map
+        written from the TTN codec beats a native map listing the same codec), else the first."""
+        for key in keys:
+            held = self._claims.get(key)
             if held is None:
-                self.by_key[key] = fmap
+                self._claims[key] = source
+                continue
+            if held == source:
                 continue
             own = key.split(":", 1)[0]
-            if catalogue == own and _catalogue_of(held.source) != own:
-                self.by_key[key] = fmap
-            elif _catalogue_of(held.source) == own and catalogue != own:
+            if catalogue == own and _catalogue_of(held) != own:
+                self._claims[key] = source
+            elif _catalogue_of(held) == own and catalogue != own:
                 continue
             else:
-                self.problems.append(f"{fmap.source}: codec {key} already mapped by {held.source}")
+                self.problems.append(f"{source}: codec {key} already mapped by {held}")
 
-    def load_folder(self, folder: Path) -> None:
-        """Every `*.yaml` under a folder (a bad map is a problem, the others still load)."""
+    def _parse(self, source: str) -> FieldMap | None:
+        try:
+            fmap = load_map(self._files[source])
+        except MapError as exc:
+            self.problems.extend(exc.problems)
+            for problem in exc.problems:
+                log.warning("field map: %s", problem)
+            self._parsed[source] = None
+            return None
+        self._parsed[source] = fmap
+        # Should the quick scan have read a key the YAML does not list, the YAML is right.
+        for key in [key for key, held in self._claims.items() if held == source and key not in fmap.codecs]:
+            del self._claims[key]
+        return fmap
+
+    def load_folder(self, folder: Path, *, lazy: bool = True) -> None:
+        """Index every `*.yaml` under a folder (a bad map is a problem, the others still load)."""
         for path in sorted(folder.rglob("*.yaml")):
-            try:
-                fmap = load_map(path)
-            except MapError as exc:
-                self.problems.extend(exc.problems)
-                continue
-            self.add(fmap, _catalogue_of(str(path)))
+            source, catalogue = str(path), _catalogue_of(str(path))
+            self._files[source] = path
+            keys = _scan_codecs(path) if lazy else None
+            if keys is None:
+                fmap = self._parse(source)
+                if fmap is not None:
+                    self._claim(fmap.codecs, source, catalogue)
+            else:
+                self._claim(keys, source, catalogue)
+
+    def load_all(self) -> None:
+        """Parse and validate every indexed map now."""
+        for source in list(self._files):
+            if source not in self._parsed:
+                self._parse(source)
+
+
+def _scan_codecs(path: Path) -> list[str] | None:
+    """A map file's `codecs:` keys read without parsing YAML, or None when the file is not plainly
+    written (then it is parsed at once): a block list of `- key` lines or a one-line flow list."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for i, line in enumerate(lines):
+        if not line.startswith("codecs:"):
+            continue
+        rest = line[len("codecs:"):].split("#", 1)[0].strip()
+        if rest.startswith("[") and rest.endswith("]"):
+            items = [item.strip().strip("'\"") for item in rest[1:-1].split(",") if item.strip()]
+        elif rest:
+            return None
+        else:
+            items = []
+            for following in lines[i + 1:]:
+                text = following.split("#", 1)[0].strip()
+                if not text:
+                    continue
+                if not text.startswith("- "):
+                    break
+                items.append(text[2:].strip().strip("'\""))
+        return items if items and all(_KEY_RE.match(item) for item in items) else None
+    return None
 
 
 def _catalogue_of(source: str) -> str:

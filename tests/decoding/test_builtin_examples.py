@@ -136,7 +136,13 @@ def test_builtin_decoder_has_a_native_map(decoder: Decoder) -> None:
 
 
 def test_native_maps_load_without_problems() -> None:
-    assert default_index().problems == []
+    from edge.decoding.fieldmap import PACKAGE_MAPS, MapIndex
+
+    index = MapIndex()
+    index.load_folder(PACKAGE_MAPS)
+    index.load_all()
+    assert index.problems == []
+    assert len(index.maps) == len(list(PACKAGE_MAPS.rglob("*.yaml")))
 
 
 def _assert_readings_use_vocabulary(decoder: Decoder, data: Any, where: str) -> None:

@@ -338,3 +338,23 @@ def test_values_outside_the_physical_range_never_leave_as_the_quantity() -> None
     assert (cov.sentinels, cov.wrong_units) == (1, 1)
     outside = [p for p in cov.problems if "outside" in p]
     assert outside == ["ex: p -> pressure = 1.00729e+07 Pa is outside 30000 … 120000: is the unit right?"]
+
+
+def test_index_reads_codecs_first_and_parses_a_map_when_asked(tmp_path: Path) -> None:
+    folder = tmp_path / "maps" / "ttn" / "acme"
+    folder.mkdir(parents=True)
+    (folder / "good.yaml").write_text("# a comment\ncodecs:\n  - ttn:acme/good  # trailing\n  - 'object:good'\n"
+                                      "fields:\n  t: {n: temperature, u: Cel}\n")
+    (folder / "flow.yaml").write_text("codecs: [ttn:acme/flow]\nfields: {t: {n: temperature, u: Cel}}\n")
+    (folder / "bad.yaml").write_text("codecs: [ttn:acme/bad]\nfields:\n  t: {n: temperature, u: hPa}\n")
+    (folder / "odd.yaml").write_text("fields: {t: ignore}\ncodecs: !!seq [ttn:acme/odd]\n")
+    index = MapIndex()
+    index.load_folder(tmp_path / "maps")
+    assert index.keys == ["object:good", "ttn:acme/bad", "ttn:acme/flow", "ttn:acme/good", "ttn:acme/odd"]
+    assert index.maps and [m.source for m in index.maps] == [str(folder / "odd.yaml")]  # parsed at once
+    assert index.problems == []
+    good = index.get("object:good")
+    assert good is not None and good is index.get("ttn:acme/good")
+    assert index.get("ttn:acme/bad") is None and any("measures 'Pa'" in p for p in index.problems)
+    index.load_all()
+    assert len(index.maps) == 3

@@ -152,6 +152,11 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
                 failed += 1
                 _report(path, outcome)
         failed += _check_map(path, decoder, outcomes, maps, quiet)
+    from edge.decoding.fieldmap import default_index
+
+    for problem in default_index().problems:  # a map that does not load, or two maps claiming one codec
+        click.echo(f"FAIL map {problem}")
+        failed += 1
     click.echo(summary_line(maps.total, maps.without))
     if skipped:
         click.echo(f"{skipped} skipped (no native decoder declares their codec)")

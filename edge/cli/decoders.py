@@ -45,8 +45,12 @@ def list_(config_path: Path, as_json: bool) -> None:
             raise SystemExit(2) from None
     allow, block = (cfg.decoding.plugins_allow, cfg.decoding.plugins_block) if cfg else ((), ())
     loaded = load_decoders(allow, block)
+    from edge.decoding.fieldmap import map_for
+
+    # "map": the field map key that normalises the decoder's output ("" when none does).
     rows = [{"id": i.decoder.id, "aliases": list(getattr(i.decoder, "aliases", ())),
-             "ttn_codecs": list(getattr(i.decoder, "ttn_codecs", ())), "source": i.source, "version": i.version}
+             "ttn_codecs": list(getattr(i.decoder, "ttn_codecs", ())), "source": i.source, "version": i.version,
+             "map": _map_key(map_for(i.decoder))}
             for i in loaded.decoders]
     if cfg is not None and cfg.decoding.codec_paths:
         from edge.pipeline import js_codecs
@@ -54,7 +58,7 @@ def list_(config_path: Path, as_json: bool) -> None:
         for decoder in js_codecs(cfg, [i.decoder for i in loaded.decoders]):
             script = getattr(getattr(decoder, "runtime", None), "name", "")
             rows.append({"id": decoder.id, "aliases": [], "ttn_codecs": [], "source": f"js {script}",
-                         "version": "-"})
+                         "version": "-", "map": _map_key(map_for(decoder))})
     if as_json:
         click.echo(json.dumps({"decoders": rows, "problems": loaded.problems, "not_allowed": loaded.not_allowed},
                               indent=2))
@@ -67,6 +71,11 @@ def list_(config_path: Path, as_json: bool) -> None:
     for problem in loaded.problems:
         click.echo(f"problem: {problem}", err=True)
     click.echo(f"{len(rows)} decoders")
+
+
+def _map_key(found: tuple[str, object]) -> str:
+    key, fmap = found
+    return key if getattr(fmap, "specs", ()) else ""
 
 
 def _native_index() -> tuple[dict[str, Decoder], dict[str, Decoder]]:

@@ -51,6 +51,8 @@ def _value_object(value: Mapping[str, Any]) -> bool:
             and all(isinstance(value[k], str) for k in value if k != "value"))
 
 
+# Deeper parts of a codec's output are not turned into readings (they stay in the raw uplink).
+MAX_DEPTH = 32
 _SPECIAL = re.compile(r"[.\[\]`]")
 _PLAIN = frozenset({str, int, float, bool, list, tuple, type(None)})
 
@@ -69,6 +71,8 @@ def leaves(data: Any) -> list[Leaf]:
 
 def _walk(data: Mapping[Any, Any], steps: tuple[Step, ...], path: str, out: list[Leaf]) -> None:
     # Per uplink, so written for speed: paths are built as the walk goes down, dicts tested first.
+    if len(steps) >= MAX_DEPTH:
+        return  # no sensor nests this deep; a hostile codec must not exhaust the stack (raw is kept)
     for key, value in data.items():
         if not isinstance(key, str):
             key = str(key)
@@ -87,6 +91,8 @@ def _visit(value: Any, steps: tuple[Step, ...], path: str, out: list[Leaf]) -> N
         else:
             _walk(value, steps, path, out)
     elif kind is list or kind is tuple:
+        if len(steps) >= MAX_DEPTH:
+            return
         for i, item in enumerate(value):
             _visit(item, (*steps, i), f"{path}[{i}]", out)
     elif value is not None:

@@ -226,6 +226,9 @@ class DecoderRegistry:
         if self._use_object and uplink.object is not None:
             key = self.codec_for(uplink, hints)
             fmap = (self._maps.get(key) if key else None) or EMPTY
-            return self._normalised(DecodeStatus.CHIRPSTACK, uplink.object, key or "object:chirpstack", fmap,
-                                    "chirpstack", uplink.time)
+            try:
+                return self._normalised(DecodeStatus.CHIRPSTACK, uplink.object, key or "object:chirpstack", fmap,
+                                        "chirpstack", uplink.time)
+            except Exception as exc:  # noqa: BLE001 - whatever ChirpStack's codec returned costs one uplink
+                return Decoded(DecodeStatus.FAILED, [], "chirpstack", f"{type(exc).__name__}: {exc}")
         return Decoded(DecodeStatus.UNDECODED, [])

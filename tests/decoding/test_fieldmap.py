@@ -358,3 +358,11 @@ def test_index_reads_codecs_first_and_parses_a_map_when_asked(tmp_path: Path) ->
     assert index.get("ttn:acme/bad") is None and any("measures 'Pa'" in p for p in index.problems)
     index.load_all()
     assert len(index.maps) == 3
+
+
+def test_deeply_nested_output_neither_raises_nor_floods() -> None:
+    deep: dict[str, Any] = {"v": 1}
+    for _ in range(5000):
+        deep = {"a": deep}
+    out = normalise({"top": 2, "deep": deep, "list": [[[[1]]]]})
+    assert [r.field for r in out.readings] == ["top", "list[0][0][0][0]"]

@@ -37,9 +37,9 @@ class Normalised:
     unmapped: list[str] = field(default_factory=list)
     # Leaves whose map entry names a unit the data's own unit contradicts (kept unit-less).
     unit_errors: list[str] = field(default_factory=list)
-    # Leaves whose converted value lies outside the quantity's physical range, kept unit-less under
-    # their own key: (path, quantity name, converted value). A wrong unit in the map, or a
-    # codec's "no sensor" marker (e.g. 327.67 °C): either way not a reading of that quantity.
+    # Leaves whose converted value lies outside the quantity's physical range: (path, quantity
+    # name, converted value). A wrong unit in the map, a codec's "no sensor" marker (327.67 °C) or
+    # a failing sensor; they are sent all the same, and sensor health flags them.
     out_of_range: list[tuple[str, str, float]] = field(default_factory=list)
 
 
@@ -215,6 +215,8 @@ def normalise(data: Mapping[str, Any] | None, fmap: FieldMap = EMPTY, recv_time:
     A mapped leaf gets the quantity's name and unit, its value converted, its own time when the map
     names one, and its source path. An ignored leaf leaves nothing. Any other number, string or
     boolean goes out unit-less under its own key and is listed in `unmapped`: never a guessed unit.
+    A converted value outside the quantity's physical range is listed in `out_of_range` (sensor
+    health judges the readings themselves; map checks use the list).
     """
     out = Normalised()
     if not data:
@@ -265,8 +267,8 @@ def normalise(data: Mapping[str, Any] | None, fmap: FieldMap = EMPTY, recv_time:
         if factor != 1.0 or offset != 0.0:
             converted = _round(value * factor + offset)
         if quantity is not None and not quantity.low <= converted <= quantity.high:
+            # Sent as it is: sensor health flags it on the gateway (edge/health.py), and a map check
+            # (`edge decoders test`) tells a wrong unit from a codec's "no value" marker.
             out.out_of_range.append((path, spec.name, float(converted)))
-            readings.append(Reading(component(leaf.steps), value, None, path, when))
-            continue
         readings.append(Reading(spec.name, converted, unit, path, when))
     return out

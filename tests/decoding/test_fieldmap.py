@@ -327,15 +327,15 @@ def test_cli_readings_json_for_a_chirpstack_codec(tmp_path: Path) -> None:
         {"field": "state", "n": "device-status", "vs": "ok"}]}
 
 
-def test_values_outside_the_physical_range_never_leave_as_the_quantity() -> None:
-    # A "no probe" marker (0x7FFF hundredths) and a wrong unit alike go out unit-less under their key.
+def test_values_outside_the_physical_range_are_listed_and_checked() -> None:
+    # Sent as they are (sensor health flags them on the gateway) and listed for the map checks.
     m = fmap({"probe": {"n": "temperature-external", "u": "Cel"}, "p": {"n": "pressure", "u": "hPa"}})
     out = normalise({"probe": 327.67, "p": 100729}, m)
-    assert triples(out.readings) == [("probe", 327.67, None), ("p", 100729, None)]
+    assert triples(out.readings) == [("temperature-external", 327.67, "Cel"), ("pressure", 10072900.0, "Pa")]
     assert out.out_of_range == [("probe", "temperature-external", 327.67), ("p", "pressure", 10072900.0)]
     cov = check({"probe": 327.67, "p": 100729}, m, "ex")
-    # The marker is the codec's, not the map's fault; the hPa is the map's.
-    assert (cov.sentinels, cov.wrong_units) == (1, 1)
+    # The marker is the codec's (a probe is missing), not the map's fault; the hPa is the map's.
+    assert (cov.sentinels, cov.wrong_units, cov.standardised) == (1, 1, 0)
     outside = [p for p in cov.problems if "outside" in p]
     assert outside == ["ex: p -> pressure = 1.00729e+07 Pa is outside 30000 … 120000: is the unit right?"]
 

@@ -223,6 +223,7 @@ def normalise(data: Mapping[str, Any] | None, fmap: FieldMap = EMPTY, recv_time:
         return out
     readings = out.readings
     lookup = fmap.lookup
+    timed = False
     for leaf in leaves(data):
         value = leaf.value
         kind = type(value)
@@ -240,7 +241,10 @@ def normalise(data: Mapping[str, Any] | None, fmap: FieldMap = EMPTY, recv_time:
             continue
         if spec.ignore:
             continue
-        when = _time(spec, leaf, data, recv_time) if (spec.time is not None or spec.time_step) else None
+        when = None
+        if spec.time is not None or spec.time_step:
+            when = _time(spec, leaf, data, recv_time)
+            timed = timed or when is not None
         quantity = spec.quantity
         unit = quantity.unit if quantity is not None else spec.unit
         if kind is str and not spec.state and unit is not None:
@@ -271,4 +275,8 @@ def normalise(data: Mapping[str, Any] | None, fmap: FieldMap = EMPTY, recv_time:
             # (`edge decoders test`) tells a wrong unit from a codec's "no value" marker.
             out.out_of_range.append((path, spec.name, float(converted)))
         readings.append(Reading(spec.name, converted, unit, path, when))
+    if timed:
+        # The uplink's own readings first, then samples with their own time, newest first: whoever
+        # takes the first reading of a name as the current one (sensor health) gets the newest.
+        readings.sort(key=lambda r: -math.inf if r.time is None else -r.time)
     return out

@@ -152,8 +152,9 @@ def test_sample_time_takes_the_leafs_own_index_and_dt_spaces_list_elements() -> 
     m = fmap({"h[*].ts": "ignore", "h[*].v": {"n": "volume", "u": "L", "t": "h[*].ts"},
               "w[*]": {"n": "sound-level", "u": "dB", "t": "start", "dt": 60}, "start": "ignore"})
     out = normalise({"h": [{"ts": 100, "v": 1}, {"ts": 200, "v": 2}], "start": 1000, "w": [50, 51, 52]}, m, RECV)
-    assert [(r.name, r.time) for r in out.readings] == [("volume", 100.0), ("volume", 200.0), ("sound-level", 1000.0),
-                                                       ("sound-level", 1060.0), ("sound-level", 1120.0)]
+    # Samples with their own time come newest first (after the uplink's own readings, none here).
+    assert [(r.name, r.time) for r in out.readings] == [("sound-level", 1120.0), ("sound-level", 1060.0),
+                                                       ("sound-level", 1000.0), ("volume", 200.0), ("volume", 100.0)]
 
 
 def test_keep_sends_unit_less_without_counting_as_unmapped() -> None:
@@ -323,8 +324,8 @@ def test_cli_readings_json_for_a_chirpstack_codec(tmp_path: Path) -> None:
     (line,) = [json.loads(text) for text in result.stdout.splitlines()]
     assert line == {"file": str(folder / "th.js"), "example": 0, "readings": [
         {"field": "temperature", "n": "temperature", "u": "Cel", "v": 21.5},
-        {"field": "history[0].temperature", "n": "temperature", "u": "Cel", "v": 20.0, "t": -60.0},
-        {"field": "state", "n": "device-status", "vs": "ok"}]}
+        {"field": "state", "n": "device-status", "vs": "ok"},
+        {"field": "history[0].temperature", "n": "temperature", "u": "Cel", "v": 20.0, "t": -60.0}]}
 
 
 def test_values_outside_the_physical_range_are_listed_and_checked() -> None:

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edge.vocabulary import BY_NAME, EMITTED_UNITS, Quantity, UnitMismatch, conversion
+from edge.vocabulary import BY_NAME, Quantity, UnitMismatch, conversion
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class MapError(ValueError):
 
 
 def format_path(steps: Sequence[Step]) -> str:
-    """`a.b[2].c` from ('a', 'b', 2, 'c'); keys with '.', '[', ']' or a backtick-free need are quoted."""
+    """`a.b[2].c` from ('a', 'b', 2, 'c'); a key containing '.', '[', ']' or '`' (or empty) is backtick-quoted."""
     out: list[str] = []
     for step in steps:
         if isinstance(step, int):
@@ -515,11 +515,9 @@ def plugin_map_folders() -> list[Path]:
     found: list[Path] = []
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
-            target = ep.load()
+            found.extend(_folders(ep.load()))
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the gateway
             log.warning("field maps of plugin entry point %s cannot be loaded: %s", ep.name, exc)
-            continue
-        found.extend(_folders(target))
     return found
 
 
@@ -556,11 +554,6 @@ def default_index(extra: Iterable[Path] = ()) -> MapIndex:
     if not extra:
         _DEFAULT = index
     return index
-
-
-def known_unit(unit: str) -> bool:
-    """True when a map may name this emitted unit."""
-    return unit in EMITTED_UNITS
 
 
 def decoder_keys(decoder: Any) -> list[str]:

@@ -367,3 +367,17 @@ def test_deeply_nested_output_neither_raises_nor_floods() -> None:
         deep = {"a": deep}
     out = normalise({"top": 2, "deep": deep, "list": [[[[1]]]]})
     assert [r.field for r in out.readings] == ["top", "list[0][0][0][0]"]
+
+
+def test_plugin_map_folders_from_module_callable_or_path(tmp_path: Path) -> None:
+    import types
+
+    from edge.decoding.fieldmap import _folders
+
+    package = tmp_path / "edge_decoder_acme"
+    (package / "maps").mkdir(parents=True)
+    module = types.ModuleType("edge_decoder_acme")
+    module.__file__ = str(package / "__init__.py")
+    assert _folders(module) == [package / "maps"]
+    assert _folders(lambda: [str(tmp_path)]) == [tmp_path]
+    assert _folders(str(tmp_path)) == [tmp_path]

@@ -219,7 +219,9 @@ def readings(paths: tuple[Path, ...], as_json: bool) -> None:
     (`vendors/<vendor>/codecs/<name>.js`, examples from `test_decode_<name>.json` beside them) or
     `codecs/` folders. Each example is decoded by its codec in the JS sandbox and normalised with
     the codec's field map. One line per example, in file order: {"file", "example" (from 0),
-    "readings": [{"field", "n", "u"?, "v"|"vs"|"vb", "t"?}]}; unmapped fields have no "u".
+    "readings": [{"field", "n", "u"?, "v"|"vs"|"vb", "t"?}]}; unmapped fields have no "u". Examples are
+    decoded as if received at time 0: a sample's absolute time prints as itself, an offset from the
+    receive time (`tu: offset-s`, `ago-s`) as negative seconds.
     """
     from edge.decoding.coverage import example_readings, reading_json
 

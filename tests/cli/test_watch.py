@@ -136,3 +136,11 @@ def test_watch_does_not_take_over_the_service_session(broker_factory, make_confi
     buffer = Buffer(cfg.parent / "buffer.sqlite", readonly=True)
     assert buffer.counters()["received"] == 5
     buffer.close()
+
+
+def test_watch_marks_samples_with_their_own_time() -> None:
+    from edge.cli.watch import format_readings
+    from edge.model import Reading
+
+    readings = [Reading("volume", 123.456, "m3"), Reading("volume", 123.42, "m3", "history[1].volume", 996.0)]
+    assert format_readings(readings, 1000.0) == "volume=123.456m3 volume=123.42m3@-4s"

@@ -10,6 +10,7 @@ import re
 import socket
 import stat
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,11 @@ class DecodingConfig:
     cooldown_timeouts: int = 3
     cooldown_window_s: float = 60.0
     cooldown_s: float = 60.0
+    # Device profile name or id -> field map key (`ttn:elsys/elsys`) for ChirpStack's `object`
+    # and the profile's own JS codec (docs/field-maps.md).
+    object_maps: Mapping[str, str] = field(default_factory=dict)
+    # Folders of more field maps (YAML), beside the package's and plugins' maps.
+    map_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -558,6 +564,8 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         cooldown_timeouts=dec.get("cooldown_timeouts", int, 3),
         cooldown_window_s=dec.positive("cooldown_window_s", float, 60.0),
         cooldown_s=dec.positive("cooldown_s", float, 60.0),
+        object_maps=_object_maps(dec.get("object_maps", dict, {}), problems),
+        map_paths=dec.strings("map_paths"),
     )
     if not 0 <= decoding.cooldown_timeouts <= 1000:
         problems.append("decoding.cooldown_timeouts: must be 0 (never cool down) to 1000")
@@ -568,6 +576,9 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         problems.append(f"decoding.js_time_limit_ms: must be at most {MAX_WAIT_S * 1000:g}")
     if decoding.js_memory_limit_mb > MAX_JS_MEMORY_MB:
         problems.append(f"decoding.js_memory_limit_mb: must be at most {MAX_JS_MEMORY_MB} (a 32-bit size)")
+    for i, map_path in enumerate(decoding.map_paths):
+        if not Path(map_path).is_dir():
+            problems.append(f"decoding.map_paths[{i}]: {map_path!r} is not a folder")
     for i, codec_path in enumerate(decoding.codec_paths):
         if not Path(codec_path).exists():
             problems.append(f"decoding.codec_paths[{i}]: {codec_path!r} does not exist")
@@ -874,6 +885,18 @@ def secret_file_warnings(cfg: Config) -> list[str]:
             who = " and ".join(w for w, bit in (("its group", stat.S_IRGRP), ("all users", stat.S_IROTH)) if mode & bit)
             out.append(f"{key}: {path} holds a secret but {who} may read it (mode {stat.S_IMODE(mode):04o});"
                        f" `chmod 600 {path}` (owned by the service's user)")
+    return out
+
+
+def _object_maps(raw: Mapping[str, Any], problems: list[str]) -> dict[str, str]:
+    """decoding.object_maps: profile name or id -> `<catalogue>:<id>` of a field map."""
+    out: dict[str, str] = {}
+    for profile, key in raw.items():
+        if not isinstance(key, str) or not re.match(r"^(ttn|chirpstack|native|object):[^\s:]+$", key):
+            problems.append(f"decoding.object_maps.{profile}: {key!r} is not a field map key like"
+                            " \"ttn:elsys/elsys\" (<catalogue>:<id>, catalogue ttn, chirpstack, native or object)")
+            continue
+        out[str(profile)] = key
     return out
 
 

@@ -30,9 +30,9 @@ from edge.buffer.store import Batch, Buffer, Gap, NewUplink, is_disk_full, open_
 from edge.config import Config, HttpUpstreamConfig, UpstreamConfig
 from edge.decoding.base import Decoder
 from edge.decoding.catalogue import CatalogueIndex
+from edge.decoding.fieldmap import default_index
 from edge.decoding.registry import (
     NO_HINTS,
-    OBJECT_FIELDS,
     PROFILE_JS,
     CoolDown,
     Decoded,
@@ -392,30 +392,30 @@ def build_registry(cfg: Config, decoders: Sequence[Decoder] | None = None) -> De
         catalogue=CatalogueIndex.open_for(cfg.buffer.path),  # what `edge codecs import` read, if anything
         cooldown=CoolDown(slow_s=cfg.decoding.js_time_limit_ms / 1000, after=cfg.decoding.cooldown_timeouts,
                           window_s=cfg.decoding.cooldown_window_s, rest_s=cfg.decoding.cooldown_s),
+        object_maps=cfg.decoding.object_maps,
+        maps=default_index(Path(p) for p in cfg.decoding.map_paths) if cfg.decoding.map_paths else None,
     )
 
 
 def js_codecs(cfg: Config, natives: Sequence[Decoder]) -> list[Decoder]:
     """The TTN codec YAMLs named in `decoding.codec_paths`, each run by its own JavaScript codec.
 
-    A native decoder that declares the same TTN codec id lends its `fields`, since both return the
-    same `data`; otherwise the codec's keys pass through unit-less except the common ones.
+    Each is normalised by the field map of its codec id (`ttn:<vendor>/<stem>`); a native decoder's
+    map that lists the same TTN codec serves it too, since both return the same `data`. Without a
+    map the codec's keys pass through unit-less and are counted as unmapped.
     """
     if not cfg.decoding.codec_paths:
         return []
-    from edge.decoding.examples import codec_files, codec_id
+    from edge.decoding.examples import codec_files
     from edge.decoding.js.codec import JsCodecDecoder
     from edge.decoding.js.runtime import JsLimits
 
-    claimed = {codec: d for d in natives for codec in getattr(d, "ttn_codecs", ())}
     limits = JsLimits(time_limit=cfg.decoding.js_time_limit_ms / 1000,
                       memory_limit=cfg.decoding.js_memory_limit_mb << 20)
     found: list[Decoder] = []
     for path in codec_files(Path(p) for p in cfg.decoding.codec_paths):
-        native = claimed.get(codec_id(path))
         try:
-            found.append(JsCodecDecoder.from_yaml(path, fields=native.fields if native else OBJECT_FIELDS,
-                                                  limits=limits))
+            found.append(JsCodecDecoder.from_yaml(path, limits=limits))
         except EdgeError as exc:
             log.error("JS codec %s cannot be used: %s", path, exc)
     return found
@@ -719,6 +719,8 @@ class Pipeline:
                 released.append(event.uplink_id)
             fresh.add(event.uplink_id)
             batch.count(_STATUS_COUNTER[decoded.status])
+            if decoded.unmapped:  # fields no map covered yet, per codec (`edge status`, metrics)
+                batch.count(f"unmapped:{decoded.codec}", decoded.unmapped)
             if decoded.error:
                 self._decode_failed(event, decoded.decoder, decoded.error)
             batch.uplinks.append(NewUplink(event, msg.topic, msg.payload, msg.received, decoded.status,

@@ -17,8 +17,10 @@ with atheris.instrument_imports():
     import cbor2
 
     from edge.config import parse_config
-    from edge.decoding.base import DecodeResult, DeviceContext, normalize
+    from edge.decoding.base import DecodeResult, DeviceContext
     from edge.decoding.builtin import builtin_decoders
+    from edge.decoding.fieldmap import map_for
+    from edge.decoding.normalize import normalise
     from edge.errors import ConfigError
     from edge.formats import senml
     from edge.model import Entry, RadioInfo, Reading
@@ -38,13 +40,13 @@ def events(data: bytes) -> None:
 
 
 def decoders(data: bytes) -> None:
-    """Every native decoder returns a DecodeResult for any payload and fPort, and normalize() copes."""
+    """Every native decoder returns a DecodeResult for any payload and fPort, and its map's normaliser copes."""
     fdp = atheris.FuzzedDataProvider(data)
     decoder = DECODERS[fdp.ConsumeIntInRange(0, len(DECODERS) - 1)]
     fport = fdp.ConsumeIntInRange(0, 255)
     result = decoder.decode(fdp.ConsumeBytes(fdp.remaining_bytes()), fport, CONTEXT)
     assert isinstance(result, DecodeResult)
-    normalize(result.data, decoder.fields)
+    normalise(result.data, map_for(decoder)[1], 1.7e9)
 
 
 def senml_round_trip(data: bytes) -> None:

@@ -383,13 +383,31 @@ def test_pipeline_handle_rule_beats_chirpstack_object(tmp_path: Path, pipelines:
 
 
 def test_pipeline_handle_falls_back_to_chirpstack_object(pipelines: Callable[..., Pipeline]) -> None:
+    # No field map names this profile's codec: its keys go out unit-less (never a guessed unit)
+    # and are counted as unmapped.
     p = pipelines()
     p.handle([message(CHIRPSTACK / "v4_up_with_object.serialised.json")])
     assert stored(p) == [(DecodeStatus.CHIRPSTACK, "chirpstack", None)]
     (e,) = p.buffer.read(0, 1)
+    assert e.readings == [Reading("temperature", 23.0, None), Reading("humidity", 45.0, None),
+                          Reading("battery-voltage", 3.3, None)]
+    counters = p.buffer.counters()
+    assert counters["chirpstack"] == 1 and counters["unmapped:object:chirpstack"] == 3
+
+
+def test_pipeline_handle_chirpstack_object_with_its_map(tmp_path: Path, pipelines: Callable[..., Pipeline]) -> None:
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "th.yaml").write_text("codecs: [object:th-sensor]\nfields:\n  temperature: {n: temperature, u: Cel}\n"
+                                  "  humidity: {n: humidity, u: '%'}\n  batteryVoltage: {n: battery-voltage, u: mV}\n")
+    cfg = make_cfg(tmp_path, decoding={"map_paths": [str(maps)],
+                                       "object_maps": {"TH-sensor (JS codec)": "object:th-sensor"}})
+    p = pipelines(cfg)
+    p.handle([message(CHIRPSTACK / "v4_up_with_object.serialised.json")])
+    (e,) = p.buffer.read(0, 1)
     assert e.readings == [Reading("temperature", 23.0, "Cel"), Reading("humidity", 45.0, "%RH"),
-                          Reading("battery-voltage", 3.3, "V")]
-    assert p.buffer.counters()["chirpstack"] == 1
+                          Reading("battery-voltage", 0.0033, "V")]
+    assert not any(name.startswith("unmapped:") for name in p.buffer.counters())
 
 
 def test_pipeline_handle_object_ignored_when_disabled(tmp_path: Path, pipelines: Callable[..., Pipeline]) -> None:

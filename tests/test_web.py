@@ -142,6 +142,21 @@ def test_web_metrics_parse_and_show_the_counters(pipeline: Pipeline, served: Cal
     assert m[("process_resident_memory_bytes", ())] > 0
 
 
+def test_web_metrics_and_status_count_unmapped_fields_per_codec(pipeline: Pipeline,
+                                                             served: Callable[..., WebServer]) -> None:
+    # ChirpStack's `object` of a profile no field map names: three fields sent without a unit.
+    doc = Path(__file__).parent / "fixtures" / "chirpstack" / "v4_up_with_object.serialised.json"
+    pipeline.handle([Message("application/app/device/0101010101010101/event/up", doc.read_bytes(), time.time())])
+    web = served()
+    m = metrics(web)
+    assert m[("edge_unmapped_fields_total", (("codec", "object:chirpstack"),))] == 3
+    status, _, body = get(web.url + "api/status")
+    assert status == 200
+    shown = orjson.loads(body)
+    assert shown["unmapped"] == {"object:chirpstack": 3}
+    assert not any(name.startswith("unmapped:") for name in shown["counters"])
+
+
 def test_web_metrics_follow_delivery_and_sink_stats(pipeline: Pipeline, served: Callable[..., WebServer]) -> None:
     web = served()
     city = next(s for s in pipeline.sinks if s.name == "city")

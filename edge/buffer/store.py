@@ -379,8 +379,10 @@ class Buffer:
                 db.executemany(f"UPDATE uplinks SET status = {_SUPERSEDED} WHERE id = ?",
                                [(i,) for i in batch.supersedes])
             if batch.counts:
-                db.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
-                               [(n, name) for name, n in batch.counts.items()])
+                # An upsert: per-codec counters (`unmapped:<codec>`) appear as codecs are seen.
+                db.executemany("INSERT INTO counters(name, value) VALUES (?, ?)"
+                               " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                               [(name, n) for name, n in batch.counts.items()])
             db.execute("COMMIT")
         except BaseException:
             self._malformed_bytes = None  # what the rolled-back batch added is gone again

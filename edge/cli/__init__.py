@@ -172,6 +172,7 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
     from edge import quarantine
     from edge.buffer.store import Buffer
     from edge.model import DecodeStatus
+    from edge.telemetry import plain_counters, unmapped_by_codec
 
     cfg = _load(config_path)
     buf = Buffer(_existing_buffer(cfg.buffer.path), readonly=True)
@@ -182,13 +183,16 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         edge_version = version("lorawan-edge")
     except PackageNotFoundError:
         edge_version = "unknown"
+    counters = buf.counters()
     data: dict[str, Any] = {
         "edge_id": cfg.edge_id,
         "version": edge_version,
         "generated_at": time.time(),
         "buffer": {"path": cfg.buffer.path, "used_bytes": buf.used_bytes(),
                    "max_bytes": int(cfg.buffer.max_size_mb * 1024 * 1024)},
-        "counters": buf.counters(),
+        "counters": plain_counters(counters),
+        # Fields no field map covers yet (sent unit-less under their own key), per codec key.
+        "unmapped": unmapped_by_codec(counters),
         "upstreams": buf.sinks([u.name for u in cfg.upstreams] + [u.name for u in cfg.http_upstreams]),
         "devices": buf.devices(devices),
         "events": buf.recent_events(10),
@@ -224,6 +228,11 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
     echo("counters: " + "  ".join(f"{k}={c.get(k, 0)}" for k in (
         "received", "duplicates", "decoded", "chirpstack", "undecoded", "decode_failed", "malformed", "events",
         "dropped")))
+    if data["unmapped"]:
+        top = list(data["unmapped"].items())[:8]
+        more = len(data["unmapped"]) - len(top)
+        echo("unmapped fields (no field map yet, sent without a unit): "
+                   + "  ".join(f"{codec}={n}" for codec, n in top) + (f"  (+{more} more)" if more else ""))
     echo("upstreams:")
     for up in data["upstreams"]:
         age = up["oldest_undelivered_age_s"]

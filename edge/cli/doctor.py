@@ -603,6 +603,20 @@ def _check_decoders(r: _Report, cfg: Config) -> None:
     builtin = sum(1 for info in loaded.decoders if info.source == BUILTIN)
     r.add("decoders", "OK", f"{len(loaded.decoders)} loaded ({builtin} built-in, {len(loaded.decoders) - builtin}"
           " from plugins)")
+    _check_field_maps(r, cfg)
+
+
+def _check_field_maps(r: _Report, cfg: Config) -> None:
+    """Every field map loads (docs/field-maps.md); a broken one leaves its codec's fields unit-less."""
+    from edge.decoding.fieldmap import default_index
+
+    index = default_index(Path(p) for p in cfg.decoding.map_paths)
+    index.load_all()
+    for problem in index.problems[:10]:
+        r.add("field maps", "WARN", problem, "fix the map (`edge decoders test` checks it with the codec's examples)")
+    if len(index.problems) > 10:
+        r.add("field maps", "WARN", f"{len(index.problems) - 10} more map problems", "run `edge decoders test`")
+    r.add("field maps", "OK", f"{len(index.maps)} maps for {len(index.keys)} codecs")
 
 
 def _check_health(r: _Report, cfg: Config) -> None:

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.decoding import limits
-from edge.decoding.base import Decoder, DecodeResult, DeviceContext, Field, normalize
+from edge.decoding.base import Decoder, DecodeResult, DeviceContext
+from edge.decoding.fieldmap import EMPTY, FieldMap, MapIndex, default_index, map_for
+from edge.decoding.normalize import normalise
 from edge.model import DecodeStatus, Reading, Uplink
 
 if TYPE_CHECKING:
@@ -20,21 +22,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Field names ChirpStack codecs commonly return, mapped to the vocabulary. Used only for
-# ChirpStack's own `object`, where no decoder declared its fields.
-OBJECT_FIELDS: dict[str, Field] = {
-    "temperature": Field("temperature", "Cel"),
-    "humidity": Field("humidity", "%RH"),
-    "relativeHumidity": Field("humidity", "%RH"),
-    "light": Field("illuminance", "lx"),
-    "illuminance": Field("illuminance", "lx"),
-    "co2": Field("co2", "/", scale=1e-6),
-    "pressure": Field("pressure", "Pa", scale=100),
-    "batteryVoltage": Field("battery-voltage", "V"),
-    "battery": Field("battery", "%EL"),
-    "vdd": Field("battery-voltage", "V", scale=1e-3),
-    "motion": Field("motion", "count"),
-}
+# At most this many codec keys are counted apart for `unmapped`; the rest share "other", so a
+# fleet of unmapped codecs cannot grow the counters table or the metrics' label set without bound.
+MAX_UNMAPPED_KEYS = 200
+OTHER = "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +51,10 @@ class Rule:
 class DeviceHints:
     """What the ChirpStack device registry cache knows beyond the MQTT event (issue #4).
 
-    `profile_js` is the device profile's own codec script when its codec runtime is JS.
+    `profile_js` is the device profile's own codec script when its codec runtime is JS. `codec`
+    names the field map (`<catalogue>:<id>`, e.g. "ttn:elsys/elsys") for the profile's JS codec and
+    for ChirpStack's `object`; when it is empty the device or profile tag `codec` or config
+    `decoding.object_maps` apply.
     """
 
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -68,6 +62,7 @@ class DeviceHints:
     profile_id: str = ""
     profile_tags: Mapping[str, str] = field(default_factory=dict)
     profile_js: str = ""
+    codec: str = ""
 
 
 PROFILE_JS = "profile-js"  # the choice "run the device profile's own JS codec"
@@ -82,6 +77,8 @@ class Decoded:
     readings: list[Reading]
     decoder: str = ""
     error: str = ""
+    codec: str = ""  # the field map's key that applied (or would have), for the `unmapped` counter
+    unmapped: int = 0  # leaves no map entry covered: sent unit-less under their own key
 
 
 class DecoderRegistry:
@@ -94,7 +91,8 @@ class DecoderRegistry:
 
     def __init__(self, decoders: Iterable[Decoder], rules: Sequence[Rule] = (), use_object: bool = True,
                  tag: str = "decoder", js_time_limit_s: float = 0.1, js_memory_limit: int = 16 << 20,
-                 catalogue: CatalogueIndex | None = None, cooldown: CoolDown | None = None) -> None:
+                 catalogue: CatalogueIndex | None = None, cooldown: CoolDown | None = None,
+                 maps: MapIndex | None = None, object_maps: Mapping[str, str] | None = None) -> None:
         self._by_id: dict[str, Decoder] = {}
         self._by_codec: dict[str, str] = {}  # TTN codec id -> decoder id
         for decoder in decoders:
@@ -111,6 +109,38 @@ class DecoderRegistry:
         self._catalogue_codecs: dict[str, Decoder] = {}  # codec key -> decoder
         # A call that takes the JS time limit or longer counts as a timeout for the cool-down.
         self.cooldown = cooldown if cooldown is not None else CoolDown(slow_s=js_time_limit_s)
+        self._maps = maps if maps is not None else default_index()
+        self._object_maps = dict(object_maps or {})
+        self._decoder_maps: dict[int, tuple[str, FieldMap]] = {}  # id(decoder) -> its map
+        self._counted: set[str] = set()  # codec keys counted apart for `unmapped`
+
+    def map_for(self, decoder: Decoder) -> tuple[str, FieldMap]:
+        """The codec key and field map that normalise a decoder's output (cached per decoder)."""
+        found = self._decoder_maps.get(id(decoder))
+        if found is None:
+            found = self._decoder_maps[id(decoder)] = map_for(decoder, self._maps)
+        return found
+
+    def codec_for(self, uplink: Uplink, hints: DeviceHints) -> str:
+        """The map key for a profile's own JS codec or ChirpStack's `object`, or ''.
+
+        Order: the hint (catalogue index), the device's then the profile's tag `codec`, then
+        `decoding.object_maps` by profile name, then by profile id.
+        """
+        tags = hints.tags or uplink.device.tags
+        dev = uplink.device
+        return (hints.codec or tags.get("codec") or hints.profile_tags.get("codec")
+                or self._object_maps.get(dev.device_profile_name)
+                or self._object_maps.get(dev.device_profile_id or hints.profile_id) or "")
+
+    def _count_key(self, key: str) -> str:
+        if key in self._counted:
+            return key
+        if len(self._counted) >= MAX_UNMAPPED_KEYS:
+            return OTHER
+        self._counted.add(key)
+        return key
+
 
     def ids(self) -> list[str]:
         """Every id a decoder can be selected by."""
@@ -197,7 +227,7 @@ class DecoderRegistry:
         from edge.decoding.js.runtime import JsLimits
 
         decoder = JsCodecDecoder.from_script(
-            f"{PROFILE_JS}/{hints.profile_id}", hints.profile_js, fields=OBJECT_FIELDS,
+            f"{PROFILE_JS}/{hints.profile_id}", hints.profile_js,
             limits=JsLimits(time_limit=self._js_limits[0], memory_limit=self._js_limits[1]))
         self._profile_codecs[hints.profile_id] = (hints.profile_js, decoder)
         return decoder
@@ -220,10 +250,9 @@ class DecoderRegistry:
         from edge.decoding.js.codec import JsCodecDecoder
         from edge.decoding.js.runtime import JsLimits
 
-        # A native decoder declaring the same TTN codec returns the same `data`: it lends its field map.
-        native = self._by_id.get(self._by_codec.get(f"{codec.vendor}/{codec.name}", "")) \
-            if codec.catalogue == "ttn" else None
-        decoder = JsCodecDecoder(key, codec.uplink_script, fields=native.fields if native else OBJECT_FIELDS,
+        # Its field map is found by its key (a native decoder declaring the same TTN codec lists
+        # that key in its own map, since both return the same `data`).
+        decoder = JsCodecDecoder(key, codec.uplink_script,
                                  limits=JsLimits(time_limit=self._js_limits[0], memory_limit=self._js_limits[1]),
                                  name=f"{codec.vendor}/{Path(codec.path).name}", codec_key=key)
         self._catalogue_codecs[key] = decoder
@@ -303,13 +332,21 @@ class DecoderRegistry:
                 took = time.thread_time() - started
                 if took >= cooldown.slow_s:
                     cooldown.took(key, took)
-            return self._normalised(result, decoder.fields, chosen)
+            if chosen == PROFILE_JS:
+                map_key = self.codec_for(uplink, hints)
+                fmap = (self._maps.get(map_key) if map_key else None) or EMPTY
+                map_key = map_key or f"{PROFILE_JS}:{hints.profile_id}"  # counted per profile while unmapped
+            else:
+                map_key, fmap = self.map_for(decoder)
+            return self._normalised(result, map_key, fmap, chosen, uplink.time)
         if self._use_object and uplink.object is not None:
-            return self._normalised(DecodeResult(uplink.object), OBJECT_FIELDS, "chirpstack", DecodeStatus.CHIRPSTACK)
+            map_key = self.codec_for(uplink, hints)
+            fmap = (self._maps.get(map_key) if map_key else None) or EMPTY
+            return self._normalised(DecodeResult(uplink.object), map_key or "object:chirpstack", fmap, "chirpstack",
+                                    uplink.time, DecodeStatus.CHIRPSTACK)
         return Decoded(DecodeStatus.UNDECODED, [])
 
-    @staticmethod
-    def _normalised(result: Any, fields: Mapping[str, Field], decoder: str,
+    def _normalised(self, result: Any, map_key: str, fmap: FieldMap, decoder: str, received: float,
                     status: int = DecodeStatus.DECODED) -> Decoded:
         """A decoder's result, bounded (limits.py) and normalised; over the bounds it fails the uplink."""
         if not isinstance(result, DecodeResult):
@@ -328,9 +365,11 @@ class DecoderRegistry:
         except limits.OverLimit as exc:
             return Decoded(DecodeStatus.FAILED, [], decoder, f"codec output over the limits: {exc}")
         try:
-            return Decoded(status, normalize(data, fields), decoder)
+            normalised = normalise(data, fmap, received)
         except Exception as exc:  # noqa: BLE001 - the normaliser's failure costs this uplink only
             return Decoded(DecodeStatus.FAILED, [], decoder, f"normalising failed: {_reason(exc)}")
+        count_key = self._count_key(map_key or f"decoder:{decoder}") if normalised.unmapped else map_key
+        return Decoded(status, normalised.readings, decoder, codec=count_key, unmapped=len(normalised.unmapped))
 
 
 def _reason(exc: BaseException) -> str:

@@ -169,7 +169,9 @@ class ShareFilter:
             if decimals is None and reading.unit not in _WILDCARD_SPARES:
                 decimals = self._rounding.get("*")
             if decimals is not None and isinstance(reading.value, float | int) and not isinstance(reading.value, bool):
-                reading = Reading(reading.name, round(reading.value, decimals), reading.unit)
+                # A history sample keeps its own time (and its source field) when rounded.
+                reading = Reading(reading.name, round(reading.value, decimals), reading.unit, reading.field,
+                                  reading.time)
             readings.append(reading)
         return Entry(entry.id, entry.uplink_id, entry.dev_eui, entry.application_id, entry.gateway_id, entry.time,
                      readings, entry.radio)

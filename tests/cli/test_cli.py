@@ -203,8 +203,9 @@ def test_cli_status_json(good_config: Path, filled: Pipeline) -> None:
     result = invoke("status", "--config", str(good_config), "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert set(data) == {"edge_id", "version", "generated_at", "buffer", "counters", "upstreams", "devices", "events",
-                         "malformed", "quarantined", "service", "health"}
+    assert set(data) == {"edge_id", "version", "generated_at", "buffer", "counters", "unmapped", "upstreams", "devices",
+                         "events", "malformed", "quarantined", "service", "health"}
+    assert data["unmapped"] == {}  # every field of these uplinks has a map
     assert data["edge_id"] == "gw-cli"
     assert data["quarantined"] == []  # uplinks a decoder hung on: tests/test_quarantine.py
     assert data["buffer"]["path"] == str(good_config.parent / "buffer.sqlite")
@@ -220,6 +221,18 @@ def test_cli_status_json(good_config: Path, filled: Pipeline) -> None:
     assert [e["kind"] for e in data["events"]] == ["join"]
     (bad,) = data["malformed"]
     assert bad["topic"].endswith("/event/up") and "payload" not in bad
+
+
+def test_cli_status_shows_unmapped_fields_per_codec(good_config: Path, filled: Pipeline) -> None:
+    topic = "application/app/device/0101010101010101/event/up"
+    with_object = json.loads((CHIRPSTACK / "v4_up_with_object.serialised.json").read_text())
+    with_object["deduplicationId"] = "9a0a3a5e-2b61-4c55-9a39-6f4b0e7c1d01"  # not a duplicate of the others
+    filled.handle([Message(topic, json.dumps(with_object).encode(), 5.0)])
+    data = json.loads(invoke("status", "--config", str(good_config), "--json").stdout)
+    assert data["unmapped"] == {"object:chirpstack": 3}
+    assert not any(name.startswith("unmapped:") for name in data["counters"])
+    out = invoke("status", "--config", str(good_config)).stdout
+    assert "unmapped fields (no field map yet, sent without a unit): object:chirpstack=3" in out
 
 
 def test_cli_status_devices_limit(good_config: Path, filled: Pipeline) -> None:

@@ -156,3 +156,11 @@ def test_watch_strips_terminal_control_sequences_from_device_data(broker_factory
     assert len(lines) == 2, lines
     assert not any(c in "".join(lines) for c in "\x1b\x07\x9b\r")
     assert "red\\nFORGED LINE" in lines[0] and not any(line.startswith("FORGED") for line in lines)
+
+
+def test_watch_marks_samples_with_their_own_time() -> None:
+    from edge.cli.watch import format_readings
+    from edge.model import Reading
+
+    readings = [Reading("volume", 123.456, "m3"), Reading("volume", 123.42, "m3", "history[1].volume", 996.0)]
+    assert format_readings(readings, 1000.0) == "volume=123.456m3 volume=123.42m3@-4s"

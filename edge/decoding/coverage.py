@@ -104,6 +104,10 @@ def check(data: Mapping[str, Any] | None, fmap: FieldMap, where: str = "", cover
         if is_sentinel(raw.get(path)):
             cov.sentinels += 1  # the codec's "no value" marker: the map is right, the sensor absent
             continue
+        spec = fmap.lookup(_steps(path))
+        if spec is not None and raw.get(path) in spec.not_readings:
+            cov.sentinels += 1  # an example's filler value, named as such in the map
+            continue
         cov.wrong_units += 1
         cov.problems.append(f"{where}: {path} -> {name} = {value:g} {bounds.unit or ''} is outside"
                             f" {bounds.low:g} … {bounds.high:g}: is the unit right?")

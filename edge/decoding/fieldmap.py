@@ -19,7 +19,7 @@ PACKAGE_MAPS = Path(__file__).resolve().parent / "maps"
 ENTRY_POINT_GROUP = "edge.field_maps"  # a plugin's entry point naming a folder (or module) of maps
 CATALOGUES = ("ttn", "chirpstack", "native", "object")
 TIME_UNITS = ("s", "ms", "iso8601", "offset-s", "ago-s")
-_SPEC_KEYS = frozenset({"n", "u", "scale", "state", "values", "t", "tu", "dt"})
+_SPEC_KEYS = frozenset({"n", "u", "scale", "state", "values", "t", "tu", "dt", "not_readings"})
 _KEY_RE = re.compile(r"^(ttn|chirpstack|native|object):[^\s:]+$")
 
 # One step of a field path: a key (str) or a list index (int). Patterns add two wildcards.
@@ -153,6 +153,8 @@ class FieldSpec:
     scale: float = 1.0
     state: bool = False
     values: Mapping[str, Any] | None = None
+    # Values a catalogue example returns that no device sends (filler bytes): the range check skips them.
+    not_readings: frozenset[float] = frozenset()
     time: tuple[Step, ...] | None = None
     time_unit: str = "s"
     time_step: float = 0.0
@@ -224,6 +226,11 @@ def _spec(pattern: str, raw: Any, where: str, problems: list[str]) -> FieldSpec 
                 problems.append(f"{where}: {exc}")
     elif quantity.state:
         problems.append(f"{where}: {name} is a state quantity: add state: true")
+    not_readings = raw.get("not_readings", [])
+    if not isinstance(not_readings, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in not_readings):
+        problems.append(f"{where}: not_readings must be a list of numbers (example values that are filler)")
+        not_readings = []
     values = raw.get("values")
     if values is not None and not isinstance(values, Mapping):
         problems.append(f"{where}: values must be a mapping (enum value: meaning)")
@@ -242,7 +249,8 @@ def _spec(pattern: str, raw: Any, where: str, problems: list[str]) -> FieldSpec 
         problems.append(f"{where}: dt must be a number of seconds")
         time_step = 0.0
     return FieldSpec(pattern, steps, name=str(name), unit=unit if isinstance(unit, str) else None,
-                     scale=float(scale), state=state, values=values, time=time, time_unit=str(time_unit),
+                     scale=float(scale), state=state, values=values,
+                     not_readings=frozenset(not_readings), time=time, time_unit=str(time_unit),
                      time_step=float(time_step), quantity=quantity, factor=factor, offset=offset)
 
 

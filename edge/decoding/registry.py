@@ -311,6 +311,10 @@ class DecoderRegistry:
                 except Exception as exc:  # noqa: BLE001 - a profile script that does not load fails this uplink
                     return Decoded(DecodeStatus.FAILED, [], chosen, f"profile codec does not load: {_reason(exc)}")
             elif chosen not in self._by_id and ":" in chosen:
+                held = self.catalogue is not None and self.catalogue.codec(chosen) is not None
+                if not held and self._use_object and uplink.object is not None:
+                    # ChirpStack already ran the codec: the `codec` tag names the map for its output.
+                    return self._object(uplink, hints)
                 try:
                     decoder = self.catalogue_decoder(chosen)
                 except Exception as exc:  # noqa: BLE001 - a missing or broken catalogue codec fails this uplink
@@ -340,11 +344,15 @@ class DecoderRegistry:
                 map_key, fmap = self.map_for(decoder)
             return self._normalised(result, map_key, fmap, chosen, uplink.time)
         if self._use_object and uplink.object is not None:
-            map_key = self.codec_for(uplink, hints)
-            fmap = (self._maps.get(map_key) if map_key else None) or EMPTY
-            return self._normalised(DecodeResult(uplink.object), map_key or "object:chirpstack", fmap, "chirpstack",
-                                    uplink.time, DecodeStatus.CHIRPSTACK)
+            return self._object(uplink, hints)
         return Decoded(DecodeStatus.UNDECODED, [])
+
+    def _object(self, uplink: Uplink, hints: DeviceHints) -> Decoded:
+        """ChirpStack's own codec output, normalised with the map its device or profile names."""
+        map_key = self.codec_for(uplink, hints)
+        fmap = (self._maps.get(map_key) if map_key else None) or EMPTY
+        return self._normalised(DecodeResult(uplink.object), map_key or "object:chirpstack", fmap, "chirpstack",
+                                uplink.time, DecodeStatus.CHIRPSTACK)
 
     def _normalised(self, result: Any, map_key: str, fmap: FieldMap, decoder: str, received: float,
                     status: int = DecodeStatus.DECODED) -> Decoded:

@@ -247,6 +247,7 @@ class WebConfig:
     port: int = 9108
     token_file: str = ""
     stuck_after_s: float = 900.0
+    disconnected_after_s: float = 120.0
 
     def token(self) -> str | None:
         """The access token, read from its file at start (never stored in config or logs)."""
@@ -601,6 +602,7 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         port=wr.get("port", int, WebConfig.port),
         token_file=wr.get("token_file", str, ""),
         stuck_after_s=wr.positive("stuck_after_s", float, WebConfig.stuck_after_s),
+        disconnected_after_s=wr.positive("disconnected_after_s", float, WebConfig.disconnected_after_s),
     )
     _check_file(wr, "token_file", web.token_file)
     if web.stuck_after_s > MAX_WAIT_S:

@@ -491,8 +491,11 @@ class Pipeline:
         # The ChirpStack device registry cache (variables, profile codecs), when an API is configured.
         self.devices = DeviceCache(cfg.chirpstack, cfg.buffer.path) if cfg.chirpstack.api_url else None
         self._warned: set[tuple[str, str]] = set()
+        # A buffer that has received before means the broker should hold our session: if it does not,
+        # events queued while we were down may be gone, and the source says so.
         self.source = ChirpStackSource(cfg.chirpstack, self.handle, batch_max=cfg.buffer.batch_max,
-                                       batch_ms=cfg.buffer.batch_ms)
+                                       batch_ms=cfg.buffer.batch_ms,
+                                       expect_session=self.buffer.counters().get("received", 0) > 0)
         # Sensor health (edge/health.py): states load from the buffer, so a restart judges on.
         self.health: HealthTracker | None = None
         self._health_conn: Buffer | None = None  # the health round's own connection (its thread's)

@@ -242,8 +242,11 @@ class StateReader:
             sink = sinks.get(p["name"])
             stats = sink.stats if sink is not None else None
             age = p["oldest_undelivered_age_s"]
+            since = getattr(stats, "disconnected_since", None) if stats else None
             p.update({
                 "connected": bool(stats and stats.connected),
+                "disconnected_for_s": None if since is None or (stats and stats.connected)
+                else round(max(0.0, snap.time - since), 1),
                 "published": stats.published if stats else 0,
                 "acknowledged": stats.acknowledged if stats else 0,
                 "rejected": stats.rejected if stats else 0,
@@ -254,7 +257,12 @@ class StateReader:
             snap.upstreams.append(p)
         if not snap.source_connected:
             snap.problems.append("ChirpStack source is disconnected")
+        down_after = pipeline.cfg.web.disconnected_after_s
         for p in snap.upstreams:
+            down = p["disconnected_for_s"]
+            if down is not None and down > down_after:
+                snap.problems.append(f"upstream {p['name']} has been unreachable for {down:.0f} s"
+                                     f" (limit {down_after:g} s): {p['last_error'] or 'no connection'}")
             if p["stuck"]:
                 snap.problems.append(f"upstream {p['name']} is stuck: its oldest undelivered uplink is"
                                      f" {p['oldest_undelivered_age_s']:.0f} s old (limit {self.stuck_after_s:g} s)")
@@ -653,7 +661,9 @@ class _Handler(BaseHTTPRequestHandler):
                         "source_connected": snap.source_connected,
                         "upstreams": {u["name"]: {"backlog": u["backlog"],
                                                   "oldest_undelivered_age_s": u["oldest_undelivered_age_s"],
-                                                  "connected": u["connected"]} for u in snap.upstreams}}
+                                                  "connected": u["connected"],
+                                                  "disconnected_for_s": u["disconnected_for_s"]}
+                                      for u in snap.upstreams}}
                 self._json(HTTPStatus.OK if snap.healthy else HTTPStatus.SERVICE_UNAVAILABLE, body, head)
             elif url.path == "/api/status":
                 devices = _int(query.get("devices", [None])[0], PAGE_DEVICES, 0, MAX_DEVICES)

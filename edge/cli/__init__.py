@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from edge import present
 from edge.cli.text import echo
 from edge.config import DEFAULT_PATH, Config, describe, load_config, secret_file_warnings
 from edge.errors import ConfigError, EdgeError
@@ -214,8 +215,9 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     c = data["counters"]
-    echo(f"edge {cfg.edge_id}  buffer {data['buffer']['used_bytes'] / 1e6:.1f} MB"
-               f" of {data['buffer']['max_bytes'] / 1e6:.0f} MB")
+    # MiB, the unit of buffer.max_size_mb: 1024 in the config reads 1024.0 MiB here, not 1074 MB.
+    echo(f"edge {cfg.edge_id}  buffer {present.size(data['buffer']['used_bytes'])}"
+         f" of {present.size(data['buffer']['max_bytes'])}")
     svc = data["service"]
     if not svc["reachable"]:
         echo(f"service: not reachable ({svc['error']}); `systemctl status lorawan-edge` tells more")
@@ -232,24 +234,35 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         top = list(data["unmapped"].items())[:8]
         more = len(data["unmapped"]) - len(top)
         echo("unmapped fields (no field map yet, sent without a unit): "
-                   + "  ".join(f"{codec}={n}" for codec, n in top) + (f"  (+{more} more)" if more else ""))
+             + "  ".join(f"{codec}={n}" for codec, n in top) + (f"  (+{more} more)" if more else ""))
     echo("upstreams:")
+    live = svc.get("upstreams", {}) if svc["reachable"] else {}
     for up in data["upstreams"]:
         age = up["oldest_undelivered_age_s"]
-        echo(f"  {up['name']:<16} backlog={up['backlog']:<8} oldest={'-' if age is None else f'{age:.0f}s'}"
-                   f"  delivered={up['delivered']}  dropped={up['dropped']}  last={_ago(up['last_delivery'])}")
+        state = live.get(up["name"], {})
+        if not svc["reachable"]:
+            link = "service down"
+        elif state.get("connected"):
+            link = "connected"
+        else:
+            down = state.get("disconnected_for_s")
+            link = "NOT CONNECTED" + (f" for {down:.0f}s" if down is not None else "")
+        echo(f"  {up['name']:<16} {link:<22} backlog={up['backlog']:<8}"
+             f" oldest={'-' if age is None else f'{age:.0f}s'}  delivered={up['delivered']}"
+             f"  dropped={up['dropped']}  last={_ago(up['last_delivery'])}")
     h = data["health"]
     echo(f"sensor health: {h['counts']['ok']} ok, {h['counts']['silent']} silent,"
-               f" {h['counts']['never-seen']} never seen, {h['with_problems']} with problems"
-               + ("; the unwell (edge devices health --unwell lists all):" if h["unwell"] else ""))
+         f" {h['counts']['never-seen']} never seen, {h['with_problems']} with problems"
+         + ("; the unwell (edge devices health --unwell lists all):" if h["unwell"] else ""))
     for r in h["unwell"][:10]:
         echo(f"  {health_line(r)}")
     echo("devices (last uplink):")
     for d in data["devices"]:
-        values = " ".join(f"{r['n']}={r.get('v', r.get('vs', r.get('vb')))}{r.get('u', '')}" for r in d["readings"][:6])
+        values = " ".join(f"{r['n']}={present.reading(r['n'], r.get('v', r.get('vs', r.get('vb'))), r.get('u'))}"
+                          for r in d["readings"][:6])
         echo(f"  {d['dev_eui']} {d['name'][:20]:<20} {_ago(d['last_time']):>9} fcnt={d['fcnt']}"
-                   f" rssi={d['rssi']} snr={d['snr']} {DecodeStatus.NAMES[d['status']]}:{d['decoder'] or '-'}"
-                   f"  {values}")
+             f" rssi={present.rssi(d['rssi'])} snr={present.snr(d['snr'])}"
+             f" {DecodeStatus.NAMES[d['status']]}:{d['decoder'] or '-'}  {values}")
     if data["events"]:
         echo("device events:")
         for e in data["events"]:

@@ -72,7 +72,7 @@ def list_(config_path: Path, dev_eui: str | None, since: str | None, until: str 
             radio = {r["n"]: r.get("v", r.get("vs")) for r in orjson.loads(row.radio)}
             payload: str | None = None
             if row.message is not None and row.topic is not None:
-                event = parse(row.topic, row.message, row.received or row.time)
+                event = parse(row.topic, row.message, row.received or row.time, cfg.chirpstack.max_payload_bytes)
                 payload = event.payload.hex() if isinstance(event, Uplink) else None
             status = DecodeStatus.NAMES[row.status]
             if as_json:

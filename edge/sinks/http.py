@@ -44,6 +44,7 @@ import orjson
 
 from edge.backoff import Backoff
 from edge.config import HttpUpstreamConfig
+from edge.errors import certificate_problem
 from edge.sinks.base import Backlog, Formatter, OutMessage, format_isolated
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,17 @@ class HttpSinkStats:
     connected: bool = False  # the last request got an HTTP answer
     last_error: str = ""
     extra: dict[str, int] = field(default_factory=dict)
+    # Since when the upstream has been unreachable (None while connected): health degrades after
+    # web.disconnected_after_s, so a dead upstream is not "healthy" until its backlog is old.
+    disconnected_since: float | None = field(default_factory=time.time)
+
+    def link(self, up: bool) -> None:
+        """Record the connection state (and since when it is down)."""
+        self.connected = up
+        if up:
+            self.disconnected_since = None
+        elif self.disconnected_since is None:
+            self.disconnected_since = time.time()
 
 
 class _Outcome(Enum):
@@ -350,12 +362,18 @@ class HttpSink:
             response = client.post(url, content=message.payload, headers={"Content-Type": message.content_type})
         except httpx.TransportError as exc:
             # Timeouts, refused or reset connections, TLS failures: the network, not the data.
-            self.stats.connected = False
+            self.stats.link(False)
             self.stats.reconnects += 1
             self.stats.last_error = f"{exc.__class__.__name__}: {exc}"
-            log.warning("Upstream %s (%s) did not answer: %s; retrying.", self.name, where, self.stats.last_error)
+            tls = certificate_problem(exc)
+            if tls:
+                self.stats.last_error = f"TLS: {tls}"
+                log.error("The TLS certificate of upstream %s (%s) is not trusted (%s): check its ca_file and the"
+                          " server's certificate (expiry, host name); retrying.", self.name, where, tls)
+            else:
+                log.warning("Upstream %s (%s) did not answer: %s; retrying.", self.name, where, self.stats.last_error)
             return _Outcome.RETRY, None
-        self.stats.connected = True
+        self.stats.link(True)
         status = response.status_code
         verdict = classify(status)
         if verdict == "accepted":

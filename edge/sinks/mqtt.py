@@ -47,6 +47,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.backoff import Backoff
 from edge.config import UpstreamConfig
+from edge.errors import certificate_problem
 from edge.model import Entry
 from edge.mqtt import make_client
 from edge.sinks import topic as topics
@@ -119,6 +120,17 @@ class SinkStats:
     connected: bool = False
     last_error: str = ""
     extra: dict[str, int] = field(default_factory=dict)
+    # Since when the upstream has been unreachable (None while connected): health degrades after
+    # web.disconnected_after_s, so a dead upstream is not "healthy" until its backlog is old.
+    disconnected_since: float | None = field(default_factory=time.time)
+
+    def link(self, up: bool) -> None:
+        """Record the connection state (and since when it is down)."""
+        self.connected = up
+        if up:
+            self.disconnected_since = None
+        elif self.disconnected_since is None:
+            self.disconnected_since = time.time()
 
 
 class MqttSink:
@@ -180,7 +192,7 @@ class MqttSink:
             log.error("Upstream %s (%s) refused the connection: %s", self.name, self.cfg.mqtt.url, reason)
             return
         self._link_ok = True
-        self.stats.connected = True
+        self.stats.link(True)
         self._max_packet = int(getattr(properties, "MaximumPacketSize", 0) or 0)
         if self._max_packet and self.cfg.max_message_bytes + 512 > self._max_packet and not self._warned_size:
             self._warned_size = True
@@ -201,7 +213,7 @@ class MqttSink:
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, reason: object,
                        properties: object) -> None:
         self._link_ok = False
-        self.stats.connected = False
+        self.stats.link(False)
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         if self.on_command is not None:
@@ -315,15 +327,22 @@ class MqttSink:
             except (OSError, ValueError) as exc:
                 self.stats.last_error = str(exc)
                 delay = backoff.next()
-                log.warning("Cannot connect to upstream %s (%s): %s; retrying in %.1f s.", self.name,
-                            self.cfg.mqtt.url, exc, delay, extra={"upstream": self.name})
+                tls = certificate_problem(exc)
+                if tls:
+                    self.stats.last_error = f"TLS: {tls}"
+                    log.error("The TLS certificate of upstream %s (%s) is not trusted (%s): check its ca_file and"
+                              " the broker's certificate (expiry, host name); retrying in %.1f s.", self.name,
+                              self.cfg.mqtt.url, tls, delay, extra={"upstream": self.name})
+                else:
+                    log.warning("Cannot connect to upstream %s (%s): %s; retrying in %.1f s.", self.name,
+                                self.cfg.mqtt.url, exc, delay, extra={"upstream": self.name})
                 stop.wait(delay)
                 continue
             try:
                 self._session(client, backlog, stop, backoff)
             finally:
                 self._link_ok = False
-                self.stats.connected = False
+                self.stats.link(False)
                 try:
                     client.disconnect()
                     client.loop(timeout=0)

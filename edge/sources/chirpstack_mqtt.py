@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from edge.backoff import Backoff
 from edge.config import ChirpStackConfig
-from edge.errors import StorageError
+from edge.errors import StorageError, certificate_problem
 from edge.sources.mqtt_wire import ConnectionRefused, MqttSubscriber, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,13 @@ class ChirpStackSource:
                 continue
             except (OSError, ValueError) as exc:
                 delay = backoff.next()
-                log.warning("Cannot connect to ChirpStack broker %s (%s); retrying in %.1f s.", url, exc, delay)
+                tls = certificate_problem(exc)
+                if tls:
+                    log.error("The TLS certificate of ChirpStack broker %s is not trusted (%s): check [chirpstack]"
+                              " ca_file and the broker's certificate (expiry, host name); retrying in %.1f s.",
+                              url, tls, delay)
+                else:
+                    log.warning("Cannot connect to ChirpStack broker %s (%s); retrying in %.1f s.", url, exc, delay)
                 stop.wait(delay)
                 continue
             except Exception:  # a bug must not stop intake for good

@@ -22,10 +22,10 @@ ROOT = BENCH.parent
 PYTHON = sys.executable
 
 
-def child_env() -> dict[str, str]:
-    """Environment for children: the package importable from the work tree, no stray buffering."""
+def child_env(root: Path = ROOT) -> dict[str, str]:
+    """Environment for children: the package importable from `root` (the work tree), no stray buffering."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -41,12 +41,12 @@ class Child:
     registry: list[Child] = []  # noqa: RUF012 - process-wide registry, cleaned up by stop_all()
 
     def __init__(self, name: str, argv: Sequence[str], *, netns: str | None = None, stdin: bool = False,
-                 stderr_path: Path | None = None, cwd: Path = ROOT) -> None:
+                 stderr_path: Path | None = None, cwd: Path = ROOT, root: Path = ROOT) -> None:
         self.name = name
         self._stderr = stderr_path.open("ab") if stderr_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [*netns_prefix(netns), *argv], stdout=subprocess.PIPE, stderr=self._stderr,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, cwd=cwd, env=child_env(),
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, cwd=cwd, env=child_env(root),
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()

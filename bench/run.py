@@ -7,6 +7,7 @@ import atexit
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from types import FrameType
 from common import (
     BENCH,
     PYTHON,
+    ROOT,
     Broker,
     Child,
     buffer_count,
@@ -31,7 +33,7 @@ from netns import UPSTREAM_ADDR, Wan
 import decoders
 from edge.config import UpstreamConfig
 
-PHASES = ("relay", "e2e", "drain", "wan", "rss", "decoders")
+PHASES = ("relay", "e2e", "drain", "wan", "rss", "ingest", "source", "decoders")
 
 
 @dataclass(frozen=True)
@@ -44,11 +46,14 @@ class Sizes:
     big: int  # uplinks in the large backlog for rss_mb_peak (0: skipped)
     wan_timeout: float  # give up on the WAN drain after this many seconds
     repeat: int  # relay and e2e runs, alternating; the best of each is reported
+    source: int  # uplinks queued for each subscriber in the source phase
     devices: int = 1000
+    ingest: tuple[int, ...] = (20_000, 100_000)  # backlogs queued at A for rss_mb_ingest_backlog
+    ingest_devices: int = 500
 
 
-FULL = Sizes(stream=100_000, drain=200_000, wan=200_000, big=1_000_000, wan_timeout=90.0, repeat=2)
-QUICK = Sizes(stream=20_000, drain=40_000, wan=10_000, big=100_000, wan_timeout=40.0, repeat=1)
+FULL = Sizes(stream=100_000, drain=200_000, wan=200_000, big=1_000_000, wan_timeout=90.0, repeat=2, source=50_000)
+QUICK = Sizes(stream=20_000, drain=40_000, wan=10_000, big=100_000, wan_timeout=40.0, repeat=1, source=20_000)
 
 # The upstream settings used for every pipeline phase (reported on the `config:` line).
 # The project's own defaults, so the bench measures what ships.
@@ -100,9 +105,11 @@ def note(text: str) -> None:
 class Bench:
     """One benchmark run: a scratch directory, the sizes, and results shared between phases."""
 
-    def __init__(self, sizes: Sizes, workdir: Path) -> None:
+    def __init__(self, sizes: Sizes, workdir: Path, baseline: str = "") -> None:
         self.sizes = sizes
         self.wd = workdir
+        self.baseline_rev = baseline
+        self._baseline: Path | None = None
         self.relay_rate: float | None = None
         self.backlog_copy: Path | None = None
         self.seed = 100
@@ -119,16 +126,34 @@ class Bench:
         path.write_text(EDGE_CONFIG.format(a_url=a_url, b_url=b_url, buffer=buffer, **BUFFER, **UPSTREAM))
         return path
 
-    def start_edge(self, name: str, config: Path, netns: str | None = None) -> tuple[Child, Path]:
+    def start_edge(self, name: str, config: Path, netns: str | None = None,
+                   root: Path = ROOT) -> tuple[Child, Path]:
         log = self.wd / f"{name}.log"
-        edge = Child(name, [PYTHON, "-m", "edge", "run", "--config", str(config)], netns=netns, stderr_path=log)
+        edge = Child(name, [PYTHON, "-m", "edge", "run", "--config", str(config)], netns=netns, stderr_path=log,
+                     cwd=root, root=root)
         wait_log(edge, log, "Connected to ChirpStack broker", 30)
         return edge, log
 
-    def feed(self, name: str, port: int, count: int, seed: int) -> Child:
+    def baseline(self) -> Path:
+        """The `edge` package of the --baseline revision, extracted once (git archive) into the scratch dir."""
+        if self._baseline is None:
+            rev = self.baseline_rev
+            if rev == "auto":
+                rev = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
+                                     capture_output=True, text=True).stdout.strip()
+            tree = self.wd / "baseline"
+            tree.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "edge"], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+            note(f"baseline: edge/ of {rev[:12]} in {tree}")
+            self._baseline = tree
+        return self._baseline
+
+    def feed(self, name: str, port: int, count: int, seed: int, devices: int = 0) -> Child:
         """Start a publisher and wait until its events are generated (it publishes on `go`)."""
         feed = Child(name, [PYTHON, str(BENCH / "feed.py"), "--port", str(port), "--count", str(count),
-                            "--devices", str(self.sizes.devices), "--seed", str(seed)], stdin=True)
+                            "--devices", str(devices or self.sizes.devices), "--seed", str(seed)], stdin=True)
         feed.wait_line("ready", 60 + count / 10_000)
         return feed
 
@@ -146,7 +171,7 @@ class Bench:
 
     # -- phases -------------------------------------------------------------------------------------
 
-    def stream(self, kind: str, seed: int) -> dict[str, float]:
+    def stream(self, kind: str, seed: int, root: Path = ROOT) -> dict[str, float]:
         """relay or e2e: feed `stream` uplinks into A, count what arrives at B, rate over 10 %..90 %."""
         n = self.sizes.stream
         a, b = Broker(f"a-{kind}", self.wd), Broker(f"b-{kind}", self.wd)
@@ -163,7 +188,7 @@ class Bench:
                 buffer = self.wd / f"e2e-{seed}" / "buffer.sqlite"
                 cfg = self.edge_config("e2e", a_url=f"mqtt://127.0.0.1:{a.port}", b_url=f"mqtt://127.0.0.1:{b.port}",
                                        buffer=buffer)
-                proc, log = self.start_edge(f"edge-e2e-{seed}", cfg)
+                proc, log = self.start_edge(f"edge-e2e-{seed}", cfg, root=root)
                 wait_log(proc, log, "Connected to upstream", 20)
             feed = self.feed(f"feed-{kind}", a.port, n, seed)
             before = proc_sample(proc.pid)
@@ -193,11 +218,14 @@ class Bench:
         """Relay (and e2e) `repeat` times, alternating, on the same feed; the best run of each counts."""
         relays: list[dict[str, float]] = []
         e2es: list[dict[str, float]] = []
+        olds: list[dict[str, float]] = []
         seed = self.next_seed()
         for _ in range(self.sizes.repeat):
             relays.append(self.stream("relay", seed))
             if e2e:
                 e2es.append(self.stream("e2e", seed))
+                if self.baseline_rev:
+                    olds.append(self.stream("e2e", seed, root=self.baseline()))
         relay = max(relays, key=lambda r: r["rate"])
         self.relay_rate = relay["rate"]
         emit("relay_uplinks_per_s", f"{relay['rate']:.0f}")
@@ -208,6 +236,11 @@ class Bench:
             emit("e2e_ratio_vs_relay", f"{best['rate'] / relay['rate']:.2f}")
             emit("e2e_messages", f"{best['messages']:.0f}")
             emit("cpu_us_per_uplink", f"{best['cpu_us']:.0f}")
+            if olds:
+                old = max(olds, key=lambda r: r["rate"])
+                emit("cpu_us_per_uplink_baseline", f"{old['cpu_us']:.0f} (e2e {old['rate']:.0f}/s, ratio"
+                     f" {old['rate'] / relay['rate']:.2f}, {old['messages']:.0f} messages;"
+                     f" edge/ of --baseline {self.baseline_rev})")
             emit("disk_bytes_written_per_uplink", f"{best['disk']:.0f}")
 
     def build_backlog(self, name: str, n: int) -> Path:
@@ -388,6 +421,91 @@ class Bench:
         emit("rss_mb_peak", f"{r['rss_mb']:.1f} ({n} uplinks backlog)")
         emit(f"drain_{n // 1000}k_records_per_s", f"{n / r['seconds']:.0f}")
 
+    def run_ingest(self) -> None:
+        """rss_mb_ingest_backlog: a backlog queued at A for the edge's persistent session, then `edge run`."""
+        emit("rss_mb_ingest_backlog", self.ingest(ROOT))
+        if self.baseline_rev:
+            emit("rss_mb_ingest_backlog_baseline", self.ingest(self.baseline()) + f"; --baseline {self.baseline_rev}")
+
+    def ingest(self, root: Path) -> str:
+        figures = []
+        for n in self.sizes.ingest:
+            name = f"ingest-{n // 1000}k-{'base' if root != ROOT else 'tree'}"
+            buffer = self.wd / name / "buffer.sqlite"
+            a = Broker(f"a-{name}", self.wd)
+            a.start()
+            try:
+                # Upstream B stays down: the figure is the ingest's alone (the drain has its own lines).
+                cfg = self.edge_config(name, a_url=f"mqtt://127.0.0.1:{a.port}",
+                                       b_url=f"mqtt://127.0.0.1:{free_port()}", buffer=buffer)
+                edge, _ = self.start_edge(f"edge-{name}-session", cfg, root=root)  # the persistent session
+                edge.stop()
+                feed = self.feed(f"feed-{name}", a.port, n, self.next_seed(), devices=self.sizes.ingest_devices)
+                note(f"{name}: queueing {n} uplinks from {self.sizes.ingest_devices} devices at A (edge stopped)")
+                feed.send("go")
+                feed.wait_line("done", 120 + n / 500)
+                feed.stop()
+                edge, log = self.start_edge(f"edge-{name}", cfg, root=root)
+                before = proc_sample(edge.pid)
+                t0 = time.monotonic()
+                end = t0 + 120 + n / 500
+                while buffer_count(buffer) < n and time.monotonic() < end:
+                    if edge.proc.poll() is not None:
+                        raise RuntimeError(f"edge exited with {edge.proc.returncode}; see {log}")
+                    time.sleep(0.1)
+                seconds = time.monotonic() - t0
+                stored = buffer_count(buffer)
+                hwm = vm_hwm_mb(edge.pid)
+                cpu_us = (proc_sample(edge.pid).cpu_s - before.cpu_s) / n * 1e6
+                edge.stop()
+                if stored < n:
+                    raise RuntimeError(f"{name}: only {stored} of {n} queued uplinks stored; peak {hwm:.1f} MiB")
+                note(f"{name}: stored {n} in {seconds:.1f} s, VmHWM {hwm:.1f} MiB, {cpu_us:.0f} us CPU per uplink")
+                figures.append(f"{n // 1000}k {hwm:.1f} MiB ({n / seconds:.0f}/s, {cpu_us:.0f} us CPU each)")
+            finally:
+                a.stop()
+            shutil.rmtree(buffer.parent, ignore_errors=True)
+        return ", ".join(figures) + f"; {self.sizes.ingest_devices} devices, upstream down"
+
+    def run_source(self) -> None:
+        """source_cpu_us_per_msg_*: the subscriber candidates drain the same queued backlog, each in its own process."""
+        n = self.sizes.source
+        impls = [("legacy", "5"), ("paho", "5"), ("ours", "5"), ("legacy", "3.1.1"), ("paho", "3.1.1"),
+                 ("ours", "3.1.1")]
+        if not self.baseline_rev:
+            impls = [i for i in impls if i[0] != "legacy"]
+        a = Broker("a-source", self.wd)
+        a.start()
+        try:
+            def probe(impl: str, protocol: str, *extra: str) -> Child:
+                tree = ["--tree", str(self.baseline())] if impl == "legacy" else []
+                return Child(f"probe-{impl}-{protocol}", [PYTHON, str(BENCH / "source_probe.py"), "--impl", impl,
+                                                          "--port", str(a.port), "--protocol", protocol,
+                                                          "--count", str(n), *tree, *extra],
+                             stderr_path=self.wd / f"probe-{impl}-{protocol}.log")
+
+            for impl, protocol in impls:  # every session exists before anything is queued
+                p = probe(impl, protocol, "--prime")
+                p.wait_line("primed", 20)
+                p.stop()
+            feed = self.feed("feed-source", a.port, n, self.next_seed())
+            note(f"source: queueing {n} uplinks for {len(impls)} subscriber sessions")
+            feed.send("go")
+            feed.wait_line("done", 120 + n / 500)
+            feed.stop()
+            results: dict[str, list[str]] = {"5": [], "3.1.1": []}
+            for impl, protocol in impls:
+                p = probe(impl, protocol)
+                _, got, us, rate, rss = p.wait_line("done", 120 + n / 500).split()
+                p.stop()
+                note(f"source {impl} MQTT {protocol}: {got} messages, {us} us CPU each, {rate}/s, maxrss {rss} MiB")
+                results[protocol].append(f"{impl} {float(us):.1f}")
+            for protocol, line in results.items():
+                emit(f"source_cpu_us_per_msg_{protocol.replace('.', '')}",
+                     ", ".join(line) + f" ({n} queued, batches of 500)")
+        finally:
+            a.stop()
+
 
 def wait_log(child: Child, log: Path, needle: str, timeout: float) -> None:
     """Wait until `needle` appears in a child's log file."""
@@ -425,6 +543,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, buffers)")
     ap.add_argument("--max-inflight", type=int, default=UPSTREAM["max_inflight"], help="upstream max_inflight")
     ap.add_argument("--read-batch", type=int, default=UPSTREAM["read_batch"], help="upstream read_batch")
+    ap.add_argument("--baseline", default="", metavar="REV",
+                    help="also measure edge/ of this git revision ('auto': where HEAD left main) in e2e and source")
     args = ap.parse_args()
     UPSTREAM.update(max_inflight=args.max_inflight, read_batch=args.read_batch)
 
@@ -435,7 +555,7 @@ def main() -> int:
     atexit.register(Child.stop_all)
     sizes = QUICK if args.quick else FULL
     wd = make_workdir()
-    bench = Bench(sizes, wd)
+    bench = Bench(sizes, wd, args.baseline)
     started = time.monotonic()
     emit("machine", machine_facts())
     emit("config", " ".join(f"{k}={v}" for k, v in {**UPSTREAM, **BUFFER}.items())
@@ -448,6 +568,8 @@ def main() -> int:
         ("drain", bench.run_drain),
         ("wan", bench.run_wan),
         ("rss", bench.run_rss),
+        ("ingest", bench.run_ingest),
+        ("source", bench.run_source),
         ("decoders", lambda: decoders.run(emit, 1.0 if args.quick else 3.0)),
     ]
     failed = 0

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
+import re
 import socket
+import stat
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,15 @@ from edge.errors import ConfigError
 DEFAULT_PATH = Path("/etc/lorawan-edge/edge.toml")
 FORMATS = ("senml+json", "senml+cbor")
 TOPIC_PLACEHOLDERS = ("dev_eui", "application", "application_id", "gateway_id", "edge_id")
+# Bounds the protocols and the OS set (checked by `edge validate`):
+MAX_PORT = 65535  # TCP
+MAX_KEEPALIVE_S = 65535  # MQTT Keep Alive is a two-byte integer (MQTT 5 §3.1.2.10)
+MAX_INFLIGHT = 65535  # MQTT packet identifiers are two bytes, so no more can be unacknowledged at once
+MAX_PACKET_BYTES = 268_435_455  # the largest MQTT packet a Remaining Length can describe (MQTT 5 §1.5.5)
+MAX_JS_MEMORY_MB = 4095  # the JS runtime's memory limit is a size_t: 32 bits on a 32-bit Raspberry Pi OS
+MAX_WAIT_S = threading.TIMEOUT_MAX  # the longest timeout a thread may wait (larger ones raise OverflowError)
+# The gateway's id goes into topics and client ids: letters, digits and a few marks, no MQTT wildcards.
+EDGE_ID = re.compile(r"[A-Za-z0-9._:@=~-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -64,12 +78,14 @@ class ChirpStackConfig:
     mqtt: MqttEndpoint
     topic: str = "application/+/device/+/event/+"
     session_expiry_s: int = 30 * 24 * 3600
+    max_packet_size_kb: int = 256
     api_url: str = ""
     api_token_file: str = ""
     tenant_id: str = ""
     api_ca_file: str = ""
     api_timeout_s: float = 10.0
     api_sync_interval_s: int = 3600
+    max_payload_bytes: int = 256
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,14 @@ class DecodingConfig:
     codec_paths: tuple[str, ...] = ()
     js_time_limit_ms: int = 100
     js_memory_limit_mb: int = 16
+    cooldown_timeouts: int = 3
+    cooldown_window_s: float = 60.0
+    cooldown_s: float = 60.0
+    # Device profile name or id -> field map key (`ttn:elsys/elsys`) for ChirpStack's `object`
+    # and the profile's own JS codec (docs/field-maps.md).
+    object_maps: Mapping[str, str] = field(default_factory=dict)
+    # Folders of more field maps (YAML), beside the package's and plugins' maps.
+    map_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,8 @@ class UpstreamConfig:
     share: ShareRules = field(default_factory=ShareRules)
     command_topic: str = ""
     command_devices: tuple[str, ...] = ()
+    command_max_age_s: float = 600.0
+    command_max_per_hour: int = 12
 
 
 @dataclass(frozen=True)
@@ -221,6 +247,7 @@ class WebConfig:
     port: int = 9108
     token_file: str = ""
     stuck_after_s: float = 900.0
+    disconnected_after_s: float = 120.0
 
     def token(self) -> str | None:
         """The access token, read from its file at start (never stored in config or logs)."""
@@ -326,6 +353,10 @@ class _Reader:
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             self.problems.append(f"{self.key(name)}: must be {names}, got {type(value).__name__}")
             return default
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has inf and nan; neither is a size, a count or a time.
+            self.problems.append(f"{self.key(name)}: must be a finite number")
+            return default
         return value
 
     def positive(self, name: str, kind: type, default: Any) -> Any:
@@ -352,6 +383,15 @@ class _Reader:
             self.problems.append(f"{self.key(name)}: unknown key{hint}")
 
 
+def _ranged(r: _Reader, name: str, default: int, low: int, high: int, why: str) -> int:
+    """An integer key that the protocol bounds; out of range is a problem naming the range and why."""
+    value: int = r.get(name, int, default)
+    if not low <= value <= high:
+        r.problems.append(f"{r.key(name)}: must be {low} to {high} ({why}), got {value}")
+        return default
+    return value
+
+
 def _check_file(r: _Reader, name: str, value: str) -> None:
     if value and not Path(value).is_file():
         r.problems.append(f"{r.key(name)}: file {value!r} does not exist")
@@ -372,6 +412,8 @@ def _mqtt(r: _Reader, url_key: str, default_client: str, edge_id: str) -> MqttEn
                               f" (scheme {parts.scheme!r})")
         if parts.username or parts.password:
             r.problems.append(f"{r.key(url_key)}: must not carry credentials; use username and password_file")
+        if parts.port == 0:
+            r.problems.append(f"{r.key(url_key)}: port must be from 1 to {MAX_PORT}")
     endpoint = MqttEndpoint(
         url=url,
         client_id=r.get("client_id", str, default_client).replace("{edge_id}", edge_id),
@@ -381,10 +423,13 @@ def _mqtt(r: _Reader, url_key: str, default_client: str, edge_id: str) -> MqttEn
         cert_file=r.get("cert_file", str, ""),
         key_file=r.get("key_file", str, ""),
         protocol=str(r.get("protocol", (str, int), "5")),
-        keepalive_s=r.positive("keepalive_s", int, 30),
+        keepalive_s=_ranged(r, "keepalive_s", 30, 0, 65535, "MQTT keeps it in two bytes; 0 turns it off"),
         reconnect_min_s=r.positive("reconnect_min_s", float, 0.5),
         reconnect_max_s=r.positive("reconnect_max_s", float, 10.0),
     )
+    if not endpoint.reconnect_min_s <= endpoint.reconnect_max_s <= MAX_WAIT_S:
+        r.problems.append(f"{r.key('reconnect_max_s')}: must be at least reconnect_min_s"
+                          f" ({endpoint.reconnect_min_s:g}) and at most {MAX_WAIT_S:g}")
     for name in ("password_file", "ca_file", "cert_file", "key_file"):
         _check_file(r, name, getattr(endpoint, name))
     if endpoint.protocol not in ("5", "3.1.1"):
@@ -406,6 +451,8 @@ def _topic(r: _Reader, name: str, default: str, allow_empty: bool = False) -> st
         return value
     if "+" in value or "#" in value:
         r.problems.append(f"{r.key(name)}: wildcards are not allowed in a publish topic")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        r.problems.append(f"{r.key(name)}: control characters (NUL, newline ...) are not allowed in a topic")
     try:
         value.format(**{p: "x" for p in TOPIC_PLACEHOLDERS})
     except (KeyError, IndexError, ValueError, AttributeError) as exc:
@@ -426,6 +473,14 @@ def _topic_filter(r: _Reader, name: str, default: str) -> str:
     return value
 
 
+def _has_credentials(url: str) -> bool:
+    try:
+        parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    except ValueError:
+        return False
+    return bool(parts.username or parts.password)
+
+
 def _api_url_ok(url: str) -> bool:
     """host:port (plaintext gRPC), http://host:port, or https://host with an optional port."""
     try:
@@ -444,6 +499,8 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
 
     edge = _Reader(top.get("edge", dict, {}), "edge", problems)
     edge_id = edge.get("id", str, "") or os.environ.get("EDGE_ID", "") or socket.gethostname()
+    if not EDGE_ID.fullmatch(edge_id):
+        problems.append("edge.id: use 1-128 letters, digits and . _ : @ = ~ - (it goes into topics and client ids)")
     log_level = edge.get("log_level", str, "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         problems.append("edge.log_level: must be debug, info, warning or error")
@@ -453,22 +510,33 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
     chirpstack = ChirpStackConfig(
         mqtt=_mqtt(cs, "mqtt_url", "lorawan-edge-{edge_id}", edge_id),
         topic=_topic_filter(cs, "topic", "application/+/device/+/event/+"),
-        session_expiry_s=cs.positive("session_expiry_s", int, 30 * 24 * 3600),
+        session_expiry_s=_ranged(cs, "session_expiry_s", 30 * 24 * 3600, 0, 2**32 - 1,
+                                 "MQTT 5 keeps it in four bytes"),
+        max_packet_size_kb=_ranged(cs, "max_packet_size_kb", 256, 1, 262143,
+                                   "MQTT's largest packet is 256 MiB; ChirpStack events are 1-2 KB"),
         api_url=cs.get("api_url", str, ""),
         api_token_file=cs.get("api_token_file", str, ""),
         tenant_id=cs.get("tenant_id", str, ""),
         api_ca_file=cs.get("api_ca_file", str, ""),
         api_timeout_s=cs.positive("api_timeout_s", float, 10.0),
         api_sync_interval_s=cs.get("api_sync_interval_s", int, 3600),
+        max_payload_bytes=cs.get("max_payload_bytes", int, 256),
     )
+    if not 51 <= chirpstack.max_payload_bytes <= 65535:
+        problems.append("chirpstack.max_payload_bytes: must be 51 to 65535 bytes (LoRaWAN allows at most 242)")
     _check_file(cs, "api_token_file", chirpstack.api_token_file)
     _check_file(cs, "api_ca_file", chirpstack.api_ca_file)
     if chirpstack.api_url and not chirpstack.api_token_file:
         problems.append("chirpstack.api_token_file: is required with api_url")
-    if chirpstack.api_url and not _api_url_ok(chirpstack.api_url):
+    if chirpstack.api_url and _has_credentials(chirpstack.api_url):
+        # The URL itself is never echoed: the credentials in it must not reach the journal.
+        problems.append("chirpstack.api_url: must not carry credentials (user:password@); use api_token_file")
+    elif chirpstack.api_url and not _api_url_ok(chirpstack.api_url):
         problems.append("chirpstack.api_url: must be host:port, http://host:port or https://host[:port]")
-    if chirpstack.api_sync_interval_s < 0:
-        problems.append("chirpstack.api_sync_interval_s: must be 0 (only at start) or more")
+    if not 0 <= chirpstack.api_sync_interval_s <= MAX_WAIT_S:
+        problems.append(f"chirpstack.api_sync_interval_s: must be 0 (only at start) or more, at most {MAX_WAIT_S:g}")
+    if chirpstack.api_timeout_s > MAX_WAIT_S:
+        problems.append(f"chirpstack.api_timeout_s: must be at most {MAX_WAIT_S:g}")
     cs.done()
 
     dec = _Reader(top.get("decoding", dict, {}), "decoding", problems)
@@ -494,7 +562,24 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         codec_paths=dec.strings("codec_paths"),
         js_time_limit_ms=dec.positive("js_time_limit_ms", int, 100),
         js_memory_limit_mb=dec.positive("js_memory_limit_mb", int, 16),
+        cooldown_timeouts=dec.get("cooldown_timeouts", int, 3),
+        cooldown_window_s=dec.positive("cooldown_window_s", float, 60.0),
+        cooldown_s=dec.positive("cooldown_s", float, 60.0),
+        object_maps=_object_maps(dec.get("object_maps", dict, {}), problems),
+        map_paths=dec.strings("map_paths"),
     )
+    if not 0 <= decoding.cooldown_timeouts <= 1000:
+        problems.append("decoding.cooldown_timeouts: must be 0 (never cool down) to 1000")
+    for key in ("cooldown_window_s", "cooldown_s"):
+        if getattr(decoding, key) > 86400:
+            problems.append(f"decoding.{key}: must be at most 86400 (a day)")
+    if decoding.js_time_limit_ms / 1000 > MAX_WAIT_S:
+        problems.append(f"decoding.js_time_limit_ms: must be at most {MAX_WAIT_S * 1000:g}")
+    if decoding.js_memory_limit_mb > MAX_JS_MEMORY_MB:
+        problems.append(f"decoding.js_memory_limit_mb: must be at most {MAX_JS_MEMORY_MB} (a 32-bit size)")
+    for i, map_path in enumerate(decoding.map_paths):
+        if not Path(map_path).is_dir():
+            problems.append(f"decoding.map_paths[{i}]: {map_path!r} is not a folder")
     for i, codec_path in enumerate(decoding.codec_paths):
         if not Path(codec_path).exists():
             problems.append(f"decoding.codec_paths[{i}]: {codec_path!r} does not exist")
@@ -507,6 +592,8 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         batch_max=buf.positive("batch_max", int, BufferConfig.batch_max),
         batch_ms=buf.positive("batch_ms", int, BufferConfig.batch_ms),
     )
+    if buffer.batch_ms / 1000 > MAX_WAIT_S:
+        problems.append(f"buffer.batch_ms: must be at most {MAX_WAIT_S * 1000:g}")
     buf.done()
 
     wr = _Reader(top.get("web", dict, {}), "web", problems)
@@ -515,8 +602,11 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
         port=wr.get("port", int, WebConfig.port),
         token_file=wr.get("token_file", str, ""),
         stuck_after_s=wr.positive("stuck_after_s", float, WebConfig.stuck_after_s),
+        disconnected_after_s=wr.positive("disconnected_after_s", float, WebConfig.disconnected_after_s),
     )
     _check_file(wr, "token_file", web.token_file)
+    if web.stuck_after_s > MAX_WAIT_S:
+        problems.append(f"web.stuck_after_s: must be at most {MAX_WAIT_S:g}")
     if not 0 <= web.port <= 65535:
         problems.append("web.port: must be 0 (off) or a TCP port up to 65535")
     if not web.token_file and not _loopback(web.bind):
@@ -560,6 +650,8 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             share=_share(ur),
             command_topic=_topic(ur, "command_topic", "", allow_empty=True),
             command_devices=tuple(e.lower() for e in ur.strings("command_devices")),
+            command_max_age_s=ur.positive("command_max_age_s", float, UpstreamConfig.command_max_age_s),
+            command_max_per_hour=ur.positive("command_max_per_hour", int, UpstreamConfig.command_max_per_hour),
         )
         if up.command_topic and not up.command_devices:
             problems.append(f"upstream[{i}].command_devices: downlink commands need an allow-list of DevEUIs")
@@ -572,6 +664,15 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             problems.append(f"upstream[{i}].qos: must be 1 or 2 (QoS 0 cannot be acknowledged)")
         if up.max_message_bytes < 1024:
             problems.append(f"upstream[{i}].max_message_bytes: must be at least 1024")
+        elif up.max_message_bytes > MAX_PACKET_BYTES:
+            problems.append(f"upstream[{i}].max_message_bytes: must be at most {MAX_PACKET_BYTES}"
+                            " (the largest MQTT packet)")
+        if up.max_inflight > MAX_INFLIGHT:
+            problems.append(f"upstream[{i}].max_inflight: must be at most {MAX_INFLIGHT} (MQTT packet identifiers)")
+        if up.mqtt.keepalive_s > MAX_KEEPALIVE_S:
+            problems.append(f"upstream[{i}].keepalive_s: must be at most {MAX_KEEPALIVE_S} (MQTT Keep Alive)")
+        if up.command_max_age_s > MAX_WAIT_S:
+            problems.append(f"upstream[{i}].command_max_age_s: must be at most {MAX_WAIT_S:g}")
         ur.done()
         upstreams.append(up)
     http_upstreams: list[HttpUpstreamConfig] = []
@@ -601,6 +702,11 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
             problems.append(f"{hr.key('format')}: must be ngsi-ld, senml+json or senml+cbor")
         if http.format == "ngsi-ld" and endpoint:
             _ngsi_ld_endpoint(hr, endpoint)
+        if not http.backoff_min_s <= http.backoff_max_s:
+            problems.append(f"{hr.key('backoff_max_s')}: must be at least backoff_min_s ({http.backoff_min_s:g})")
+        for key in ("timeout_s", "backoff_max_s", "retry_after_max_s"):
+            if getattr(http, key) > MAX_WAIT_S:
+                problems.append(f"{hr.key(key)}: must be at most {MAX_WAIT_S:g}")
         if http.endpoint.startswith("http://") and (http.ca_file or http.cert_file):
             problems.append(f"{hr.key('endpoint')}: TLS files are set but the endpoint is not https://")
         hr.done()
@@ -704,8 +810,8 @@ def _share(parent: _Reader) -> ShareRules:
     if not_eui:
         # A mistyped DevEUI would silently select nothing.
         r.problems.append(f"{r.key('devices')}: not DevEUIs (16 hex digits): {', '.join(not_eui)}")
-    if rules.thin_s < 0:
-        r.problems.append(f"{r.key('thin_s')}: must be 0 (off) or more seconds")
+    if not 0 <= rules.thin_s <= MAX_WAIT_S:
+        r.problems.append(f"{r.key('thin_s')}: must be 0 (off) or more seconds, at most {MAX_WAIT_S:g}")
     from edge.vocabulary import BY_NAME
 
     for key, names in (("quantities", rules.quantities), ("drop_quantities", rules.drop_quantities),
@@ -747,6 +853,53 @@ def _ngsi_ld(parent: _Reader) -> NgsiLdConfig:
         r.problems.append(f"{r.key('climate_type')}: must be IndoorEnvironmentObserved or WeatherObserved")
     r.done()
     return cfg
+
+
+def secret_files(cfg: Config) -> list[tuple[str, str]]:
+    """(config key, path) of every file that holds a secret: passwords, tokens, private keys."""
+    found: list[tuple[str, str]] = []
+
+    def add(key: str, path: str) -> None:
+        if path:
+            found.append((key, path))
+
+    for where, endpoint in (("chirpstack", cfg.chirpstack.mqtt),
+                            *((f"upstream {u.name}", u.mqtt) for u in cfg.upstreams)):
+        add(f"{where}: password_file", endpoint.password_file)
+        add(f"{where}: key_file", endpoint.key_file)
+    add("chirpstack.api_token_file", cfg.chirpstack.api_token_file)
+    for http in cfg.http_upstreams:
+        add(f"http_upstream {http.name}: bearer_token_file", http.bearer_token_file)
+        add(f"http_upstream {http.name}: key_file", http.key_file)
+    add("web.token_file", cfg.web.token_file)
+    return found
+
+
+def secret_file_warnings(cfg: Config) -> list[str]:
+    """A sentence per secret file that users other than its owner may read (group or others)."""
+    out = []
+    for key, path in secret_files(cfg):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue  # a missing file is a validation problem of its own
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            who = " and ".join(w for w, bit in (("its group", stat.S_IRGRP), ("all users", stat.S_IROTH)) if mode & bit)
+            out.append(f"{key}: {path} holds a secret but {who} may read it (mode {stat.S_IMODE(mode):04o});"
+                       f" `chmod 600 {path}` (owned by the service's user)")
+    return out
+
+
+def _object_maps(raw: Mapping[str, Any], problems: list[str]) -> dict[str, str]:
+    """decoding.object_maps: profile name or id -> `<catalogue>:<id>` of a field map."""
+    out: dict[str, str] = {}
+    for profile, key in raw.items():
+        if not isinstance(key, str) or not re.match(r"^(ttn|chirpstack|native|object):[^\s:]+$", key):
+            problems.append(f"decoding.object_maps.{profile}: {key!r} is not a field map key like"
+                            " \"ttn:elsys/elsys\" (<catalogue>:<id>, catalogue ttn, chirpstack, native or object)")
+            continue
+        out[str(profile)] = key
+    return out
 
 
 def load_config(path: str | Path) -> Config:

@@ -40,3 +40,24 @@ class StorageCorrupt(StorageError):
 
 class StorageFull(StorageError):
     """The disk holding the buffer is full and dropping the oldest uplinks did not make room."""
+
+
+def certificate_problem(exc: BaseException) -> str | None:
+    """What is wrong with a peer's TLS certificate, when `exc` (or its cause) is a failed verification; else None.
+
+    A certificate that does not verify is a configuration problem an operator must fix (a wrong
+    CA file, an expired or self-signed certificate, a host name that does not match), not a network
+    blip to retry quietly: callers log it at ERROR with this text.
+    """
+    import ssl
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {current.verify_message or current.reason or current}"
+        if isinstance(current, ssl.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(current):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    return None

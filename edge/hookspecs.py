@@ -23,8 +23,10 @@ def edge_decoders() -> Sequence[Decoder]:  # type: ignore[empty-body]
 
     Each decoder has an `id` of the form `<vendor>/<model>` (lowercase, dashes), optional
     `aliases` (more ids it answers to), optional `ttn_codecs` (TTN Device Repository codec ids,
-    `<vendor>/<codec-id>`, whose output it reproduces), a `fields` mapping to the vocabulary and a
-    `decode(payload, fport, context)` method. Called once at startup.
+    `<vendor>/<codec-id>`, whose output it reproduces) and a `decode(payload, fport, context)`
+    method. What the fields of its `data` mean is a field map (docs/field-maps.md) the plugin ships
+    through the `edge.field_maps` entry point; a legacy `fields` mapping still works. Called once
+    at startup.
 
     :return: a sequence of decoder objects (may be empty).
     """

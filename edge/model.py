@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +22,17 @@ class Reading:
     """One measured quantity, named from the shared vocabulary (docs/vocabulary.md).
 
     The unit is a registered SenML primary unit (RFC 8428 §12.1) or None for dimensionless
-    counts and states. Values are already scaled to that unit.
+    counts and states. Values are already scaled to that unit. `field` is the path in the codec's
+    `data` the reading came from (`a.b[2].c`, for tools; not stored). `time` is the sample's own
+    time in POSIX seconds when the data carries one (histories, sample lists), else None: the
+    uplink's receive time applies.
     """
 
     name: str
     value: Value
     unit: str | None = None
+    field: str = dataclasses.field(default="", compare=False)  # provenance, not part of the value
+    time: float | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +108,22 @@ class Malformed:
 # What a parsed MQTT message turned into.
 Event = Uplink | DeviceEvent | Malformed
 
+# How far an event's own time may lie ahead of the local receive time before decisions stop
+# trusting it (clock skew). Older is plausible and harmless: ChirpStack's persistent session may
+# hold events for weeks while the edge is down (30 days by default), and an event dated in the
+# past only ever holds back itself in thinning and raises, never hides, the backlog age.
+TRUSTED_FUTURE_S = 300
+
+
+def control_time(event_time: float, received: float | None) -> float:
+    """The time decisions use (thinning, backlog age, a device's last uplink): the event's own
+    time, but never later than 5 minutes after its local receive time. SenML `t` still carries
+    the event time; without a receive time the event time is taken as it is.
+    """
+    if received is None:
+        return event_time
+    return min(event_time, received + TRUSTED_FUTURE_S)
+
 
 class DecodeStatus:
     """How the readings of a stored uplink were obtained (stored as small integers)."""
@@ -115,29 +137,37 @@ class DecodeStatus:
     NAMES = ("decoded", "chirpstack", "undecoded", "failed", "superseded")
 
 
-def _record(name: str, value: Value, unit: str | None) -> dict[str, Any]:
-    rec: dict[str, Any] = {"n": name}
-    if unit:
-        rec["u"] = unit
+def _record(r: Reading) -> dict[str, Any]:
+    rec: dict[str, Any] = {"n": r.name}
+    if r.unit:
+        rec["u"] = r.unit
+    value = r.value
     rec["vb" if isinstance(value, bool) else "vs" if isinstance(value, str) else "v"] = value
+    if r.time is not None:
+        rec["t"] = r.time
     return rec
 
 
 def readings_json(readings: Sequence[Reading]) -> bytes:
-    """Readings in their canonical stored form: a JSON array of SenML records (n, u, v|vs|vb).
+    """Readings in their canonical stored form: a JSON array of SenML records (n, u, v|vs|vb, t).
 
     The buffer stores records in this form, so a SenML JSON pack is assembled by splicing bytes
-    and other formats parse it back; it is records, not a formatted payload.
+    and other formats parse it back; it is records, not a formatted payload. `t` is present only
+    for a reading with its own time, as an absolute SenML time (POSIX seconds); the SenML
+    formatter makes it relative to the uplink's base time. The source field path is not stored:
+    it would ride along in every spliced SenML pack (a non-standard field upstream), it costs
+    bytes on every record of a bounded buffer, and it is reproducible from the raw payload that
+    is stored (`edge decoders readings`, `edge redecode`).
     """
-    return orjson.dumps([_record(r.name, r.value, r.unit) for r in readings])
+    return orjson.dumps([_record(r) for r in readings])
 
 
 def readings_from_json(blob: bytes) -> list[Reading]:
-    """The inverse of readings_json."""
+    """The inverse of readings_json (without the field paths, which are not stored)."""
     out = []
     for rec in orjson.loads(blob):
         value = rec["v"] if "v" in rec else rec["vs"] if "vs" in rec else rec["vb"]
-        out.append(Reading(rec["n"], value, rec.get("u")))
+        out.append(Reading(rec["n"], value, rec.get("u"), "", rec.get("t")))
     return out
 
 

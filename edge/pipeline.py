@@ -30,7 +30,16 @@ from edge.buffer.store import Batch, Buffer, Gap, NewUplink, is_disk_full, open_
 from edge.config import Config, HttpUpstreamConfig, UpstreamConfig
 from edge.decoding.base import Decoder
 from edge.decoding.catalogue import CatalogueIndex
-from edge.decoding.registry import NO_HINTS, OBJECT_FIELDS, PROFILE_JS, Decoded, DecoderRegistry, DeviceHints, Rule
+from edge.decoding.fieldmap import default_index
+from edge.decoding.registry import (
+    NO_HINTS,
+    PROFILE_JS,
+    CoolDown,
+    Decoded,
+    DecoderRegistry,
+    DeviceHints,
+    Rule,
+)
 from edge.device_cache import DeviceCache
 from edge.downlinks import CommandRelay
 from edge.errors import EdgeError, StorageFull
@@ -38,10 +47,11 @@ from edge.formats import health as health_format
 from edge.formats import senml
 from edge.formats.share import ShareFilter
 from edge.health import DeviceHealth, HealthTracker, Notice
-from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Uplink
+from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Uplink, radio_json, readings_json
 from edge.plugins import load_decoders
 from edge.sinks.base import Backlog, Formatter, OutMessage
 from edge.sinks.mqtt import MqttSink
+from edge.sinks.topic import fields as topic_fields
 
 if TYPE_CHECKING:
     from edge.sinks.http import HttpSink
@@ -87,10 +97,46 @@ class RecentIds:
         self._ids.pop(uplink_id, None)
 
 
-def _topic_fields(entry: Entry, edge_id: str) -> dict[str, str]:
-    return {"dev_eui": entry.dev_eui, "application": entry.application_id,
-            "application_id": entry.application_id, "gateway_id": entry.gateway_id or "unknown",
-            "edge_id": edge_id}
+# Errors a record's content (not the disk) causes while it is written: a string with a lone
+# surrogate, an integer beyond 64 bits, a value JSON cannot hold.
+_CONTENT_ERRORS = (TypeError, ValueError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                   sqlite3.DataError)
+_MAX_KEPT_BYTES = 64 * 1024  # what a message that could not be handled keeps of its payload
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a bounded one-line reason (its text may quote foreign data)."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - str() of a hostile argument may itself fail
+        text = type(exc).__name__
+    text = text.replace("\n", " ")
+    return text if len(text) <= 512 else text[:512] + "..."
+
+
+def _safe(text: str) -> str:
+    """`text` with anything UTF-8 cannot encode (lone surrogates) replaced."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _storable_text(*texts: str) -> None:
+    """Raise UnicodeEncodeError (a ValueError) when one of `texts` cannot be stored as UTF-8."""
+    for text in texts:
+        text.encode("utf-8")
+
+
+def _malformed(msg: Message, reason: str) -> Malformed:
+    """A message kept raw (at most _MAX_KEPT_BYTES of it) with a bounded reason."""
+    payload = msg.payload if isinstance(msg.payload, bytes) else b""
+    if len(payload) > _MAX_KEPT_BYTES:
+        reason += f" (payload of {len(payload)} bytes kept truncated)"
+        payload = payload[:_MAX_KEPT_BYTES]
+    return Malformed(msg.topic, payload, reason)
+
+
+def _topic_fields(entry: Entry, edge_id: str) -> Mapping[str, str]:
+    # Values from data, validated: a hostile id cannot pick or break the topic (docs/records.md).
+    return topic_fields(entry.dev_eui, entry.application_id, entry.gateway_id, edge_id)
 
 
 def _chunks(entries: list[Entry], max_bytes: int, link: bool) -> list[list[Entry]]:
@@ -205,6 +251,10 @@ class BufferThinStore:
         if self.readonly:
             return 0
         return self.buffer.save_thinning(self.sink, redo_from, kept)
+
+    def received(self, ids: Sequence[int]) -> dict[int, float]:
+        """Local receive times of entries (thinning clamps event times to a window around them)."""
+        return self.buffer.received_times(ids)
 
 
 class BufferBacklog:
@@ -340,30 +390,32 @@ def build_registry(cfg: Config, decoders: Sequence[Decoder] | None = None) -> De
         js_time_limit_s=cfg.decoding.js_time_limit_ms / 1000,
         js_memory_limit=cfg.decoding.js_memory_limit_mb << 20,
         catalogue=CatalogueIndex.open_for(cfg.buffer.path),  # what `edge codecs import` read, if anything
+        cooldown=CoolDown(slow_s=cfg.decoding.js_time_limit_ms / 1000, after=cfg.decoding.cooldown_timeouts,
+                          window_s=cfg.decoding.cooldown_window_s, rest_s=cfg.decoding.cooldown_s),
+        object_maps=cfg.decoding.object_maps,
+        maps=default_index(Path(p) for p in cfg.decoding.map_paths) if cfg.decoding.map_paths else None,
     )
 
 
 def js_codecs(cfg: Config, natives: Sequence[Decoder]) -> list[Decoder]:
     """The TTN codec YAMLs named in `decoding.codec_paths`, each run by its own JavaScript codec.
 
-    A native decoder that declares the same TTN codec id lends its `fields`, since both return the
-    same `data`; otherwise the codec's keys pass through unit-less except the common ones.
+    Each is normalised by the field map of its codec id (`ttn:<vendor>/<stem>`); a native decoder's
+    map that lists the same TTN codec serves it too, since both return the same `data`. Without a
+    map the codec's keys pass through unit-less and are counted as unmapped.
     """
     if not cfg.decoding.codec_paths:
         return []
-    from edge.decoding.examples import codec_files, codec_id
+    from edge.decoding.examples import codec_files
     from edge.decoding.js.codec import JsCodecDecoder
     from edge.decoding.js.runtime import JsLimits
 
-    claimed = {codec: d for d in natives for codec in getattr(d, "ttn_codecs", ())}
     limits = JsLimits(time_limit=cfg.decoding.js_time_limit_ms / 1000,
                       memory_limit=cfg.decoding.js_memory_limit_mb << 20)
     found: list[Decoder] = []
     for path in codec_files(Path(p) for p in cfg.decoding.codec_paths):
-        native = claimed.get(codec_id(path))
         try:
-            found.append(JsCodecDecoder.from_yaml(path, fields=native.fields if native else OBJECT_FIELDS,
-                                                  limits=limits))
+            found.append(JsCodecDecoder.from_yaml(path, limits=limits))
         except EdgeError as exc:
             log.error("JS codec %s cannot be used: %s", path, exc)
     return found
@@ -394,7 +446,7 @@ def redecode(cfg: Config, *, dev_eui: str | None = None, decoder: str | None = N
                                        statuses=statuses, upto=buffer.last_id()):
             batch = Batch()
             for row_id, topic, payload, received in rows:
-                event = parse(topic, payload, received)
+                event = parse(topic, payload, received, cfg.chirpstack.max_payload_bytes)
                 if not isinstance(event, Uplink):
                     continue
                 hints = devices.hints(event.device.dev_eui) if devices is not None else NO_HINTS
@@ -439,8 +491,11 @@ class Pipeline:
         # The ChirpStack device registry cache (variables, profile codecs), when an API is configured.
         self.devices = DeviceCache(cfg.chirpstack, cfg.buffer.path) if cfg.chirpstack.api_url else None
         self._warned: set[tuple[str, str]] = set()
+        # A buffer that has received before means the broker should hold our session: if it does not,
+        # events queued while we were down may be gone, and the source says so.
         self.source = ChirpStackSource(cfg.chirpstack, self.handle, batch_max=cfg.buffer.batch_max,
-                                       batch_ms=cfg.buffer.batch_ms)
+                                       batch_ms=cfg.buffer.batch_ms,
+                                       expect_session=self.buffer.counters().get("received", 0) > 0)
         # Sensor health (edge/health.py): states load from the buffer, so a restart judges on.
         self.health: HealthTracker | None = None
         self._health_conn: Buffer | None = None  # the health round's own connection (its thread's)
@@ -451,16 +506,19 @@ class Pipeline:
             health_store.start_at_newest(self.buffer.db, [u.name for u in cfg.upstreams])
         self.sinks: list[MqttSink | HttpSink] = []
         # Downlink commands from destinations (issue #4/#6): only when some upstream enables them.
-        self.commands = CommandRelay(cfg.chirpstack) if any(u.command_topic for u in cfg.upstreams) else None
+        self.commands = (CommandRelay(cfg.chirpstack, lambda: Buffer(cfg.buffer.path, max_bytes=self.max_bytes))
+                         if any(u.command_topic for u in cfg.upstreams) else None)
         for up in cfg.upstreams:
             share = ShareFilter(up.share)
             formatter = make_formatter(up if up.share.radio else replace(up, link_topic=""), cfg.edge_id)
             on_command = None
             if self.commands is not None and up.command_topic:
-                on_command = self.commands.handler(up.name, frozenset(up.command_devices), share.allows_device)
+                on_command = self.commands.handler(up.name, frozenset(up.command_devices), share.allows_device,
+                                                   up.command_max_age_s, up.command_max_per_hour)
             self.sinks.append(MqttSink(up, self._backlog_factory(up.name, up.notice_topic, share, up),
                                        shared(formatter, share), threading.Event(), on_command,
-                                       up.command_topic.replace("{edge_id}", cfg.edge_id)))
+                                       up.command_topic.replace("{edge_id}", cfg.edge_id),
+                                       dead_letter=self._dead_letter_writer(up.name, "MQTT")))
         for http in cfg.http_upstreams:
             # Imported here: httpx costs memory on gateways that only publish over MQTT.
             from edge.sinks.http import HttpSink
@@ -468,7 +526,7 @@ class Pipeline:
             share = ShareFilter(http.share)
             self.sinks.append(HttpSink(http, self._backlog_factory(http.name, "", share),
                                        shared(make_http_formatter(http), share), threading.Event(),
-                                       dead_letter=self._dead_letter_writer(http.name)))
+                                       dead_letter=self._dead_letter_writer(http.name, "HTTP")))
         self.commits = 0
         self.failed = False
         self.on_commit: Callable[[], None] | None = None
@@ -525,7 +583,7 @@ class Pipeline:
 
         return factory
 
-    def _dead_letter_writer(self, sink: str) -> Callable[[OutMessage, int, str], None]:
+    def _dead_letter_writer(self, sink: str, kind: str) -> Callable[[OutMessage, int, str], None]:
         conn: list[Buffer] = []
 
         def write(message: OutMessage, status: int, detail: str) -> None:
@@ -533,7 +591,12 @@ class Pipeline:
                 conn.append(Buffer(self.cfg.buffer.path, max_bytes=self.max_bytes))
             dropped = conn[0].add_dead_letter(sink, status, message.content_type, message.topic, message.payload,
                                               detail)
-            log.error("Upstream %s rejected a message (HTTP %d); kept as a dead letter: %s", sink, status, detail)
+            if kind == "HTTP" and status:
+                log.error("Upstream %s rejected a message (HTTP %d); kept as a dead letter: %s", sink, status, detail)
+            else:
+                log.error("Upstream %s: a message could not be published (%s); kept as a dead letter"
+                          " (`edge deadletter list`): %s", sink, f"reason {status:#04x}" if status else "refused"
+                          " before sending", detail, extra={"upstream": sink})
             if dropped:
                 log.error("Dead letters fill their share of the buffer; dropped the %d oldest. Fix the upstream"
                           " and replay (`edge deadletter replay`).", dropped, extra={"count": dropped})
@@ -541,52 +604,33 @@ class Pipeline:
         return write
 
     def handle(self, messages: list[Message]) -> None:
-        """Parse, drop duplicates, decode and commit one batch (runs on the source thread)."""
+        """Parse, drop duplicates, decode and commit one batch (runs on the source thread).
+
+        One message can only ever affect itself: whatever goes wrong while parsing, decoding or
+        normalising it, it is kept (malformed, or raw as a failed decode, with the reason) and the
+        rest of the batch is committed. Only a storage failure fails the batch (the broker then
+        redelivers all of it), and uplink ids join the duplicate memory only once committed.
+        """
         batch = Batch()
         batch.count("received", len(messages))
-        fresh: list[str] = []
+        fresh: set[str] = set()  # uplink ids of this batch, remembered once it is committed
         released: list[str] = []  # quarantined uplinks in this batch, let go once it is committed
         for msg in messages:
-            event = parse(msg.topic, msg.payload, msg.received)
-            if isinstance(event, Uplink):
-                if event.uplink_id in self.seen:
-                    batch.count("duplicates")
-                    continue
-                self.seen.add(event.uplink_id)
-                fresh.append(event.uplink_id)
-                hints = self.devices.hints(event.device.dev_eui) if self.devices is not None else NO_HINTS
-                held = self.quarantined.get(event.uplink_id) if self.quarantined else None
-                if held is None:
-                    self.decoding = (event, hints)
-                    try:
-                        decoded = self.registry.decode(event, hints)
-                    finally:  # never left pointing at an uplink a later, unrelated stall would blame
-                        self.decoding = None
-                else:
-                    # A decoder hung on this very uplink before: keep it raw, do not run it again.
-                    decoded = Decoded(DecodeStatus.FAILED, [], held.decoder, held.error())
-                    released.append(event.uplink_id)
-                batch.count(_STATUS_COUNTER[decoded.status])
-                if decoded.error:
-                    self._decode_failed(event, decoded.decoder, decoded.error)
-                batch.uplinks.append(NewUplink(event, msg.topic, msg.payload, msg.received, decoded.status,
-                                               decoded.decoder, decoded.error, decoded.readings))
-            elif isinstance(event, DeviceEvent):
-                batch.count("events")
-                batch.events.append((event, msg.topic, msg.payload))
-            else:
-                assert isinstance(event, Malformed)
-                batch.count("malformed")
-                batch.malformed.append((event, msg.received))
-                log.warning("Malformed message on %s stored for inspection: %s", event.topic, event.error,
-                            extra={"topic": event.topic})
+            try:
+                self._take(msg, batch, fresh, released)
+            except Exception as exc:  # noqa: BLE001 - a bug or a surprise costs this message only
+                self._add_malformed(batch, _malformed(msg, f"not handled: {_reason(exc)}"), msg.received)
         try:
             self._store(batch)
-        except Exception:
-            for uplink_id in fresh:
-                self.seen.discard(uplink_id)
-            raise
+        except _CONTENT_ERRORS as exc:
+            # Something in one record cannot be written (a string SQLite or JSON refuses): set it
+            # aside and commit the rest, rather than failing (and redelivering) the batch forever.
+            log.warning("A record of this batch could not be stored (%s); it is kept raw instead.", _reason(exc))
+            self._scrub(batch)
+            self._store(batch)
         self.commits += 1
+        for uplink in batch.uplinks:
+            self.seen.add(uplink.uplink.uplink_id)
         if self.health is not None:
             self._observe_health(batch)
         if released:
@@ -656,6 +700,77 @@ class Pipeline:
                                for n in notices[:5]), extra={"count": len(notices)})
             for sink in self.sinks:
                 sink.wake.set()
+
+    def _take(self, msg: Message, batch: Batch, fresh: set[str], released: list[str]) -> None:
+        """Parse and decode one message into the batch."""
+        event = parse(msg.topic, msg.payload, msg.received, self.cfg.chirpstack.max_payload_bytes)
+        if isinstance(event, Uplink):
+            if event.uplink_id in self.seen or event.uplink_id in fresh:
+                batch.count("duplicates")
+                return
+            hints = self.devices.hints(event.device.dev_eui) if self.devices is not None else NO_HINTS
+            held = self.quarantined.get(event.uplink_id) if self.quarantined else None
+            if held is None:
+                self.decoding = (event, hints)
+                try:
+                    decoded = self.registry.decode(event, hints)
+                finally:  # never left pointing at an uplink a later, unrelated stall would blame
+                    self.decoding = None
+            else:
+                # A decoder hung on this very uplink before: keep it raw, do not run it again.
+                decoded = Decoded(DecodeStatus.FAILED, [], held.decoder, held.error())
+                released.append(event.uplink_id)
+            fresh.add(event.uplink_id)
+            batch.count(_STATUS_COUNTER[decoded.status])
+            if decoded.unmapped:  # fields no map covered yet, per codec (`edge status`, metrics)
+                batch.count(f"unmapped:{decoded.codec}", decoded.unmapped)
+            if decoded.error:
+                self._decode_failed(event, decoded.decoder, decoded.error)
+            batch.uplinks.append(NewUplink(event, msg.topic, msg.payload, msg.received, decoded.status,
+                                           decoded.decoder, decoded.error, decoded.readings))
+        elif isinstance(event, DeviceEvent):
+            batch.count("events")
+            batch.events.append((event, msg.topic, msg.payload))
+        else:
+            self._add_malformed(batch, event, msg.received)
+
+    @staticmethod
+    def _add_malformed(batch: Batch, event: Malformed, received: float) -> None:
+        batch.count("malformed")
+        batch.malformed.append((event, received))
+        log.warning("Malformed message on %s stored for inspection: %s", event.topic[:200], event.error,
+                    extra={"topic": event.topic[:200]})
+
+    def _scrub(self, batch: Batch) -> None:
+        """Make every record of a batch storable: offenders become failed decodes or malformed messages."""
+        uplinks = []
+        for new in batch.uplinks:
+            try:
+                readings_json(new.readings)
+                radio_json(new.uplink.radio)
+                orjson.dumps(new.uplink.device.tags)
+                _storable_text(new.uplink.uplink_id, new.uplink.device.dev_eui, new.uplink.device.application_id,
+                               new.uplink.device.device_name, new.uplink.device.application_name,
+                               new.uplink.device.device_profile_name, new.uplink.device.device_profile_id,
+                               new.decoder, new.error, new.topic)
+                uplinks.append(new)
+            except _CONTENT_ERRORS as exc:
+                batch.count(_STATUS_COUNTER[new.status], -1)  # counted as malformed instead
+                self._add_malformed(batch, _malformed(Message(_safe(new.topic), new.payload, new.received),
+                                                      f"could not be stored: {_reason(exc)}"), new.received)
+        batch.uplinks = uplinks
+        events = []
+        for event, topic, payload in batch.events:
+            try:
+                _storable_text(event.kind, event.dev_eui, event.application_id, event.summary, event.event_id, topic)
+                events.append((event, topic, payload))
+            except _CONTENT_ERRORS as exc:
+                batch.count("events", -1)
+                self._add_malformed(batch, _malformed(Message(_safe(topic), payload, event.time),
+                                                      f"could not be stored: {_reason(exc)}"), event.time)
+        batch.events = events
+        batch.malformed = [(Malformed(_safe(m.topic), m.payload, _safe(m.error)), received)
+                           for m, received in batch.malformed]
 
     def _store(self, batch: Batch) -> None:
         """Commit a batch, making room by the size policy first when the bound or the disk requires it.

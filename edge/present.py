@@ -40,6 +40,8 @@ def unit_for(name: str, unit: str | None) -> tuple[str, float, float]:
         return "m³", 1.0, 0.0
     if unit == "S/m":
         return "µS/cm", 1e4, 0.0
+    if unit == "rad":
+        return "°", 180 / math.pi, 0.0
     if unit == "m/s" and name.startswith("precipitation"):
         return "mm/h", 3.6e6, 0.0
     return unit or "", 1.0, 0.0

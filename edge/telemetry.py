@@ -5,6 +5,10 @@ unexpected that was recovered, INFO lifecycle, DEBUG per-uplink detail. Log call
 as `extra={"dev_eui": ..., "upstream": ..., "count": ...}`; the journal gets those as fields
 (DEV_EUI=, UPSTREAM=, COUNT=), so `journalctl -u lorawan-edge UPSTREAM=city` filters by them.
 
+Every line is escaped (EscapingFormatter, escape_control): a device name, tag or topic from outside
+that holds a newline or a terminal escape cannot forge a second log line or drive the terminal of
+whoever reads the log; the characters show as `\n`, `\x1b` and so on.
+
 Warnings and errors are rate-limited per message template (RateLimit): a flood of malformed events
 or a bound hit every batch must not fill the journal (or the SD card behind it), nor make journald
 drop the service's other lines; the counters keep the full count, and the next line that gets
@@ -15,16 +19,66 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 import threading
 import time
 import traceback
+from typing import Any
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # Fields a log call may attach with `extra=`; anything else stays out of the journal entry.
 FIELDS = ("dev_eui", "upstream", "count", "decoder", "topic", "batch")
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+# C0 controls, DEL, C1 controls (0x9b is a one-character CSI on some terminals), the Unicode line
+# and paragraph separators, and lone surrogates (which cannot be encoded).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    ch = match.group()
+    named = _NAMED.get(ch)
+    if named is not None:
+        return named
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+# The longest message a record may have; beyond it the text is cut (with a note), so one foreign
+# value cannot make a multi-megabyte journal entry.
+MAX_MESSAGE = 4000
+
+
+def _capped(text: str) -> str:
+    if len(text) <= MAX_MESSAGE:
+        return text
+    return f"{text[:MAX_MESSAGE]}… ({len(text) - MAX_MESSAGE} more characters)"
+
+
+def escape_control(text: str) -> str:
+    """`text` with every control character written as a visible escape (`\\n`, `\\x1b`): one line, inert."""
+    return _CONTROL.sub(_escape_one, text) if _CONTROL.search(text) else text
+
+
+class EscapingFormatter(logging.Formatter):
+    """Formats a record with its message escaped (escape_control), so one record is one line.
+
+    A traceback stays readable: its lines are escaped one by one and indented, so no line of it can
+    pass for a record of its own.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _capped(escape_control(record.message))
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        text = super().formatException(ei)
+        return "\n".join("    " + escape_control(line) for line in text.splitlines())
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join("    " + escape_control(line) for line in stack_info.splitlines())
 
 
 class RateLimit(logging.Filter):
@@ -82,9 +136,10 @@ class JournalHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = record.getMessage()
+            message = _capped(escape_control(record.getMessage()))
             if record.exc_info:
-                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+                message += "\n" + "\n".join("    " + escape_control(line) for line in
+                                             "".join(traceback.format_exception(*record.exc_info)).splitlines())
             parts = [
                 self._field("MESSAGE", message),
                 self._field("PRIORITY", _PRIORITY.get(record.levelno, 6)),
@@ -96,7 +151,7 @@ class JournalHandler(logging.Handler):
             ]
             for key in FIELDS:
                 if key in record.__dict__:
-                    parts.append(self._field(key.upper(), record.__dict__[key]))
+                    parts.append(self._field(key.upper(), escape_control(str(record.__dict__[key]))))
             self.sock.sendto(b"".join(parts), self.path)
         except (OSError, ValueError):
             self.handleError(record)
@@ -114,8 +169,31 @@ def setup_logging(level: str = "info") -> None:
         handler = JournalHandler(path)
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RateLimit())
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
     # paho logs nothing useful at INFO; our own reconnect messages say what matters.
     logging.getLogger("paho").setLevel(logging.WARNING)
+
+
+# The buffer's per-codec counters of fields no field map covered (edge.decoding.registry counts
+# them as `unmapped:<codec key>`). At most UNMAPPED_SHOWN codecs are shown or labelled apart, the
+# largest first; the rest are summed under "other", so metrics keep a bounded label set.
+UNMAPPED_PREFIX = "unmapped:"
+UNMAPPED_SHOWN = 50
+
+
+def unmapped_by_codec(counters: dict[str, int], limit: int = UNMAPPED_SHOWN) -> dict[str, int]:
+    """Unmapped field counts by codec key from the buffer's counters, largest first, capped at `limit`."""
+    found = sorted(((name[len(UNMAPPED_PREFIX):], n) for name, n in counters.items()
+                    if name.startswith(UNMAPPED_PREFIX) and n), key=lambda item: (-item[1], item[0]))
+    shown = dict(found[:limit])
+    rest = sum(n for _, n in found[limit:])
+    if rest:
+        shown["other"] = shown.get("other", 0) + rest
+    return shown
+
+
+def plain_counters(counters: dict[str, int]) -> dict[str, int]:
+    """The buffer's counters without the per-codec unmapped ones."""
+    return {name: n for name, n in counters.items() if not name.startswith(UNMAPPED_PREFIX)}

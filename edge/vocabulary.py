@@ -34,6 +34,8 @@ class Quantity:
 _T = (-90.0, 150.0)  # any temperature a municipal sensor reports, devices' own included
 _PM = (0.0, 0.01)  # mass concentration up to 10 g/m3 (sensors saturate near 1 mg/m3)
 _GAS = (0.0, 1.0)  # a gas as a ratio of the air
+# Angles are sent in radians: SenML registers `deg` (RFC 8798) but marks it not recommended, `rad` preferred.
+_TURN = (-2 * math.pi, 2 * math.pi)
 
 QUANTITIES: tuple[Quantity, ...] = (
     # Climate
@@ -100,10 +102,10 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("digital-input", None, "state of a digital (dry contact) input, 0 or 1", state=True),
     Quantity("digital-output", None, "state of a digital output or relay, 0 or 1", state=True),
     Quantity("tilt", None, "tilt or position state as the vendor reports it, e.g. 'normal' or 'tilt'", state=True),
-    Quantity("tilt-angle", "deg", "tilt angle from the vertical or the reference position", -360, 360),
-    Quantity("tilt-angle-x", "deg", "tilt of the device's X axis (three-axis tilt sensors)", -360, 360),
-    Quantity("tilt-angle-y", "deg", "tilt of the device's Y axis", -360, 360),
-    Quantity("tilt-angle-z", "deg", "tilt of the device's Z axis", -360, 360),
+    Quantity("tilt-angle", "rad", "tilt angle from the vertical or the reference position (degrees × π/180)", *_TURN),
+    Quantity("tilt-angle-x", "rad", "tilt of the device's X axis (three-axis tilt sensors)", *_TURN),
+    Quantity("tilt-angle-y", "rad", "tilt of the device's Y axis", *_TURN),
+    Quantity("tilt-angle-z", "rad", "tilt of the device's Z axis", *_TURN),
     Quantity("tamper", None, "tamper or removal alarm state", state=True),
     Quantity("alarm", None, "a device alarm state (the vendor's name for it in the value)", state=True),
     Quantity("device-status", None, "device status, error or operating mode as the vendor reports it", state=True),
@@ -133,7 +135,7 @@ QUANTITIES: tuple[Quantity, ...] = (
     # Weather
     Quantity("wind-speed", "m/s", "wind speed, average", 0, 150),
     Quantity("wind-gust", "m/s", "wind speed, gust (maximum)", 0, 150),
-    Quantity("wind-direction", "deg", "direction the wind comes from, clockwise from north", 0, 360),
+    Quantity("wind-direction", "rad", "direction the wind comes from, clockwise from north", 0, 2 * math.pi),
     Quantity("precipitation", "m", "rain or snow depth since the last uplink, or a counter", 0, 1e6),
     Quantity("precipitation-rate", "m/s", "rain or snow intensity", 0, 0.01),
     Quantity("precipitation-total", "m", "rain or snow depth, the device's running total (tipping bucket)", 0, 1e6),
@@ -155,12 +157,11 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("power-reactive", "var", "instantaneous reactive power", -1e10, 1e10),
     Quantity("power-apparent", "VA", "instantaneous apparent power", 0, 1e10),
     Quantity("power-factor", "/", "power factor as a ratio (-1 to 1)", -1, 1),
-    Quantity("phase-angle", "deg", "phase angle between voltage and current of a mains phase", -360, 360),
+    Quantity("phase-angle", "rad", "phase angle between voltage and current of a mains phase", *_TURN),
     Quantity("voltage", "V", "measured analog or mains voltage", -1e6, 1e6),
     Quantity("current", "A", "electric current", -1e6, 1e6),
     Quantity("current-max", "A", "highest electric current over the device's reporting window", -1e6, 1e6),
     Quantity("current-min", "A", "lowest electric current over the device's reporting window", -1e6, 1e6),
-    Quantity("charge", "C", "accumulated electric charge, absolute counter (Ah × 3600)", 0, 1e15),
     Quantity("frequency", "Hz", "mains or signal frequency", 0, 1e9),
     Quantity("volume", "m3", "volume meter reading", -1e12, 1e12),
     Quantity("flow", "m3/s", "volume flow", -1e3, 1e3),
@@ -170,7 +171,7 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("longitude", "lon", "WGS84 longitude", -180, 180),
     Quantity("altitude", "m", "altitude above sea level", -1000, 20000),
     Quantity("speed", "m/s", "ground speed of a tracked vehicle, bin or asset (GNSS)", 0, 350),
-    Quantity("heading", "deg", "direction of travel of a tracked asset, clockwise from north", 0, 360),
+    Quantity("heading", "rad", "direction of travel of a tracked asset, clockwise from north", 0, 2 * math.pi),
     Quantity("position-accuracy", "m", "estimated horizontal accuracy of a position fix", 0, 100000),
     Quantity("acceleration-x", None, "accelerometer X axis, vendor units"),
     Quantity("acceleration-y", None, "accelerometer Y axis, vendor units"),
@@ -259,8 +260,8 @@ def conversion(emitted: str, quantity: Quantity) -> tuple[float, float]:
         return scale * 1e-3, 0.0
     if primary == "K" and target == "Cel":
         return scale, offset - 273.15
-    if primary == "rad" and target == "deg":
-        return scale * 57.29577951308232, 0.0
+    if primary == "deg" and target == "rad":
+        return scale * math.pi / 180, 0.0
     raise UnitMismatch(f"{emitted!r} measures {primary!r}, but {quantity.name} is in {target!r}")
 
 

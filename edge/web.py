@@ -30,6 +30,7 @@ from edge.buffer.store import Buffer
 from edge.config import Config
 from edge.errors import EdgeError
 from edge.model import DecodeStatus
+from edge.telemetry import UNMAPPED_SHOWN, plain_counters, unmapped_by_codec
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +242,11 @@ class StateReader:
             sink = sinks.get(p["name"])
             stats = sink.stats if sink is not None else None
             age = p["oldest_undelivered_age_s"]
+            since = getattr(stats, "disconnected_since", None) if stats else None
             p.update({
                 "connected": bool(stats and stats.connected),
+                "disconnected_for_s": None if since is None or (stats and stats.connected)
+                else round(max(0.0, snap.time - since), 1),
                 "published": stats.published if stats else 0,
                 "acknowledged": stats.acknowledged if stats else 0,
                 "rejected": stats.rejected if stats else 0,
@@ -253,7 +257,12 @@ class StateReader:
             snap.upstreams.append(p)
         if not snap.source_connected:
             snap.problems.append("ChirpStack source is disconnected")
+        down_after = pipeline.cfg.web.disconnected_after_s
         for p in snap.upstreams:
+            down = p["disconnected_for_s"]
+            if down is not None and down > down_after:
+                snap.problems.append(f"upstream {p['name']} has been unreachable for {down:.0f} s"
+                                     f" (limit {down_after:g} s): {p['last_error'] or 'no connection'}")
             if p["stuck"]:
                 snap.problems.append(f"upstream {p['name']} is stuck: its oldest undelivered uplink is"
                                      f" {p['oldest_undelivered_age_s']:.0f} s old (limit {self.stuck_after_s:g} s)")
@@ -294,7 +303,7 @@ def _progress(buf: Buffer, names: Sequence[str], now: float) -> tuple[int, list[
     seconds on an SD card just when an upstream has been away for long. Uplink rows are only
     appended with consecutive ids and deleted oldest first (Buffer.enforce_size), so an id span
     is a row count. The age is that of the next uplink the upstream waits for (the first after
-    its cursor), which is the oldest one unless rows were stored out of time order (`edge redecode`).
+    its cursor), by its event time capped at 5 minutes after its receive time (control_time).
     """
     lo = buf.db.execute("SELECT min(id) FROM uplinks").fetchone()[0]
     hi = buf.db.execute("SELECT max(id) FROM uplinks").fetchone()[0]
@@ -307,8 +316,10 @@ def _progress(buf: Buffer, names: Sequence[str], now: float) -> tuple[int, list[
         backlog, age = 0, None
         if lo is not None and cursor < hi:
             backlog = int(hi) - max(int(cursor) + 1, int(lo)) + 1
-            first = buf.db.execute("SELECT time FROM uplinks WHERE id > ? ORDER BY id LIMIT 1", (cursor,)).fetchone()
-            age = round(max(0.0, now - float(first[0])), 1)
+            # The event time capped just after the local receive time: an event dated in the future
+            # must not hide an outage (#11).
+            first = buf.first_control_time_after(int(cursor))
+            age = round(max(0.0, now - first), 1) if first is not None else None
         out.append({"name": name, "backlog": backlog, "oldest_undelivered_age_s": age, "delivered": delivered,
                     "dropped": dropped, "last_delivery": last})
     return rows, out
@@ -338,7 +349,8 @@ def status_document(snap: Snapshot, edge_id: str, max_bytes: int, stuck_after_s:
                    "commits": snap.commits},
         "buffer": {"used_bytes": snap.used_bytes, "max_bytes": max_bytes, "uplinks": snap.uplinks,
                    "error": snap.buffer_error},
-        "counters": snap.counters,
+        "counters": plain_counters(snap.counters),
+        "unmapped": unmapped_by_codec(snap.counters),
         "upstreams": snap.upstreams,
         "devices": devices,
         "decode_errors": {"by_decoder": snap.decode_errors, "recent": snap.recent_failures},
@@ -349,11 +361,29 @@ def status_document(snap: Snapshot, edge_id: str, max_bytes: int, stuck_after_s:
 
 # -- Prometheus ---------------------------------------------------------------------------------------
 
+_PROFILE_JS = re.compile(r"profile-js/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def decoder_label(decoder: str, known: frozenset[str]) -> str:
+    """A stored decoder name as a Prometheus label value: known ids as they are, anything else "unknown".
+
+    The name may come from a device's ChirpStack tag, i.e. from outside: taken as it is, every new
+    tag would be a new time series (and a tag holding a newline or quote a broken exposition line).
+    A device profile's own codec is one value for all profiles, `profile-js`.
+    """
+    if decoder in known or decoder in ("", "chirpstack"):
+        return decoder or "none"
+    if _PROFILE_JS.fullmatch(decoder):
+        return "profile-js"
+    return "unknown"
+
+
 class EdgeCollector:
     """Reads the gateway's state at scrape time, so nothing is counted twice or kept in memory."""
 
     def __init__(self, state: StateReader) -> None:
         self.state = state
+        self._known: tuple[float, frozenset[str]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         """One metric family per quantity; upstream metrics are labelled `upstream`."""
@@ -383,9 +413,20 @@ class EdgeCollector:
         # A gauge, not a counter: rows leave the buffer when it trims or `edge redecode` succeeds.
         failed = GaugeMetricFamily("edge_buffer_decode_errors",
                                    "Uplinks in the buffer whose decoder failed, by decoder.", labels=["decoder"])
-        for decoder, n in sorted(snap.decode_errors.items()):
-            failed.add_metric([decoder], n)
+        by_label: dict[str, int] = {}
+        known = self._known_decoders()
+        for decoder, n in snap.decode_errors.items():
+            label = decoder_label(decoder, known)
+            by_label[label] = by_label.get(label, 0) + n
+        for label, n in sorted(by_label.items()):
+            failed.add_metric([label], n)
         yield failed
+        unmapped = CounterMetricFamily("edge_unmapped_fields",
+                                       "Decoded fields no field map covered (sent without a unit), by codec key"
+                                       f" (the {UNMAPPED_SHOWN} largest; the rest as 'other').", labels=["codec"])
+        for codec, n in unmapped_by_codec(snap.counters).items():
+            unmapped.add_metric([codec], n)
+        yield unmapped
         yield from self._upstreams(snap)
         if snap.health_counts:
             # Counts per state and problem kind: a bounded number of series whatever the fleet's size.
@@ -397,6 +438,15 @@ class EdgeCollector:
                 (states if kind == "state" else problems).add_metric([name], n)
             yield states
             yield problems
+
+    def _known_decoders(self) -> frozenset[str]:
+        """The decoder ids this gateway has: the only values the `decoder` label may take besides two fixed ones."""
+        registry = getattr(self.state.pipeline, "registry", None)
+        now = time.monotonic()
+        if self._known is None or now - self._known[0] > DECODE_ERRORS_TTL_S:
+            ids = frozenset(registry.ids()) if registry is not None and hasattr(registry, "ids") else frozenset()
+            self._known = (now, ids)
+        return self._known[1]
 
     def _upstreams(self, snap: Snapshot) -> Iterator[Metric]:
         families: list[tuple[str, GaugeMetricFamily | CounterMetricFamily]] = [
@@ -611,7 +661,9 @@ class _Handler(BaseHTTPRequestHandler):
                         "source_connected": snap.source_connected,
                         "upstreams": {u["name"]: {"backlog": u["backlog"],
                                                   "oldest_undelivered_age_s": u["oldest_undelivered_age_s"],
-                                                  "connected": u["connected"]} for u in snap.upstreams}}
+                                                  "connected": u["connected"],
+                                                  "disconnected_for_s": u["disconnected_for_s"]}
+                                      for u in snap.upstreams}}
                 self._json(HTTPStatus.OK if snap.healthy else HTTPStatus.SERVICE_UNAVAILABLE, body, head)
             elif url.path == "/api/status":
                 devices = _int(query.get("devices", [None])[0], PAGE_DEVICES, 0, MAX_DEVICES)
@@ -772,6 +824,8 @@ function render(s) {
   for (const p of s.problems) problems.append(el("li", "", p));
 
   const c = s.counters, b = s.buffer;
+  // Fields no field map covers yet: sent without a unit (docs/field-maps.md).
+  const unmapped = Object.values(s.unmapped || {}).reduce((a, n) => a + n, 0);
   clear($("overview")).append(
     stat("ChirpStack", s.source.connected ? "connected" : "disconnected", s.source.connected ? "" : "bad"),
     stat("Buffer", b.error ? "unreadable" : mb(b.used_bytes) + " / " + Math.round(b.max_bytes / 1048576) + " MB",
@@ -780,6 +834,7 @@ function render(s) {
     stat("Received", num(c.received)),
     stat("Decoded", num((c.decoded || 0) + (c.chirpstack || 0))),
     stat("Decode errors", num(c.decode_failed), c.decode_failed ? "warn" : ""),
+    stat("Unmapped fields", num(unmapped), unmapped ? "warn" : ""),
     stat("Duplicates", num(c.duplicates)),
     stat("Dropped", num(c.dropped), c.dropped ? "bad" : ""));
 

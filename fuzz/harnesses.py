@@ -1,8 +1,9 @@
-"""Coverage-guided fuzz targets (atheris): the event parser, every native decoder, SenML, config loading.
+"""Coverage-guided fuzz targets (atheris): event parser, native decoders, SenML, config, the MQTT read path.
 
 Run one for a while:   .venv/bin/python fuzz/harnesses.py events -max_total_time=600
 The test suite runs each with a small fixed budget (tests/test_fuzz.py). Only the documented
-exceptions may escape: none from the parser and the decoders, ConfigError from config loading.
+exceptions may escape: none from the parser and the decoders, ConfigError from config loading,
+ConnectionError (ProtocolError, ConnectionRefused) from the ChirpStack source's MQTT read path.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ with atheris.instrument_imports():
     import cbor2
 
     from edge.config import parse_config
-    from edge.decoding.base import DecodeResult, DeviceContext, normalize
+    from edge.decoding.base import DecodeResult, DeviceContext
     from edge.decoding.builtin import builtin_decoders
+    from edge.decoding.fieldmap import map_for
+    from edge.decoding.normalize import normalise
     from edge.errors import ConfigError
     from edge.formats import senml
     from edge.model import Entry, RadioInfo, Reading
     from edge.sources.chirpstack_events import parse
+    from edge.sources.mqtt_wire import READ_SIZE, PacketReader, Publish, check_publish
 
 KINDS = ("up", "join", "status", "log", "ack", "txack", "location", "foo")
 DECODERS = builtin_decoders()
@@ -36,13 +40,13 @@ def events(data: bytes) -> None:
 
 
 def decoders(data: bytes) -> None:
-    """Every native decoder returns a DecodeResult for any payload and fPort, and normalize() copes."""
+    """Every native decoder returns a DecodeResult for any payload and fPort, and its map's normaliser copes."""
     fdp = atheris.FuzzedDataProvider(data)
     decoder = DECODERS[fdp.ConsumeIntInRange(0, len(DECODERS) - 1)]
     fport = fdp.ConsumeIntInRange(0, 255)
     result = decoder.decode(fdp.ConsumeBytes(fdp.remaining_bytes()), fport, CONTEXT)
     assert isinstance(result, DecodeResult)
-    normalize(result.data, decoder.fields)
+    normalise(result.data, map_for(decoder)[1], 1.7e9)
 
 
 def senml_round_trip(data: bytes) -> None:
@@ -74,7 +78,28 @@ def config(data: bytes) -> None:
         pass
 
 
-TARGETS = {"events": events, "decoders": decoders, "senml": senml_round_trip, "config": config}
+def mqtt_read(data: bytes) -> None:
+    """Any byte stream, split anywhere, ends in packets or a ConnectionError; the buffer stays bounded."""
+    fdp = atheris.FuzzedDataProvider(data)
+    v5 = fdp.ConsumeBool()
+    limit = fdp.ConsumeIntInRange(2, 4096)
+    reader = PacketReader(v5, limit)
+    try:
+        while fdp.remaining_bytes():
+            chunk = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 512))
+            reader.feed(chunk)
+            while (packet := reader.next()) is not None:
+                if isinstance(packet, Publish):
+                    check_publish(packet)
+                    assert isinstance(packet.payload, bytes) and isinstance(packet.topic, str)
+            # What stays buffered is one partial packet within the limit, plus the last read.
+            assert len(reader.buf) <= limit + len(chunk) + READ_SIZE
+    except ConnectionError:
+        pass
+
+
+TARGETS = {"events": events, "decoders": decoders, "senml": senml_round_trip, "config": config,
+           "mqtt_read": mqtt_read}
 
 if __name__ == "__main__":
     target = TARGETS[sys.argv[1]]

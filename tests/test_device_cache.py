@@ -47,9 +47,12 @@ def _uplinks(dev_index: int, count: int) -> list[Message]:
 @pytest.fixture
 def chirpstack_api():
     state = State()
+    # The profile's tag `codec` names the field map of its codec's output (issue #13): here the
+    # Elsys map, whose `temperature` is in °C as this codec's is.
     state.profiles["p-js"] = api.DeviceProfile(id="p-js", name="Thermometer (JS)",
                                                payload_codec_runtime=api.CodecRuntime.JS,
-                                               payload_codec_script=PROFILE_JS)
+                                               payload_codec_script=PROFILE_JS,
+                                               tags={"codec": "ttn:elsys/ers-codec"})
     state.add_device(TENANT, "app1", "a81758fffe000000", "p-js", variables={"offset": "100"})
     fake = FakeChirpStack(state).start()
     yield fake, state

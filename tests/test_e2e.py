@@ -8,8 +8,10 @@ import time
 
 import pytest
 
-from edge.decoding.base import DeviceContext, normalize
+from edge.decoding.base import DeviceContext
 from edge.decoding.builtin.elsys import ElsysDecoder
+from edge.decoding.fieldmap import map_for
+from edge.decoding.normalize import normalise
 from edge.simulate import SentUplink, Simulator, publish
 
 pytestmark = pytest.mark.mosquitto
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.mosquitto
 def expected_readings(sent: SentUplink) -> list[tuple[str, object, object]]:
     decoder = ElsysDecoder()
     result = decoder.decode(sent.payload, 5, DeviceContext(sent.dev_eui))
-    readings = [(r.name, r.value, r.unit) for r in normalize(result.data, decoder.fields)]
+    readings = [(r.name, r.value, r.unit) for r in normalise(result.data, map_for(decoder)[1]).readings]
     # Cross-checked against the simulator's byte layout (edge.simulate.elsys_payload), so the
     # expectation does not rest on the decoder under test alone.
     b = sent.payload

@@ -79,8 +79,14 @@ def test_hostile_js_codec_costs_one_error_per_uplink_and_redecode_forwards_the_f
     codecs.mkdir(parents=True)
     (codecs / "th-codec.yaml").write_text(CODEC_YAML)
     (codecs / "acme-th.js").write_text(HOSTILE_JS)
+    # The codec's field map (issue #13): without one its fields would go out unit-less.
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "th.yaml").write_text("codecs: [ttn:acme/th-codec]\nfields:\n  temperature: {n: temperature, u: Cel}\n"
+                                  "  humidity: {n: humidity, u: '%'}\n")
     config = make_config(chirpstack.url, upstream.url, extra=(
-        f'\n[decoding]\ncodec_paths = ["{codecs.parent}"]\njs_time_limit_ms = 100\njs_memory_limit_mb = 8\n'))
+        f'\n[decoding]\ncodec_paths = ["{codecs.parent}"]\nmap_paths = ["{maps}"]\njs_time_limit_ms = 100\n'
+        'js_memory_limit_mb = 8\n'))
     edge = edge_process(config)
     edge.start()
     edge.wait_connected()

@@ -14,9 +14,14 @@ from edge.sources.chirpstack_mqtt import Message
 CODECS = Path(__file__).parent / "decoding" / "js" / "codecs"
 
 
-def test_pipeline_codec_paths_js_codec_decodes_tagged_devices(make_config):
+def test_pipeline_codec_paths_js_codec_decodes_tagged_devices(make_config, tmp_path):
+    # The codec's field map (`ttn:<vendor folder>/<stem>`) gives names and units.
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "elsys-tlv.yaml").write_text("codecs: [ttn:elsys/elsys-tlv-codec]\nfields:\n"
+                                         "  temperature: {n: temperature, u: Cel}\n  humidity: {n: humidity, u: '%'}\n")
     path = make_config("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:2",
-                       extra=f'\n[decoding]\ncodec_paths = ["{CODECS / "elsys"}"]\n')
+                       extra=f'\n[decoding]\ncodec_paths = ["{CODECS / "elsys"}"]\nmap_paths = ["{maps}"]\n')
     pipeline = Pipeline(load_config(path))
     assert pipeline.registry.get("elsys/elsys-tlv-codec") is not None
     msgs = []

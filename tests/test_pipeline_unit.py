@@ -71,11 +71,15 @@ def test_formatter_groups_by_topic_and_keeps_order(fmt: str) -> None:
 
 
 def test_formatter_topic_placeholders() -> None:
-    entries = [entry(1, "0000000000000001", app="app-1"), entry(2, "0000000000000002", app="app-1"),
-               entry(3, "0000000000000003", app="app-2", gateway_id="")]
+    app1, app2 = "5e0c2a4e-9d1b-4f7a-8c3e-2b6f1d0a9c11", "6f1d3b5f-0e2c-4a8b-9d4f-3c7a2e1b0d22"
+    entries = [entry(1, "0000000000000001", app=app1), entry(2, "0000000000000002", app=app1),
+               entry(3, "0000000000000003", app=app2, gateway_id=""),
+               entry(4, "0000000000000004", app="other-city/sensors/#", gateway_id="evil/+")]
     up = upstream(topic="city/{edge_id}/{application}/{gateway_id}", link_topic="")
     messages = make_formatter(up, "gw-01")(entries)
-    assert [m.topic for m in messages] == ["city/gw-01/app-1/acde48fffe000001", "city/gw-01/app-2/unknown"]
+    # Values from data that are not of their documented form become the level `invalid` (docs/records.md).
+    assert [m.topic for m in messages] == [f"city/gw-01/{app1}/acde48fffe000001", f"city/gw-01/{app2}/unknown",
+                                           "city/gw-01/invalid/invalid"]
     # Two devices in one pack: each reading still resolves to its own device and time.
     resolved = senml.resolve(senml.decode(messages[0].payload, "senml+json"))
     names = {(r["n"], r["t"]) for r in resolved}
@@ -379,13 +383,31 @@ def test_pipeline_handle_rule_beats_chirpstack_object(tmp_path: Path, pipelines:
 
 
 def test_pipeline_handle_falls_back_to_chirpstack_object(pipelines: Callable[..., Pipeline]) -> None:
+    # No field map names this profile's codec: its keys go out unit-less (never a guessed unit)
+    # and are counted as unmapped.
     p = pipelines()
     p.handle([message(CHIRPSTACK / "v4_up_with_object.serialised.json")])
     assert stored(p) == [(DecodeStatus.CHIRPSTACK, "chirpstack", None)]
     (e,) = p.buffer.read(0, 1)
+    assert e.readings == [Reading("temperature", 23.0, None), Reading("humidity", 45.0, None),
+                          Reading("battery-voltage", 3.3, None)]
+    counters = p.buffer.counters()
+    assert counters["chirpstack"] == 1 and counters["unmapped:object:chirpstack"] == 3
+
+
+def test_pipeline_handle_chirpstack_object_with_its_map(tmp_path: Path, pipelines: Callable[..., Pipeline]) -> None:
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "th.yaml").write_text("codecs: [object:th-sensor]\nfields:\n  temperature: {n: temperature, u: Cel}\n"
+                                  "  humidity: {n: humidity, u: '%'}\n  batteryVoltage: {n: battery-voltage, u: mV}\n")
+    cfg = make_cfg(tmp_path, decoding={"map_paths": [str(maps)],
+                                       "object_maps": {"TH-sensor (JS codec)": "object:th-sensor"}})
+    p = pipelines(cfg)
+    p.handle([message(CHIRPSTACK / "v4_up_with_object.serialised.json")])
+    (e,) = p.buffer.read(0, 1)
     assert e.readings == [Reading("temperature", 23.0, "Cel"), Reading("humidity", 45.0, "%RH"),
-                          Reading("battery-voltage", 3.3, "V")]
-    assert p.buffer.counters()["chirpstack"] == 1
+                          Reading("battery-voltage", 0.0033, "V")]
+    assert not any(name.startswith("unmapped:") for name in p.buffer.counters())
 
 
 def test_pipeline_handle_object_ignored_when_disabled(tmp_path: Path, pipelines: Callable[..., Pipeline]) -> None:

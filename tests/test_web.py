@@ -142,6 +142,21 @@ def test_web_metrics_parse_and_show_the_counters(pipeline: Pipeline, served: Cal
     assert m[("process_resident_memory_bytes", ())] > 0
 
 
+def test_web_metrics_and_status_count_unmapped_fields_per_codec(pipeline: Pipeline,
+                                                             served: Callable[..., WebServer]) -> None:
+    # ChirpStack's `object` of a profile no field map names: three fields sent without a unit.
+    doc = Path(__file__).parent / "fixtures" / "chirpstack" / "v4_up_with_object.serialised.json"
+    pipeline.handle([Message("application/app/device/0101010101010101/event/up", doc.read_bytes(), time.time())])
+    web = served()
+    m = metrics(web)
+    assert m[("edge_unmapped_fields_total", (("codec", "object:chirpstack"),))] == 3
+    status, _, body = get(web.url + "api/status")
+    assert status == 200
+    shown = orjson.loads(body)
+    assert shown["unmapped"] == {"object:chirpstack": 3}
+    assert not any(name.startswith("unmapped:") for name in shown["counters"])
+
+
 def test_web_metrics_follow_delivery_and_sink_stats(pipeline: Pipeline, served: Callable[..., WebServer]) -> None:
     web = served()
     city = next(s for s in pipeline.sinks if s.name == "city")
@@ -521,3 +536,29 @@ def test_web_sensor_health_in_metrics_and_page_data(served: Callable[..., WebSer
     assert keys <= set(health["devices"][0])
     page = get(web.url)[2].decode()
     assert "Sensor health" in page and "renderHealth" in page
+
+
+def test_web_health_fails_soon_after_an_upstream_goes_down(pipeline: Pipeline) -> None:
+    """A dead upstream is a problem after web.disconnected_after_s, not only once its backlog is old (15 min)."""
+    from edge.sinks.mqtt import SinkStats
+
+    stats = SinkStats()
+    stats.link(True)
+    fake_sinks = [SimpleNamespace(name="city", stats=stats)]
+    view = SimpleNamespace(cfg=pipeline.cfg, commits=0, source=pipeline.source, sinks=fake_sinks)
+    with WebServer(view, port=0) as web:
+        assert get(web.url + "health")[0] == 200
+        stats.link(False)
+        stats.last_error = "connection refused"
+        doc = orjson.loads(get(web.url + "health")[2])
+        assert doc["upstreams"]["city"]["connected"] is False and doc["healthy"] is True  # just now: a blip
+        assert stats.disconnected_since is not None
+        stats.disconnected_since -= pipeline.cfg.web.disconnected_after_s + 5
+        status, _, body = get(web.url + "health")
+        doc = orjson.loads(body)
+        assert status == 503
+        limit = pipeline.cfg.web.disconnected_after_s
+        assert doc["problems"] == [f"upstream city has been unreachable for {limit + 5:.0f} s (limit {limit:g} s):"
+                                   " connection refused"]
+        stats.link(True)
+        assert get(web.url + "health")[0] == 200

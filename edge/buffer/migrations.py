@@ -154,7 +154,23 @@ def v5_rewind_requests() -> str:
 
 
 @migration
-def v6_device_health() -> str:
+def v6_command_ids() -> str:
+    """Ids of downlink commands an upstream sent, so a redelivered command is enqueued only once."""
+    return """
+        -- One row per command accepted from an upstream; rows older than the upstream's
+        -- command_max_age_s (plus a margin) are pruned, since such commands are refused as stale anyway.
+        CREATE TABLE command_ids (
+            upstream TEXT NOT NULL,
+            id TEXT NOT NULL,
+            received REAL NOT NULL,
+            PRIMARY KEY (upstream, id)
+        ) WITHOUT ROWID;
+        CREATE INDEX command_ids_received ON command_ids(received);
+    """
+
+
+@migration
+def v7_device_health() -> str:
     """Sensor health (edge/health.py): each device's state, and health notices until every upstream has them."""
     return """
         CREATE TABLE device_health (

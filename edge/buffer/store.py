@@ -23,7 +23,18 @@ import orjson
 from edge.buffer import location
 from edge.buffer.migrations import migrate
 from edge.errors import StorageCorrupt, StorageError
-from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Reading, Uplink, radio_json, readings_json
+from edge.model import (
+    TRUSTED_FUTURE_S,
+    DecodeStatus,
+    DeviceEvent,
+    Entry,
+    Malformed,
+    Reading,
+    Uplink,
+    control_time,
+    radio_json,
+    readings_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +138,10 @@ _SUPERSEDED = DecodeStatus.SUPERSEDED
 
 # The share of the size bound (`buffer.max_size_mb`) dead letters may take; the oldest go beyond it.
 DEAD_LETTER_SHARE = 0.1
+# The same for malformed messages (kept for inspection, never sent anywhere), and what one row
+# takes by that measure (its bytes and characters plus the row itself).
+MALFORMED_SHARE = 0.05
+_MALFORMED_SIZE = "length(payload) + length(error) + length(topic) + 64"
 
 
 def is_disk_full(exc: sqlite3.Error) -> bool:
@@ -202,6 +217,8 @@ class Buffer:
                  synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.limit_bytes = max_bytes  # buffer.max_size_mb, as configured
+        self._malformed_bytes: int | None = None  # malformed rows' size (MALFORMED_SHARE), once summed
+        self._malformed_warned = -1e9  # monotonic time of the last WARNING about that share
         self.max_bytes = max_bytes  # the bound in force: lower while the disk is short of space
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,8 +338,10 @@ class Buffer:
                                  up.radio.gateway_id or "", up.time, new.status, new.decoder, new.error or None,
                                  readings, radio_json(up.radio)))
                     d = up.device
+                    # The receive-clamped time: an uplink dated 2099 must not freeze the device's row.
                     devices[d.dev_eui] = (d.dev_eui, d.device_name, d.application_id, d.application_name,
-                                          d.device_profile_name, row_id, up.time, up.radio.fcnt, up.radio.rssi,
+                                          d.device_profile_name, row_id, control_time(up.time, new.received),
+                                          up.radio.fcnt, up.radio.rssi,
                                           up.radio.snr, up.radio.gateway_id, new.decoder, new.status, readings,
                                           d.device_profile_id, orjson.dumps(d.tags))
                 db.executemany("INSERT INTO uplinks(id, uplink_id, dev_eui, application_id, gateway_id, time, status,"
@@ -355,14 +374,18 @@ class Buffer:
                     "INSERT INTO malformed(received, topic, error, payload) VALUES (?,?,?,?)",
                     [(received, m.topic, m.error, m.payload) for m, received in batch.malformed],
                 )
+                self._bound_malformed([(m.topic, m.error, m.payload) for m, _ in batch.malformed])
             if batch.supersedes:
                 db.executemany(f"UPDATE uplinks SET status = {_SUPERSEDED} WHERE id = ?",
                                [(i,) for i in batch.supersedes])
             if batch.counts:
-                db.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
-                               [(n, name) for name, n in batch.counts.items()])
+                # An upsert: per-codec counters (`unmapped:<codec>`) appear as codecs are seen.
+                db.executemany("INSERT INTO counters(name, value) VALUES (?, ?)"
+                               " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                               [(name, n) for name, n in batch.counts.items()])
             db.execute("COMMIT")
         except BaseException:
+            self._malformed_bytes = None  # what the rolled-back batch added is gone again
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
@@ -397,7 +420,43 @@ class Buffer:
             self._trim("malformed")
         return dropped_total
 
+    def _bound_malformed(self, added: Sequence[tuple[str, str, bytes]]) -> None:
+        """Keep malformed messages within MALFORMED_SHARE of the size bound, oldest dropped first.
+
+        Anyone who can publish to ChirpStack's broker can send malformed messages; kept without a
+        bound of their own, a flood of them would push out uplinks an upstream still waits for.
+        Runs inside append's transaction; the table's size is summed once, then kept up to date.
+        """
+        limit = int(self.max_bytes * MALFORMED_SHARE)
+        if self._malformed_bytes is None:
+            self._malformed_bytes = int(self.db.execute(
+                f"SELECT coalesce(sum({_MALFORMED_SIZE}), 0) FROM malformed").fetchone()[0])
+        else:
+            self._malformed_bytes += sum(len(p) + len(e) + len(t) + 64 for t, e, p in added)
+        if self._malformed_bytes <= limit:
+            return
+        excess, cut, dropped = self._malformed_bytes - limit, 0, 0
+        rows = self.db.execute(f"SELECT id, {_MALFORMED_SIZE} FROM malformed ORDER BY id")
+        try:
+            for row_id, size in rows:
+                excess -= int(size)
+                cut, dropped = int(row_id), dropped + 1
+                if excess <= 0:
+                    break
+        finally:
+            rows.close()
+        self.db.execute("DELETE FROM malformed WHERE id <= ?", (cut,))
+        self._malformed_bytes = None  # summed again next time (rare: only while a flood lasts)
+        # While a flood lasts this happens at every batch: one WARNING a minute, the rest at DEBUG.
+        now = time.monotonic()
+        level = logging.WARNING if now - self._malformed_warned >= 60 else logging.DEBUG
+        if level == logging.WARNING:
+            self._malformed_warned = now
+        log.log(level, "Malformed messages fill their share of the buffer (%.1f MB); dropped the %d oldest.",
+                limit / 1e6, dropped, extra={"count": dropped})
+
     def _trim(self, table: str) -> None:
+        self._malformed_bytes = None
         lo, n = self.db.execute(f"SELECT min(id), count(*) FROM {table}").fetchone()
         if n:
             self.db.execute(f"DELETE FROM {table} WHERE id < ?", (lo + max(1, n // 20),))
@@ -728,13 +787,32 @@ class Buffer:
         known = {r[0] for r in rows}
         rows += [(name, 0, 0, 0, None) for name in configured if name not in known]
         for name, cursor, delivered, dropped, last in sorted(rows):
-            backlog, oldest = self.db.execute(
-                "SELECT count(*), min(time) FROM uplinks WHERE id > ?", (cursor,)).fetchone()
+            # Age by the event time capped just after the local receive time (control_time): one
+            # event dated in the future must not hide an upstream outage.
+            backlog = self.db.execute("SELECT count(*) FROM uplinks WHERE id > ?", (cursor,)).fetchone()[0]
+            oldest = self.db.execute(
+                f"SELECT min(min(u.time, r.received + {TRUSTED_FUTURE_S}))"
+                " FROM uplinks u JOIN raw r ON r.id = u.id WHERE u.id > ?", (cursor,)).fetchone()[0]
             out.append({
                 "name": name, "cursor": cursor, "backlog": backlog,
                 "oldest_undelivered_age_s": round(now - oldest, 1) if oldest is not None else None,
                 "delivered": delivered, "dropped": dropped, "last_delivery": last,
             })
+        return out
+
+    def first_control_time_after(self, cursor: int) -> float | None:
+        """The control time (edge.model.control_time) of the first uplink after `cursor`, or None."""
+        row = self.db.execute("SELECT u.time, r.received FROM uplinks u JOIN raw r ON r.id = u.id WHERE u.id > ?"
+                              " ORDER BY u.id LIMIT 1", (cursor,)).fetchone()
+        return None if row is None else control_time(float(row[0]), float(row[1]))
+
+    def received_times(self, ids: Sequence[int]) -> dict[int, float]:
+        """Local receive time of each of these uplinks (ids no longer held are left out)."""
+        out: dict[int, float] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            out.update((int(i), float(r)) for i, r in self.db.execute(
+                f"SELECT id, received FROM raw WHERE id IN ({','.join('?' * len(chunk))})", chunk))
         return out
 
     def devices(self, limit: int = 1000) -> list[dict[str, Any]]:
@@ -878,6 +956,29 @@ class Buffer:
     def remove_dead_letter(self, letter_id: int) -> None:
         """Forget a dead letter (replayed successfully)."""
         self.db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+
+    def remember_command(self, upstream: str, command_id: str, now: float, keep_s: float) -> bool:
+        """Note a downlink command's id; False when this upstream sent that id before (a redelivery).
+
+        Ids older than `keep_s` are forgotten on the way: a command that old is refused as stale
+        before its id is looked at, so remembering it longer would only grow the table.
+        """
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM command_ids WHERE received < ?", (now - keep_s,))
+            fresh = db.execute("INSERT OR IGNORE INTO command_ids(upstream, id, received) VALUES (?,?,?)",
+                               (upstream, command_id, now)).rowcount == 1
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return fresh
+
+    def forget_command(self, upstream: str, command_id: str) -> None:
+        """Forget a command id (its enqueue failed, so the same command may be sent again)."""
+        self.db.execute("DELETE FROM command_ids WHERE upstream = ? AND id = ?", (upstream, command_id))
 
     def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest device events (join, status, log, ack, txack, location)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -15,7 +16,9 @@ from typing import Any
 
 import click
 
-from edge.config import DEFAULT_PATH, Config, describe, load_config
+from edge import present
+from edge.cli.text import echo
+from edge.config import DEFAULT_PATH, Config, describe, load_config, secret_file_warnings
 from edge.errors import ConfigError, EdgeError
 
 CONFIG_OPTION = click.option(
@@ -70,6 +73,8 @@ def run(config_path: Path) -> None:
 
     cfg = _load(config_path)
     setup_logging(cfg.log_level)
+    for warning in secret_file_warnings(cfg):
+        logging.getLogger("edge").warning("%s", warning)
     try:
         pipeline = Pipeline(cfg)
     except EdgeError as exc:
@@ -105,6 +110,8 @@ def validate(config_path: Path, show: bool) -> None:
         if rule.decoder not in known:
             problems.append(f"decoding.rule[{i}].decoder: no installed decoder has the id {rule.decoder!r}"
                             " (see `edge decoders list`; a plugin may be missing or blocked)")
+    for warning in secret_file_warnings(cfg):
+        echo(f"warning: {warning}", err=True)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:
@@ -166,6 +173,7 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
     from edge import quarantine
     from edge.buffer.store import Buffer
     from edge.model import DecodeStatus
+    from edge.telemetry import plain_counters, unmapped_by_codec
 
     cfg = _load(config_path)
     buf = Buffer(_existing_buffer(cfg.buffer.path), readonly=True)
@@ -176,13 +184,16 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         edge_version = version("lorawan-edge")
     except PackageNotFoundError:
         edge_version = "unknown"
+    counters = buf.counters()
     data: dict[str, Any] = {
         "edge_id": cfg.edge_id,
         "version": edge_version,
         "generated_at": time.time(),
         "buffer": {"path": cfg.buffer.path, "used_bytes": buf.used_bytes(),
                    "max_bytes": int(cfg.buffer.max_size_mb * 1024 * 1024)},
-        "counters": buf.counters(),
+        "counters": plain_counters(counters),
+        # Fields no field map covers yet (sent unit-less under their own key), per codec key.
+        "unmapped": unmapped_by_codec(counters),
         "upstreams": buf.sinks([u.name for u in cfg.upstreams] + [u.name for u in cfg.http_upstreams]),
         "devices": buf.devices(devices),
         "events": buf.recent_events(10),
@@ -204,46 +215,63 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     c = data["counters"]
-    click.echo(f"edge {cfg.edge_id}  buffer {data['buffer']['used_bytes'] / 1e6:.1f} MB"
-               f" of {data['buffer']['max_bytes'] / 1e6:.0f} MB")
+    # MiB, the unit of buffer.max_size_mb: 1024 in the config reads 1024.0 MiB here, not 1074 MB.
+    echo(f"edge {cfg.edge_id}  buffer {present.size(data['buffer']['used_bytes'])}"
+         f" of {present.size(data['buffer']['max_bytes'])}")
     svc = data["service"]
     if not svc["reachable"]:
-        click.echo(f"service: not reachable ({svc['error']}); `systemctl status lorawan-edge` tells more")
+        echo(f"service: not reachable ({svc['error']}); `systemctl status lorawan-edge` tells more")
     elif svc["healthy"]:
-        click.echo("service: running, healthy")
+        echo("service: running, healthy")
     else:
-        click.echo("service: running, PROBLEMS: " + ("; ".join(svc["problems"]) or svc.get("error", "")))
+        echo("service: running, PROBLEMS: " + ("; ".join(svc["problems"]) or svc.get("error", "")))
     if held:
-        click.echo(f"quarantine: {quarantine.summary(held.values())}; {quarantine.FIX}")
-    click.echo("counters: " + "  ".join(f"{k}={c.get(k, 0)}" for k in (
+        echo(f"quarantine: {quarantine.summary(held.values())}; {quarantine.FIX}")
+    echo("counters: " + "  ".join(f"{k}={c.get(k, 0)}" for k in (
         "received", "duplicates", "decoded", "chirpstack", "undecoded", "decode_failed", "malformed", "events",
         "dropped")))
-    click.echo("upstreams:")
+    if data["unmapped"]:
+        top = list(data["unmapped"].items())[:8]
+        more = len(data["unmapped"]) - len(top)
+        echo("unmapped fields (no field map yet, sent without a unit): "
+             + "  ".join(f"{codec}={n}" for codec, n in top) + (f"  (+{more} more)" if more else ""))
+    echo("upstreams:")
+    live = svc.get("upstreams", {}) if svc["reachable"] else {}
     for up in data["upstreams"]:
         age = up["oldest_undelivered_age_s"]
-        click.echo(f"  {up['name']:<16} backlog={up['backlog']:<8} oldest={'-' if age is None else f'{age:.0f}s'}"
-                   f"  delivered={up['delivered']}  dropped={up['dropped']}  last={_ago(up['last_delivery'])}")
+        state = live.get(up["name"], {})
+        if not svc["reachable"]:
+            link = "service down"
+        elif state.get("connected"):
+            link = "connected"
+        else:
+            down = state.get("disconnected_for_s")
+            link = "NOT CONNECTED" + (f" for {down:.0f}s" if down is not None else "")
+        echo(f"  {up['name']:<16} {link:<22} backlog={up['backlog']:<8}"
+             f" oldest={'-' if age is None else f'{age:.0f}s'}  delivered={up['delivered']}"
+             f"  dropped={up['dropped']}  last={_ago(up['last_delivery'])}")
     h = data["health"]
-    click.echo(f"sensor health: {h['counts']['ok']} ok, {h['counts']['silent']} silent,"
-               f" {h['counts']['never-seen']} never seen, {h['with_problems']} with problems"
-               + ("; the unwell (edge devices health --unwell lists all):" if h["unwell"] else ""))
+    echo(f"sensor health: {h['counts']['ok']} ok, {h['counts']['silent']} silent,"
+         f" {h['counts']['never-seen']} never seen, {h['with_problems']} with problems"
+         + ("; the unwell (edge devices health --unwell lists all):" if h["unwell"] else ""))
     for r in h["unwell"][:10]:
-        click.echo(f"  {health_line(r)}")
-    click.echo("devices (last uplink):")
+        echo(f"  {health_line(r)}")
+    echo("devices (last uplink):")
     for d in data["devices"]:
-        values = " ".join(f"{r['n']}={r.get('v', r.get('vs', r.get('vb')))}{r.get('u', '')}" for r in d["readings"][:6])
-        click.echo(f"  {d['dev_eui']} {d['name'][:20]:<20} {_ago(d['last_time']):>9} fcnt={d['fcnt']}"
-                   f" rssi={d['rssi']} snr={d['snr']} {DecodeStatus.NAMES[d['status']]}:{d['decoder'] or '-'}"
-                   f"  {values}")
+        values = " ".join(f"{r['n']}={present.reading(r['n'], r.get('v', r.get('vs', r.get('vb'))), r.get('u'))}"
+                          for r in d["readings"][:6])
+        echo(f"  {d['dev_eui']} {d['name'][:20]:<20} {_ago(d['last_time']):>9} fcnt={d['fcnt']}"
+             f" rssi={present.rssi(d['rssi'])} snr={present.snr(d['snr'])}"
+             f" {DecodeStatus.NAMES[d['status']]}:{d['decoder'] or '-'}  {values}")
     if data["events"]:
-        click.echo("device events:")
+        echo("device events:")
         for e in data["events"]:
             when = datetime.fromtimestamp(e["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-            click.echo(f"  {when} {e['dev_eui']} {e['kind']}: {e['summary']}")
+            echo(f"  {when} {e['dev_eui']} {e['kind']}: {e['summary']}")
     if data["malformed"]:
-        click.echo("malformed messages (newest):")
+        echo("malformed messages (newest):")
         for m in data["malformed"]:
-            click.echo(f"  {m['topic']}: {m['error']}")
+            echo(f"  {m['topic']}: {m['error']}")
 
 
 @main.command()

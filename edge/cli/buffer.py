@@ -11,6 +11,7 @@ import click
 import orjson
 
 from edge.cli import CONFIG_OPTION, _existing_buffer, _load, _timestamp
+from edge.cli.text import echo
 from edge.model import DecodeStatus, Uplink
 
 _STATUSES = {name: code for code, name in enumerate(DecodeStatus.NAMES)}
@@ -71,7 +72,7 @@ def list_(config_path: Path, dev_eui: str | None, since: str | None, until: str 
             radio = {r["n"]: r.get("v", r.get("vs")) for r in orjson.loads(row.radio)}
             payload: str | None = None
             if row.message is not None and row.topic is not None:
-                event = parse(row.topic, row.message, row.received or row.time)
+                event = parse(row.topic, row.message, row.received or row.time, cfg.chirpstack.max_payload_bytes)
                 payload = event.payload.hex() if isinstance(event, Uplink) else None
             status = DecodeStatus.NAMES[row.status]
             if as_json:
@@ -89,7 +90,7 @@ def list_(config_path: Path, dev_eui: str | None, since: str | None, until: str 
                     f"  {row.decoder or '-'}  {status}  {what}")
             if raw:
                 line += f"  payload={payload if payload is not None else '-'}"
-            click.echo(line)
+            echo(line)
     finally:
         buf.close()
     if not as_json and not shown:

@@ -13,7 +13,9 @@ import click
 
 from edge.config import DEFAULT_PATH, load_config
 from edge.decoding.base import Decoder
+from edge.decoding.coverage import Coverage, map_report, summary_line
 from edge.decoding.examples import (
+    Outcome,
     codec_id,
     codec_targets,
     compare_encoded,
@@ -60,8 +62,12 @@ def list_(config_path: Path, as_json: bool) -> None:
             raise SystemExit(2) from None
     allow, block = (cfg.decoding.plugins_allow, cfg.decoding.plugins_block) if cfg else ((), ())
     loaded = load_decoders(allow, block)
+    from edge.decoding.fieldmap import map_for
+
+    # "map": the field map key that normalises the decoder's output ("" when none does).
     rows = [{"id": i.decoder.id, "aliases": list(getattr(i.decoder, "aliases", ())),
-             "ttn_codecs": list(getattr(i.decoder, "ttn_codecs", ())), "source": i.source, "version": i.version}
+             "ttn_codecs": list(getattr(i.decoder, "ttn_codecs", ())), "source": i.source, "version": i.version,
+             "map": _map_key(map_for(i.decoder))}
             for i in loaded.decoders]
     if cfg is not None and cfg.decoding.codec_paths:
         from edge.pipeline import js_codecs
@@ -69,7 +75,7 @@ def list_(config_path: Path, as_json: bool) -> None:
         for decoder in js_codecs(cfg, [i.decoder for i in loaded.decoders]):
             script = getattr(getattr(decoder, "runtime", None), "name", "")
             rows.append({"id": decoder.id, "aliases": [], "ttn_codecs": [], "source": f"js {script}",
-                         "version": "-"})
+                         "version": "-", "map": _map_key(map_for(decoder))})
     if as_json:
         click.echo(json.dumps({"decoders": rows, "problems": loaded.problems, "not_allowed": loaded.not_allowed},
                               indent=2))
@@ -82,6 +88,11 @@ def list_(config_path: Path, as_json: bool) -> None:
     for problem in loaded.problems:
         click.echo(f"problem: {problem}", err=True)
     click.echo(f"{len(rows)} decoders")
+
+
+def _map_key(found: tuple[str, object]) -> str:
+    key, fmap = found
+    return key if getattr(fmap, "specs", ()) else ""
 
 
 def _native_index() -> tuple[dict[str, Decoder], dict[str, Decoder]]:
@@ -116,6 +127,34 @@ def _when(text: str) -> float:
 KINDS = ("uplink", "normalized", "downlink")
 
 
+class _MapTally:
+    """Map coverage summed over the files of one `edge decoders test` run."""
+
+    def __init__(self) -> None:
+        self.total = Coverage()
+        self.without = 0
+
+
+def _check_map(path: Path, decoder: Decoder, outcomes: list[Outcome], maps: _MapTally, quiet: bool) -> int:
+    """Check the codec's field map with the examples' outputs; 1 when the map fails (counted once)."""
+    report = map_report(decoder, ((f"{path}#{o.example.index}", o.actual.get("data")) for o in outcomes))
+    if not report.found:
+        maps.without += 1
+        if not quiet:
+            click.echo(f"map  {path}: no field map for {report.key} (fields go out unit-less)")
+        return 0
+    maps.total.add(report.coverage)
+    cov = report.coverage
+    if cov.ok:
+        if not quiet:
+            click.echo(f"map  {path}: {report.key} covers {cov.covered}/{cov.numeric} numeric fields")
+        return 0
+    click.echo(f"FAIL map {report.key} for {path}: {cov.covered}/{cov.numeric} numeric fields covered")
+    for problem in dict.fromkeys(cov.problems):
+        click.echo(f"     {problem}")
+    return 1
+
+
 @dataclass
 class _Tally:
     """Passed/failed/skipped counts of one `edge decoders test` run, per direction."""
@@ -123,6 +162,7 @@ class _Tally:
     passed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     skipped: int = 0
+    maps: _MapTally = field(default_factory=lambda: _MapTally())
 
     def ok(self, kind: str, label: str, quiet: bool) -> None:
         self.passed[kind] += 1
@@ -189,6 +229,12 @@ def test(paths: tuple[Path, ...], decoder_id: str | None, native: bool, time_lim
         _test_ttn_uplinks(path, limits, now, native_decoder, bool(decoder_id or native), quiet, tally)
         if not (decoder_id or native):
             _test_ttn_routines(path, limits, now, quiet, tally)
+    from edge.decoding.fieldmap import default_index
+
+    for problem in default_index().problems:  # a map that does not load, or two maps claiming one codec
+        tally.fail("uplink", f"map {problem}")
+    if tally.maps.total.numeric or tally.maps.without:
+        click.echo(summary_line(tally.maps.total, tally.maps.without))
     if tally.skipped:
         click.echo(f"{tally.skipped} skipped (no native decoder declares their codec)")
     passed, failed = sum(tally.passed.values()), sum(tally.failed.values())
@@ -225,12 +271,15 @@ def _test_ttn_uplinks(path: Path, limits: JsLimits, now: float | None, native_de
         click.echo(f"skip {path}: no native decoder declares codec {codec_id(path)}")
         tally.skipped += len(examples)
         return
-    for outcome in run_examples(decoder, examples):
+    outcomes = list(run_examples(decoder, examples))
+    for outcome in outcomes:
         label = f"{path}#{outcome.example.index} {outcome.example.description}"
         if outcome.passed:
             tally.ok("uplink", label, quiet)
         else:
             tally.fail("uplink", label, outcome.diff())
+    # The codec's field map, checked with what the examples decode to (docs/field-maps.md).
+    tally.failed["uplink"] += _check_map(path, decoder, outcomes, tally.maps, quiet)
 
 
 def _test_ttn_routines(path: Path, limits: JsLimits, now: float | None, quiet: bool, tally: _Tally) -> None:
@@ -313,6 +362,32 @@ def _test_chirpstack(script: Path, limits: JsLimits, now: float | None, quiet: b
 def _kind(routine: str) -> str:
     return {"encodeDownlink": "downlink", "decodeDownlink": "downlink", "normalizeUplink": "normalized"}.get(
         routine, "uplink")
+
+
+@decoders.command("readings")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per example (the only output form for now).")
+def readings(paths: tuple[Path, ...], as_json: bool) -> None:
+    """Print the readings a receiver gets from each uplink example of codec files.
+
+    PATHS are TTN codec YAMLs or folders of them, or ChirpStack device-profiles codec scripts
+    (`vendors/<vendor>/codecs/<name>.js`, examples from `test_decode_<name>.json` beside them) or
+    `codecs/` folders. Each example is decoded by its codec in the JS sandbox and normalised with
+    the codec's field map. One line per example, in file order: {"file", "example" (from 0),
+    "readings": [{"field", "n", "u"?, "v"|"vs"|"vb", "t"?}]}; unmapped fields have no "u". Examples are
+    decoded as if received at time 0: a sample's absolute time prints as itself, an offset from the
+    receive time (`tu: offset-s`, `ago-s`) as negative seconds.
+    """
+    from edge.decoding.coverage import example_readings, reading_json
+
+    for example, found, error in example_readings(list(paths)):
+        if example.number < 0:
+            click.echo(f"error: {example.file}: {error}", err=True)
+            continue
+        if error:
+            click.echo(f"warning: {example.file} example {example.number}: {error}", err=True)
+        click.echo(json.dumps({"file": str(example.file), "example": example.number,
+                               "readings": [reading_json(r) for r in found]}, ensure_ascii=False))
 
 
 @decoders.command("new")

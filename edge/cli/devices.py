@@ -13,6 +13,7 @@ import click
 
 from edge.buffer.registry import CachedApplication, CachedDevice, CachedProfile, DeviceRegistry
 from edge.cli import CONFIG_OPTION, _load
+from edge.cli.text import echo
 from edge.config import Config
 from edge.decoding.registry import DecoderRegistry, DeviceHints, Rule
 from edge.errors import EdgeError
@@ -321,13 +322,13 @@ def list_(config_path: Path, as_json: bool) -> None:
     tag = cfg.decoding.tag
     for r in rows:
         flags = " disabled" if r["is_disabled"] else ""
-        click.echo(f"{r['dev_eui']} {r['name'][:24]:<24} {r['application'][:16]:<16} {r['profile'][:20]:<20}"
+        echo(f"{r['dev_eui']} {r['name'][:24]:<24} {r['application'][:16]:<16} {r['profile'][:20]:<20}"
                    f" codec={r['codec'] or '-'} {tag}={r['tags'].get(tag, '-')}{flags}")
     newest = max((r["synced_at"] for r in rows), default=None)
     when = f", synced {time.time() - newest:.0f}s ago" if newest is not None else ""
-    click.echo(f"{len(rows)} devices{when}")
+    echo(f"{len(rows)} devices{when}")
     if not rows:
-        click.echo("The cache is empty: run `edge devices sync` (needs [chirpstack] api_url and api_token_file).")
+        echo("The cache is empty: run `edge devices sync` (needs [chirpstack] api_url and api_token_file).")
 
 
 @devices.command("explain")
@@ -358,8 +359,8 @@ def explain_(config_path: Path, dev_eui: str) -> None:
                           uplink_had_object=last is not None and last.object is not None,
                           use_object=cfg.decoding.use_chirpstack_object,
                           native=decoders.native_for_profile, catalogue=decoders)
-    click.echo(f"{dev_eui.lower()}: {chosen}")
-    click.echo(f"  {why}")
+    echo(f"{dev_eui.lower()}: {chosen}")
+    echo(f"  {why}")
 
 
 def _encode_locally(cfg: Config, dev_eui: str, data: Mapping[str, Any],
@@ -449,9 +450,9 @@ def downlink(config_path: Path, api_url: str | None, token_file: Path | None, ca
             raise click.UsageError("--wait reads the buffer of `edge run`: give --config")
         event = wait_for_queue_item(cfg.buffer.path, queue_id, wait_s, kinds=("ack",) if confirmed else ("txack",))
         if event is None:
-            click.echo(f"no {'ack' if confirmed else 'txack'} event for {queue_id} within {wait_s:g} s", err=True)
+            echo(f"no {'ack' if confirmed else 'txack'} event for {queue_id} within {wait_s:g} s", err=True)
             raise SystemExit(1)
-        click.echo(f"{event['kind']}: {event['summary']}")
+        echo(f"{event['kind']}: {event['summary']}")
         if event["summary"].endswith("acknowledged=False"):
             # ChirpStack reports a confirmed downlink the device never acknowledged as ack, acknowledged=false.
             click.echo(f"the device did not acknowledge downlink {queue_id}", err=True)

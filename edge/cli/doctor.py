@@ -20,9 +20,12 @@ from typing import Any
 
 import click
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.cli import CONFIG_OPTION
-from edge.config import Config, MqttEndpoint, load_config
+from edge.cli.text import echo
+from edge.config import Config, MqttEndpoint, load_config, secret_file_warnings, secret_files
 from edge.errors import ConfigError
 from edge.mqtt import make_client
 from edge.sinks.base import Backlog
@@ -161,8 +164,11 @@ def _check_network(r: _Report, label: str, section: str, ep: MqttEndpoint | _End
 class _Session:
     """A short MQTT connection under a throwaway client id, so the service's own session is never taken over."""
 
-    def __init__(self, ep: MqttEndpoint) -> None:
+    def __init__(self, ep: MqttEndpoint, session_expiry_s: int = 0) -> None:
         self.ep = replace(ep, client_id=f"{ep.client_id}-doctor")
+        # MQTT 5: ask for the service's session expiry to learn what the broker grants (dropped again at close).
+        self.expiry = session_expiry_s if ep.protocol == "5" else 0
+        self.granted_expiry: int | None = None
         self.client = make_client(self.ep, clean=True)
         self.client.connect_timeout = NET_TIMEOUT
         self.connack = threading.Event()
@@ -171,19 +177,23 @@ class _Session:
         self.pubacks: dict[int, Any] = {}
         self.messages: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
         self.client.on_connect = self._on_connect
+        self.gone = threading.Event()
+        self.client.on_disconnect = lambda *args: self.gone.set()
         self.client.on_subscribe = lambda c, u, mid, codes, p: self.subacks.__setitem__(mid, list(codes))
         self.client.on_publish = lambda c, u, mid, code, p: self.pubacks.__setitem__(mid, code)
         self.client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload), time.time()))
 
     def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: Any, props: object) -> None:
         self.reason = reason
+        self.granted_expiry = getattr(props, "SessionExpiryInterval", None)
         self.connack.set()
 
     def open(self) -> str:
         """Connect and wait for CONNACK; returns '' when accepted, else what went wrong."""
         try:
             if self.ep.protocol == "5":
-                self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s, clean_start=True)
+                self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s, clean_start=True,
+                                    properties=_expiry(PacketTypes.CONNECT, self.expiry) if self.expiry else None)
             else:
                 self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s)
         except (OSError, ValueError) as exc:
@@ -202,13 +212,21 @@ class _Session:
 
     def close(self) -> None:
         """Disconnect; the clean session leaves nothing behind at the broker."""
-        self.client.disconnect()
+        self.client.disconnect(properties=_expiry(PacketTypes.DISCONNECT, 0) if self.expiry else None)
+        if self.expiry and self.client.is_connected():
+            self.gone.wait(MQTT_TIMEOUT)  # the DISCONNECT must go out, or our session would stay that long
         self.client.loop_stop()
 
 
-def _check_mqtt(r: _Report, label: str, section: str, ep: MqttEndpoint) -> _Session | None:
+def _expiry(packet_type: int, seconds: int) -> Any:
+    props = Properties(packet_type)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = seconds
+    return props
+
+
+def _check_mqtt(r: _Report, label: str, section: str, ep: MqttEndpoint, expiry: int = 0) -> _Session | None:
     try:
-        session = _Session(ep)
+        session = _Session(ep, expiry)
     except (OSError, ssl.SSLError) as exc:
         # Typically a technician running doctor as a user who cannot read the service's 0600 secrets.
         r.add(f"{label} mqtt", "FAIL", f"cannot read the password or TLS files: {_why(exc)}",
@@ -245,8 +263,13 @@ def _check_chirpstack(r: _Report, cfg: Config, listen: float) -> float | None:
     from edge.sources.chirpstack_events import parse
 
     ep, topic = cfg.chirpstack.mqtt, cfg.chirpstack.topic
-    session = _check_mqtt(r, "chirpstack", "chirpstack", ep) if _check_network(r, "chirpstack", "chirpstack", ep) \
-        else None
+    want = cfg.chirpstack.session_expiry_s
+    session = _check_mqtt(r, "chirpstack", "chirpstack", ep, want) \
+        if _check_network(r, "chirpstack", "chirpstack", ep) else None
+    if session is not None and session.granted_expiry is not None and session.granted_expiry < want:
+        r.add("chirpstack session", "WARN", f"the broker grants a session expiry of {session.granted_expiry} s,"
+              f" shorter than the {want} s configured: events queued during a longer outage are lost",
+              "raise the broker's session expiry limit, or set chirpstack.session_expiry_s to what it grants")
     message, started = None, time.monotonic()
     if session is not None:
         # QoS 0 on a clean session: the broker queues nothing for us and nothing is acknowledged
@@ -452,6 +475,14 @@ def _check_http_upstream(r: _Report, cfg: Config, index: int, publish_test: bool
               else f"check {section}.notice_endpoint and the server's logs")
 
 
+def _check_secret_files(r: _Report, cfg: Config) -> None:
+    warnings = secret_file_warnings(cfg)
+    for warning in warnings:
+        r.add("secret files", "WARN", warning, "only the service's user should read a password, token or key")
+    if not warnings and secret_files(cfg):
+        r.add("secret files", "OK", "password, token and key files are readable by their owner only")
+
+
 def _check_disk(r: _Report, cfg: Config) -> None:
     directory = Path(cfg.buffer.path).parent
     while not directory.exists() and directory != directory.parent:
@@ -572,6 +603,20 @@ def _check_decoders(r: _Report, cfg: Config) -> None:
     builtin = sum(1 for info in loaded.decoders if info.source == BUILTIN)
     r.add("decoders", "OK", f"{len(loaded.decoders)} loaded ({builtin} built-in, {len(loaded.decoders) - builtin}"
           " from plugins)")
+    _check_field_maps(r, cfg)
+
+
+def _check_field_maps(r: _Report, cfg: Config) -> None:
+    """Every field map loads (docs/field-maps.md); a broken one leaves its codec's fields unit-less."""
+    from edge.decoding.fieldmap import default_index
+
+    index = default_index(Path(p) for p in cfg.decoding.map_paths)
+    index.load_all()
+    for problem in index.problems[:10]:
+        r.add("field maps", "WARN", problem, "fix the map (`edge decoders test` checks it with the codec's examples)")
+    if len(index.problems) > 10:
+        r.add("field maps", "WARN", f"{len(index.problems) - 10} more map problems", "run `edge decoders test`")
+    r.add("field maps", "OK", f"{len(index.maps)} maps for {len(index.keys)} codecs")
 
 
 def _check_health(r: _Report, cfg: Config) -> None:
@@ -686,6 +731,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
             r.add("config", "FAIL", problem, f"edit {config_path}, then run `edge validate --config {config_path}`")
         return r.findings
     r.add("config", "OK", f"{config_path} is valid ({len(cfg.upstreams) + len(cfg.http_upstreams)} upstream(s))")
+    _check_secret_files(r, cfg)
     skew = _check_chirpstack(r, cfg, listen)
     _check_chirpstack_api(r, cfg)
     for index in range(len(cfg.upstreams)):
@@ -713,7 +759,7 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
 def doctor(config_path: Path, as_json: bool, publish_test: bool, listen: float) -> None:
     """Check config, brokers, certificates, ChirpStack's API, disk, buffer, clock, decoders and the service."""
     findings = run_checks(config_path, publish_test=publish_test, listen=listen,
-                          on_finding=None if as_json else lambda f: click.echo(f.line()))
+                          on_finding=None if as_json else lambda f: echo(f.line()))
     counts = {status: sum(1 for f in findings if f.status == status) for status in ("OK", "WARN", "FAIL")}
     if as_json:
         click.echo(json.dumps([asdict(f) for f in findings], indent=2))

@@ -13,6 +13,7 @@ import click
 from edge import present
 from edge.cli import CONFIG_OPTION, _existing_buffer, _load
 from edge.cli.devices import devices
+from edge.cli.text import echo
 from edge.config import Config
 from edge.errors import EdgeError
 
@@ -72,8 +73,8 @@ def health(config_path: Path, as_json: bool, state: str | None, unwell: bool, li
         click.echo(json.dumps({"devices": rows}, indent=2))
         return
     for r in rows:
-        click.echo(line(r))
+        echo(line(r))
     counts = {s: sum(r["state"] == s for r in rows) for s in ("ok", "silent", "never-seen")}
     with_problems = sum(bool(r["problems"]) for r in rows)
-    click.echo(f"{len(rows)} devices: {counts['ok']} ok, {counts['silent']} silent, {counts['never-seen']} never seen;"
+    echo(f"{len(rows)} devices: {counts['ok']} ok, {counts['silent']} silent, {counts['never-seen']} never seen;"
                f" {with_problems} with problems (docs/health.md explains each)")

@@ -7,13 +7,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import click
 import orjson
 
+from edge import present
 from edge.cli import CONFIG_OPTION, _load, _timestamp
 from edge.cli.devices import _client, _fail, _registry, _setting, api_options, devices
+from edge.cli.text import echo
 from edge.config import Config
 from edge.errors import EdgeError
 from edge.onboarding import (
@@ -99,7 +101,7 @@ def import_(config_path: Path, api_url: str | None, token_file: Path | None, ca_
             except SheetError as exc:
                 _problems(exc.problems)
             for step in steps:
-                click.echo(_describe(step, directory))
+                echo(_describe(step, directory))
             counts = {kind: sum(s.device == kind for s in steps) for kind in ("create", "update", "unchanged")}
             summary = (f"{counts['create']} to create, {counts['update']} to update, {counts['unchanged']} unchanged;"
                        f" keys for {sum(s.keys in ('create', 'update') for s in steps)}")
@@ -196,7 +198,7 @@ def _readings(item: dict[str, Any]) -> str:
     parts = []
     for r in item.get("readings", [])[:6]:
         value = r.get("v", r.get("vs", r.get("vb")))
-        parts.append(f"{r.get('n')} {value}{' ' + r['u'] if r.get('u') else ''}")
+        parts.append(f"{r.get('n')} {present.reading(str(r.get('n')), value, r.get('u'))}")
     return ", ".join(parts)
 
 
@@ -234,16 +236,16 @@ def verify(config_path: Path, since: str | None, wait: bool, timeout: float, as_
         if wait and not as_json:
             for dev in sorted(d for d, s in states.items() if s != "waiting" and d not in seen):
                 seen.add(dev)
-                click.echo(f"{_hhmm(time.time())} {dev} {imported[dev].get('name', '')!r}: {states[dev]}")
+                echo(f"{_hhmm(time.time())} {dev} {imported[dev].get('name', '')!r}: {states[dev]}")
         if not wait or all(s == "ok" for s in states.values()) or time.monotonic() >= deadline:
             break
         time.sleep(2)
-    _report(imported, activity, states, as_json, sys.stdout)
+    _report(imported, activity, states, as_json)
     raise SystemExit(0 if all(s == "ok" for s in states.values()) else 1)
 
 
 def _report(imported: dict[str, dict[str, Any]], activity: dict[str, dict[str, Any]], states: dict[str, str],
-            as_json: bool, out: TextIO) -> None:
+            as_json: bool) -> None:
     rows = []
     for dev, entry in sorted(imported.items(), key=lambda kv: (kv[1].get("file", ""), kv[1].get("row", 0))):
         item = activity.get(dev, {})
@@ -253,21 +255,20 @@ def _report(imported: dict[str, dict[str, Any]], activity: dict[str, dict[str, A
                      "decoder": item.get("decoder"), "rssi_dbm": item.get("rssi"), "snr_db": item.get("snr"),
                      "gateway_id": item.get("gateway_id"), "readings": item.get("readings", [])})
     if as_json:
-        out.write(json.dumps({"devices": rows}, indent=2) + "\n")
+        click.echo(json.dumps({"devices": rows}, indent=2))
         return
-    out.write(f"{'DEV_EUI':<16}  {'NAME':<20} {'STATE':<13} {'JOINED':<8} {'FIRST UP':<8} {'DECODER':<20}"
-              f" {'RSSI':>8} {'SNR':>7}  READINGS\n")
+    echo(f"{'DEV_EUI':<16}  {'NAME':<20} {'STATE':<13} {'JOINED':<8} {'FIRST UP':<8} {'DECODER':<20}"
+         f" {'RSSI':>8} {'SNR':>7}  READINGS")
     for r in rows:
-        rssi = f"{r['rssi_dbm']:.0f} dBm" if r["rssi_dbm"] is not None else "-"
-        snr = f"{r['snr_db']:.1f} dB" if r["snr_db"] is not None else "-"
-        out.write(f"{r['dev_eui']:<16}  {str(r['name'])[:20]:<20} {r['state']:<13} {_hhmm(r['joined']):<8}"
-                  f" {_hhmm(r['first_uplink']):<8} {str(r['decoder'] or '-')[:20]:<20} {rssi:>8} {snr:>7}"
-                  f"  {_readings(activity.get(r['dev_eui'], {}))}\n")
+        # Names come from the sheet and decoders from the buffer: echo strips terminal escapes.
+        echo(f"{r['dev_eui']:<16}  {str(r['name'])[:20]:<20} {r['state']:<13} {_hhmm(r['joined']):<8}"
+             f" {_hhmm(r['first_uplink']):<8} {str(r['decoder'] or '-')[:20]:<20} {present.rssi(r['rssi_dbm']):>8}"
+             f" {present.snr(r['snr_db']):>7}  {_readings(activity.get(r['dev_eui'], {}))}")
     ok = sum(s == "ok" for s in states.values())
     attention = [f"{d} ({s})" for d, s in states.items() if s != "ok"]
-    out.write(f"{ok} of {len(states)} devices sent a decoded uplink")
-    out.write(f"; needing attention: {', '.join(attention[:20])}{' ...' if len(attention) > 20 else ''}\n"
-              if attention else "\n")
+    more = " ..." if len(attention) > 20 else ""
+    echo(f"{ok} of {len(states)} devices sent a decoded uplink"
+         + (f"; needing attention: {', '.join(attention[:20])}{more}" if attention else ""))
 
 
 @devices.command("export")

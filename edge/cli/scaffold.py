@@ -24,8 +24,15 @@ test = ["pytest"]
 [project.entry-points."edge.decoders"]
 {vendor_py} = "{package}"
 
+# ...and the field maps (what each field of `data` means) in {package}/maps/.
+[project.entry-points."edge.field_maps"]
+{vendor_py} = "{package}"
+
 [tool.setuptools]
 packages = ["{package}"]
+
+[tool.setuptools.package-data]
+"{package}" = ["maps/*/*.yaml"]
 '''
 
 INIT = '''"""lorawan-edge decoders for {vendor} devices."""
@@ -47,20 +54,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge import DecodeResult, DeviceContext, Field
+from edge import DecodeResult, DeviceContext
 
 
 class {cls}:
-    """{vendor} {model}: fPort 1, byte 0-1 temperature (signed, 0.1 °C), byte 2 humidity (%RH)."""
+    """{vendor} {model}: fPort 1, byte 0-1 temperature (signed, 0.1 °C), byte 2 humidity (%RH).
+
+    What each field of `data` means (vocabulary name, unit) is in the field map
+    {package}/maps/{vendor}/{model}.yaml (lorawan-edge's docs/field-maps.md), not here.
+    """
 
     id = "{decoder_id}"
     # TTN Device Repository codec ids this decoder reproduces, e.g. ("{vendor}/{model}-codec",).
     ttn_codecs: tuple[str, ...] = ()
-    # Vendor keys -> the shared vocabulary (docs/vocabulary.md in lorawan-edge): name, SenML unit, scale.
-    fields = {{
-        "temperature": Field("temperature", "Cel"),
-        "humidity": Field("humidity", "%RH"),
-    }}
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode one uplink; report bad input in `errors`, never raise."""
@@ -105,13 +111,22 @@ uplinkDecoder:
           - unknown FPort
 '''
 
+MAP = """# {vendor} {model}: <name the vendor document each unit comes from>.
+# Field maps: lorawan-edge's docs/field-maps.md; names: its docs/vocabulary.md.
+codecs:
+  - native:{decoder_id}
+fields:
+  temperature: {{n: temperature, u: Cel}}
+  humidity: {{n: humidity, u: "%"}}
+"""
+
 TEST = '''"""Runs every examples/<vendor>/<model>.yaml through the decoder with that id (edge.testing)."""
 
 from pathlib import Path
 
 import pytest
 
-from edge.testing import assert_examples
+from edge.testing import assert_examples, assert_map
 from {package} import edge_decoders
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*/*.yaml"))
@@ -125,7 +140,9 @@ def test_every_decoder_has_examples():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{{p.parent.name}}/{{p.stem}}")
 def test_examples(path):
-    assert_examples(DECODERS[f"{{path.parent.name}}/{{path.stem}}"], path)
+    decoder = DECODERS[f"{{path.parent.name}}/{{path.stem}}"]
+    assert_examples(decoder, path)
+    assert_map(decoder, path)  # every numeric field of the examples mapped, units right
 '''
 
 README = '''# edge-decoder-{vendor}
@@ -175,6 +192,7 @@ def scaffold(decoder_id: str, parent: Path) -> Path:
         "README.md": README,
         f"{package}/__init__.py": INIT,
         f"{package}/{model_py}.py": DECODER,
+        f"{package}/maps/{vendor}/{model}.yaml": MAP,
         f"examples/{vendor}/{model}.yaml": EXAMPLES,
         "tests/test_examples.py": TEST,
     }

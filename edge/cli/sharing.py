@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from edge.cli import CONFIG_OPTION, _existing_buffer, _load
+from edge.cli.text import clean
 from edge.config import Config
 
 
@@ -81,7 +82,7 @@ def explain(config_path: Path, name: str, dev_eui: str) -> None:
 
 @click.group()
 def deadletter() -> None:
-    """List or replay messages an HTTP destination refused."""
+    """List or replay messages a destination refused or that could not be published."""
 
 
 @deadletter.command("list")
@@ -98,35 +99,71 @@ def list_(config_path: Path, name: str | None, as_json: bool) -> None:
         click.echo(json.dumps([{k: v for k, v in d.items() if k != "payload"} | {"bytes": len(d["payload"])}
                                for d in letters], indent=2))
         return
+    http = {u.name for u in cfg.http_upstreams}
     for d in letters:
         when = datetime.fromtimestamp(d["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{d['id']:>6} {when} {d['sink']:<16} HTTP {d['status']}  {len(d['payload'])} B  {d['detail'][:80]}")
+        # HTTP: the status; MQTT: the PUBACK reason; 0: refused before it was sent (or not formatted)
+        kind = "HTTP" if d["sink"] in http else "MQTT"
+        if not d["status"]:
+            status = f"{kind} -   "
+        else:
+            status = f"HTTP {d['status']}" if kind == "HTTP" else f"MQTT {d['status']:#04x}"
+        click.echo(clean(f"{d['id']:>6} {when} {d['sink']:<16} {status}  {len(d['payload'])} B  {d['detail'][:80]}"))
     click.echo(f"{len(letters)} dead letter(s)")
 
 
 @deadletter.command("replay")
 @CONFIG_OPTION
-@click.option("--upstream", "name", required=True, help="The HTTP upstream whose dead letters to send again.")
+@click.option("--upstream", "name", required=True, help="The upstream whose dead letters to send again.")
 @click.option("--id", "ids", type=int, multiple=True, help="Only these dead letters (default: all of the upstream).")
 def replay(config_path: Path, name: str, ids: tuple[int, ...]) -> None:
-    """Send dead letters again (after fixing the destination); a 2xx removes each one."""
+    """Send dead letters again (after fixing the destination); each one accepted is removed."""
     from edge.buffer.store import Buffer
     from edge.model import OutMessage
-    from edge.sinks.http import HttpSink
 
     cfg = _load(config_path)
     http = {u.name: u for u in cfg.http_upstreams}
-    if name not in http:
-        raise click.UsageError(f"{name!r} is not an HTTP upstream")
+    mqtt = {u.name: u for u in cfg.upstreams}
+    if name not in http and name not in mqtt:
+        raise click.UsageError(f"{name!r} is not an upstream")
     buf = Buffer(_existing_buffer(cfg.buffer.path))
     letters = [d for d in buf.dead_letters(name) if not ids or d["id"] in ids]
-    sink = HttpSink(http[name], lambda: None, lambda entries: [], threading.Event())  # type: ignore[arg-type,return-value]
     ok = failed = 0
+    if name in mqtt:
+        from edge.sinks.mqtt import MqttSink
+
+        # A letter without a topic describes an uplink the formatter failed on: nothing to publish;
+        # `edge redecode` or a fixed release and `edge buffer rewind` send that uplink again.
+        sendable = [d for d in letters if d["topic"]]
+        for d in letters:
+            if not d["topic"]:
+                failed += 1
+                click.echo(f"{d['id']}: not a message (the formatter failed on an uplink); see its detail")
+        sink = MqttSink(mqtt[name], lambda: None, lambda entries: [], threading.Event())  # type: ignore[arg-type,return-value]
+        try:
+            results = sink.publish_once([OutMessage(d["topic"], d["payload"], d["content_type"]) for d in sendable])
+        except OSError as exc:
+            raise click.ClickException(f"cannot reach upstream {name}: {exc}") from None
+        for d, why in zip(sendable, results, strict=True):
+            if why:
+                failed += 1
+                click.echo(f"{d['id']}: {clean(why)}")
+            else:
+                buf.remove_dead_letter(d["id"])
+                ok += 1
+                click.echo(f"{d['id']}: delivered")
+        click.echo(f"{ok} delivered, {failed} still failing")
+        if failed:
+            raise SystemExit(1)
+        return
+    from edge.sinks.http import HttpSink
+
+    sink_http = HttpSink(http[name], lambda: None, lambda entries: [], threading.Event())  # type: ignore[arg-type,return-value]
     for d in letters:
         try:
-            status = sink.post_once(OutMessage(d["topic"], d["payload"], d["content_type"]))
+            status = sink_http.post_once(OutMessage(d["topic"], d["payload"], d["content_type"]))
         except Exception as exc:  # noqa: BLE001 - report and go on with the next letter
-            click.echo(f"{d['id']}: failed ({exc})")
+            click.echo(f"{d['id']}: failed ({clean(str(exc))})")
             failed += 1
             continue
         if 200 <= status < 300:

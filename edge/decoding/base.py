@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from edge.model import Reading, Value
+from edge.model import Reading
 
 
 @dataclass(slots=True)
@@ -34,9 +33,11 @@ class DecodeResult:
 
 @dataclass(frozen=True, slots=True)
 class Field:
-    """How one vendor field becomes a reading: vocabulary name, unit and linear conversion.
+    """The legacy way a plugin maps one vendor field: vocabulary name, unit and linear conversion.
 
     value_in_unit = vendor_value * scale + offset (the RFC 8798 §3 rule for secondary units).
+    Field maps (docs/field-maps.md) replace these tables; a decoder's `fields` still works, turned
+    into a map when no YAML map serves the decoder.
     """
 
     name: str
@@ -49,71 +50,23 @@ class Field:
 class Decoder(Protocol):
     """A payload decoder.
 
-    `id` is `<vendor>/<model>`, lowercase with dashes. `fields` maps keys of `data` (dotted paths
-    for nested objects) to the vocabulary. `decode` must not raise for bad bytes: it reports them
-    in `errors`. The pipeline treats an exception as a decode failure all the same.
+    `id` is `<vendor>/<model>`, lowercase with dashes. `decode` returns the vendor's `data`
+    exactly as the vendor's codec shapes it and must not raise for bad bytes: it reports them in
+    `errors` (the pipeline treats an exception as a decode failure all the same). What the fields
+    mean is not the decoder's business: the field map `native:<id>` (or one of its `ttn_codecs`)
+    says it, and the normaliser (edge/decoding/normalize.py) applies it. Optional attributes:
+    `aliases`, `ttn_codecs`, `codecs` (more map keys, `<catalogue>:<id>`), and the legacy
+    `fields` (Mapping[str, Field]).
     """
 
     id: str
-    fields: Mapping[str, Field]
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult: ...
 
 
-def _walk(prefix: str, data: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.extend(_walk(path + ".", value))
-        else:
-            out.append((path, value))
-    return out
-
-
-def _component(path: str) -> str:
-    """Turn a vendor key like `batteryVoltage` or `a.b_c` into a SenML-safe component name."""
-    chars: list[str] = []
-    for i, ch in enumerate(path):
-        if ch.isupper() and i and path[i - 1].islower():
-            chars.append("-")
-        if ch.isalnum() and ch.isascii():
-            chars.append(ch.lower())
-        elif ch in "._-":
-            chars.append("-" if ch == "_" else ch)
-        else:
-            chars.append("-")
-    return "".join(chars).strip("-.") or "value"
-
-
 def normalize(data: Mapping[str, Any] | None, fields: Mapping[str, Field]) -> list[Reading]:
-    """Map decoded `data` to readings.
+    """Readings from `data` with a legacy `fields` table (kept for plugins and their tests)."""
+    from edge.decoding.fieldmap import from_fields
+    from edge.decoding.normalize import normalise
 
-    Mapped fields get their vocabulary name, unit and conversion. Scalar fields that the mapping
-    does not name are kept, unit-less, under their own key made SenML-safe (so nothing decoded is
-    silently lost); lists and nulls are left out of the readings (they stay in the raw uplink).
-    """
-    if not data:
-        return []
-    readings: list[Reading] = []
-    for path, value in _walk("", data):
-        spec = fields.get(path)
-        if isinstance(value, bool) or isinstance(value, str):
-            if spec is not None:
-                readings.append(Reading(spec.name, value, None))
-            elif isinstance(value, bool):
-                readings.append(Reading(_component(path), value, None))
-            continue
-        if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
-            continue
-        if spec is None:
-            readings.append(Reading(_component(path), value, None))
-            continue
-        converted: Value = value
-        if spec.scale != 1.0 or spec.offset != 0.0:
-            converted = value * spec.scale + spec.offset
-            # Keep integers integral where the conversion allows, e.g. 3600 mV -> 3.6 V stays float
-            # but a scale of 1 on an int stays an int; round away binary noise (0.1*3 = 0.30000000000000004).
-            converted = float(f"{converted:.12g}")
-        readings.append(Reading(spec.name, converted, spec.unit))
-    return readings
+    return normalise(data, from_fields(fields)).readings

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.decoding.base import Decoder, DecodeResult, DeviceContext, Field, normalize
+from edge.decoding import limits
+from edge.decoding.base import Decoder, DecodeResult, DeviceContext
+from edge.decoding.fieldmap import EMPTY, FieldMap, MapIndex, default_index, map_for
+from edge.decoding.normalize import normalise
 from edge.model import DecodeStatus, Reading, Uplink
 
 if TYPE_CHECKING:
@@ -17,21 +22,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Field names ChirpStack codecs commonly return, mapped to the vocabulary. Used only for
-# ChirpStack's own `object`, where no decoder declared its fields.
-OBJECT_FIELDS: dict[str, Field] = {
-    "temperature": Field("temperature", "Cel"),
-    "humidity": Field("humidity", "%RH"),
-    "relativeHumidity": Field("humidity", "%RH"),
-    "light": Field("illuminance", "lx"),
-    "illuminance": Field("illuminance", "lx"),
-    "co2": Field("co2", "/", scale=1e-6),
-    "pressure": Field("pressure", "Pa", scale=100),
-    "batteryVoltage": Field("battery-voltage", "V"),
-    "battery": Field("battery", "%EL"),
-    "vdd": Field("battery-voltage", "V", scale=1e-3),
-    "motion": Field("motion", "count"),
-}
+# At most this many codec keys are counted apart for `unmapped`; the rest share "other", so a
+# fleet of unmapped codecs cannot grow the counters table or the metrics' label set without bound.
+MAX_UNMAPPED_KEYS = 200
+OTHER = "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +51,10 @@ class Rule:
 class DeviceHints:
     """What the ChirpStack device registry cache knows beyond the MQTT event (issue #4).
 
-    `profile_js` is the device profile's own codec script when its codec runtime is JS.
+    `profile_js` is the device profile's own codec script when its codec runtime is JS. `codec`
+    names the field map (`<catalogue>:<id>`, e.g. "ttn:elsys/elsys") for the profile's JS codec and
+    for ChirpStack's `object`; when it is empty the device or profile tag `codec` or config
+    `decoding.object_maps` apply.
     """
 
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -65,6 +62,7 @@ class DeviceHints:
     profile_id: str = ""
     profile_tags: Mapping[str, str] = field(default_factory=dict)
     profile_js: str = ""
+    codec: str = ""
 
 
 PROFILE_JS = "profile-js"  # the choice "run the device profile's own JS codec"
@@ -79,6 +77,8 @@ class Decoded:
     readings: list[Reading]
     decoder: str = ""
     error: str = ""
+    codec: str = ""  # the field map's key that applied (or would have), for the `unmapped` counter
+    unmapped: int = 0  # leaves no map entry covered: sent unit-less under their own key
 
 
 class DecoderRegistry:
@@ -91,7 +91,8 @@ class DecoderRegistry:
 
     def __init__(self, decoders: Iterable[Decoder], rules: Sequence[Rule] = (), use_object: bool = True,
                  tag: str = "decoder", js_time_limit_s: float = 0.1, js_memory_limit: int = 16 << 20,
-                 catalogue: CatalogueIndex | None = None) -> None:
+                 catalogue: CatalogueIndex | None = None, cooldown: CoolDown | None = None,
+                 maps: MapIndex | None = None, object_maps: Mapping[str, str] | None = None) -> None:
         self._by_id: dict[str, Decoder] = {}
         self._by_codec: dict[str, str] = {}  # TTN codec id -> decoder id
         for decoder in decoders:
@@ -106,6 +107,40 @@ class DecoderRegistry:
         self._profile_codecs: dict[str, tuple[str, Decoder]] = {}  # profile id -> (script, decoder)
         self.catalogue = catalogue
         self._catalogue_codecs: dict[str, Decoder] = {}  # codec key -> decoder
+        # A call that takes the JS time limit or longer counts as a timeout for the cool-down.
+        self.cooldown = cooldown if cooldown is not None else CoolDown(slow_s=js_time_limit_s)
+        self._maps = maps if maps is not None else default_index()
+        self._object_maps = dict(object_maps or {})
+        self._decoder_maps: dict[int, tuple[str, FieldMap]] = {}  # id(decoder) -> its map
+        self._counted: set[str] = set()  # codec keys counted apart for `unmapped`
+
+    def map_for(self, decoder: Decoder) -> tuple[str, FieldMap]:
+        """The codec key and field map that normalise a decoder's output (cached per decoder)."""
+        found = self._decoder_maps.get(id(decoder))
+        if found is None:
+            found = self._decoder_maps[id(decoder)] = map_for(decoder, self._maps)
+        return found
+
+    def codec_for(self, uplink: Uplink, hints: DeviceHints) -> str:
+        """The map key for a profile's own JS codec or ChirpStack's `object`, or ''.
+
+        Order: the hint (catalogue index), the device's then the profile's tag `codec`, then
+        `decoding.object_maps` by profile name, then by profile id.
+        """
+        tags = hints.tags or uplink.device.tags
+        dev = uplink.device
+        return (hints.codec or tags.get("codec") or hints.profile_tags.get("codec")
+                or self._object_maps.get(dev.device_profile_name)
+                or self._object_maps.get(dev.device_profile_id or hints.profile_id) or "")
+
+    def _count_key(self, key: str) -> str:
+        if key in self._counted:
+            return key
+        if len(self._counted) >= MAX_UNMAPPED_KEYS:
+            return OTHER
+        self._counted.add(key)
+        return key
+
 
     def ids(self) -> list[str]:
         """Every id a decoder can be selected by."""
@@ -192,7 +227,7 @@ class DecoderRegistry:
         from edge.decoding.js.runtime import JsLimits
 
         decoder = JsCodecDecoder.from_script(
-            f"{PROFILE_JS}/{hints.profile_id}", hints.profile_js, fields=OBJECT_FIELDS,
+            f"{PROFILE_JS}/{hints.profile_id}", hints.profile_js,
             limits=JsLimits(time_limit=self._js_limits[0], memory_limit=self._js_limits[1]))
         self._profile_codecs[hints.profile_id] = (hints.profile_js, decoder)
         return decoder
@@ -215,10 +250,9 @@ class DecoderRegistry:
         from edge.decoding.js.codec import JsCodecDecoder
         from edge.decoding.js.runtime import JsLimits
 
-        # A native decoder declaring the same TTN codec returns the same `data`: it lends its field map.
-        native = self._by_id.get(self._by_codec.get(f"{codec.vendor}/{codec.name}", "")) \
-            if codec.catalogue == "ttn" else None
-        decoder = JsCodecDecoder(key, codec.uplink_script, fields=native.fields if native else OBJECT_FIELDS,
+        # Its field map is found by its key (a native decoder declaring the same TTN codec lists
+        # that key in its own map, since both return the same `data`).
+        decoder = JsCodecDecoder(key, codec.uplink_script,
                                  limits=JsLimits(time_limit=self._js_limits[0], memory_limit=self._js_limits[1]),
                                  name=f"{codec.vendor}/{Path(codec.path).name}", codec_key=key)
         self._catalogue_codecs[key] = decoder
@@ -248,33 +282,162 @@ class DecoderRegistry:
         return chosen, runtime.encode_downlink(data, fport, hints.variables)
 
     def decode(self, uplink: Uplink, hints: DeviceHints = NO_HINTS) -> Decoded:
-        """Decode one uplink; never raises."""
+        """Decode one uplink; never raises.
+
+        Whatever a decoder returns, and ChirpStack's `object`, is checked against the bounds of
+        edge/decoding/limits.py before it is normalised: output over them fails this uplink (raw
+        kept), so the normaliser only ever sees bounded, JSON-shaped data. A decoder that keeps
+        timing out is set aside for a while (CoolDown): its uplinks are stored raw as failed.
+        """
+        try:
+            return self._decode(uplink, hints)
+        except Exception as exc:  # noqa: BLE001 - one uplink's decode never fails the pipeline
+            return Decoded(DecodeStatus.FAILED, [], "", _reason(exc))
+
+    def _decode(self, uplink: Uplink, hints: DeviceHints) -> Decoded:
         chosen = self.choose(uplink, hints)
+        if chosen and uplink.fport == 0:
+            # FPort 0 carries MAC commands only (LoRaWAN 1.0.x §4.3.2): nothing for a codec.
+            return Decoded(DecodeStatus.UNDECODED, [])
         if chosen:
             decoder: Decoder | None
+            key = f"{PROFILE_JS}/{hints.profile_id}" if chosen == PROFILE_JS else chosen
+            cooldown = self.cooldown
+            if cooldown.resting_any and cooldown.resting(key):
+                return Decoded(DecodeStatus.FAILED, [], chosen, "cool-down")
             if chosen == PROFILE_JS:
                 try:
                     decoder = self._profile_decoder(hints)
                 except Exception as exc:  # noqa: BLE001 - a profile script that does not load fails this uplink
-                    return Decoded(DecodeStatus.FAILED, [], chosen, f"profile codec does not load: {exc}")
+                    return Decoded(DecodeStatus.FAILED, [], chosen, f"profile codec does not load: {_reason(exc)}")
             elif chosen not in self._by_id and ":" in chosen:
+                held = self.catalogue is not None and self.catalogue.codec(chosen) is not None
+                if not held and self._use_object and uplink.object is not None:
+                    # ChirpStack already ran the codec: the `codec` tag names the map for its output.
+                    return self._object(uplink, hints)
                 try:
                     decoder = self.catalogue_decoder(chosen)
                 except Exception as exc:  # noqa: BLE001 - a missing or broken catalogue codec fails this uplink
-                    return Decoded(DecodeStatus.FAILED, [], chosen, f"catalogue codec {chosen}: {exc}")
+                    return Decoded(DecodeStatus.FAILED, [], chosen, f"catalogue codec {chosen}: {_reason(exc)}")
             else:
                 decoder = self._by_id.get(chosen)
             if decoder is None:
-                return Decoded(DecodeStatus.FAILED, [], chosen, f"no decoder with id {chosen!r}")
+                return Decoded(DecodeStatus.FAILED, [], chosen, f"no decoder with id {limits.truncate(chosen, 64)!r}")
             context = DeviceContext(uplink.device.dev_eui, hints.variables, hints.tags or uplink.device.tags,
                                     uplink.time)
+            # CPU time of this thread, as the JS sandbox counts it: a busy machine does not make a
+            # sound codec look slow, a looping one is slow whatever the load.
+            started = time.thread_time()
             try:
                 result: DecodeResult = decoder.decode(uplink.payload, uplink.fport, context)
-                if result.errors:
-                    return Decoded(DecodeStatus.FAILED, [], chosen, "; ".join(map(str, result.errors)))
-                return Decoded(DecodeStatus.DECODED, normalize(result.data, decoder.fields), chosen)
             except Exception as exc:  # noqa: BLE001 - a broken decoder costs one uplink, never the pipeline
-                return Decoded(DecodeStatus.FAILED, [], chosen, f"{type(exc).__name__}: {exc}")
+                return Decoded(DecodeStatus.FAILED, [], chosen, _reason(exc))
+            finally:
+                took = time.thread_time() - started
+                if took >= cooldown.slow_s:
+                    cooldown.took(key, took)
+            if chosen == PROFILE_JS:
+                map_key = self.codec_for(uplink, hints)
+                fmap = (self._maps.get(map_key) if map_key else None) or EMPTY
+                map_key = map_key or f"{PROFILE_JS}:{hints.profile_id}"  # counted per profile while unmapped
+            else:
+                map_key, fmap = self.map_for(decoder)
+            return self._normalised(result, map_key, fmap, chosen, uplink.time)
         if self._use_object and uplink.object is not None:
-            return Decoded(DecodeStatus.CHIRPSTACK, normalize(uplink.object, OBJECT_FIELDS), "chirpstack")
+            return self._object(uplink, hints)
         return Decoded(DecodeStatus.UNDECODED, [])
+
+    def _object(self, uplink: Uplink, hints: DeviceHints) -> Decoded:
+        """ChirpStack's own codec output, normalised with the map its device or profile names."""
+        map_key = self.codec_for(uplink, hints)
+        fmap = (self._maps.get(map_key) if map_key else None) or EMPTY
+        return self._normalised(DecodeResult(uplink.object), map_key or "object:chirpstack", fmap, "chirpstack",
+                                uplink.time, DecodeStatus.CHIRPSTACK)
+
+    def _normalised(self, result: Any, map_key: str, fmap: FieldMap, decoder: str, received: float,
+                    status: int = DecodeStatus.DECODED) -> Decoded:
+        """A decoder's result, bounded (limits.py) and normalised; over the bounds it fails the uplink."""
+        if not isinstance(result, DecodeResult):
+            return Decoded(DecodeStatus.FAILED, [], decoder,
+                           f"decoder returned a {type(result).__name__}, not a DecodeResult")
+        errors = result.errors
+        if errors:
+            return Decoded(DecodeStatus.FAILED, [], decoder, limits.summarise_messages(errors))
+        data = result.data
+        try:
+            if result.warnings:
+                limits.check_messages(result.warnings, "warnings")
+            if data is not None and type(data) is not dict and not isinstance(data, Mapping):
+                raise limits.OverLimit(f"data is a {type(data).__name__}, not an object")
+            limits.check_data(data)
+        except limits.OverLimit as exc:
+            return Decoded(DecodeStatus.FAILED, [], decoder, f"codec output over the limits: {exc}")
+        try:
+            normalised = normalise(data, fmap, received)
+        except Exception as exc:  # noqa: BLE001 - the normaliser's failure costs this uplink only
+            return Decoded(DecodeStatus.FAILED, [], decoder, f"normalising failed: {_reason(exc)}")
+        count_key = self._count_key(map_key or f"decoder:{decoder}") if normalised.unmapped else map_key
+        return Decoded(status, normalised.readings, decoder, codec=count_key, unmapped=len(normalised.unmapped))
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a bounded one-line reason (its text may quote foreign data)."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - str() of a hostile exception argument may itself fail
+        text = type(exc).__name__
+    return limits.truncate(text.replace("\n", " "), limits.MAX_REASON_CHARS)
+
+
+class CoolDown:
+    """Sets aside decoders that keep timing out, so one looping codec cannot slow every other device.
+
+    A call of `slow_s` or longer (CPU time of the calling thread) counts as a timeout. `after` of
+    them within `window_s` rest the decoder for `rest_s`: meanwhile its uplinks are stored raw as
+    failed ("cool-down", `edge redecode` takes them later) and one WARNING says so. `after` = 0
+    turns this off.
+    """
+
+    def __init__(self, slow_s: float = 0.1, after: int = 3, window_s: float = 60.0, rest_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.slow_s = slow_s
+        self.after = after
+        self.window_s = window_s
+        self.rest_s = rest_s
+        self.clock = clock
+        self._timeouts: dict[str, deque[float]] = {}
+        self._until: dict[str, float] = {}
+        self.rested = 0  # how many times a decoder was set aside (tests, status)
+
+    @property
+    def resting_any(self) -> bool:
+        """True while some decoder is set aside (a cheap test before `resting`)."""
+        return bool(self._until)
+
+    def resting(self, key: str) -> bool:
+        """True while `key` is set aside."""
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if self.clock() < until:
+            return True
+        del self._until[key]
+        log.info("Decoder %s is used again after its cool-down.", key, extra={"decoder": key})
+        return False
+
+    def took(self, key: str, seconds: float) -> None:
+        """Note how long one call of `key` took."""
+        if self.after <= 0 or seconds < self.slow_s:
+            return
+        now = self.clock()
+        recent = self._timeouts.setdefault(key, deque(maxlen=self.after))
+        recent.append(now)
+        if len(recent) >= self.after and now - recent[0] <= self.window_s:
+            recent.clear()
+            self._until[key] = now + self.rest_s
+            self.rested += 1
+            log.warning("Decoder %s timed out %d times within %g s; its uplinks are stored raw as failed"
+                        " (reason \"cool-down\") for the next %g s so it cannot slow other devices. `edge redecode`"
+                        " decodes them later.", key, self.after, self.window_s, self.rest_s, extra={"decoder": key})
+        if len(self._timeouts) > 10000:  # bounded: forget the oldest decoder's history
+            self._timeouts.pop(next(iter(self._timeouts)))

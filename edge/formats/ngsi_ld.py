@@ -6,10 +6,12 @@ What one uplink becomes (docs: shared/reference/records/README.md, "NGSI-LD exam
   `choose_type`): IndoorEnvironmentObserved, WeatherObserved, AirQualityObserved,
   NoiseLevelObserved or WaterConsumptionObserved. Each mapped reading becomes a Property with
   `value`, a UN/CEFACT `unitCode` and `observedAt` (the uplink's ChirpStack receive time, ISO 8601
-  UTC with milliseconds and `Z`). Values are converted from the SenML vocabulary unit to the unit
-  the Smart Data Models schema documents (41 %RH → relativeHumidity 0.41 C62, CO2 ratio → ppm,
-  Pa → hPa, m3 → litres). Readings without an attribute in the chosen type (motion, battery
-  voltage, radio data, ...) are left out: they stay in the SenML upstream.
+  UTC with milliseconds and `Z`; a sample with its own time, e.g. a meter's hourly history, gets
+  its own occurrence of the entity with that time, see `entities_for`). Values are converted from
+  the SenML vocabulary unit to the unit the Smart Data Models schema documents (41 %RH →
+  relativeHumidity 0.41 C62, CO2 ratio → ppm, Pa → hPa, m3 → litres). Readings without an
+  attribute in the chosen type (motion, battery voltage, radio data, ...) are left out: they stay
+  in the SenML upstream.
 * One **Device** entity `urn:ngsi-ld:Device:<dev_eui>` with `controlledProperty`, `category`
   ["sensor"] (["meter"] for water meters), `supportedProtocol` ["lora"], `dateLastValueReported`
   and, when the device reports it, `batteryLevel` (0..1). The observed entity points at it with
@@ -122,6 +124,25 @@ DEFAULT_ATTRIBUTES: tuple[AttributeMap, ...] = (
     _m(NOISE, "sound-level", "LAeq", "2N"),
     _m(NOISE, "sound-level-peak", "LAmax", "2N"),
     _m(WATER, "volume", "waterConsumption", "LTR", 1000, integer=True),
+    # Quantities the field maps brought (issue #13), where a model has the attribute. Gases the
+    # schemas leave unitless go out in ppb (61) like o3, carbon monoxide in ppm (59); MTS m/s,
+    # DD degree, MMT millimetre (precipitation's "litres per square metre"), D54 W/m2.
+    _m(INDOOR, "people-count", "peopleCount", None, integer=True),
+    _m(AIR_QUALITY, "pm1", "pm1", "GQ", 1e9),
+    _m(AIR_QUALITY, "pm4", "pm4", "GQ", 1e9),
+    _m(AIR_QUALITY, "no2", "no2", "61", 1e9),
+    _m(AIR_QUALITY, "no", "no", "61", 1e9),
+    _m(AIR_QUALITY, "so2", "so2", "61", 1e9),
+    _m(AIR_QUALITY, "h2s", "sh2", "61", 1e9),
+    _m(AIR_QUALITY, "co", "co", "59", 1e6),
+    _m(AIR_QUALITY, "air-quality-index", "airQualityIndex", None),
+    _m(AIR_QUALITY, "wind-speed", "windSpeed", "MTS"),
+    _m(AIR_QUALITY, "wind-direction", "windDirection", "DD"),
+    _m(WEATHER, "wind-speed", "windSpeed", "MTS"),
+    _m(WEATHER, "wind-direction", "windDirection", "DD"),
+    _m(WEATHER, "precipitation", "precipitation", "MMT", 1000),
+    _m(WEATHER, "solar-radiation", "solarRadiation", "D54"),
+    _m(WEATHER, "dew-point", "dewPoint", "CEL"),
     # %EL is 0..100 of remaining capacity; Device.batteryLevel is 0..1. A voltage has no Device
     # attribute (mapping volts to a level is vendor-specific), so battery-voltage stays in SenML.
     _m(DEVICE, "battery", "batteryLevel", "C62", 0.01),
@@ -161,13 +182,36 @@ CONTROLLED_PROPERTIES: dict[str, str] = {
     "flow": "waterFlow",
     "latitude": "location",
     "longitude": "location",
+    "people-count": "occupancy",
+    "people-in": "occupancy",
+    "people-out": "occupancy",
+    "pm1": "airPollution",
+    "pm4": "airPollution",
+    "no2": "airPollution",
+    "no": "airPollution",
+    "so2": "airPollution",
+    "co": "airPollution",
+    "h2s": "airPollution",
+    "nh3": "airPollution",
+    "air-quality-index": "airPollution",
+    "wind-speed": "windSpeed",
+    "wind-gust": "windSpeed",
+    "wind-direction": "windDirection",
+    "precipitation": "precipitation",
+    "solar-radiation": "solarRadiation",
+    "fill-level": "fillingLevel",
+    "distance": "distance",
+    "pressure-water": "pressure",
 }
 
 # Type inference, first match wins: the specific models before the general climate one.
 _INFERENCE: tuple[tuple[str, frozenset[str]], ...] = (
     (WATER, frozenset({"volume"})),
     (NOISE, frozenset({"sound-level", "sound-level-peak"})),
-    (AIR_QUALITY, frozenset({"co2", "tvoc", "o3", "pm2.5", "pm10", "hcho"})),
+    (AIR_QUALITY, frozenset({"co2", "tvoc", "o3", "pm1", "pm2.5", "pm4", "pm10", "hcho", "no2", "no", "so2", "co",
+                             "h2s", "air-quality-index"})),
+    (WEATHER, frozenset({"wind-speed", "wind-gust", "wind-direction", "precipitation", "precipitation-rate",
+                         "solar-radiation"})),
 )
 
 
@@ -357,15 +401,69 @@ def _controlled_properties(entry: Entry) -> list[str]:
     return out
 
 
+def _samples(entry: Entry) -> list[tuple[float, list[Reading]]]:
+    """The entry's readings by sample time: samples with their own time (histories) oldest first,
+    then the uplink's own readings, so after an upsert the broker's current value is the newest."""
+    timed: dict[float, list[Reading]] = {}
+    current: list[Reading] = []
+    for r in entry.readings:
+        if r.time is None or r.time == entry.time:
+            current.append(r)
+        else:
+            timed.setdefault(r.time, []).append(r)
+    return [*sorted(timed.items()), (entry.time, current)]
+
+
+def _observed(entry: Entry, readings: Sequence[Reading], sample_time: float, entity_type: str,
+              mappings: Mapping[str, AttributeMap], device_id: str, with_device: bool,
+              location: dict[str, Any] | None, options: NgsiLdOptions) -> dict[str, Any] | None:
+    """The observed entity of one sample time, or None when none of its readings maps to the type."""
+    observed_at = iso_time(sample_time)
+    attributes: dict[str, Any] = {}
+    for reading in readings:
+        mapping = mappings.get(reading.name)
+        if mapping is None or mapping.attribute in attributes:
+            continue
+        value = _number(reading, mapping)
+        if value is not None:
+            prop = _property(value, mapping.unit_code, observed_at)
+            if with_device and entity_type in _OBSERVED_BY:
+                prop["observedBy"] = {"type": "Relationship", "object": device_id}
+            attributes[mapping.attribute] = prop
+    if not attributes:
+        return None
+    entity: dict[str, Any] = {"id": entity_id(entity_type, entry.dev_eui), "type": entity_type}
+    if entity_type == NOISE:
+        # NoiseLevelObserved dates a measurement period, not an instant.
+        entity["dateObservedFrom"] = _datetime(iso_time(sample_time - options.noise_period_s))
+        entity["dateObservedTo"] = _datetime(observed_at)
+    elif entity_type != WATER:
+        # WaterConsumptionObserved has no observation date attribute: observedAt carries the time.
+        entity["dateObserved"] = _datetime(observed_at)
+    if location is not None:
+        entity["location"] = location
+    entity.update(attributes)
+    if with_device and entity_type not in _OBSERVED_BY:
+        entity["refDevice"] = {"type": "Relationship", "object": device_id}
+    entity["@context"] = _context(entity_type, options)
+    return entity
+
+
 def entities_for(entry: Entry, options: NgsiLdOptions) -> list[dict[str, Any]]:
     """The entities of one uplink: the observed entity and the Device entity, each only if non-empty.
+
+    Readings with their own time (a meter's history, a sample list) give one more occurrence of the
+    observed entity per sample time, each attribute with that `observedAt`, oldest first and before
+    the uplink's own readings (`upsert_batches` keeps one id's occurrences in order), so a broker
+    keeping temporal history gets every sample and its current value is the newest.
 
     Args:
         entry: the buffered uplink.
         options: the upstream's options.
 
     Returns:
-        Zero, one or two normalized NGSI-LD entities, each with its own @context.
+        Normalized NGSI-LD entities, each with its own @context: the observed entity (once per
+        sample time) and the Device entity, each only when it has something to say.
     """
     if not entry.readings:
         return []
@@ -379,34 +477,12 @@ def entities_for(entry: Entry, options: NgsiLdOptions) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     mappings = options.attributes.for_type(entity_type)
-    attributes: dict[str, Any] = {}
-    for reading in entry.readings:
-        mapping = mappings.get(reading.name)
-        if mapping is None or mapping.attribute in attributes:
-            continue
-        value = _number(reading, mapping)
-        if value is not None:
-            prop = _property(value, mapping.unit_code, observed_at)
-            if with_device and entity_type in _OBSERVED_BY:
-                prop["observedBy"] = {"type": "Relationship", "object": device_id}
-            attributes[mapping.attribute] = prop
     location = _location(entry, options)
-    if attributes:
-        entity: dict[str, Any] = {"id": entity_id(entity_type, entry.dev_eui), "type": entity_type}
-        if entity_type == NOISE:
-            # NoiseLevelObserved dates a measurement period, not an instant.
-            entity["dateObservedFrom"] = _datetime(iso_time(entry.time - options.noise_period_s))
-            entity["dateObservedTo"] = _datetime(observed_at)
-        elif entity_type != WATER:
-            # WaterConsumptionObserved has no observation date attribute: observedAt carries the time.
-            entity["dateObserved"] = _datetime(observed_at)
-        if location is not None:
-            entity["location"] = location
-        entity.update(attributes)
-        if with_device and entity_type not in _OBSERVED_BY:
-            entity["refDevice"] = {"type": "Relationship", "object": device_id}
-        entity["@context"] = _context(entity_type, options)
-        out.append(entity)
+    for sample_time, readings in _samples(entry):
+        entity = _observed(entry, readings, sample_time, entity_type, mappings, device_id, with_device, location,
+                           options)
+        if entity is not None:
+            out.append(entity)
 
     if with_device:
         device: dict[str, Any] = {

@@ -3,9 +3,12 @@
 Layout of a pack (docs/records.md): for each uplink, a first record carries the base name
 `urn:dev:mac:<dev_eui>_` (RFC 9039; repeated only when it changes), the base time `bt` = the
 uplink's ChirpStack receive time, and the uplink's stable id as `{"n": "uplink", "vs":
-"urn:uuid:<deduplicationId>"}`. The readings follow with name, unit and value. Several uplinks of
-one device may share a pack while a backlog drains; each starts with its own `bt` and id record,
-so every reading resolves to (name, time) and carries its uplink id.
+"urn:uuid:<deduplicationId>"}`. The readings follow with name, unit and value. A reading with its
+own time (a meter's history, a sample list) carries `t` relative to `bt` (RFC 8428 §4.5.3: the
+stored record holds the absolute time, the pack the difference), so history resolves to its own
+time and the current values to `bt`. Several uplinks of one device may share a pack while a
+backlog drains; each starts with its own `bt` and id record, so every reading resolves to (name,
+time) and carries its uplink id.
 """
 
 from __future__ import annotations
@@ -36,6 +39,22 @@ def _id_record(bn: str | None, t: float, uplink_id: str) -> dict[str, Any]:
     return rec
 
 
+def _relative(records: list[dict[str, Any]], bt: float) -> list[dict[str, Any]]:
+    """Stored records with absolute `t` made relative to the pack's base time `bt`."""
+    for rec in records:
+        if "t" in rec:
+            rec["t"] = float(f"{rec['t'] - bt:.12g}")
+    return records
+
+
+def _readings_blob(entry: Entry) -> bytes:
+    """The stored readings for a pack: spliced as stored unless a record has its own time."""
+    blob = entry.readings_json
+    if b'"t":' not in blob:
+        return blob
+    return orjson.dumps(_relative(orjson.loads(blob), entry.time))
+
+
 def _base_name(entry: Entry, link: bool) -> str:
     return f"urn:dev:mac:{entry.dev_eui}_lorawan_" if link else f"urn:dev:mac:{entry.dev_eui}_"
 
@@ -47,7 +66,7 @@ def _records(entries: Sequence[Entry], link: bool) -> list[dict[str, Any]]:
         bn = _base_name(e, link)
         out.append(_id_record(bn if bn != last_bn else None, e.time, e.uplink_id))
         last_bn = bn
-        out.extend(orjson.loads(e.radio_json if link else e.readings_json))
+        out.extend(orjson.loads(e.radio_json) if link else _relative(orjson.loads(e.readings_json), e.time))
     return out
 
 
@@ -87,7 +106,7 @@ def pack(entries: Sequence[Entry], fmt: str, link: bool = False) -> bytes:
         last_bn = bn
         parts.append(head + b'"bt":' + orjson.dumps(e.time) + b',"n":"uplink","vs":"urn:uuid:'
                      + e.uplink_id.encode() + b'"}')
-        blob = e.radio_json if link else e.readings_json
+        blob = e.radio_json if link else _readings_blob(e)
         if len(blob) > 2:
             parts.append(b",")
             parts.append(blob[1:-1])

@@ -5,7 +5,9 @@ wired by the pipeline). A filtered-out entry still counts as handled for that up
 cursor moves on: a record no rule lets through is simply never sent there.
 
 Thinning (`thin_s`) keeps an uplink when its interval, `floor(time / thin_s)`, is later than that
-of the device's previous kept uplink, in buffer order; only uplinks that still carry readings
+of the device's previous kept uplink, in buffer order; `time` is the event's own time, but never
+later than 5 minutes after the local receive time (edge.model.control_time), so one uplink dated
+2099 cannot suppress its device until 2099; only uplinks that still carry readings
 after the quantity rules take part. The decision for an entry depends only on the decisions
 before it, and those are stored per upstream: an uplink kept once is kept again when a reconnect
 or a restart reads it again (at-least-once holds for what passes), and a restart does not let a
@@ -15,11 +17,12 @@ second uplink through for an interval already served.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from edge.config import ShareRules
-from edge.model import Entry, Reading
+from edge.model import TRUSTED_FUTURE_S, Entry, Reading, control_time
 
 DeviceLookup = Callable[[Iterable[str]], Mapping[str, Mapping[str, Any]]]
 
@@ -40,6 +43,10 @@ class ThinStore(Protocol):
     def save(self, redo_from: Mapping[str, int], kept: Sequence[tuple[str, int, int]]) -> int:
         """Replace each device's decisions from `redo_from[dev]` on, add `kept` (dev, entry id, interval);
         returns the upstream's durable cursor (decisions below it are no longer needed but the newest)."""
+        ...
+
+    def received(self, ids: Sequence[int]) -> Mapping[int, float]:
+        """Local receive time of each entry id (thinning trusts the event time only near it)."""
         ...
 
 
@@ -122,6 +129,11 @@ class ShareFilter:
         out: list[Entry] = []
         redo_from: dict[str, int] = {}
         kept: list[tuple[str, int, int]] = []
+        received: Mapping[int, float] = {}
+        if entries and self.store is not None and hasattr(self.store, "received"):
+            received = self.store.received([e.id for e in entries])
+        # Without receive times (no store), at least the future is cut at now + 5 min.
+        ceiling = time.time() + TRUSTED_FUTURE_S
         for e in entries:
             history = self._kept[e.dev_eui]
             if history and history[-1][0] >= e.id:
@@ -130,7 +142,9 @@ class ShareFilter:
                 while history and history[-1][0] >= e.id:
                     history.pop()
                 redo_from[e.dev_eui] = min(e.id, redo_from.get(e.dev_eui, e.id))
-            bucket = math.floor(e.time / self.rules.thin_s)
+            at = received.get(e.id)
+            when = control_time(e.time, at) if at is not None else min(e.time, ceiling)
+            bucket = math.floor(when / self.rules.thin_s)
             if history and bucket <= history[-1][1]:
                 continue
             history.append((e.id, bucket))
@@ -155,7 +169,9 @@ class ShareFilter:
             if decimals is None and reading.unit not in _WILDCARD_SPARES:
                 decimals = self._rounding.get("*")
             if decimals is not None and isinstance(reading.value, float | int) and not isinstance(reading.value, bool):
-                reading = Reading(reading.name, round(reading.value, decimals), reading.unit)
+                # A history sample keeps its own time (and its source field) when rounded.
+                reading = Reading(reading.name, round(reading.value, decimals), reading.unit, reading.field,
+                                  reading.time)
             readings.append(reading)
         return Entry(entry.id, entry.uplink_id, entry.dev_eui, entry.application_id, entry.gateway_id, entry.time,
                      readings, entry.radio)

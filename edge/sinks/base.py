@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
+
+import orjson
 
 from edge.model import Entry, Formatter, OutMessage
 
-__all__ = ["Backlog", "Formatter", "OutMessage"]
+__all__ = ["Backlog", "Formatter", "OutMessage", "format_isolated"]
+
+
+def format_isolated(formatter: Formatter, entries: Sequence[Entry],
+                    failed: Callable[[OutMessage, str], None]) -> list[OutMessage]:
+    """The formatter's messages for `entries`; an uplink it fails on costs that uplink only.
+
+    The entries are formatted together first (the normal case, one call); only when that raises
+    is each formatted alone, and each one that still fails is handed to `failed` as a small JSON
+    message naming the uplink (its data stays in the buffer) with the reason.
+    """
+    try:
+        return formatter(entries)
+    except Exception:  # noqa: BLE001 - a formatter bug must cost one uplink, never the sink's thread
+        pass
+    out: list[OutMessage] = []
+    for entry in entries:
+        try:
+            out.extend(formatter([entry]))
+        except Exception as exc:  # noqa: BLE001 - as above
+            body = {"entry_id": entry.id, "uplink_id": entry.uplink_id, "dev_eui": entry.dev_eui, "time": entry.time}
+            failed(OutMessage("", orjson.dumps(body), "application/json"),
+                   f"the formatter failed on uplink {entry.uplink_id!r}: {type(exc).__name__}: {exc}")
+    return out
 
 
 class Backlog(Protocol):

@@ -44,7 +44,8 @@ import orjson
 
 from edge.backoff import Backoff
 from edge.config import HttpUpstreamConfig
-from edge.sinks.base import Backlog, Formatter, OutMessage
+from edge.errors import certificate_problem
+from edge.sinks.base import Backlog, Formatter, OutMessage, format_isolated
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,17 @@ class HttpSinkStats:
     connected: bool = False  # the last request got an HTTP answer
     last_error: str = ""
     extra: dict[str, int] = field(default_factory=dict)
+    # Since when the upstream has been unreachable (None while connected): health degrades after
+    # web.disconnected_after_s, so a dead upstream is not "healthy" until its backlog is old.
+    disconnected_since: float | None = field(default_factory=time.time)
+
+    def link(self, up: bool) -> None:
+        """Record the connection state (and since when it is down)."""
+        self.connected = up
+        if up:
+            self.disconnected_since = None
+        elif self.disconnected_since is None:
+            self.disconnected_since = time.time()
 
 
 class _Outcome(Enum):
@@ -302,7 +314,7 @@ class HttpSink:
                 if not entries:
                     self.wake.wait(IDLE_WAIT_S)
                     continue
-                pending = deque(self.format(entries))
+                pending = deque(format_isolated(self.format, entries, self._formatter_failed))
                 batch_last, batch_entries = entries[-1].id, len(entries)
             # A retry resumes at the first unsettled message; earlier ones of the batch are not re-sent.
             while pending and not stop.is_set():
@@ -315,6 +327,15 @@ class HttpSink:
             if not pending and batch_entries:
                 backlog.advance(batch_last, batch_entries)
                 cursor, batch_entries = batch_last, 0
+
+    def _formatter_failed(self, message: OutMessage, reason: str) -> None:
+        """An uplink the formatter failed on: kept as a dead letter (status 0), the batch goes on."""
+        self.stats.rejected += 1
+        if self._dead_letter is not None:
+            self._dead_letter(message, 0, reason)
+        else:
+            log.error("Upstream %s: %s; the uplink is not sent to it.", self.name, reason,
+                      extra={"upstream": self.name})
 
     def _send_notices(self, client: httpx.Client, backlog: Backlog, stop: threading.Event, backoff: Backoff) -> bool:
         for notice_id, message in backlog.notices():
@@ -341,12 +362,18 @@ class HttpSink:
             response = client.post(url, content=message.payload, headers={"Content-Type": message.content_type})
         except httpx.TransportError as exc:
             # Timeouts, refused or reset connections, TLS failures: the network, not the data.
-            self.stats.connected = False
+            self.stats.link(False)
             self.stats.reconnects += 1
             self.stats.last_error = f"{exc.__class__.__name__}: {exc}"
-            log.warning("Upstream %s (%s) did not answer: %s; retrying.", self.name, where, self.stats.last_error)
+            tls = certificate_problem(exc)
+            if tls:
+                self.stats.last_error = f"TLS: {tls}"
+                log.error("The TLS certificate of upstream %s (%s) is not trusted (%s): check its ca_file and the"
+                          " server's certificate (expiry, host name); retrying.", self.name, where, tls)
+            else:
+                log.warning("Upstream %s (%s) did not answer: %s; retrying.", self.name, where, self.stats.last_error)
             return _Outcome.RETRY, None
-        self.stats.connected = True
+        self.stats.link(True)
         status = response.status_code
         verdict = classify(status)
         if verdict == "accepted":

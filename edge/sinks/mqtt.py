@@ -8,10 +8,18 @@ is dropped and reading restarts from the durable cursor: at-least-once, duplicat
 record ids. Each upstream runs its own thread, so one being down never holds back another.
 
 A message the broker refuses (an MQTT 5 PUBACK with a reason code >= 0x80: not authorized by an
-ACL, packet too large, quota exceeded) is never released from the buffer: a broker refuses for its
+ACL, quota exceeded, unspecified) is never released from the buffer: a broker refuses for its
 configuration, not for the data, and some brokers (Mosquitto 2.0) also drop the connection. The
 sink logs an ERROR naming the topic and reason and retries with a backoff growing to
 REFUSED_BACKOFF_MAX_S; once the broker's configuration is fixed, delivery resumes where it stopped.
+
+One message that can never be published is set aside instead, so it cannot stall the queue or
+crash-loop the service: a topic that is not a valid MQTT topic name (edge/sinks/topic.py), a
+single uplink larger than the broker's Maximum Packet Size (MQTT 5 CONNACK; packs of several uplinks
+that are too large are sent again one uplink per pack), a formatter that raises for
+an uplink, and the two PUBACK reasons that are about the message itself, 0x90 (Topic Name
+invalid) and 0x99 (Payload format invalid). Each goes to `dead_letter` with the reason (`edge
+deadletter list`), is counted (`rejected`, `dead_letters`) and the window moves on.
 
 Rewinds (`edge buffer rewind`): about once a second the sink asks the buffer whether the operator
 moved it back. If so it forgets every window read or in flight (their late PUBACKs release
@@ -30,16 +38,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.backoff import Backoff
 from edge.config import UpstreamConfig
+from edge.errors import certificate_problem
+from edge.model import Entry
 from edge.mqtt import make_client
-from edge.sinks.base import Backlog, Formatter, OutMessage
+from edge.sinks import topic as topics
+from edge.sinks.base import Backlog, Formatter, OutMessage, format_isolated
+from edge.telemetry import escape_control
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +67,18 @@ REFUSED_BACKOFF_MAX_S = 60.0
 REWIND_CHECK_S = 1.0
 # The smallest window a flaky link shrinks reads to: about one pack per device of a large fleet.
 MIN_READ_BATCH = 100
+# PUBACK reasons that judge the message itself, not the broker's configuration (MQTT 5 §3.4.2.1):
+# sending it again can never succeed, so it becomes a dead letter instead of stalling the queue.
+PER_MESSAGE_REFUSALS = {0x90: "Topic Name invalid", 0x99: "Payload format invalid"}
+# Bytes of a PUBLISH besides topic, payload and content type: fixed header (at most 5), topic
+# length (2), packet id (2), property length (at most 4) and the content type's id and length (3).
+PUBLISH_OVERHEAD = 16
+
+# The largest packet this sink accepts from its broker (announced in CONNECT on MQTT 5).
+MAX_INBOUND_PACKET = 64 * 1024
+# Receives a message that can never be published, the MQTT reason code (0 when refused before
+# sending) and why; the pipeline keeps it as a dead letter.
+DeadLetter = Callable[[OutMessage, int, str], None]
 
 
 class _Batch:
@@ -95,14 +120,25 @@ class SinkStats:
     connected: bool = False
     last_error: str = ""
     extra: dict[str, int] = field(default_factory=dict)
+    # Since when the upstream has been unreachable (None while connected): health degrades after
+    # web.disconnected_after_s, so a dead upstream is not "healthy" until its backlog is old.
+    disconnected_since: float | None = field(default_factory=time.time)
+
+    def link(self, up: bool) -> None:
+        """Record the connection state (and since when it is down)."""
+        self.connected = up
+        if up:
+            self.disconnected_since = None
+        elif self.disconnected_since is None:
+            self.disconnected_since = time.time()
 
 
 class MqttSink:
     """One MQTT upstream; `run` blocks until `stop` is set."""
 
     def __init__(self, cfg: UpstreamConfig, backlog_factory: Callable[[], Backlog], formatter: Formatter,
-                 wake: threading.Event, on_command: Callable[[bytes], None] | None = None,
-                 command_topic: str = "") -> None:
+                 wake: threading.Event, on_command: Callable[[bytes, bool], None] | None = None,
+                 command_topic: str = "", dead_letter: DeadLetter | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self._backlog_factory = backlog_factory
@@ -112,7 +148,11 @@ class MqttSink:
         # raw payloads; the pipeline decides what is allowed.
         self.on_command = on_command if command_topic else None
         self.command_topic = command_topic
+        self._dead_letter = dead_letter
         self.stats = SinkStats()
+        self.stats.extra["dead_letters"] = 0
+        self._max_packet = 0  # the broker's Maximum Packet Size (MQTT 5 CONNACK); 0 when it set none
+        self._warned_size = False
         self._v5 = cfg.mqtt.protocol == "5"
         self._props: dict[str, Properties] = {}
         self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
@@ -126,8 +166,8 @@ class MqttSink:
 
     def _reset(self) -> None:
         self._batches: deque[_Batch] = deque()
-        # mid -> (batch, or notice id for notices; the topic, to name it if the broker refuses it)
-        self._by_mid: dict[int, tuple[_Batch | int, str]] = {}
+        # mid -> (batch, or notice id for notices; the message, to name or set it aside if refused)
+        self._by_mid: dict[int, tuple[_Batch | int, OutMessage]] = {}
         self._refused = False  # the broker refused a message in this session
         self._inflight = 0
         self._link_ok = False
@@ -152,35 +192,60 @@ class MqttSink:
             log.error("Upstream %s (%s) refused the connection: %s", self.name, self.cfg.mqtt.url, reason)
             return
         self._link_ok = True
-        self.stats.connected = True
+        self.stats.link(True)
+        self._max_packet = int(getattr(properties, "MaximumPacketSize", 0) or 0)
+        if self._max_packet and self.cfg.max_message_bytes + 512 > self._max_packet and not self._warned_size:
+            self._warned_size = True
+            log.warning("Upstream %s accepts packets of at most %d bytes, less than max_message_bytes (%d): a"
+                        " backlog leaves one uplink per pack, and an uplink larger than that becomes a dead letter."
+                        " Set max_message_bytes to %d or less.", self.name, self._max_packet,
+                        self.cfg.max_message_bytes, max(1024, self._max_packet - 512), extra={"upstream": self.name})
         if self.on_command is not None:
-            client.subscribe(self.command_topic, qos=1)
+            if self._v5:
+                # Retain As Published (MQTT 5 §3.8.3.1): a retained command keeps its flag even when
+                # delivered live, so the relay can refuse it (on 3.1.1 only the copies a new
+                # subscription gets are flagged; the relay's id check stops those).
+                client.subscribe(self.command_topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+            else:
+                client.subscribe(self.command_topic, qos=1)
         log.info("Connected to upstream %s (%s).", self.name, self.cfg.mqtt.url, extra={"upstream": self.name})
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, reason: object,
                        properties: object) -> None:
         self._link_ok = False
-        self.stats.connected = False
+        self.stats.link(False)
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         if self.on_command is not None:
-            self.on_command(bytes(msg.payload))
+            # The relay judges retained flags, ids and content; a command it cannot parse is its
+            # business, never a reason to lose this upstream's delivery thread.
+            try:
+                self.on_command(bytes(msg.payload), bool(msg.retain))
+            except Exception:
+                log.exception("Upstream %s: a downlink command could not be handled.", self.name,
+                              extra={"upstream": self.name})
 
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: object,
                     properties: object) -> None:
         found = self._by_mid.pop(mid, None)
         if found is None:
             return
-        owner, topic = found
+        owner, message = found
         self._inflight -= 1
         if getattr(reason, "is_failure", False):
+            code = int(getattr(reason, "value", 0x80))
+            if code in PER_MESSAGE_REFUSALS and isinstance(owner, _Batch):
+                # About this message alone: set it aside, the rest of the window goes on.
+                self._set_aside(message, code, f"the broker refused it: {PER_MESSAGE_REFUSALS[code]}"
+                                f" (PUBACK reason {code:#04x})")
+                owner.unacked -= 1
+                return
             # The broker refused this message (MQTT 5 PUBACK reason >= 0x80). It is not released:
             # the session ends and the message is sent again after a backoff (see the module doc).
             self.stats.rejected += 1
             if not self._refused:
-                code = getattr(reason, "value", 0x80)
                 self._refused = True
-                self._refusal = f"{reason} (PUBACK reason {code:#04x}) on topic {topic}"
+                self._refusal = f"{reason} (PUBACK reason {code:#04x}) on topic {escape_control(message.topic)}"
             return
         self.stats.acknowledged += 1
         if isinstance(owner, int):
@@ -201,11 +266,54 @@ class MqttSink:
         client.max_queued_messages_set(self.cfg.max_inflight * 2)
         if self._v5:
             # Clean start: the broker keeps no state for us; unacknowledged messages are re-read
-            # from the buffer after a reconnect instead.
-            client.connect(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True)
+            # from the buffer after a reconnect instead. Maximum Packet Size: all the broker sends
+            # us are acknowledgements and downlink commands (at most 8 KiB), so it must drop
+            # anything larger instead of making us buffer it (MQTT 5 §3.1.2.11.4).
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.MaximumPacketSize = MAX_INBOUND_PACKET
+            client.connect(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True, properties=props)
         else:
             client.connect(cfg.host, cfg.port, cfg.keepalive_s)
         return client
+
+    def publish_once(self, messages: list[OutMessage], timeout_s: float = 10.0) -> list[str]:
+        """Publish messages now, outside the delivery loop (`edge deadletter replay`).
+
+        Connects with its own client id (the running service's connection stays up), publishes
+        each message and waits for its acknowledgement.
+
+        Returns:
+            Per message, '' when the broker acknowledged it, else why not.
+        """
+        cfg = replace(self.cfg.mqtt, client_id=f"{self.cfg.mqtt.client_id}-replay")
+        client = make_client(cfg, clean=True)
+        reasons: dict[int, str] = {}
+        client.on_publish = lambda c, u, mid, reason, p: reasons.__setitem__(
+            mid, f"refused: {reason}" if getattr(reason, "is_failure", False) else "")
+        client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+        client.loop_start()
+        out: list[str] = []
+        try:
+            for message in messages:
+                why = topics.problem(message.topic)
+                if why:
+                    out.append(f"cannot be published: {why}")
+                    continue
+                try:
+                    info = client.publish(message.topic, message.payload, qos=self.cfg.qos,
+                                          properties=self._properties(message.content_type))
+                    info.wait_for_publish(timeout_s)
+                except (ValueError, RuntimeError) as exc:
+                    out.append(f"cannot be published: {exc}")
+                    continue
+                end = time.monotonic() + timeout_s
+                while info.mid not in reasons and time.monotonic() < end:
+                    time.sleep(0.01)
+                out.append(reasons.get(info.mid, "no acknowledgement in time"))
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return out
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set."""
@@ -219,15 +327,22 @@ class MqttSink:
             except (OSError, ValueError) as exc:
                 self.stats.last_error = str(exc)
                 delay = backoff.next()
-                log.warning("Cannot connect to upstream %s (%s): %s; retrying in %.1f s.", self.name,
-                            self.cfg.mqtt.url, exc, delay, extra={"upstream": self.name})
+                tls = certificate_problem(exc)
+                if tls:
+                    self.stats.last_error = f"TLS: {tls}"
+                    log.error("The TLS certificate of upstream %s (%s) is not trusted (%s): check its ca_file and"
+                              " the broker's certificate (expiry, host name); retrying in %.1f s.", self.name,
+                              self.cfg.mqtt.url, tls, delay, extra={"upstream": self.name})
+                else:
+                    log.warning("Cannot connect to upstream %s (%s): %s; retrying in %.1f s.", self.name,
+                                self.cfg.mqtt.url, exc, delay, extra={"upstream": self.name})
                 stop.wait(delay)
                 continue
             try:
                 self._session(client, backlog, stop, backoff)
             finally:
                 self._link_ok = False
-                self.stats.connected = False
+                self.stats.link(False)
                 try:
                     client.disconnect()
                     client.loop(timeout=0)
@@ -294,9 +409,9 @@ class MqttSink:
         # Messages already published stay in paho's window until acknowledged; from now on their
         # PUBACKs only free the window. The entries they carry are read and sent again.
         stale = _Batch(position, 0, iter(()))
-        for mid, (owner, topic) in list(self._by_mid.items()):
+        for mid, (owner, message) in list(self._by_mid.items()):
             if isinstance(owner, _Batch):
-                self._by_mid[mid] = (stale, topic)
+                self._by_mid[mid] = (stale, message)
         self._batches.clear()
         self._committed_pos = position
         return position
@@ -328,7 +443,7 @@ class MqttSink:
                 last_id, count, groups = backlog.read_grouped(read_pos, self.read_limit)
                 if count:
                     read_pos = last_id
-                    self._batches.append(_Batch(last_id, count, (m for g in groups for m in self.format(g))))
+                    self._batches.append(_Batch(last_id, count, (m for g in groups for m in self._format(g))))
             # Publish what fits in the window.
             for batch in self._batches:
                 while self._inflight < window and batch.queued:
@@ -381,13 +496,68 @@ class MqttSink:
                 check_notices = True
                 last_progress = now
 
+    def _format(self, entries: list[Entry]) -> list[OutMessage]:
+        """The messages of one device group; an uplink the formatter fails on becomes a dead letter.
+
+        A broker that takes smaller packets than `max_message_bytes` gets the group again one uplink
+        per pack, so a backlog drain still gets through; only an uplink too large on its own is set
+        aside (by `_publish`).
+        """
+        def failed(message: OutMessage, why: str) -> None:
+            self._set_aside(message, 0, why)
+
+        messages = format_isolated(self.format, entries, failed)
+        if self._max_packet and len(entries) > 1 and any(self._packet_size(m) > self._max_packet for m in messages):
+            messages = [m for entry in entries for m in format_isolated(self.format, [entry], failed)]
+        return messages
+
+    def _packet_size(self, message: OutMessage) -> int:
+        """About the size of the PUBLISH packet carrying `message` (never less)."""
+        return (PUBLISH_OVERHEAD + len(message.topic.encode("utf-8", "replace")) + len(message.payload)
+                + (len(message.content_type) if self._v5 else 0))
+
+    def _set_aside(self, message: OutMessage, code: int, reason: str) -> None:
+        """Keep a message that can never be published as a dead letter, count it and go on."""
+        self.stats.rejected += 1
+        self.stats.extra["dead_letters"] += 1
+        reason = escape_control(reason)[:500]
+        if self._dead_letter is None:
+            log.error("Upstream %s: a message for topic %s cannot be published and is dropped: %s", self.name,
+                      escape_control(message.topic)[:200], reason, extra={"upstream": self.name})
+            return
+        try:
+            self._dead_letter(message, code, reason)
+        except Exception:
+            log.exception("Upstream %s: could not keep a message as a dead letter (%s); it is dropped.",
+                          self.name, reason, extra={"upstream": self.name})
+
+    def _unpublishable(self, message: OutMessage) -> str:
+        """Why `message` can never be published to this broker ('' when it can)."""
+        why = topics.problem(message.topic)
+        if why:
+            return why
+        if self._max_packet:
+            size = self._packet_size(message)
+            if size > self._max_packet:
+                return (f"the message ({size} bytes) is larger than the broker's maximum packet size"
+                        f" ({self._max_packet} bytes)")
+        return ""
+
     def _publish(self, client: paho.Client, message: OutMessage, owner: _Batch | int) -> bool:
-        info = client.publish(message.topic, message.payload, qos=self.cfg.qos,
-                              properties=self._properties(message.content_type))
+        why = self._unpublishable(message)
+        if not why:
+            try:
+                info = client.publish(message.topic, message.payload, qos=self.cfg.qos,
+                                      properties=self._properties(message.content_type))
+            except ValueError as exc:  # paho's own checks (wildcards, sizes): as above
+                why = str(exc)
+        if why:
+            self._set_aside(message, 0, f"not published: {why}")
+            return True
         if info.rc != paho.MQTT_ERR_SUCCESS:
             self.stats.last_error = f"publish failed ({paho.error_string(info.rc)})"
             return False
-        self._by_mid[info.mid] = (owner, message.topic)
+        self._by_mid[info.mid] = (owner, message)
         self._inflight += 1
         self.stats.published += 1
         if isinstance(owner, _Batch):

@@ -64,6 +64,7 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
 def good_config(tmp_path: Path) -> Path:
     password = tmp_path / "city.pw"
     password.write_text(SECRET + "\n")
+    password.chmod(0o600)  # readable by others, `edge validate` would warn
     path = tmp_path / "edge.toml"
     path.write_text(GOOD.format(buffer=tmp_path / "buffer.sqlite", password_file=password))
     return path
@@ -202,8 +203,9 @@ def test_cli_status_json(good_config: Path, filled: Pipeline) -> None:
     result = invoke("status", "--config", str(good_config), "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert set(data) == {"edge_id", "version", "generated_at", "buffer", "counters", "upstreams", "devices", "events",
-                         "malformed", "quarantined", "service", "health"}
+    assert set(data) == {"edge_id", "version", "generated_at", "buffer", "counters", "unmapped", "upstreams", "devices",
+                         "events", "malformed", "quarantined", "service", "health"}
+    assert data["unmapped"] == {}  # every field of these uplinks has a map
     assert data["edge_id"] == "gw-cli"
     assert data["quarantined"] == []  # uplinks a decoder hung on: tests/test_quarantine.py
     assert data["buffer"]["path"] == str(good_config.parent / "buffer.sqlite")
@@ -221,6 +223,18 @@ def test_cli_status_json(good_config: Path, filled: Pipeline) -> None:
     assert bad["topic"].endswith("/event/up") and "payload" not in bad
 
 
+def test_cli_status_shows_unmapped_fields_per_codec(good_config: Path, filled: Pipeline) -> None:
+    topic = "application/app/device/0101010101010101/event/up"
+    with_object = json.loads((CHIRPSTACK / "v4_up_with_object.serialised.json").read_text())
+    with_object["deduplicationId"] = "9a0a3a5e-2b61-4c55-9a39-6f4b0e7c1d01"  # not a duplicate of the others
+    filled.handle([Message(topic, json.dumps(with_object).encode(), 5.0)])
+    data = json.loads(invoke("status", "--config", str(good_config), "--json").stdout)
+    assert data["unmapped"] == {"object:chirpstack": 3}
+    assert not any(name.startswith("unmapped:") for name in data["counters"])
+    out = invoke("status", "--config", str(good_config)).stdout
+    assert "unmapped fields (no field map yet, sent without a unit): object:chirpstack=3" in out
+
+
 def test_cli_status_devices_limit(good_config: Path, filled: Pipeline) -> None:
     data = json.loads(invoke("status", "--config", str(good_config), "--json", "--devices", "1").stdout)
     assert len(data["devices"]) == 1
@@ -236,12 +250,13 @@ def test_cli_status_missing_buffer(good_config: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [("shares", "explain", "--upstream", "city", "a81758fffe0346f1"),
-                                  ("deadletter", "list"), ("deadletter", "replay", "--upstream", "city")])
+                                  ("deadletter", "list"), ("deadletter", "replay", "--upstream", "city"),
+                                  ("deadletter", "replay", "--upstream", "nowhere")])
 def test_cli_sharing_commands_missing_buffer(good_config: Path, args: tuple[str, ...]) -> None:
     result = invoke(*args, "--config", str(good_config))
     buffer = good_config.parent / "buffer.sqlite"
-    if args[:2] == ("deadletter", "replay"):
-        assert result.exit_code == 2 and "is not an HTTP upstream" in result.stderr  # checked first
+    if args[-1] == "nowhere":
+        assert result.exit_code == 2 and "is not an upstream" in result.stderr  # checked first
         return
     assert result.exit_code == 1
     assert result.stderr == f"error: no buffer at {buffer} yet (has `edge run` started?)\n"

@@ -264,7 +264,7 @@ def test_verify_lists_each_imported_device_with_join_uplink_decoder_and_radio(
     assert rows[eui(1)]["state"] == "decode-failed"
     assert rows[eui(2)]["state"] == "waiting" and rows[eui(2)]["first_uplink"] is None
     text = run("devices", "verify", "-c", config).output
-    assert "-81 dBm" in text and "temperature 22.4 Cel" in text
+    assert "-81 dBm" in text and "temperature 22.4 °C" in text
     assert "1 of 3 devices sent a decoded uplink; needing attention" in text
 
     _store(tmp_path / "buffer.db", eui(1), DecodeStatus.DECODED, now + 1)

@@ -136,3 +136,31 @@ def test_watch_does_not_take_over_the_service_session(broker_factory, make_confi
     buffer = Buffer(cfg.parent / "buffer.sqlite", readonly=True)
     assert buffer.counters()["received"] == 5
     buffer.close()
+
+
+def test_watch_strips_terminal_control_sequences_from_device_data(broker_factory, make_config):
+    """A device name or gateway id holding escape codes or a newline reaches the technician's terminal inert."""
+    chirpstack, upstream = broker_factory(), broker_factory()
+    watch = Watch(make_config(chirpstack.url, upstream.url), "--count", "2", "--timeout", "20")
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="hostile-names")
+    client.connect(chirpstack.host, chirpstack.port)
+    client.loop_start()
+    for n, (topic, body, _) in enumerate(Simulator(1, seed=9).events(2)):
+        doc = orjson.loads(body)
+        doc["deviceInfo"]["deviceName"] = "\x1b]0;owned\x07\x1b[2J\x1b[31mred\nFORGED LINE" if n == 0 else "ok"
+        doc["rxInfo"][0]["gatewayId"] = "\x9b2Jgw\r" if n == 0 else "0016c001f153a14c"
+        client.publish(topic, orjson.dumps(doc), qos=1).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+    lines = watch.lines()
+    assert len(lines) == 2, lines
+    assert not any(c in "".join(lines) for c in "\x1b\x07\x9b\r")
+    assert "red\\nFORGED LINE" in lines[0] and not any(line.startswith("FORGED") for line in lines)
+
+
+def test_watch_marks_samples_with_their_own_time() -> None:
+    from edge.cli.watch import format_readings
+    from edge.model import Reading
+
+    readings = [Reading("volume", 123.456, "m3"), Reading("volume", 123.42, "m3", "history[1].volume", 996.0)]
+    assert format_readings(readings, 1000.0) == "volume=123.456m3 volume=123.42m3@-4s"

@@ -11,9 +11,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.decoding.base import Decoder, DecodeResult, DeviceContext, normalize
+from edge.decoding.base import Decoder, DecodeResult, DeviceContext
 from edge.decoding.builtin import builtin_decoders
+from edge.decoding.coverage import check
 from edge.decoding.examples import compare
+from edge.decoding.fieldmap import FieldMap, default_index, map_for, parse_path
+from edge.decoding.normalize import normalise
 from edge.vocabulary import BY_NAME
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,27 +120,51 @@ def test_builtin_decoder_follows_protocol(decoder: Decoder) -> None:
         assert codec.split("/")[0] == decoder.id.split("/")[0]
 
 
+def _map(decoder: Decoder) -> FieldMap:
+    key, fmap = map_for(decoder, default_index())
+    assert fmap.specs, f"{decoder.id}: no field map (edge/decoding/maps/native/) serves {key}"
+    assert f"native:{decoder.id}" in fmap.codecs, f"{decoder.id}: its map does not list native:{decoder.id}"
+    return fmap
+
+
 @pytest.mark.parametrize("decoder", DECODERS, ids=lambda d: d.id)
-def test_builtin_decoder_fields_use_vocabulary(decoder: Decoder) -> None:
-    for key, field in decoder.fields.items():
-        quantity = BY_NAME.get(field.name)
-        assert quantity is not None, f"{decoder.id}: {key} maps to {field.name!r}, not in the vocabulary"
-        assert field.unit == quantity.unit, f"{decoder.id}: {key} has unit {field.unit!r}, not {quantity.unit!r}"
+def test_builtin_decoder_has_a_native_map(decoder: Decoder) -> None:
+    fmap = _map(decoder)
+    assert not hasattr(decoder, "fields"), f"{decoder.id}: the fields table moved to its map"
+    for codec in getattr(decoder, "ttn_codecs", ()):
+        assert f"ttn:{codec}" in fmap.codecs, f"{decoder.id}: its map does not list ttn:{codec}"
 
 
-def _assert_readings_use_vocabulary(decoder: Decoder, data: Any) -> None:
-    mapped = {f.name for f in decoder.fields.values()}
-    for reading in normalize(data, decoder.fields):
+def test_native_maps_load_without_problems() -> None:
+    from edge.decoding.fieldmap import PACKAGE_MAPS, MapIndex
+
+    index = MapIndex()
+    index.load_folder(PACKAGE_MAPS)
+    index.load_all()
+    assert index.problems == []
+    assert len(index.maps) == len(list(PACKAGE_MAPS.rglob("*.yaml")))
+
+
+def _assert_readings_use_vocabulary(decoder: Decoder, data: Any, where: str) -> None:
+    fmap = _map(decoder)
+    coverage = check(data, fmap, where)
+    assert not coverage.unmapped, f"{decoder.id}: unmapped numeric fields {sorted(coverage.unmapped)}"
+    problems = [p for p in coverage.problems if "is not mapped" not in p]
+    assert problems == [] and coverage.wrong_units == 0
+    result = normalise(data, fmap)
+    for reading in result.readings:
         quantity = BY_NAME.get(reading.name)
-        if reading.name in mapped:
+        spec = fmap.lookup(tuple(parse_path(reading.field)))
+        if spec is not None and not spec.keep:
             assert quantity is not None, f"{decoder.id}: reading {reading.name!r} not in the vocabulary"
-            if isinstance(reading.value, int | float) and not isinstance(reading.value, bool):
+            if isinstance(reading.value, int | float) and not isinstance(reading.value, bool) \
+                    and not quantity.state and quantity.unit is not None:
                 assert reading.unit == quantity.unit, f"{decoder.id}: {reading}"
             else:
-                # A string or boolean reading carries no unit (e.g. Netvox's "2.3(low battery)").
+                # A state, or a string under a measurement (e.g. Netvox's "2.3(low battery)"): no unit.
                 assert reading.unit is None
         else:
-            # Unmapped keys are kept unit-less under their own name, which must not pose as a
+            # Unmapped keys (and `keep` ones) go unit-less under their own name, which must not pose as a
             # vocabulary quantity (a unit-less "temperature" would be ambiguous downstream).
             assert reading.unit is None
             assert quantity is None, f"{decoder.id}: unmapped reading {reading.name!r} shadows the vocabulary"
@@ -147,13 +174,13 @@ def _assert_readings_use_vocabulary(decoder: Decoder, data: Any) -> None:
 def test_builtin_decoder_example_readings_use_vocabulary(line: dict[str, Any]) -> None:
     decoder = _by_ttn_codec(f"{line['vendor']}/{line['codec_id']}")
     result = decoder.decode(bytes.fromhex(line["bytes_hex"]), line["fPort"], CONTEXT)
-    _assert_readings_use_vocabulary(decoder, result.data)
+    _assert_readings_use_vocabulary(decoder, result.data, line["codec_id"])
 
 
 @pytest.mark.parametrize(("decoder_id", "example"), _yaml_examples())
 def test_builtin_decoder_yaml_readings_use_vocabulary(decoder_id: str, example: dict[str, Any]) -> None:
     decoder = _by_id(decoder_id)
-    _assert_readings_use_vocabulary(decoder, example["output"].get("data"))
+    _assert_readings_use_vocabulary(decoder, example["output"].get("data"), decoder_id)
 
 
 def _safe_decode(decoder: Decoder, payload: bytes, fport: int) -> None:
@@ -163,7 +190,7 @@ def _safe_decode(decoder: Decoder, payload: bytes, fport: int) -> None:
         assert result.data is None
     else:
         assert isinstance(result.data, dict)
-        normalize(result.data, decoder.fields)
+        normalise(result.data, map_for(decoder)[1], 1.7e9)
 
 
 @pytest.mark.parametrize("decoder", DECODERS, ids=lambda d: d.id)
@@ -210,3 +237,18 @@ def test_elsys_decoder_claims_every_elsys_codec() -> None:
     for codec in codecs:
         assert _by_ttn_codec(f"elsys/{codec}-codec").id == "elsys/ers"
         assert _by_id(f"elsys/{codec}").id == "elsys/ers"
+
+
+# Cayenne LPP names channels only in its keys: two temperature channels are two "temperature"
+# readings, as they always were.
+REPEATS_ALLOWED = {"cayenne/lpp"}
+
+
+@pytest.mark.parametrize(("decoder_id", "example"), _yaml_examples())
+def test_builtin_decoder_readings_do_not_repeat_a_name_at_one_time(decoder_id: str, example: dict[str, Any]) -> None:
+    decoder = _by_id(decoder_id)
+    if decoder.id in REPEATS_ALLOWED:
+        return
+    readings = normalise(example["output"].get("data"), _map(decoder)).readings
+    seen = [(r.name, r.time) for r in readings if r.name in BY_NAME]
+    assert len(seen) == len(set(seen)), f"{decoder_id}: a name repeats at one time: {seen}"

@@ -99,7 +99,8 @@ def test_registry_decodes_with_the_catalogue_codec(index: CatalogueIndex):
     assert registry.choose(up) == TTN_VALVE
     decoded = registry.decode(up)
     assert (decoded.status, decoded.decoder) == (DecodeStatus.DECODED, TTN_VALVE)
-    assert {r.name: r.value for r in decoded.readings} == {"flow": 42}  # strings stay in the raw uplink
+    # Without a field map every field goes out under its own key, strings too (nothing decoded is lost).
+    assert {r.name: r.value for r in decoded.readings} == {"flow": 42, "no": "closed", "valve": "On"}
     decoder = registry.catalogue_decoder(TTN_VALVE)
     assert getattr(decoder, "codec_key", "") == TTN_VALVE
 

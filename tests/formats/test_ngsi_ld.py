@@ -35,7 +35,7 @@ ELSYS = [
     Reading("battery-voltage", 3.606, "V"),
 ]
 # UN/CEFACT Common Codes the default table uses (Recommendation 20).
-KNOWN_UNIT_CODES = {"CEL", "C62", "LUX", "59", "61", "GQ", "A97", "2N", "LTR"}
+KNOWN_UNIT_CODES = {"CEL", "C62", "LUX", "59", "61", "GQ", "A97", "2N", "LTR", "MTS", "DD", "MMT", "D54"}
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 ATTRIBUTE_MEMBER = {"Property": "value", "GeoProperty": "value", "Relationship": "object"}
 
@@ -192,6 +192,14 @@ NOISE = [Reading("sound-level", 54.5, "dB"), Reading("sound-level-peak", 71, "dB
 WATER = [Reading("volume", 123.4567, "m3"), Reading("battery-voltage", 3.6, "V")]
 WEATHER = [Reading("temperature", -7.5, "Cel"), Reading("humidity", 93, "%RH"), Reading("pressure", 99870, "Pa"),
            Reading("illuminance", 12000, "lx")]
+# Quantities the field maps brought (issue #13).
+STATION = [Reading("wind-speed", 4.2, "m/s"), Reading("wind-direction", 225, "deg"),
+           Reading("precipitation", 0.0012, "m"), Reading("solar-radiation", 410, "W/m2"),
+           Reading("dew-point", 3.5, "Cel"), Reading("temperature", 9.5, "Cel")]
+GASES = [Reading("pm1", 4e-9, "kg/m3"), Reading("pm4", 1.5e-8, "kg/m3"), Reading("no2", 2.1e-8, "/"),
+         Reading("so2", 3e-9, "/"), Reading("co", 4e-7, "/"), Reading("h2s", 1e-9, "/"), Reading("no", 5e-9, "/"),
+         Reading("air-quality-index", 42, None)]
+PEOPLE = [Reading("people-count", 12, "count"), Reading("temperature", 21.0, "Cel")]
 
 
 @pytest.mark.parametrize(("readings", "options", "expected"), [
@@ -200,6 +208,9 @@ WEATHER = [Reading("temperature", -7.5, "Cel"), Reading("humidity", 93, "%RH"), 
     (WATER, NgsiLdOptions(), "WaterConsumptionObserved"),
     (WEATHER, NgsiLdOptions(climate_type="WeatherObserved"), "WeatherObserved"),
     (ELSYS, NgsiLdOptions(), "IndoorEnvironmentObserved"),
+    (STATION, NgsiLdOptions(), "WeatherObserved"),
+    (GASES, NgsiLdOptions(), "AirQualityObserved"),
+    (PEOPLE, NgsiLdOptions(), "IndoorEnvironmentObserved"),
 ])
 @pytest.mark.parametrize("located", [True, False])
 def test_ngsi_ld_entities_validate_against_smart_data_models(readings, options, expected, located):
@@ -466,3 +477,33 @@ def _mutated(readings, options, entity_type, mutate):
 def test_ngsi_ld_validation_catches_invalid_entities(readings, options, entity_type, mutate):
     with pytest.raises(AssertionError):
         assert_valid(_mutated(readings, options, entity_type, mutate), location_required=False)
+
+
+def test_ngsi_ld_new_quantities_convert_to_schema_units():
+    weather = by_type(ngsi_ld.entities([entry(STATION)], NgsiLdOptions()))["WeatherObserved"]
+    assert weather["windSpeed"]["value"] == 4.2 and weather["windSpeed"]["unitCode"] == "MTS"
+    assert weather["precipitation"]["value"] == 1.2 and weather["precipitation"]["unitCode"] == "MMT"
+    air = by_type(ngsi_ld.entities([entry(GASES)], NgsiLdOptions()))["AirQualityObserved"]
+    assert air["no2"]["value"] == 21 and air["co"]["value"] == 0.4 and air["sh2"]["value"] == 1
+    assert air["pm1"]["value"] == 4 and air["airQualityIndex"]["value"] == 42
+    indoor = by_type(ngsi_ld.entities([entry(PEOPLE)], NgsiLdOptions()))["IndoorEnvironmentObserved"]
+    assert indoor["peopleCount"]["value"] == 12
+
+
+def test_ngsi_ld_history_samples_get_their_own_observed_at():
+    # A water meter's hourly history (issue #13): one occurrence per sample time, oldest first, the
+    # uplink's own readings last, so the broker's current value is the newest.
+    readings = [Reading("volume", 123.4, "m3", "history[0].volume", T0 - 7200),
+                Reading("volume", 123.42, "m3", "history[1].volume", T0 - 3600),
+                Reading("volume", 123.456, "m3", "volume"), Reading("battery", 80, "%EL")]
+    produced = ngsi_ld.entities([entry(readings)], NgsiLdOptions())
+    water = [e for e in produced if e["type"] == "WaterConsumptionObserved"]
+    assert [(e["waterConsumption"]["value"], e["waterConsumption"]["observedAt"]) for e in water] == [
+        (123400, "2026-11-25T08:00:00.000Z"), (123420, "2026-11-25T09:00:00.000Z"),
+        (123456, "2026-11-25T10:00:00.000Z")]
+    for entity in produced:
+        assert_valid(entity, location_required=False)
+    batches = ngsi_ld.upsert_batches(produced, 100)
+    # Each occurrence of the entity id goes in its own request, in time order.
+    assert [[e["waterConsumption"]["observedAt"] for e in b if "waterConsumption" in e] for b in batches] == [
+        ["2026-11-25T08:00:00.000Z"], ["2026-11-25T09:00:00.000Z"], ["2026-11-25T10:00:00.000Z"]]

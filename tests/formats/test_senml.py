@@ -281,3 +281,36 @@ def test_senml_link_units_are_registered_primary_units() -> None:
     used = {r["u"] for r in senml.link_records([entry()]) if "u" in r}
     assert used == {"count", "Hz", "dBW", "dB"}
     assert used <= primary
+
+
+# --- samples with their own time (issue #13: histories, sample lists) ---
+
+
+HISTORY = [Reading("volume", 123.4, "m3", "history[0].volume", T0 - 7200),
+           Reading("volume", 123.42, "m3", "history[1].volume", T0 - 3600),
+           Reading("volume", 123.456, "m3", "volume"),
+           Reading("alarm", "leakage", None, "alarm")]
+
+
+@pytest.mark.parametrize("fmt", [senml.JSON, senml.CBOR])
+def test_senml_history_samples_resolve_to_their_own_time(fmt: str) -> None:
+    e = entry(readings=HISTORY)
+    resolved = senml.resolve(senml.decode(senml.pack([e], fmt), fmt))
+    got = [(r["n"].rsplit("_", 1)[1], r["t"], r.get("v", r.get("vs"))) for r in resolved[1:]]
+    # History differs from the uplink's base time; the current value resolves to it.
+    assert got == [("volume", T0 - 7200, 123.4), ("volume", T0 - 3600, 123.42), ("volume", T0, 123.456),
+                   ("alarm", T0, "leakage")]
+
+
+def test_senml_history_t_is_relative_to_the_base_time_on_the_wire() -> None:
+    e = entry(readings=HISTORY)
+    records = orjson_loads(senml.pack([e], senml.JSON))
+    assert [r.get("t") for r in records[1:]] == [-7200.0, -3600.0, None, None]
+    # The stored form keeps the absolute time (a record's own, independent of any pack).
+    stored = orjson_loads(e.readings_json)
+    assert stored[0]["t"] == T0 - 7200 and "t" not in stored[2]
+    assert senml.measurement_records([e])[1]["t"] == -7200.0
+
+
+def orjson_loads(blob: bytes) -> Any:
+    return json.loads(blob)

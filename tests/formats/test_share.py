@@ -130,3 +130,10 @@ def test_share_wildcard_rounding_spares_ratio_and_concentration_units():
     # Named explicitly, a rule applies as written (6 decimals of a ratio: 1 ppm).
     out = ShareFilter(ShareRules(round=(("co2", 6), ("*", 0)))).apply([air])
     assert [(r.name, r.value) for r in out[0].readings] == [("co2", 4.2e-4), ("pm2.5", 1.2e-8), ("temperature", 21.0)]
+
+
+def test_share_rounding_keeps_a_history_samples_own_time():
+    meter = Entry(1, "u1", "dev-a", "app", "gw", 1000.0, [Reading("volume", 123.4567, "m3", "history[0].volume", 400.0),
+                                                         Reading("volume", 123.4999, "m3", "volume")], RadioInfo())
+    out = ShareFilter(ShareRules(round=(("volume", 2),))).apply([meter])
+    assert [(r.value, r.time) for r in out[0].readings] == [(123.46, 400.0), (123.5, None)]

@@ -145,3 +145,42 @@ def test_mqtt_wire_mtls_source_receives(tmp_path):
     finally:
         broker.close()
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_mqtt_wire_takes_mosquittos_server_keep_alive(broker_factory):
+    """Mosquitto's max_keepalive comes back as Server Keep Alive (MQTT 5 §3.2.2.3.14) and replaces our 30 s.
+
+    That the pings then follow it is shown against the scripted broker (test_hostile_broker.py), where it can be 1 s.
+    """
+    from edge.broker import Mosquitto
+
+    broker = Mosquitto(extra="max_keepalive 10\n")
+    broker.start()
+    try:
+        sub = MqttSubscriber(MqttEndpoint(url=broker.url, client_id="wire-ska", keepalive_s=30),
+                             session_expiry_s=60, receive_maximum=10)
+        sub.connect(TOPIC)
+        assert sub.keepalive_s == 10 and sub.granted is not None and sub.granted.keepalive_s == 10
+        _publish(broker, 1)
+        assert len(_receive(sub, 1)) == 1
+        sub.close()
+    finally:
+        broker.close()
+
+
+def test_mqtt_wire_announces_its_maximum_packet_size(broker_factory):
+    """Mosquitto drops a message above our Maximum Packet Size instead of sending it (MQTT 5 §3.1.2.11.4)."""
+    broker = broker_factory()
+    sub = MqttSubscriber(MqttEndpoint(url=broker.url, client_id="wire-mps"), session_expiry_s=60,
+                         receive_maximum=10, max_packet_size=2048)
+    sub.connect(TOPIC)
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="pub-mps")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.publish("application/a/device/0000000000000001/event/up", b"x" * 4096, qos=1).wait_for_publish(5)
+    client.publish("application/a/device/0000000000000001/event/up", b"small", qos=1).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+    got = _receive(sub, 1)
+    assert [p.payload for p in got] == [b"small"]
+    sub.close()

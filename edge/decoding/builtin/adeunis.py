@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from edge.decoding.base import DecodeResult, DeviceContext, Field
+from edge.decoding.base import DecodeResult, DeviceContext
 
 # Adeunis timestamps count from 2013-01-01T00:00:00Z.
 _EPOCH_2013 = 1356998400
@@ -221,13 +221,6 @@ class ComfortCO2Decoder:
     id = "adeunis/comfort-co2"
     aliases: tuple[str, ...] = ()
     ttn_codecs = ("adeunis/comfort-co2-codec",)
-    # The periodic data frame carries lists of samples, which normalize() leaves to the raw
-    # uplink; the alarm frame's single values map to the vocabulary.
-    fields = {
-        "bytes.alarmTemperature.temperature.value": Field("temperature", "Cel"),
-        "bytes.alarmHumidity.humidity.value": Field("humidity", "%RH"),
-        "bytes.alarmCo2.co2.value": Field("co2", "/", scale=1e-6),
-    }
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode one frame by its code; unknown codes and short frames are errors."""

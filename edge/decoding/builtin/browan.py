@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.decoding.base import DecodeResult, DeviceContext, Field
+from edge.decoding.base import DecodeResult, DeviceContext
 
 
 def _battery(b: int) -> float:
@@ -28,11 +28,6 @@ class TBHH100Decoder:
     id = "browan/tbhh100"
     aliases: tuple[str, ...] = ()
     ttn_codecs = ("browan/tbhh100-codec",)
-    fields = {
-        "battery": Field("battery-voltage", "V"),
-        "temperature": Field("temperature", "Cel"),
-        "humidity": Field("humidity", "%RH"),
-    }
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode status, battery, temperature and humidity; bytes 4-7 are unused on this model."""
@@ -56,12 +51,6 @@ class TBMS100Decoder:
     id = "browan/tbms100"
     aliases: tuple[str, ...] = ()
     ttn_codecs = ("browan/tbms100-codec",)
-    fields = {
-        "status": Field("occupancy"),
-        "battery": Field("battery-voltage", "V"),
-        "temperatureBoard": Field("temperature", "Cel"),
-        "count": Field("motion-count-total", "count"),
-    }
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode occupancy, battery, board temperature, time since the last event and the count."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edge.decoding.base import DecodeResult, DeviceContext, Field
+from edge.decoding.base import DecodeResult, DeviceContext
 
 
 def _int(b: bytes, signed: bool) -> int:
@@ -66,32 +66,6 @@ _TYPES: dict[int, LppType] = {
 }
 
 
-def _fields() -> dict[str, Field]:
-    """Every channel's key, mapped to the vocabulary (keys carry the channel, so list them all).
-
-    Two channels of one type in the same device give two readings of the same name.
-    """
-    per_type: dict[str, dict[str, Field]] = {
-        "luminosity": {"": Field("illuminance", "lx")},
-        "presence": {"": Field("occupancy")},
-        "temperature": {"": Field("temperature", "Cel")},
-        "relative_humidity": {"": Field("humidity", "%RH")},
-        "barometric_pressure": {"": Field("pressure", "Pa", scale=100)},
-        "digital_in": {"": Field("digital-input")},
-        "accelerometer": {
-            ".x": Field("acceleration-x"), ".y": Field("acceleration-y"), ".z": Field("acceleration-z")},
-        "gps": {
-            ".latitude": Field("latitude", "lat"),
-            ".longitude": Field("longitude", "lon"),
-            ".altitude": Field("altitude", "m"),
-        },
-    }
-    return {
-        f"{key}_{channel}{suffix}": field
-        for key, parts in per_type.items()
-        for channel in range(256)
-        for suffix, field in parts.items()
-    }
 
 
 class CayenneLPPDecoder:
@@ -100,7 +74,6 @@ class CayenneLPPDecoder:
     id = "cayenne/lpp"
     aliases: tuple[str, ...] = ()
     ttn_codecs: tuple[str, ...] = ()
-    fields = _fields()
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode every item; an unknown type or a cut-short value is an error."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge.decoding.base import DecodeResult, DeviceContext, Field
+from edge.decoding.base import DecodeResult, DeviceContext
 
 PROTOCOL_VERSION = 2
 
@@ -111,9 +111,6 @@ _TRS11 = (
     _battery(),
 )
 
-_BATTERY_FIELD = {"battery_voltage.value": Field("battery-voltage", "V")}
-
-
 class DecentlabDecoder:
     """Decoder for one Decentlab model, driven by its sensor-group table.
 
@@ -122,13 +119,12 @@ class DecentlabDecoder:
     override them.
     """
 
-    def __init__(self, model: str, sensors: tuple[Sensor, ...], fields: Mapping[str, Field],
+    def __init__(self, model: str, sensors: tuple[Sensor, ...],
                  ttn_codecs: tuple[str, ...], aliases: tuple[str, ...] = (),
                  parameters: Mapping[str, float] | None = None) -> None:
         self.id = f"decentlab/{model}"
         self.aliases = aliases
         self.ttn_codecs = ttn_codecs
-        self.fields = {**_BATTERY_FIELD, **fields}
         self._sensors = sensors
         self._parameters = dict(parameters or {})
 
@@ -179,45 +175,25 @@ class DecentlabDecoder:
 DECODERS = (
     DecentlabDecoder(
         "dl-mbx", _MBX,
-        {"distance.value": Field("distance", "m", scale=1e-3)},
         ("decentlab/dl-mbx-codec",),
     ),
     DecentlabDecoder(
         "dl-pr26", _PR26,
-        {
-            "pressure.value": Field("pressure", "Pa", scale=1e5),
-            "temperature.value": Field("temperature", "Cel"),
-        },
         ("decentlab/dl-pr26-0-1-codec",),
         # The TTN codec is the 0-1 bar variant; other spans are set per device (see class doc).
         parameters={"Pmin": 0.0, "Pmax": 1.0},
     ),
     DecentlabDecoder(
         "dl-sht35", _SHT35,
-        {
-            "air_temperature.value": Field("temperature", "Cel"),
-            "air_humidity.value": Field("humidity", "%RH"),
-        },
         ("decentlab/dl-sht35-codec",),
         aliases=("decentlab/dl-sht35-001",),
     ),
     DecentlabDecoder(
         "dl-lp8p", _LP8P,
-        {
-            "air_temperature.value": Field("temperature", "Cel"),
-            "air_humidity.value": Field("humidity", "%RH"),
-            "barometric_pressure.value": Field("pressure", "Pa"),
-            "co2_concentration.value": Field("co2", "/", scale=1e-6),
-        },
         ("decentlab/dl-lp8p-codec",),
     ),
     DecentlabDecoder(
         "dl-trs11", _TRS11,
-        {
-            "dielectric_permittivity.value": Field("permittivity"),
-            "volumetric_water_content.value": Field("soil-moisture", "/"),
-            "soil_temperature.value": Field("temperature-soil", "Cel"),
-        },
         ("decentlab/dl-trs11-codec",),
     ),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.decoding.base import DecodeResult, DeviceContext, Field
+from edge.decoding.base import DecodeResult, DeviceContext
 
 
 def _unknown_fport() -> DecodeResult:
@@ -37,15 +37,6 @@ class LHT65Decoder:
     id = "dragino/lht65"
     aliases: tuple[str, ...] = ()
     ttn_codecs = ("dragino/lht65-codec",)
-    fields = {
-        "BatV": Field("battery-voltage", "V"),
-        "TempC_SHT": Field("temperature", "Cel"),
-        "Hum_SHT": Field("humidity", "%RH"),
-        "TempC_DS": Field("temperature-external", "Cel"),
-        "ILL_lx": Field("illuminance", "lx"),
-        "ADC_V": Field("voltage", "V"),
-        "Exit_count": Field("pulse-count-total", "count"),
-    }
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode the 11-byte periodic uplink; datalog poll replies are not decoded."""
@@ -113,7 +104,6 @@ class LDDS75Decoder:
     id = "dragino/ldds75"
     aliases: tuple[str, ...] = ()
     ttn_codecs = ("dragino/ldds75-codec",)
-    fields = {"distance": Field("distance", "m", scale=1e-3)}
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode the distance frame, or report the missing probe as the codec does."""
@@ -134,9 +124,6 @@ class LDDS75v114Decoder:
     id = "dragino/ldds75-114"
     aliases: tuple[str, ...] = ()
     ttn_codecs = ("dragino/ldds75-114-codec",)
-    # The distance and DS18B20 temperature are strings with units in the vendor format, which
-    # the field mapping cannot scale; only the battery maps to the vocabulary.
-    fields = {"Bat": Field("battery-voltage", "V")}
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode battery, distance, interrupt flag, DS18B20 temperature and sensor flag."""
@@ -168,14 +155,6 @@ class LDS02Decoder:
     id = "dragino/lds02"
     aliases: tuple[str, ...] = ()
     ttn_codecs = ("dragino/lds02-codec",)
-    fields = {
-        "BAT_V": Field("battery-voltage", "V"),
-        "DOOR_OPEN_STATUS": Field("door-open"),
-        "DOOR_OPEN_TIMES": Field("open-count", "count"),
-        # The manual gives the last open duration in minutes.
-        "LAST_DOOR_OPEN_DURATION": Field("open-duration", "s", scale=60),
-        "WATER_LEAK_STATUS": Field("water-leak"),
-    }
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode the status frame; bytes missing after the mode byte count as zero."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from edge.decoding.base import DecodeResult, DeviceContext, Field
+from edge.decoding.base import DecodeResult, DeviceContext
 
 
 def _u(b: bytes) -> int:
@@ -105,30 +105,6 @@ class ElsysDecoder:
                   "elsys/ers-sound-codec", "elsys/ers-voc-codec", "elsys/ers-eye-codec", "elsys/ems-codec",
                   "elsys/ems-lite-codec", "elsys/ems-desk-codec", "elsys/ems-door-codec", "elsys/elt-2-codec",
                   "elsys/elt-lite-codec", "elsys/elt-ultrasonic-codec")
-    fields = {
-        "temperature": Field("temperature", "Cel"),
-        "humidity": Field("humidity", "%RH"),
-        "light": Field("illuminance", "lx"),
-        "motion": Field("motion", "count"),
-        "co2": Field("co2", "/", scale=1e-6),
-        "vdd": Field("battery-voltage", "V", scale=1e-3),
-        "analog1": Field("voltage", "V", scale=1e-3),
-        "lat": Field("latitude", "lat"),
-        "long": Field("longitude", "lon"),
-        "pulse1": Field("pulse-count", "count"),
-        "pulseAbs": Field("pulse-count-total", "count"),
-        "externalTemperature": Field("temperature-external", "Cel"),
-        "distance": Field("distance", "m", scale=1e-3),
-        "occupancy": Field("occupancy"),
-        "waterleak": Field("water-leak"),
-        "pressure": Field("pressure", "Pa", scale=100),
-        "soundPeak": Field("sound-level-peak", "dB"),
-        "soundAvg": Field("sound-level", "dB"),
-        "x": Field("acceleration-x"),
-        "y": Field("acceleration-y"),
-        "z": Field("acceleration-z"),
-        "tvoc": Field("tvoc", "/", scale=1e-9),
-    }
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode an Elsys TLV payload; unknown types or truncated values are errors."""

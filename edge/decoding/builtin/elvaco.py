@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from edge.decoding.base import DecodeResult, DeviceContext, Field
+from edge.decoding.base import DecodeResult, DeviceContext
 
 # DIF data field (low nibble) -> (value length in bytes, encoding).
 _DATA_FIELDS: dict[int, tuple[int, str]] = {
@@ -86,14 +86,6 @@ class CMi4110Decoder:
     id = "elvaco/cmi4110"
     aliases = ("elvaco/cmi4111",)
     ttn_codecs = ("elvaco/cmi4110-codec",)
-    fields = {
-        "energy": Field("energy", "J", scale=3.6e6),
-        "volume": Field("volume", "m3"),
-        "power": Field("power", "W", scale=1e3),
-        "flow": Field("flow", "m3/s", scale=1 / 3600),
-        "flow_temperature": Field("temperature-flow", "Cel"),
-        "return_temperature": Field("temperature-return", "Cel"),
-    }
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode every M-Bus record after the message-format byte."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edge.decoding.base import DecodeResult, DeviceContext, Field
+from edge.decoding.base import DecodeResult, DeviceContext
 
 # How one channel value lands in the output: it gets the value bytes and the output dict.
 Put = Callable[[bytes, dict[str, Any]], None]
@@ -91,31 +91,16 @@ def _button(b: bytes, out: dict[str, Any]) -> None:
         out["button"] = press
 
 
-_AM_FIELDS = {
-    "battery": Field("battery", "%EL"),
-    "temperature": Field("temperature", "Cel"),
-    "humidity": Field("humidity", "%RH"),
-    "light_level": Field("illuminance-level"),
-    "co2": Field("co2", "/", scale=1e-6),
-    # Milesight documents TVOC on channel 08 7D in ppb.
-    "tvoc": Field("tvoc", "/", scale=1e-9),
-    "pressure": Field("pressure", "Pa", scale=100),
-    "hcho": Field("hcho", "kg/m3", scale=1e-6),
-    "pm10": Field("pm10", "kg/m3", scale=1e-9),
-    "o3": Field("o3", "/", scale=1e-6),
-}
-
 
 class MilesightDecoder:
     """Decoder for one Milesight model, driven by its channel table."""
 
     def __init__(self, model: str, channels: Mapping[tuple[int, int], tuple[int, Put]],
-                 fields: Mapping[str, Field], ttn_codecs: tuple[str, ...],
+                 ttn_codecs: tuple[str, ...],
                  aliases: tuple[str, ...] = ()) -> None:
         self.id = f"milesight-iot/{model}"
         self.aliases = aliases
         self.ttn_codecs = ttn_codecs
-        self.fields = fields
         self._channels = channels
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
@@ -154,14 +139,12 @@ DECODERS = (
     MilesightDecoder(
         "am307",
         _ambience("pir", "pm2_5"),
-        {**_AM_FIELDS, "pir": Field("motion-state"), "pm2_5": Field("pm2.5", "kg/m3", scale=1e-9)},
         ("milesight-iot/am307-codec",),
         aliases=("milesight-iot/am307l",),
     ),
     MilesightDecoder(
         "am319",
         _ambience("activity", "pm2.5"),
-        {**_AM_FIELDS, "activity": Field("motion-state"), "pm2.5": Field("pm2.5", "kg/m3", scale=1e-9)},
         ("milesight-iot/am319-codec",),
     ),
     MilesightDecoder(
@@ -173,13 +156,6 @@ DECODERS = (
             (0x05, 0xC8): _store("pulse", 4, _u),
             (0x20, 0xCE): (13, _history),
         },
-        {
-            "battery": Field("battery", "%EL"),
-            "temperature": Field("temperature", "Cel"),
-            "humidity": Field("humidity", "%RH"),
-            "gpio": Field("digital-input"),
-            "pulse": Field("pulse-count-total", "count"),
-        },
         ("milesight-iot/em300-di-codec",),
     ),
     MilesightDecoder(
@@ -189,17 +165,11 @@ DECODERS = (
             (0x03, 0x82): _store("distance", 2, _u),
             (0x04, 0x00): _store("tilt", 1, _label({0: "normal"}, "tilt")),
         },
-        {
-            "battery": Field("battery", "%EL"),
-            "distance": Field("distance", "m", scale=1e-3),
-            "tilt": Field("tilt"),
-        },
         ("milesight-iot/em310-udl-codec",),
     ),
     MilesightDecoder(
         "ws101",
         {**_BATTERY, (0xFF, 0x2E): (1, _button)},
-        {"battery": Field("battery", "%EL"), "button": Field("button")},
         ("milesight-iot/ws101-codec",),
     ),
 )
@@ -220,11 +190,6 @@ DECODERS = (  # type: ignore[assignment]
     MilesightDecoder(
         "em300-th",
         {**_BATTERY, **_TEMP_HUM, (0x20, 0xCE): (7, _th_history)},
-        {
-            "battery": Field("battery", "%EL"),
-            "temperature": Field("temperature", "Cel"),
-            "humidity": Field("humidity", "%RH"),
-        },
         (),
     ),
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edge.decoding.base import DecodeResult, DeviceContext, Field
+from edge.decoding.base import DecodeResult, DeviceContext
 
 FRAME_SIZE = 11
 
@@ -78,12 +78,11 @@ class NetvoxDecoder:
     """Decoder for one Netvox codec family: its device types, status layout and commands."""
 
     def __init__(self, model: str, device_types: Mapping[int, str], status: StatusParser,
-                 responses: Mapping[int, tuple[str, ResponseParser]], fields: Mapping[str, Field],
+                 responses: Mapping[int, tuple[str, ResponseParser]],
                  ttn_codecs: tuple[str, ...], aliases: tuple[str, ...] = ()) -> None:
         self.id = f"netvox/{model}"
         self.aliases = aliases
         self.ttn_codecs = ttn_codecs
-        self.fields = fields
         self._device_types = device_types
         self._status = status
         self._responses = responses
@@ -128,11 +127,6 @@ DECODERS = (
         {0x02: "R311A", 0x1D: "R718F", 0x7D: "R730F"},
         _contact_status,
         _CONFIG_RESPONSES,
-        {
-            "Volt": Field("battery-voltage", "V"),
-            # The raw contact state: the manuals name it only On/Off, not which one means open.
-            "OnOff": Field("digital-input"),
-        },
         ("netvox/r311a-codec",),
         aliases=("netvox/r718f", "netvox/r730f"),
     ),
@@ -146,11 +140,6 @@ DECODERS = (
             0x84: ("GetFiltertimeRsp", _filter_time),
             0x85: ("SetPulseCounterClearModeRsp", _status),
             0x86: ("GetPulseCounterClearModeRsp", _clear_mode),
-        },
-        {
-            "Volt": Field("battery-voltage", "V"),
-            # A 16-bit counter; whether it restarts per report depends on PulseCounterClearMode.
-            "PulseCount": Field("pulse-count-total", "count"),
         },
         ("netvox/r718h-codec",),
         aliases=("netvox/r718h2",),

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from edge.decoding.base import DecodeResult, DeviceContext, Field
+from edge.decoding.base import DecodeResult, DeviceContext
 
 Put = Callable[[bytes, dict[str, Any]], None]
 
@@ -139,18 +139,6 @@ class StripsDecoder:
     id = "sensative/strips"
     aliases = ("sensative/strips-comfort", "sensative/strips-drip", "sensative/strips-guard",
                "sensative/strips-presence", "sensative/strips-ms")
-    fields = {
-        "battery": Field("battery", "%EL"),
-        "temperature": Field("temperature", "Cel"),
-        "averageTemperature": Field("temperature-average", "Cel"),
-        "humidity": Field("humidity", "%RH"),
-        "lux": Field("illuminance", "lx"),
-        "door": Field("door-open"),
-        "doorCount": Field("open-count", "count"),
-        "flood": Field("wetness", "/", scale=0.01),
-        "floodAlarm": Field("water-leak"),
-        "presence": Field("occupancy"),
-    }
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode a port 1 report or a port 2 history replay; bad bytes are errors."""

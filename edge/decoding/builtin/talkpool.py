@@ -8,7 +8,7 @@ humidity (h / 10) - 25 %. Output keys are the ones Talkpool's codec returns.
 
 from __future__ import annotations
 
-from edge.decoding.base import DecodeResult, DeviceContext, Field
+from edge.decoding.base import DecodeResult, DeviceContext
 
 
 def _one_decimal(x: float) -> float:
@@ -22,11 +22,6 @@ class OY1210Decoder:
     id = "talkpool/oy1210"
     aliases: tuple[str, ...] = ()
     ttn_codecs = ("talkpool/oy1210-codec",)
-    fields = {
-        "Temperature": Field("temperature", "Cel"),
-        "Humidity": Field("humidity", "%RH"),
-        "CO2": Field("co2", "/", scale=1e-6),
-    }
 
     def decode(self, payload: bytes, fport: int, context: DeviceContext) -> DecodeResult:
         """Decode the 5-byte measurement; other ports and lengths are errors."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -16,13 +16,14 @@ from edge.errors import ConfigError
 class JsCodecDecoder:
     """A Decoder backed by a JS codec: TTN's decodeUplink contract, run by JsRuntime.
 
-    `fields` is the caller's mapping from `data` keys to the vocabulary; by default it is
-    empty, so normalize() keeps every scalar under its own unit-less key.
+    `codecs` are the field-map keys of its output (`ttn:<vendor>/<stem>` for a TTN codec YAML,
+    `chirpstack:<vendor>/<stem>` for a device-profiles codec); the registry normalises with the
+    first that has a map. `fields` is the legacy table, used only when no map is found.
     """
 
     def __init__(self, decoder_id: str, source: str, *, fields: Mapping[str, Field] | None = None,
                  limits: JsLimits | None = None, name: str | None = None, pinned_now: float | None = None,
-                 codec_key: str = "") -> None:
+                 codec_key: str = "", codecs: Sequence[str] = ()) -> None:
         """Build a decoder from a script's source.
 
         Args:
@@ -34,6 +35,7 @@ class JsCodecDecoder:
             pinned_now: for tests: the time the codec's clock shows (see JsRuntime).
             codec_key: `<catalogue>:<vendor>/<codec>` when the script came from a catalogue index,
                 e.g. "ttn:elsys/elsys" or "chirpstack:milesight/am307"; names its field map.
+            codecs: the field-map keys of this codec's output.
 
         Raises:
             ConfigError: the script does not load (see JsRuntime).
@@ -41,13 +43,15 @@ class JsCodecDecoder:
         self.id = decoder_id
         self.fields: Mapping[str, Field] = MappingProxyType(dict(fields or {}))
         self.codec_key = codec_key
+        # The field-map keys of this codec's output; a catalogue codec answers to its own key.
+        self.codecs = tuple(codecs) or ((codec_key,) if codec_key else ())
         self.runtime = JsRuntime(source, name=name or decoder_id, limits=limits, pinned_now=pinned_now)
 
     @classmethod
     def from_script(cls, decoder_id: str, source: str, *, fields: Mapping[str, Field] | None = None,
-                    limits: JsLimits | None = None) -> JsCodecDecoder:
+                    limits: JsLimits | None = None, codecs: Sequence[str] = ()) -> JsCodecDecoder:
         """A ChirpStack device-profile codec (the same decodeUplink contract) as a Decoder."""
-        return cls(decoder_id, source, fields=fields, limits=limits)
+        return cls(decoder_id, source, fields=fields, limits=limits, codecs=codecs)
 
     @classmethod
     def from_yaml(cls, yaml_path: str | Path, *, decoder_id: str | None = None,

@@ -669,8 +669,6 @@ def parse_config(doc: dict[str, Any], source_path: str = "") -> Config:
                             " (the largest MQTT packet)")
         if up.max_inflight > MAX_INFLIGHT:
             problems.append(f"upstream[{i}].max_inflight: must be at most {MAX_INFLIGHT} (MQTT packet identifiers)")
-        if up.mqtt.keepalive_s > MAX_KEEPALIVE_S:
-            problems.append(f"upstream[{i}].keepalive_s: must be at most {MAX_KEEPALIVE_S} (MQTT Keep Alive)")
         if up.command_max_age_s > MAX_WAIT_S:
             problems.append(f"upstream[{i}].command_max_age_s: must be at most {MAX_WAIT_S:g}")
         ur.done()

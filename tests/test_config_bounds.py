@@ -29,7 +29,7 @@ def with_key(section: str, key: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(("section", "key", "value", "expected"), [
     ("upstream", "url", "mqtt://broker.example.org:0", "upstream[0].url: port must be from 1 to 65535"),
     ("chirpstack", "mqtt_url", "mqtt://127.0.0.1:0", "chirpstack.mqtt_url: port must be from 1 to 65535"),
-    ("upstream", "keepalive_s", 70000, "upstream[0].keepalive_s: must be at most 65535"),
+    ("upstream", "keepalive_s", 70000, "upstream[0].keepalive_s: must be 0 to 65535"),
     ("upstream", "max_inflight", 65536, "upstream[0].max_inflight: must be at most 65535"),
     ("upstream", "max_message_bytes", 2**28, "upstream[0].max_message_bytes: must be at most 268435455"),
     ("upstream", "qos", 3, "upstream[0].qos: must be 1 or 2"),

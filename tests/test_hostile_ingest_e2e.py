@@ -31,6 +31,18 @@ REPO = Path(__file__).resolve().parents[1]
 HUGE_DATA_BYTES = 150 * 1024
 
 
+def _config(make_config, chirpstack, upstream):
+    """The usual test config, with a maximum packet size above the largest hostile message.
+
+    With the default 256 KB, the broker itself drops the largest ones (MQTT 5 §3.1.2.11.4: it must
+    not send a client a packet above the size the client announced); here they must reach the parser.
+    """
+    path = make_config(chirpstack.url, upstream.url)
+    path.write_text(path.read_text().replace("reconnect_max_s = 1.0\n\n[buffer]",
+                                             "reconnect_max_s = 1.0\nmax_packet_size_kb = 16384\n\n[buffer]", 1))
+    return path
+
+
 def _publish(host: str, port: int, messages: list[tuple[str, bytes]]) -> None:
     client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
     client.max_inflight_messages_set(50)
@@ -49,7 +61,7 @@ def test_hostile_messages_cost_only_themselves(broker_factory, make_config, edge
                                                tmp_path: Path) -> None:
     chirpstack, upstream = broker_factory(), broker_factory()
     rec = recorder(upstream)
-    edge = edge_process(make_config(chirpstack.url, upstream.url))
+    edge = edge_process(_config(make_config, chirpstack, upstream))
     edge.start()
     edge.wait_connected()
 
@@ -108,7 +120,7 @@ def test_hostile_messages_survive_a_restart_without_looping(broker_factory, make
     run stores them once and goes on (no redelivery loop), and the good ones arrive."""
     chirpstack, upstream = broker_factory(), broker_factory()
     rec = recorder(upstream)
-    edge = edge_process(make_config(chirpstack.url, upstream.url))
+    edge = edge_process(_config(make_config, chirpstack, upstream))
     edge.start()
     edge.wait_connected()
     edge.kill()
@@ -162,7 +174,7 @@ def test_issue_11_measurement_with_sigkills_and_an_upstream_restart(broker_facto
     a restart of the upstream broker. Before the fix 2,267 good uplinks never arrived; now none is lost."""
     chirpstack, upstream = broker_factory(), broker_factory()
     rec = recorder(upstream)
-    edge = edge_process(make_config(chirpstack.url, upstream.url))
+    edge = edge_process(_config(make_config, chirpstack, upstream))
     edge.start()
     edge.wait_connected()
     sent: list[SentUplink] = []

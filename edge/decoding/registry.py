@@ -169,12 +169,17 @@ class DecoderRegistry:
             return profile_tagged
         explicit = self.catalogue_match(uplink, hints, tags_only=True)
         if explicit is not None:
-            return explicit.key
+            held = self.catalogue is not None and self.catalogue.codec(explicit.key) is not None
+            # Without the codec in the index, the tag still names the field map: for the profile's own
+            # JS codec or ChirpStack's `object`, when the device has one. Only with neither does the
+            # uplink fail, with a reason that says to import the catalogue.
+            if held or not (hints.profile_js or (self._use_object and uplink.object is not None)):
+                return explicit.key
         native = self.native_for_profile(uplink.device.device_profile_name, hints.profile_tags.get("ttn_codec", ""))
         if native:
             return native
-        matched = self.catalogue_match(uplink, hints)
-        if matched is not None:
+        matched = self.catalogue_match(uplink, hints) if self.catalogue is not None else None
+        if matched is not None and self.catalogue is not None and self.catalogue.codec(matched.key) is not None:
             return matched.key
         if hints.profile_js:
             return PROFILE_JS
@@ -311,10 +316,6 @@ class DecoderRegistry:
                 except Exception as exc:  # noqa: BLE001 - a profile script that does not load fails this uplink
                     return Decoded(DecodeStatus.FAILED, [], chosen, f"profile codec does not load: {_reason(exc)}")
             elif chosen not in self._by_id and ":" in chosen:
-                held = self.catalogue is not None and self.catalogue.codec(chosen) is not None
-                if not held and self._use_object and uplink.object is not None:
-                    # ChirpStack already ran the codec: the `codec` tag names the map for its output.
-                    return self._object(uplink, hints)
                 try:
                     decoder = self.catalogue_decoder(chosen)
                 except Exception as exc:  # noqa: BLE001 - a missing or broken catalogue codec fails this uplink

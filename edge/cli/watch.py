@@ -14,6 +14,7 @@ import click
 import orjson
 import paho.mqtt.client as paho
 
+from edge import present
 from edge.cli import CONFIG_OPTION, _load
 from edge.cli.text import echo
 from edge.decoding.registry import DecoderRegistry
@@ -61,10 +62,11 @@ def _value(value: Any) -> str:
 
 
 def format_readings(readings: list[Reading], base_time: float | None = None) -> str:
-    """Readings as `name=value<unit>` pairs, e.g. `temperature=22.6Cel humidity=41%RH`.
+    """Readings as `name=value unit` pairs, e.g. `temperature=22.6 °C humidity=41 %RH`.
 
-    Names and units are as sent upstream (the vocabulary's, SenML units). A sample with its own
-    time (a meter's history) gets `@<seconds relative to the uplink>`, e.g. `volume=123.4m3@-7200s`.
+    Names are the vocabulary's, as sent upstream; values and units as every technician view shows
+    them (edge/present.py). A sample with its own time (a meter's history) gets `@<seconds relative
+    to the uplink>`, e.g. `volume=123.4 m³@-7200s`.
 
     Args:
         readings: decoded readings in the vocabulary's units.
@@ -73,7 +75,7 @@ def format_readings(readings: list[Reading], base_time: float | None = None) -> 
     Returns:
         The pairs separated by single spaces.
     """
-    return " ".join(f"{r.name}={_value(r.value)}{r.unit or ''}{_at(r, base_time)}" for r in readings)
+    return " ".join(f"{r.name}={present.reading(r.name, r.value, r.unit)}{_at(r, base_time)}" for r in readings)
 
 
 def _at(reading: Reading, base_time: float | None) -> str:
@@ -126,7 +128,7 @@ def format_event(event: Event, payload: bytes, received: float, registry: Decode
     # wrap, and RSSI/SNR stay in the same columns line after line while a technician aims an antenna.
     parts = [when, device.dev_eui, device.device_name or "-",
              _decoder_label(decoded.status, decoded.decoder, decoded.error),
-             f"rssi={_value(radio.rssi)} snr={_value(radio.snr)} sf={radio.spreading_factor}",
+             f"rssi={present.rssi(radio.rssi)} snr={present.snr(radio.snr)} sf={radio.spreading_factor}",
              f"gw={radio.gateway_id or '-'}", f"delay={received - event.time:.1f}s"]
     if raw:
         parts.append(f"fport={event.fport} fcnt={radio.fcnt} payload={event.payload.hex() or '-'}")

@@ -190,8 +190,8 @@ def test_cli_status_text(good_config: Path, filled: Pipeline) -> None:
     (city,) = [line for line in out.splitlines() if line.strip().startswith("city ")]
     assert re.search(r"backlog=1\b", city) and "delivered=1" in city and "dropped=0" in city
     (elsys,) = [line for line in out.splitlines() if "a81758fffe0346f1" in line]
-    assert "school-room-101" in elsys and "fcnt=1234" in elsys and "rssi=-87.0" in elsys
-    assert "decoded:elsys/ers" in elsys and "temperature=22.4Cel" in elsys and "humidity=41%RH" in elsys
+    assert "school-room-101" in elsys and "fcnt=1234" in elsys and "rssi=-87 dBm" in elsys
+    assert "decoded:elsys/ers" in elsys and "temperature=22.4 °C" in elsys and "humidity=41 %RH" in elsys
     (plain,) = [line for line in out.splitlines() if line.strip().startswith("0101010101010101")]
     assert "undecoded:-" in plain
     assert "device events:" in out and "join: devAddr=00189440" in out

@@ -51,7 +51,7 @@ class Watch:
 def _elsys_values(sent: SentUplink) -> tuple[str, str]:
     """The temperature and humidity the Elsys payload of `sent` carries, as watch prints them."""
     temperature = int.from_bytes(sent.payload[1:3], "big", signed=True) / 10
-    return f"temperature={temperature:.6g}Cel", f"humidity={sent.payload[4]}%RH"
+    return f"temperature={temperature:.6g} °C", f"humidity={sent.payload[4]} %RH"
 
 
 def test_watch_prints_decoded_uplinks_with_units_and_radio(broker_factory, make_config):
@@ -163,4 +163,4 @@ def test_watch_marks_samples_with_their_own_time() -> None:
     from edge.model import Reading
 
     readings = [Reading("volume", 123.456, "m3"), Reading("volume", 123.42, "m3", "history[1].volume", 996.0)]
-    assert format_readings(readings, 1000.0) == "volume=123.456m3 volume=123.42m3@-4s"
+    assert format_readings(readings, 1000.0) == "volume=123.456 m³ volume=123.42 m³@-4s"

@@ -35,7 +35,7 @@ _T = (-90.0, 150.0)  # any temperature a municipal sensor reports, devices' own 
 _PM = (0.0, 0.01)  # mass concentration up to 10 g/m3 (sensors saturate near 1 mg/m3)
 _GAS = (0.0, 1.0)  # a gas as a ratio of the air
 # Angles are sent in radians: SenML registers `deg` (RFC 8798) but marks it not recommended, `rad` preferred.
-_TURN = (-2 * math.pi, 2 * math.pi)
+_TURN = (-6.2832, 6.2832)  # a full turn either way (2π, rounded up: 360° converts to 6.28318530718)
 
 QUANTITIES: tuple[Quantity, ...] = (
     # Climate
@@ -135,7 +135,7 @@ QUANTITIES: tuple[Quantity, ...] = (
     # Weather
     Quantity("wind-speed", "m/s", "wind speed, average", 0, 150),
     Quantity("wind-gust", "m/s", "wind speed, gust (maximum)", 0, 150),
-    Quantity("wind-direction", "rad", "direction the wind comes from, clockwise from north", 0, 2 * math.pi),
+    Quantity("wind-direction", "rad", "direction the wind comes from, clockwise from north", 0, _TURN[1]),
     Quantity("precipitation", "m", "rain or snow depth since the last uplink, or a counter", 0, 1e6),
     Quantity("precipitation-rate", "m/s", "rain or snow intensity", 0, 0.01),
     Quantity("precipitation-total", "m", "rain or snow depth, the device's running total (tipping bucket)", 0, 1e6),
@@ -171,7 +171,7 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("longitude", "lon", "WGS84 longitude", -180, 180),
     Quantity("altitude", "m", "altitude above sea level", -1000, 20000),
     Quantity("speed", "m/s", "ground speed of a tracked vehicle, bin or asset (GNSS)", 0, 350),
-    Quantity("heading", "rad", "direction of travel of a tracked asset, clockwise from north", 0, 2 * math.pi),
+    Quantity("heading", "rad", "direction of travel of a tracked asset, clockwise from north", 0, _TURN[1]),
     Quantity("position-accuracy", "m", "estimated horizontal accuracy of a position fix", 0, 100000),
     Quantity("acceleration-x", None, "accelerometer X axis, vendor units"),
     Quantity("acceleration-y", None, "accelerometer Y axis, vendor units"),

@@ -272,12 +272,19 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class OutMessage:
-    """One upstream message: where it goes (topic or ''), its bytes, and its media type."""
+    """One upstream message: where it goes (topic or ''), its bytes, and its media type.
+
+    For HTTP upstreams the topic is '' (the upstream's endpoint) or, for a notice that goes to the
+    endpoint rather than to `notice_endpoint` (an NGSI-LD Device update), ENDPOINT.
+    """
 
     topic: str
     payload: bytes
     content_type: str
 
+
+# The "topic" of an HTTP notice that goes to the upstream's own endpoint (see OutMessage).
+ENDPOINT = "@endpoint"
 
 # Turns consecutive stored entries into the messages that carry them upstream (edge.formats).
 Formatter = Callable[[Sequence[Entry]], list[OutMessage]]

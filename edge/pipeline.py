@@ -47,7 +47,7 @@ from edge.formats import health as health_format
 from edge.formats import senml
 from edge.formats.share import ShareFilter
 from edge.health import DeviceHealth, HealthTracker, Notice
-from edge.model import DecodeStatus, DeviceEvent, Entry, Malformed, Uplink, radio_json, readings_json
+from edge.model import ENDPOINT, DecodeStatus, DeviceEvent, Entry, Malformed, Uplink, radio_json, readings_json
 from edge.plugins import load_decoders
 from edge.sinks.base import Backlog, Formatter, OutMessage
 from edge.sinks.mqtt import MqttSink
@@ -332,10 +332,10 @@ class BufferBacklog:
             if self.allows is not None and not self.allows(dev_eui):
                 self._health_acked.add(row_id)  # not shared with this upstream: nothing to send
                 continue
-            topic = self.health_topic.format(edge_id=self.edge_id, dev_eui=dev_eui, application="",
-                                             application_id="", gateway_id="")
-            out.append((-row_id, OutMessage(topic, health_format.pack(body, self.health_format),
-                                            senml.CONTENT_TYPES[self.health_format])))
+            topic = self.health_topic if self.health_topic == ENDPOINT else self.health_topic.format(
+                edge_id=self.edge_id, dev_eui=dev_eui, application="", application_id="", gateway_id="")
+            payload, content_type = health_format.encode(body, self.health_format)
+            out.append((-row_id, OutMessage(topic, payload, content_type)))
         self._advance_health()
         return out
 
@@ -503,7 +503,8 @@ class Pipeline:
         if cfg.health.enabled:
             stored = health_store.load_states(self.buffer.db)
             self.health = HealthTracker(cfg.health, {d: DeviceHealth.from_dict(v) for d, v in stored.items()})
-            health_store.start_at_newest(self.buffer.db, [u.name for u in cfg.upstreams])
+            health_store.start_at_newest(self.buffer.db, [u.name for u in cfg.upstreams]
+                                         + [h.name for h in cfg.http_upstreams if h.format == "ngsi-ld"])
         self.sinks: list[MqttSink | HttpSink] = []
         # Downlink commands from destinations (issue #4/#6): only when some upstream enables them.
         self.commands = (CommandRelay(cfg.chirpstack, lambda: Buffer(cfg.buffer.path, max_bytes=self.max_bytes))
@@ -524,7 +525,7 @@ class Pipeline:
             from edge.sinks.http import HttpSink
 
             share = ShareFilter(http.share)
-            self.sinks.append(HttpSink(http, self._backlog_factory(http.name, "", share),
+            self.sinks.append(HttpSink(http, self._backlog_factory(http.name, "", share, http=http),
                                        shared(make_http_formatter(http), share), threading.Event(),
                                        dead_letter=self._dead_letter_writer(http.name, "HTTP")))
         self.commits = 0
@@ -569,8 +570,15 @@ class Pipeline:
         return entry
 
     def _backlog_factory(self, name: str, notice_topic: str, share: ShareFilter,
-                         up: UpstreamConfig | None = None) -> Callable[[], Backlog]:
-        health_topic = up.health_topic if up is not None and self.health is not None else ""
+                         up: UpstreamConfig | None = None, http: HttpUpstreamConfig | None = None
+                         ) -> Callable[[], Backlog]:
+        # Health notices: SenML on an MQTT upstream's health topic; the Device entity's deviceState
+        # at an NGSI-LD upstream's own endpoint (docs/health.md).
+        health_topic, health_fmt = "", senml.JSON
+        if self.health is not None and up is not None:
+            health_topic, health_fmt = up.health_topic, up.format
+        elif self.health is not None and http is not None and http.format == health_format.NGSI_LD:
+            health_topic, health_fmt = ENDPOINT, health_format.NGSI_LD
 
         def factory() -> Backlog:
             # NORMAL: a lost cursor update after power loss only re-sends delivered records.
@@ -578,8 +586,7 @@ class Pipeline:
             share.lookup = conn.device_meta  # runs on the sink's thread, like the connection
             share.store = BufferThinStore(conn, name)
             return BufferBacklog(conn, name, notice_topic, self.cfg.edge_id, health_topic=health_topic,
-                                 health_format=up.format if up is not None else senml.JSON,
-                                 allows=share.allows_device)
+                                 health_format=health_fmt, allows=share.allows_device)
 
         return factory
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,3 +188,48 @@ def test_health_gateway_downtime_blames_no_sensor() -> None:
     assert tracker.devices[DEV].state == OK
     tracker.check(last + 6000, listening_since=last + 4000)  # 2000 s of listening without a word
     assert tracker.devices[DEV].state == SILENT
+
+
+def test_health_notice_updates_the_ngsi_ld_device_state_at_the_context_broker(tmp_path: Path) -> None:
+    """An NGSI-LD upstream gets each change as its Device entity's deviceState, at its own upsert endpoint."""
+    import threading
+    import time as clock
+
+    from edge.config import parse_config
+    from edge.pipeline import Pipeline
+    from edge.simulate import Simulator
+    from edge.sources.chirpstack_mqtt import Message
+    from tests.http_server import serving, wait_for
+
+    with serving() as broker:
+        upsert = f"{broker.url.rstrip('/')}/ngsi-ld/v1/entityOperations/upsert?options=update"
+        cfg = parse_config({
+            "edge": {"id": "gw-health"}, "chirpstack": {"mqtt_url": "mqtt://127.0.0.1:9"},
+            "buffer": {"path": str(tmp_path / "b.sqlite")}, "web": {"port": 0},
+            "health": {"check_interval_s": 0.2},
+            "http_upstream": [{"name": "context", "format": "ngsi-ld", "backoff_min_s": 0.1, "backoff_max_s": 0.2,
+                               "endpoint": upsert}],
+        })
+        pipeline = Pipeline(cfg)
+        start = clock.time() - 7200  # six uplinks 10 min apart, the last one 70 min ago
+        for i, (topic, body, _) in enumerate(Simulator(1, seed=3).events(6)):
+            pipeline.handle([Message(topic, body, start + i * 600)])
+        pipeline.source.connected.set()
+        pipeline.health_round(clock.time(), start)  # listening all along: 70 minutes without a word
+        stop = threading.Event()
+        sink = threading.Thread(target=pipeline.sinks[0].run, args=(stop,), daemon=True)
+        sink.start()
+        try:
+            def device_updates() -> list[dict[str, Any]]:
+                return [e for r in broker.snapshot() for e in r.json if e.get("type") == "Device"
+                        and "deviceState" in e]
+            assert wait_for(lambda: bool(device_updates()), 15), broker.snapshot()
+        finally:
+            stop.set()
+            sink.join(10)
+            pipeline.buffer.close()
+        (entity,) = device_updates()
+        assert entity["id"] == "urn:ngsi-ld:Device:a81758fffe000000"
+        assert entity["deviceState"]["type"] == "Property" and entity["deviceState"]["value"] == "silent"
+        assert entity["deviceState"]["observedAt"].endswith("Z")
+        assert any("options=update" in r.path or r.query.get("options") == ["update"] for r in broker.snapshot())

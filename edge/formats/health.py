@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from edge.formats import senml
+import orjson
+
+from edge.formats import ngsi_ld, senml
+
+NGSI_LD = "ngsi-ld"
 
 
 def records(notice: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -35,3 +39,29 @@ def records(notice: Mapping[str, Any]) -> list[dict[str, Any]]:
 def pack(notice: Mapping[str, Any], fmt: str) -> bytes:
     """The notice encoded as a SenML JSON or CBOR pack."""
     return senml.encode(records(notice), fmt)
+
+
+def device_state(notice: Mapping[str, Any]) -> str:
+    """The NGSI-LD Device `deviceState` text: the state, then its problems, e.g. `ok: low-battery`."""
+    problems = ",".join(notice["problems"])
+    return f"{notice['state']}: {problems}" if problems else str(notice["state"])
+
+
+def ngsi_ld_device(notice: Mapping[str, Any]) -> bytes:
+    """The notice as an NGSI-LD batch upsert body: the device's Device entity with its `deviceState`.
+
+    Sent with `options=update`, so only `deviceState` changes; the observed entities and the
+    Device's other attributes (written with the uplinks) stay as they are.
+    """
+    entity = {"id": ngsi_ld.entity_id(ngsi_ld.DEVICE, notice["dev_eui"]), "type": ngsi_ld.DEVICE,
+              "deviceState": {"type": "Property", "value": device_state(notice),
+                              "observedAt": ngsi_ld.iso_time(notice["time"])},
+              "@context": [ngsi_ld.CONTEXTS[ngsi_ld.DEVICE], ngsi_ld.CORE_CONTEXT]}
+    return orjson.dumps([entity])
+
+
+def encode(notice: Mapping[str, Any], fmt: str) -> tuple[bytes, str]:
+    """The notice in an upstream's format, with its media type."""
+    if fmt == NGSI_LD:
+        return ngsi_ld_device(notice), "application/ld+json"
+    return pack(notice, fmt), senml.CONTENT_TYPES[fmt]

@@ -45,6 +45,7 @@ import orjson
 from edge.backoff import Backoff
 from edge.config import HttpUpstreamConfig
 from edge.errors import certificate_problem
+from edge.model import ENDPOINT
 from edge.sinks.base import Backlog, Formatter, OutMessage, format_isolated
 
 log = logging.getLogger(__name__)
@@ -305,7 +306,7 @@ class HttpSink:
                     pending.clear()
             if not pending and batch_entries == 0:
                 # Gap notices first, so a receiver learns about a hole before the data after it.
-                if self.cfg.notice_endpoint and self.heartbeat - notices_checked >= NOTICE_CHECK_S:
+                if self.heartbeat - notices_checked >= NOTICE_CHECK_S:
                     if not self._send_notices(client, backlog, stop, backoff):
                         continue
                     notices_checked = self.heartbeat
@@ -339,7 +340,12 @@ class HttpSink:
 
     def _send_notices(self, client: httpx.Client, backlog: Backlog, stop: threading.Event, backoff: Backoff) -> bool:
         for notice_id, message in backlog.notices():
-            if stop.is_set() or not self._deliver(client, self.cfg.notice_endpoint, message, stop, backoff):
+            # Device updates (sensor health) go to the endpoint itself; gap notices to notice_endpoint,
+            # and without one they stay in the buffer (`edge status` shows them).
+            url = self.cfg.endpoint if message.topic == ENDPOINT else self.cfg.notice_endpoint
+            if not url:
+                continue
+            if stop.is_set() or not self._deliver(client, url, message, stop, backoff):
                 return False
             backlog.notice_delivered(notice_id)
         return True

@@ -137,7 +137,8 @@ class DecodeStatus:
     NAMES = ("decoded", "chirpstack", "undecoded", "failed", "superseded")
 
 
-def _record(r: Reading) -> dict[str, Any]:
+def reading_record(r: Reading) -> dict[str, Any]:
+    """A reading as its stored SenML record: n, u (when it has one), v|vs|vb, t (when its own)."""
     rec: dict[str, Any] = {"n": r.name}
     if r.unit:
         rec["u"] = r.unit
@@ -159,7 +160,7 @@ def readings_json(readings: Sequence[Reading]) -> bytes:
     bytes on every record of a bounded buffer, and it is reproducible from the raw payload that
     is stored (`edge decoders readings`, `edge redecode`).
     """
-    return orjson.dumps([_record(r) for r in readings])
+    return orjson.dumps([reading_record(r) for r in readings])
 
 
 def readings_from_json(blob: bytes) -> list[Reading]:

@@ -12,7 +12,7 @@ from typing import Any
 from edge.decoding.fieldmap import FieldMap, MapIndex, default_index
 from edge.decoding.normalize import leaves, normalise
 from edge.errors import ConfigError
-from edge.model import Reading
+from edge.model import Reading, reading_record
 from edge.vocabulary import BY_NAME
 
 # The receive time examples are normalised at: offsets (`tu: offset-s`) then read as plain seconds.
@@ -300,14 +300,7 @@ def load_codec(path: Path, time_limit_s: float = 1.0) -> Any:
 
 def reading_json(reading: Reading) -> dict[str, Any]:
     """A reading as `edge decoders readings --json` prints it: field, n, u, v|vs|vb, t."""
-    out: dict[str, Any] = {"field": reading.field, "n": reading.name}
-    if reading.unit:
-        out["u"] = reading.unit
-    value = reading.value
-    out["vb" if isinstance(value, bool) else "vs" if isinstance(value, str) else "v"] = value
-    if reading.time is not None:
-        out["t"] = reading.time
-    return out
+    return {"field": reading.field, **reading_record(reading)}
 
 
 def example_readings(paths: Sequence[Path], index: MapIndex | None = None, *, run: bool = True

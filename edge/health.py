@@ -36,6 +36,13 @@ VARYING = frozenset({
     "co2", "pressure", "tvoc", "pm1", "pm2.5", "pm4", "pm10", "sound-level", "sound-level-peak", "dew-point",
 })
 _FAST, _SLOW = 0.3, 0.05  # EWMA weights of the radio trend: recent vs long-run
+def _trend(fast: float | None, slow: float | None, value: float) -> tuple[float, float]:
+    """A radio value's short- and long-run averages (EWMA) after one more sample."""
+    if fast is None or slow is None:
+        return value, value
+    return fast + _FAST * (value - fast), slow + _SLOW * (value - slow)
+
+
 # What the hot path needs of each vocabulary quantity: (unit, low, high, varies in a working sensor).
 _NUMBERS = frozenset({int, float})  # bool is an int subclass, but not a number here
 _SPECS: dict[str, tuple[str | None, float, float, bool]] = {
@@ -174,19 +181,9 @@ class HealthTracker:
                 rejudge = self._frame(dev, received, radio.fcnt)
                 rssi, snr, gateway_id = radio.rssi, radio.snr, radio.gateway_id
                 if rssi is not None:
-                    fast = dev.rssi_fast
-                    if fast is None:
-                        dev.rssi_fast = dev.rssi_slow = rssi
-                    else:
-                        dev.rssi_fast = fast + _FAST * (rssi - fast)
-                        dev.rssi_slow = dev.rssi_slow + _SLOW * (rssi - dev.rssi_slow)  # type: ignore[operator]
+                    dev.rssi_fast, dev.rssi_slow = _trend(dev.rssi_fast, dev.rssi_slow, rssi)
                 if snr is not None:
-                    fast = dev.snr_fast
-                    if fast is None:
-                        dev.snr_fast = dev.snr_slow = snr
-                    else:
-                        dev.snr_fast = fast + _FAST * (snr - fast)
-                        dev.snr_slow = dev.snr_slow + _SLOW * (snr - dev.snr_slow)  # type: ignore[operator]
+                    dev.snr_fast, dev.snr_slow = _trend(dev.snr_fast, dev.snr_slow, snr)
                 if gateway_id:
                     gateways = dev.gateways
                     gateways[gateway_id] = gateways.get(gateway_id, 0) + 1

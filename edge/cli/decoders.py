@@ -5,9 +5,10 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -135,9 +136,26 @@ class _MapTally:
         self.without = 0
 
 
+@dataclass(frozen=True)
+class _CatalogueCodec:
+    """What the map lookup needs of a catalogue codec run outside a decoder: its key."""
+
+    key: str
+    id: str = "catalogue"
+
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        return (self.key,)
+
+
 def _check_map(path: Path, decoder: Decoder, outcomes: list[Outcome], maps: _MapTally, quiet: bool) -> int:
     """Check the codec's field map with the examples' outputs; 1 when the map fails (counted once)."""
     report = map_report(decoder, ((f"{path}#{o.example.index}", o.actual.get("data")) for o in outcomes))
+    return _map_outcome(str(path), report, maps, quiet)
+
+
+def _map_outcome(path: str, report: Any, maps: _MapTally, quiet: bool) -> int:
+    """Print a map check's result; 1 when the map fails (counted once), 0 otherwise."""
     if not report.found:
         maps.without += 1
         if not quiet:
@@ -347,6 +365,7 @@ def _test_chirpstack(script: Path, limits: JsLimits, now: float | None, quiet: b
             if count:
                 tally.fail(kind, f"{script}: cannot load codec: {exc}", count=count)
         return
+    outputs: list[tuple[str, Mapping[str, Any] | None]] = []
     for vector in vectors:
         kind = _kind(vector.routine)
         label = f"{vector.source}#{vector.index} {vector.name}"
@@ -357,6 +376,15 @@ def _test_chirpstack(script: Path, limits: JsLimits, now: float | None, quiet: b
             tally.fail(kind, label, vector_diff(result.want, result.got))
         else:
             tally.ok(kind, label, quiet)
+            if vector.routine == "decodeUplink":
+                decoded = json.loads(result.got) if isinstance(result.got, str) else result.got
+                data = decoded.get("data") if isinstance(decoded, Mapping) else None
+                outputs.append((f"{vector.source}#{vector.index}", data if isinstance(data, Mapping) else None))
+    if outputs:
+        # The codec's field map (chirpstack:<vendor>/<codec>), checked with what its tests decode to.
+        codec = _CatalogueCodec(f"chirpstack:{script.parent.parent.name}/{script.stem}")
+        report = map_report(codec, outputs)
+        tally.failed["uplink"] += _map_outcome(str(script), report, tally.maps, quiet)
 
 
 def _kind(routine: str) -> str:

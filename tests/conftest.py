@@ -173,7 +173,10 @@ class Recorder:
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         with self.lock:
             self.messages.append(msg)
-        if "/notice" in msg.topic:
+        if "/notice" in msg.topic or msg.topic.endswith("/health"):
+            # Gap and sensor-health notices (docs/health.md) carry no uplink records: kept in
+            # `messages` only. (A health notice parsed as a pack would raise in paho's callback and
+            # stop this recorder's network thread.)
             return
         records = senml.resolve(senml.decode(bytes(msg.payload), self.fmt))
         current: str | None = None

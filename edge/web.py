@@ -74,7 +74,7 @@ class SourceView(Protocol):
 
 
 class SinkStatsView(Protocol):
-    """A sink's in-memory counters (MqttSink's SinkStats, HttpSink's HttpSinkStats)."""
+    """A sink's in-memory counters (edge.sinks.base.SinkStats, or HttpSink's HttpSinkStats)."""
 
     @property
     def published(self) -> int:

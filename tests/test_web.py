@@ -540,7 +540,7 @@ def test_web_sensor_health_in_metrics_and_page_data(served: Callable[..., WebSer
 
 def test_web_health_fails_soon_after_an_upstream_goes_down(pipeline: Pipeline) -> None:
     """A dead upstream is a problem after web.disconnected_after_s, not only once its backlog is old (15 min)."""
-    from edge.sinks.mqtt import SinkStats
+    from edge.sinks.base import SinkStats
 
     stats = SinkStats()
     stats.link(True)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
 
 from edge.model import Entry, Formatter, OutMessage
 
-__all__ = ["Backlog", "Formatter", "OutMessage", "format_isolated"]
+__all__ = ["Backlog", "Formatter", "OutMessage", "SinkStats", "format_isolated"]
 
 
 def format_isolated(formatter: Formatter, entries: Sequence[Entry],
@@ -65,3 +67,27 @@ class Backlog(Protocol):
     def notices(self) -> list[tuple[int, OutMessage]]: ...
 
     def notice_delivered(self, notice_id: int) -> None: ...
+
+
+@dataclass(slots=True)
+class SinkStats:
+    """Counters a sink keeps in memory for status and metrics."""
+
+    published: int = 0
+    acknowledged: int = 0
+    rejected: int = 0
+    reconnects: int = 0
+    connected: bool = False
+    last_error: str = ""
+    extra: dict[str, int] = field(default_factory=dict)
+    # Since when the upstream has been unreachable (None while connected): health degrades after
+    # web.disconnected_after_s, so a dead upstream is not "healthy" until its backlog is old.
+    disconnected_since: float | None = field(default_factory=time.time)
+
+    def link(self, up: bool) -> None:
+        """Record the connection state (and since when it is down)."""
+        self.connected = up
+        if up:
+            self.disconnected_since = None
+        elif self.disconnected_since is None:
+            self.disconnected_since = time.time()

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC
 from enum import Enum
 from pathlib import Path
@@ -46,7 +46,7 @@ from edge.backoff import Backoff
 from edge.config import HttpUpstreamConfig
 from edge.errors import certificate_problem
 from edge.model import ENDPOINT
-from edge.sinks.base import Backlog, Formatter, OutMessage, format_isolated
+from edge.sinks.base import Backlog, Formatter, OutMessage, SinkStats, format_isolated
 
 log = logging.getLogger(__name__)
 
@@ -74,28 +74,10 @@ the message: a crash in between re-sends the batch, so the same message may arri
 
 
 @dataclass(slots=True)
-class HttpSinkStats:
-    """Counters a sink keeps in memory for status and metrics (the MqttSink's fields plus retries)."""
+class HttpSinkStats(SinkStats):
+    """The MqttSink's counters plus retries (published counts requests, retries included)."""
 
-    published: int = 0  # requests sent, retries included
-    acknowledged: int = 0  # messages answered with 2xx
-    rejected: int = 0  # messages handed to dead_letter
-    reconnects: int = 0  # requests that failed below HTTP (timeout, refused, reset, TLS)
     retries: int = 0  # messages kept for another attempt, for any reason
-    connected: bool = False  # the last request got an HTTP answer
-    last_error: str = ""
-    extra: dict[str, int] = field(default_factory=dict)
-    # Since when the upstream has been unreachable (None while connected): health degrades after
-    # web.disconnected_after_s, so a dead upstream is not "healthy" until its backlog is old.
-    disconnected_since: float | None = field(default_factory=time.time)
-
-    def link(self, up: bool) -> None:
-        """Record the connection state (and since when it is down)."""
-        self.connected = up
-        if up:
-            self.disconnected_since = None
-        elif self.disconnected_since is None:
-            self.disconnected_since = time.time()
 
 
 class _Outcome(Enum):

@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -51,7 +51,7 @@ from edge.errors import certificate_problem
 from edge.model import Entry
 from edge.mqtt import make_client
 from edge.sinks import topic as topics
-from edge.sinks.base import Backlog, Formatter, OutMessage, format_isolated
+from edge.sinks.base import Backlog, Formatter, OutMessage, SinkStats, format_isolated
 from edge.telemetry import escape_control
 
 log = logging.getLogger(__name__)
@@ -110,30 +110,6 @@ class _Batch:
         message, self._next = self._next, None
         assert message is not None
         return message
-
-
-@dataclass(slots=True)
-class SinkStats:
-    """Counters a sink keeps in memory for status and metrics."""
-
-    published: int = 0
-    acknowledged: int = 0
-    rejected: int = 0
-    reconnects: int = 0
-    connected: bool = False
-    last_error: str = ""
-    extra: dict[str, int] = field(default_factory=dict)
-    # Since when the upstream has been unreachable (None while connected): health degrades after
-    # web.disconnected_after_s, so a dead upstream is not "healthy" until its backlog is old.
-    disconnected_since: float | None = field(default_factory=time.time)
-
-    def link(self, up: bool) -> None:
-        """Record the connection state (and since when it is down)."""
-        self.connected = up
-        if up:
-            self.disconnected_since = None
-        elif self.disconnected_since is None:
-            self.disconnected_since = time.time()
 
 
 class MqttSink:

@@ -638,8 +638,8 @@ class Pipeline:
         self.commits += 1
         for uplink in batch.uplinks:
             self.seen.add(uplink.uplink.uplink_id)
-        if self.health is not None:
-            self._observe_health(batch)
+        if self.health is not None:  # committed uplinks only: a few dictionary updates each, no query
+            self.health.observe_all(batch.uplinks)
         if released:
             self._release(released)
         if self.buffer.used_bytes() > self.buffer.max_bytes:  # the bound in force, disk included
@@ -653,11 +653,6 @@ class Pipeline:
             sink.wake.set()
         if self.on_commit is not None:
             self.on_commit()
-
-    def _observe_health(self, batch: Batch) -> None:
-        """Committed uplinks into the health tracker: a few dictionary updates per uplink, no query."""
-        assert self.health is not None
-        self.health.observe_all(batch.uplinks)
 
     def _health_loop(self, stop: threading.Event) -> None:
         """Judge silence and store changed states with their notices, every `health.check_interval_s`."""

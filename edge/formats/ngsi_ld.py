@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 
 from edge.model import Entry, Formatter, OutMessage, Reading
+from edge.vocabulary import QUANTITIES
 
 CONTENT_TYPE = "application/ld+json"
 # Batch upsert (ETSI GS CIM 009 §5.6.8). `update` keeps attributes this gateway does not send;
@@ -84,6 +85,9 @@ class AttributeMap:
 
     The attribute's value is `reading.value * scale`; `integer` rounds it for schemas that demand
     an integer (waterConsumption). `unit_code` is the UN/CEFACT Common Code of the converted value.
+    `source_unit` is the SenML unit `scale` is written for (the vocabulary's unit of `reading`): a
+    reading that comes in another unit is left out of the entity, since a wrong unit is worse than
+    none (it still goes out in SenML with its own unit). None accepts any unit.
     """
 
     entity_type: str
@@ -92,12 +96,20 @@ class AttributeMap:
     unit_code: str | None
     scale: float = 1.0
     integer: bool = False
+    source_unit: str | None = None
 
 
 def _m(entity_type: str, reading: str, attribute: str, unit_code: str | None, scale: float = 1.0,
        integer: bool = False) -> AttributeMap:
-    return AttributeMap(entity_type, reading, attribute, unit_code, scale, integer)
+    return AttributeMap(entity_type, reading, attribute, unit_code, scale, integer, _VOCABULARY_UNITS.get(reading))
 
+
+# The unit every vocabulary reading carries; each scale below is written for it.
+_VOCABULARY_UNITS: dict[str, str | None] = {q.name: q.unit for q in QUANTITIES}
+
+
+# Angles are radians in the vocabulary; the schemas' windDirection is 0-360 degrees.
+_DEGREES_PER_RAD = 180 / math.pi
 
 # The default table. Units follow the schemas' descriptions (weather-schema: atmosphericPressure in
 # hPa, relativeHumidity 0..1; WaterConsumptionObserved: waterConsumption an integer, litres in the
@@ -137,9 +149,9 @@ DEFAULT_ATTRIBUTES: tuple[AttributeMap, ...] = (
     _m(AIR_QUALITY, "co", "co", "59", 1e6),
     _m(AIR_QUALITY, "air-quality-index", "airQualityIndex", None),
     _m(AIR_QUALITY, "wind-speed", "windSpeed", "MTS"),
-    _m(AIR_QUALITY, "wind-direction", "windDirection", "DD"),
+    _m(AIR_QUALITY, "wind-direction", "windDirection", "DD", _DEGREES_PER_RAD),
     _m(WEATHER, "wind-speed", "windSpeed", "MTS"),
-    _m(WEATHER, "wind-direction", "windDirection", "DD"),
+    _m(WEATHER, "wind-direction", "windDirection", "DD", _DEGREES_PER_RAD),
     _m(WEATHER, "precipitation", "precipitation", "MMT", 1000),
     _m(WEATHER, "solar-radiation", "solarRadiation", "D54"),
     _m(WEATHER, "dew-point", "dewPoint", "CEL"),
@@ -269,7 +281,8 @@ def attribute_table(extra: Iterable[Mapping[str, Any]] = ()) -> AttributeTable:
         if not attribute:
             entries = [e for e in entries if (e.entity_type, e.reading) != (entity_type, reading)]
             continue
-        entries.append(AttributeMap(entity_type, reading, attribute, unit_code or None, scale, integer))
+        entries.append(AttributeMap(entity_type, reading, attribute, unit_code or None, scale, integer,
+                                    _VOCABULARY_UNITS.get(reading)))
     return AttributeTable(entries)
 
 
@@ -349,6 +362,8 @@ def _number(reading: Reading, mapping: AttributeMap) -> float | int | None:
     # bool is an int subclass; a true/false state is no quantity to scale.
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
+    if mapping.source_unit is not None and reading.unit != mapping.source_unit:
+        return None  # scaled for another unit: leaving it out beats sending it wrong
     if mapping.integer:
         return round(value * mapping.scale)
     if mapping.scale == 1.0:

@@ -193,7 +193,7 @@ WATER = [Reading("volume", 123.4567, "m3"), Reading("battery-voltage", 3.6, "V")
 WEATHER = [Reading("temperature", -7.5, "Cel"), Reading("humidity", 93, "%RH"), Reading("pressure", 99870, "Pa"),
            Reading("illuminance", 12000, "lx")]
 # Quantities the field maps brought (issue #13).
-STATION = [Reading("wind-speed", 4.2, "m/s"), Reading("wind-direction", 225, "deg"),
+STATION = [Reading("wind-speed", 4.2, "m/s"), Reading("wind-direction", 3.9269908169872414, "rad"),
            Reading("precipitation", 0.0012, "m"), Reading("solar-radiation", 410, "W/m2"),
            Reading("dew-point", 3.5, "Cel"), Reading("temperature", 9.5, "Cel")]
 GASES = [Reading("pm1", 4e-9, "kg/m3"), Reading("pm4", 1.5e-8, "kg/m3"), Reading("no2", 2.1e-8, "/"),
@@ -223,6 +223,17 @@ def test_ngsi_ld_entities_validate_against_smart_data_models(readings, options, 
         assert_valid(entity, location_required=located and entity["type"] != "Device")
         if located:
             assert entity["type"] == "Device" or entity["location"]["value"]["coordinates"] == [17.3069, 62.3908]
+
+
+def test_ngsi_ld_wind_direction_leaves_in_degrees_and_a_foreign_unit_is_left_out():
+    # The vocabulary's angles are radians; the schemas' windDirection is 0-360 degrees (DD).
+    weather = by_type(ngsi_ld.entities([entry(STATION)], NgsiLdOptions()))["WeatherObserved"]
+    assert (weather["windDirection"]["value"], weather["windDirection"]["unitCode"]) == (225.0, "DD")
+    # A reading whose unit is not the one the table's scale is written for is not sent scaled wrong.
+    odd = [Reading("wind-direction", 225, "deg"), Reading("temperature", 9.5, "Cel")]
+    weather = by_type(ngsi_ld.entities([entry(odd)], NgsiLdOptions(climate_type="WeatherObserved")))
+    assert "windDirection" not in weather["WeatherObserved"]
+    assert weather["WeatherObserved"]["temperature"]["value"] == 9.5
 
 
 def test_ngsi_ld_air_quality_units_are_converted_back_from_ratios():

@@ -116,7 +116,10 @@ def main() -> int:
         got = drain_paho("127.0.0.1", args.port, client_id, args.protocol == "5", args.count, args.batch,
                          prime=args.prime)
     else:
-        module = importlib.import_module("edge.sources.mqtt_wire")
+        try:
+            module = importlib.import_module("edge.sources.mqtt_subscriber")
+        except ModuleNotFoundError:  # a baseline tree from before the split (issue #16)
+            module = importlib.import_module("edge.sources.mqtt_wire")
         endpoint = MqttEndpoint(url=f"mqtt://127.0.0.1:{args.port}", client_id=client_id, protocol=args.protocol)
         got = drain_wire(module, endpoint, args.count, args.batch, prime=args.prime)
     used = cpu_s() - start

@@ -611,9 +611,9 @@ class Pipeline:
         return write
 
     def handle(self, messages: list[Message]) -> None:
-        """Parse, drop duplicates, decode and commit one batch (runs on the source thread).
+        """Drop duplicates, decode and commit one batch of parsed messages (runs on the source thread).
 
-        One message can only ever affect itself: whatever goes wrong while parsing, decoding or
+        One message can only ever affect itself: whatever goes wrong while decoding or
         normalising it, it is kept (malformed, or raw as a failed decode, with the reason) and the
         rest of the batch is committed. Only a storage failure fails the batch (the broker then
         redelivers all of it), and uplink ids join the duplicate memory only once committed.
@@ -704,8 +704,8 @@ class Pipeline:
                 sink.wake.set()
 
     def _take(self, msg: Message, batch: Batch, fresh: set[str], released: list[str]) -> None:
-        """Parse and decode one message into the batch."""
-        event = parse(msg.topic, msg.payload, msg.received, self.cfg.chirpstack.max_payload_bytes)
+        """Decode one parsed message into the batch."""
+        event = msg.event
         if isinstance(event, Uplink):
             if event.uplink_id in self.seen or event.uplink_id in fresh:
                 batch.count("duplicates")

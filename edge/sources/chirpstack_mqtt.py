@@ -16,26 +16,42 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from edge.backoff import Backoff
 from edge.config import ChirpStackConfig
 from edge.errors import StorageError, certificate_problem
-from edge.sources.mqtt_wire import ConnectionRefused, MqttSubscriber, ProtocolError
+from edge.model import Event
+from edge.sources.chirpstack_events import MAX_PAYLOAD_BYTES, parse
+from edge.sources.mqtt_subscriber import MqttSubscriber
+from edge.sources.mqtt_wire import ConnectionRefused, ProtocolError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
 class Message:
-    """One received MQTT message."""
+    """One received MQTT message, parsed once on arrival: what the pipeline stores and the source acknowledges.
 
-    topic: str
-    payload: bytes
-    received: float
+    `event` is what `parse` made of it (an Uplink, DeviceEvent or Malformed); `topic`, `payload`
+    and `received` are stored with it as received, and `ack` is the (packet id, QoS) the source
+    acknowledges once the batch holding the message is committed (None when it did not come from
+    a broker session: tools and tests).
+    """
+
+    __slots__ = ("ack", "event", "payload", "received", "topic")
+
+    def __init__(self, topic: str, payload: bytes, received: float, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+                 ack: tuple[int, int] | None = None) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.received = received
+        self.event: Event = parse(topic, payload, received, max_payload_bytes)
+        self.ack = ack
+
+    def __repr__(self) -> str:
+        return f"Message({self.topic[:200]!r}, {len(self.payload)} bytes, {type(self.event).__name__})"
 
 
-# Called with a batch of messages; must commit them durably before returning, or raise.
+# Called with a batch of parsed messages; must commit them durably before returning, or raise.
 Handler = Callable[[list[Message]], None]
 
 
@@ -193,8 +209,8 @@ class ChirpStackSource:
 
     def _session(self, sub: MqttSubscriber, stop: threading.Event) -> None:
         batch: list[Message] = []
-        acks: list[tuple[int, int]] = []
         deadline = 0.0
+        max_payload_bytes = self.cfg.max_payload_bytes
         try:
             while not stop.is_set():
                 self.heartbeat = now = time.monotonic()
@@ -205,14 +221,15 @@ class ChirpStackSource:
                 for msg in sub.poll(min(timeout, 0.5), limit=self.batch_max - len(batch)):
                     if not batch:
                         deadline = time.monotonic() + self.batch_s
-                    batch.append(Message(msg.topic, msg.payload, time.time()))
-                    acks.append((msg.mid, msg.qos))
+                    # Parsed here, once, on its way from the socket to the buffer.
+                    batch.append(Message(msg.topic, msg.payload, time.time(), max_payload_bytes=max_payload_bytes,
+                                         ack=(msg.mid, msg.qos)))
                 if batch and (len(batch) >= self.batch_max or time.monotonic() >= deadline):
                     if not self._commit(batch):
                         raise ConnectionError("the buffer could not store the batch")
-                    sub.ack(acks)
+                    sub.ack([m.ack for m in batch if m.ack is not None])
                     self._broken_streak = 0
-                    batch, acks = [], []
+                    batch = []
         finally:
             # Commit what was received; it is not acknowledged on this connection (packet ids
             # belong to it): the broker redelivers it and the buffer drops the duplicates.

@@ -11,7 +11,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import ChirpStackConfig, MqttEndpoint
 from edge.sources.chirpstack_mqtt import ChirpStackSource, Message
-from edge.sources.mqtt_wire import MqttSubscriber
+from edge.sources.mqtt_subscriber import MqttSubscriber
 
 pytestmark = pytest.mark.mosquitto
 QUEUED = 20_000

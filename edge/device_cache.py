@@ -91,7 +91,8 @@ class DeviceCache:
 
     def run(self, stop: threading.Event) -> None:
         """The worker: sync now and periodically, fetch unknown devices in between."""
-        from edge.sources.chirpstack_grpc import ApiNotFound, sync
+        from edge.sources.chirpstack_grpc import ApiNotFound
+        from edge.sources.chirpstack_sync import sync
 
         registry = DeviceRegistry(self.db_path)
         next_sync = 0.0

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Protocol
 
 from edge.errors import EdgeError
-from edge.sources.chirpstack_grpc import ApiExists, ApiNotFound, ApiUnavailable, DeviceKeys, DeviceRecord
+from edge.sources.chirpstack_grpc import ApiExists, ApiNotFound, ApiUnavailable
+from edge.sources.chirpstack_records import DeviceKeys, DeviceRecord
 
 log = logging.getLogger(__name__)
 

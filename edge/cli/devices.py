@@ -20,7 +20,7 @@ from edge.errors import EdgeError
 from edge.model import DeviceInfo, RadioInfo, Uplink
 from edge.pipeline import build_registry
 from edge.sources.chirpstack_grpc import ChirpStackApi  # cheap: it imports grpcio only inside its methods
-from edge.sources.chirpstack_grpc import sync as sync_devices
+from edge.sources.chirpstack_sync import sync as sync_devices
 
 # What `explain` returns when no decoder id applies.
 PROFILE_JS = "profile-js"  # the device profile's own JavaScript codec, run on the gateway

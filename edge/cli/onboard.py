@@ -29,8 +29,9 @@ from edge.onboarding import (
     plan,
     read_rows,
 )
-from edge.sources.chirpstack_grpc import ChirpStackApi, DeviceKeys, DeviceRecord
-from edge.sources.chirpstack_grpc import sync as sync_devices
+from edge.sources.chirpstack_grpc import ChirpStackApi
+from edge.sources.chirpstack_records import DeviceKeys, DeviceRecord
+from edge.sources.chirpstack_sync import sync as sync_devices
 
 
 def log_path(cfg: Config) -> Path:

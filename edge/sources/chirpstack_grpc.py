@@ -2,7 +2,9 @@
 
 Nothing here is imported at `edge` import time on purpose: grpcio costs ~20 MB RSS and
 `chirpstack_api` another ~5 MB, so both are imported inside the functions that need them.
-No protobuf object leaves this module; callers get the frozen dataclasses below.
+No protobuf object leaves this module; callers get the frozen dataclasses of
+edge/sources/chirpstack_records.py. `sync` (edge/sources/chirpstack_sync.py) fills the device
+cache through this client.
 
 Exception tree (all subclasses of `edge.errors.EdgeError`):
 
@@ -25,13 +27,14 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from edge.errors import EdgeError
+from edge.sources.chirpstack_hints import unreachable_hint
+from edge.sources.chirpstack_records import ApplicationRecord, DeviceKeys, DeviceRecord, ProfileRecord
 
 log = logging.getLogger(__name__)
 
@@ -62,73 +65,6 @@ class ApiExists(ApiError):
 
 class ApiUnavailable(ApiError):
     """ChirpStack could not be reached (after retries)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ApplicationRecord:
-    """A ChirpStack application."""
-
-    id: str
-    tenant_id: str
-    name: str
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceRecord:
-    """A ChirpStack device.
-
-    `variables` and `is_disabled` are None when the record comes from `list_devices`:
-    ChirpStack's List response does not carry them, only Get does.
-    """
-
-    dev_eui: str
-    name: str
-    application_id: str
-    profile_id: str
-    description: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
-    variables: dict[str, str] | None = None
-    is_disabled: bool | None = None
-    join_eui: str = ""  # OTAA JoinEUI (AppEUI); only from `get_device`
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileRecord:
-    """A ChirpStack device profile with its payload codec."""
-
-    id: str
-    name: str
-    codec_runtime: str  # "NONE", "CAYENNE_LPP" or "JS"
-    codec_script: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceKeys:
-    """A device's OTAA root keys, hex. Never logged or printed unless asked for (`export --with-keys`).
-
-    For LoRaWAN 1.0.x devices the AppKey is ChirpStack's `nwk_key` (its API names it so);
-    `app_key` is only set for LoRaWAN 1.1 devices.
-    """
-
-    dev_eui: str
-    nwk_key: str
-    app_key: str = ""
-
-    def __repr__(self) -> str:
-        return f"DeviceKeys({self.dev_eui!r}, <keys hidden>)"
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResult:
-    """What one `sync` pulled from ChirpStack."""
-
-    tenants: int
-    applications: int
-    devices: int
-    profiles: int
-    seconds: float
 
 
 def _grpc() -> Any:
@@ -257,31 +193,10 @@ class ChirpStackApi:
         if code == grpc.StatusCode.ALREADY_EXISTS:
             return ApiExists(f"{where}: {action}: already exists")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return ApiUnavailable(f"ChirpStack API {self.url} unreachable: {self._hint(code, details)}"
+            hint = unreachable_hint(code.name, details, timeout_s=self.timeout_s, tls=self.tls)
+            return ApiUnavailable(f"ChirpStack API {self.url} unreachable: {hint}"
                                   f" ({code.name}: {details})")
         return ApiError(f"ChirpStack API {self.url}: {action} failed: {code.name}: {details}")
-
-    def _hint(self, code: Any, details: str) -> str:
-        """What a technician should check, read from gRPC's (rather technical) failure details."""
-        grpc = _grpc()
-        text = details.lower()
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return (f"no answer within {self.timeout_s:g} s; the host is down, or a firewall drops the traffic,"
-                    " or ChirpStack is overloaded")
-        if "connection refused" in text:
-            return ("nothing listens on that port; is ChirpStack running, and is the port that of its"
-                    " [api] bind (8080 by default)?")
-        if "resolv" in text or "domain name" in text or "dns" in text:
-            return "the host name does not resolve; check the name or use an IP address"
-        if "handshake" in text or "ssl" in text or "certificate" in text:
-            if self.tls:
-                return ("the TLS handshake failed; if ChirpStack serves plain gRPC (its default) write host:port"
-                        " or http://host:port, otherwise api_ca_file must be the CA that signed its certificate")
-            return "the TLS handshake failed"
-        if "http/2" in text or "http2" in text or "settings frame" in text:
-            return ("something answers on that port, but not gRPC; is it ChirpStack's API port ([api] bind,"
-                    " 8080 by default)?" + ("" if self.tls else " If it serves TLS, use https://host:port."))
-        return "no connection; is ChirpStack running and reachable from here?"
 
     def _pages(self, action: str, rpc: Callable[..., Any], make: Callable[[int, int], Any]) -> list[Any]:
         """Every item of a List call, page by page, until total_count is reached."""
@@ -526,51 +441,3 @@ class ChirpStackApi:
         resp = self._call(f"enqueue a downlink for {dev_eui}", self._stub("DeviceService").Enqueue,
                           api.EnqueueDeviceQueueItemRequest(queue_item=item), retry=False)
         return str(resp.id)
-
-
-class RegistryWriter(Protocol):
-    """Where `sync` writes (edge.buffer.registry.DeviceRegistry; a protocol so sources never import buffer)."""
-
-    def replace_all(self, applications: Sequence[ApplicationRecord], devices: Sequence[DeviceRecord],
-                    profiles: Sequence[ProfileRecord]) -> None:
-        """Replace the whole cache in one transaction."""
-
-
-def sync(api: ChirpStackApi, registry: RegistryWriter, tenant_id: str | None = None) -> SyncResult:
-    """Pull every application, device and profile the token can see and replace the cache.
-
-    Everything is read before anything is written: if ChirpStack fails mid-way the exception
-    propagates and the cache keeps its previous content.
-
-    Args:
-        api: the client.
-        registry: the cache to replace.
-        tenant_id: sync only this tenant (needed for tenant keys, which may not list tenants);
-            None syncs every tenant, which only an admin key may list.
-
-    Returns:
-        Counts of what was written.
-    """
-    started = time.monotonic()
-    if tenant_id:
-        api.get_tenant(tenant_id)  # a mistyped id must fail, not replace the cache with nothing
-        tenants = [tenant_id]
-    else:
-        tenants = api.list_tenants()
-    apps = [app for t in tenants for app in api.list_applications(t)]
-    # List responses lack variables and is_disabled, so each device is read once more.
-    devices: list[DeviceRecord] = []
-    for app in apps:
-        for listed in api.list_devices(app.id):
-            try:
-                devices.append(api.get_device(listed.dev_eui))
-            except ApiNotFound:
-                # Deleted between List and Get: it is gone, which is what the cache should say.
-                log.debug("Device %s was deleted during the sync.", listed.dev_eui)
-    profile_ids = sorted({d.profile_id for d in devices if d.profile_id})
-    profiles = [api.get_device_profile(p) for p in profile_ids]
-    registry.replace_all(apps, devices, profiles)
-    result = SyncResult(len(tenants), len(apps), len(devices), len(profiles), time.monotonic() - started)
-    log.info("Device cache synced from %s: %d devices in %d applications, %d profiles (%.1fs).",
-             api.url, result.devices, result.applications, result.profiles, result.seconds)
-    return result

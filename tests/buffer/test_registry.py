@@ -11,7 +11,7 @@ from edge.buffer import migrations
 from edge.buffer.registry import SCHEMA_V2, DeviceRegistry
 from edge.buffer.store import Buffer
 from edge.errors import StorageError
-from edge.sources.chirpstack_grpc import ApplicationRecord, DeviceRecord, ProfileRecord
+from edge.sources.chirpstack_records import ApplicationRecord, DeviceRecord, ProfileRecord
 
 APP = ApplicationRecord("app-1", "tenant-1", "Parking", "sensors in car parks")
 PROFILE = ProfileRecord("prof-1", "Elsys ERS", "JS", "function decodeUplink(i) {}", {"decoder": "elsys/ers"})

@@ -21,13 +21,11 @@ from edge.sources.chirpstack_grpc import (
     ApiNotFound,
     ApiPermissionError,
     ApiUnavailable,
-    ApplicationRecord,
     ChirpStackApi,
-    DeviceRecord,
-    ProfileRecord,
     _target,
-    sync,
 )
+from edge.sources.chirpstack_records import ApplicationRecord, DeviceRecord, ProfileRecord
+from edge.sources.chirpstack_sync import sync
 from tests.grpc_server import FakeChirpStack, State
 from tests.pki import make_pki
 

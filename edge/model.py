@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -37,7 +39,12 @@ class Reading:
 
 @dataclass(slots=True)
 class RadioInfo:
-    """Link metadata of one uplink, reported for the gateway with the best RSSI."""
+    """Link metadata of one uplink, reported for the gateway with the best RSSI.
+
+    Values are as ChirpStack reports them (RSSI in dBm). `stored` is the stored form this was
+    read from (`radio_from_json`), passed on as it is by `radio_json`: a radio value goes out
+    exactly as it was stored, never converted back and forth.
+    """
 
     fcnt: int | None = None
     fport: int | None = None
@@ -48,6 +55,7 @@ class RadioInfo:
     snr: float | None = None
     gateway_id: str | None = None
     gateways: int = 0
+    stored: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -172,8 +180,26 @@ def readings_from_json(blob: bytes) -> list[Reading]:
     return out
 
 
+# SenML's primary unit for RSSI is dBW; ChirpStack reports dBm (a secondary unit, RFC 8798).
+_DBM_TO_DBW = -30
+
+
+def _shifted(value: float, offset: int) -> float:
+    """`value + offset` exact in decimal: -127.8 dBm is -157.8 dBW (binary arithmetic may add noise)."""
+    if isinstance(value, int) or not math.isfinite(value) or value.is_integer():
+        return value + offset  # whole numbers, as ChirpStack reports RSSI, are exact in binary
+    return float(Decimal(repr(value)) + offset)
+
+
 def radio_json(r: RadioInfo) -> bytes:
-    """Radio metadata in canonical stored form: SenML records in primary units (RSSI in dBW)."""
+    """Radio metadata in canonical stored form: SenML records in primary units (RSSI in dBW).
+
+    The stored form is what upstreams are sent (link packs splice it) and what `edge buffer list`
+    shows, so the RSSI is converted to dBW here, once, when the records are built; radio metadata
+    read back from the buffer keeps its stored form (`RadioInfo.stored`).
+    """
+    if r.stored is not None:
+        return r.stored
     recs: list[dict[str, Any]] = []
     if r.fcnt is not None:
         recs.append({"n": "fcnt", "u": "count", "v": r.fcnt})
@@ -186,7 +212,7 @@ def radio_json(r: RadioInfo) -> bytes:
     if r.dr is not None:
         recs.append({"n": "dr", "v": r.dr})
     if r.rssi is not None:
-        recs.append({"n": "rssi", "u": "dBW", "v": r.rssi - 30})  # dBm is only a secondary unit
+        recs.append({"n": "rssi", "u": "dBW", "v": _shifted(r.rssi, _DBM_TO_DBW)})
     if r.snr is not None:
         recs.append({"n": "snr", "u": "dB", "v": r.snr})
     recs.append({"n": "gateways", "u": "count", "v": r.gateways})
@@ -196,15 +222,15 @@ def radio_json(r: RadioInfo) -> bytes:
 
 
 def radio_from_json(blob: bytes) -> RadioInfo:
-    """The inverse of radio_json."""
+    """The radio metadata of stored records, which it keeps as its stored form (the inverse of radio_json)."""
     values = {rec["n"]: rec.get("v", rec.get("vs")) for rec in orjson.loads(blob)}
     rssi = values.get("rssi")
     gateway = values.get("gateway")
     return RadioInfo(fcnt=values.get("fcnt"), fport=values.get("fport"), frequency=values.get("frequency"),
                      spreading_factor=values.get("sf"), dr=values.get("dr"),
-                     rssi=None if rssi is None else rssi + 30, snr=values.get("snr"),
+                     rssi=None if rssi is None else _shifted(rssi, -_DBM_TO_DBW), snr=values.get("snr"),
                      gateway_id=gateway.removeprefix("urn:dev:mac:") if gateway else None,
-                     gateways=values.get("gateways", 0))
+                     gateways=values.get("gateways", 0), stored=blob)
 
 
 class Entry:

@@ -310,14 +310,8 @@ def _check_chirpstack(r: _Report, cfg: Config, listen: float) -> float | None:
 def _check_chirpstack_api(r: _Report, cfg: Config) -> None:
     """The gRPC API with the configured token and tenant, then how fresh the device registry cache is."""
     from edge.buffer.registry import DeviceRegistry
-    from edge.errors import EdgeError
-    from edge.sources.chirpstack_grpc import (
-        ApiAuthError,
-        ApiNotFound,
-        ApiPermissionError,
-        ApiUnavailable,
-        ChirpStackApi,
-    )
+    from edge.errors import ApiAuthError, ApiNotFound, ApiPermissionError, ApiUnavailable, EdgeError
+    from edge.sources.chirpstack_grpc import ChirpStackApi
 
     cs = cfg.chirpstack
     if not cs.api_url:

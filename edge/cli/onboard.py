@@ -17,10 +17,9 @@ from edge.cli import CONFIG_OPTION, _load, _timestamp
 from edge.cli.devices import _client, _fail, _registry, _setting, api_options, devices
 from edge.cli.text import echo
 from edge.config import Config
-from edge.errors import EdgeError
+from edge.errors import EdgeError, SheetError
 from edge.onboarding import (
     Directory,
-    SheetError,
     Step,
     apply,
     export_rows,

@@ -11,7 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edge.vocabulary import BY_NAME, Quantity, UnitMismatch, conversion
+from edge.errors import MapError, UnitMismatch
+from edge.vocabulary import BY_NAME, Quantity, conversion
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +27,6 @@ _KEY_RE = re.compile(r"^(ttn|chirpstack|native|object):[^\s:]+$")
 Step = str | int
 ANY_INDEX = "[*]"
 ANY_KEY = "*"
-
-
-class MapError(ValueError):
-    """A field map that does not follow docs/field-maps.md; `problems` says where and why."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = list(problems)
 
 
 # --- field paths -----------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from edge.errors import OverLimit
+
 # The bounds of one decode. A real codec returns a few dozen values and an error or two; these
 # are far above that and far below what hurts a Raspberry Pi (memory, a 1 GB buffer, the log).
 MAX_DEPTH = 32  # nesting of objects and lists in `data`
@@ -20,10 +22,6 @@ MAX_REASON_CHARS = 1024  # the stored reason of a failed decode or a malformed m
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 # Integers a JSON encoder (orjson) and SQLite take: 64 bits.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-
-
-class OverLimit(ValueError):
-    """Foreign data is beyond a bound; the text says which (and never quotes the data)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from edge.decoding import limits
 from edge.decoding.base import Decoder, DecodeResult, DeviceContext
 from edge.decoding.fieldmap import EMPTY, FieldMap, MapIndex, default_index, map_for
 from edge.decoding.normalize import normalise
+from edge.errors import OverLimit
 from edge.model import DecodeStatus, Reading, Uplink
 
 if TYPE_CHECKING:
@@ -369,9 +370,9 @@ class DecoderRegistry:
             if result.warnings:
                 limits.check_messages(result.warnings, "warnings")
             if data is not None and type(data) is not dict and not isinstance(data, Mapping):
-                raise limits.OverLimit(f"data is a {type(data).__name__}, not an object")
+                raise OverLimit(f"data is a {type(data).__name__}, not an object")
             limits.check_data(data)
-        except limits.OverLimit as exc:
+        except OverLimit as exc:
             return Decoded(DecodeStatus.FAILED, [], decoder, f"codec output over the limits: {exc}")
         try:
             normalised = normalise(data, fmap, received)

@@ -4,15 +4,7 @@ Nothing here is imported at `edge` import time on purpose: grpcio costs ~20 MB R
 `chirpstack_api` another ~5 MB, so both are imported inside the functions that need them.
 No protobuf object leaves this module; callers get the frozen dataclasses below.
 
-Exception tree (all subclasses of `edge.errors.EdgeError`):
-
-    ApiError              any other failure of a call (the gRPC status code and details in the message)
-     ├── ApiAuthError      UNAUTHENTICATED with a reason: the token is not a key of this ChirpStack
-     ├── ApiPermissionError UNAUTHENTICATED without a reason (or PERMISSION_DENIED): the key was
-     │                     deleted, or may not do this (a tenant key outside its tenant)
-     ├── ApiNotFound       NOT_FOUND: the tenant, device or profile does not exist
-     ├── ApiExists         ALREADY_EXISTS: a create found the object (device, keys) already there
-     └── ApiUnavailable    UNAVAILABLE / DEADLINE_EXCEEDED after every retry
+Its errors are ApiError and its subclasses, drawn with the whole tree in edge/errors.py.
 
 ChirpStack v4 never answers PERMISSION_DENIED: its request validator turns every refused access
 into UNAUTHENTICATED with empty details, while a token it cannot decode gets the decoder's error
@@ -31,37 +23,20 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from edge.errors import EdgeError
+from edge.errors import (
+    ApiAuthError,
+    ApiError,
+    ApiExists,
+    ApiNotFound,
+    ApiPermissionError,
+    ApiUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 PAGE_SIZE = 100
-
-
-class ApiError(EdgeError):
-    """A ChirpStack API call failed."""
-
-
-class ApiAuthError(ApiError):
-    """ChirpStack rejected the API token."""
-
-
-class ApiPermissionError(ApiError):
-    """The API token is valid but may not do what was asked."""
-
-
-class ApiNotFound(ApiError):
-    """The object asked for does not exist in ChirpStack."""
-
-
-class ApiExists(ApiError):
-    """The object to create is already in ChirpStack."""
-
-
-class ApiUnavailable(ApiError):
-    """ChirpStack could not be reached (after retries)."""
 
 
 @dataclass(frozen=True, slots=True)

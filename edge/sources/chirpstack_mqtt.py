@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from edge.backoff import Backoff
 from edge.config import ChirpStackConfig
-from edge.errors import StorageError, certificate_problem
-from edge.sources.mqtt_wire import ConnectionRefused, MqttSubscriber, ProtocolError
+from edge.errors import ConnectionRefused, ProtocolError, StorageError, certificate_problem
+from edge.sources.mqtt_wire import MqttSubscriber
 
 log = logging.getLogger(__name__)
 

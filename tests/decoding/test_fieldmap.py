@@ -15,7 +15,6 @@ from edge.decoding.coverage import check, read_js_literal
 from edge.decoding.fieldmap import (
     ANY_INDEX,
     ANY_KEY,
-    MapError,
     MapIndex,
     default_index,
     format_path,
@@ -27,6 +26,7 @@ from edge.decoding.fieldmap import (
 )
 from edge.decoding.normalize import normalise
 from edge.decoding.registry import DecoderRegistry, DeviceHints
+from edge.errors import MapError
 from edge.model import DecodeStatus, DeviceInfo, RadioInfo, Reading, Uplink, readings_from_json, readings_json
 
 RECV = 1_800_000_000.0

@@ -15,12 +15,8 @@ import pytest
 from chirpstack_api import api
 
 from edge.buffer.registry import DeviceRegistry
+from edge.errors import ApiAuthError, ApiError, ApiNotFound, ApiPermissionError, ApiUnavailable
 from edge.sources.chirpstack_grpc import (
-    ApiAuthError,
-    ApiError,
-    ApiNotFound,
-    ApiPermissionError,
-    ApiUnavailable,
     ApplicationRecord,
     ChirpStackApi,
     DeviceRecord,

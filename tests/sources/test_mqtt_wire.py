@@ -10,7 +10,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import MqttEndpoint
-from edge.sources.mqtt_wire import ConnectionRefused, MqttSubscriber
+from edge.errors import ConnectionRefused
+from edge.sources.mqtt_wire import MqttSubscriber
 
 pytestmark = pytest.mark.mosquitto
 TOPIC = "application/+/device/+/event/+"

@@ -281,11 +281,14 @@ class EncodeResult:
 
 
 class _Failure(Exception):
-    """One call failed; the message is the error string reported to the caller."""
+    """One call failed; the message is the error string reported to the caller.
+
+    Never leaves this module: the public methods turn it into `errors` or a ConfigError.
+    """
 
 
 class _TimedOut(Exception):
-    """The engine interrupted the call because its CPU budget ran out."""
+    """The engine interrupted the call because its CPU budget ran out (never leaves this module)."""
 
 
 def _messages(value: Any) -> list[str]:

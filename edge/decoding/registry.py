@@ -19,7 +19,7 @@ from edge.model import DecodeStatus, Reading, Uplink
 
 if TYPE_CHECKING:
     from edge.decoding.catalogue import CatalogueIndex, Match
-    from edge.decoding.js.runtime import EncodeResult
+    from edge.decoding.js.replies import EncodeResult
 
 log = logging.getLogger(__name__)
 

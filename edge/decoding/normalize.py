@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from edge.decoding.fieldmap import ANY_INDEX, ANY_KEY, EMPTY, FieldMap, FieldSpec, Step
+from edge.decoding.fieldmap import EMPTY, FieldMap
+from edge.decoding.fieldpath import ANY_INDEX, ANY_KEY, Step
+from edge.decoding.fieldspec import FieldSpec
 from edge.errors import UnitMismatch
 from edge.model import Reading, Value
 

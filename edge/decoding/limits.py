@@ -191,3 +191,12 @@ def summarise_messages(messages: Any, what: str = "errors") -> str:
                      if isinstance(message, str) else f"<{type(message).__name__}>")
     more = f" (and {len(messages) - MAX_MESSAGES} more {what})" if len(messages) > MAX_MESSAGES else ""
     return truncate("; ".join(shown), MAX_REASON_CHARS - len(more)) + more
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as a bounded one-line reason (its text may quote foreign data)."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - str() of a hostile exception argument may itself fail
+        text = type(exc).__name__
+    return truncate(text.replace("\n", " "), MAX_REASON_CHARS)

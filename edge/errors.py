@@ -22,9 +22,9 @@
      └── CommandError          (also ValueError) a downlink command from an upstream is refused
 
 A second base keeps old `except ConnectionError` / `except ValueError` callers working. A payload
-that does not decode is not an exception either: decoders report it in `DecodeResult.errors` and
-the registry stores the uplink raw as failed (edge/decoding/base.py). Malformed ChirpStack events
-are not exceptions: the source turns them into `Malformed` events, stored and acknowledged like
+that does not decode is not an exception: decoders report it in `DecodeResult.errors` and the
+registry stores the uplink raw as failed (edge/decoding/base.py). Malformed ChirpStack events are
+not exceptions either: the source turns them into `Malformed` events, stored and acknowledged like
 any other message. A few private exceptions (`_Failure` in edge/decoding/js/runtime.py, ...) are
 raised and caught inside one module for control flow; tests/test_errors.py lists them.
 """

@@ -26,7 +26,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from edge import present
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 from edge.config import Config
 from edge.errors import EdgeError
 from edge.model import DecodeStatus

@@ -209,7 +209,7 @@ def _registry(cfg: Config, readonly: bool) -> DeviceRegistry:
 
 def _last_uplink(buffer_path: str, dev_eui: str) -> Uplink | None:
     """The device's last stored uplink, parsed again from its raw message (None if gone)."""
-    from edge.buffer.store import connect
+    from edge.buffer.db import connect
     from edge.sources.chirpstack_events import parse
 
     if not Path(buffer_path).exists():
@@ -243,7 +243,7 @@ def wait_for_queue_item(buffer_path: str | Path, queue_id: str, timeout: float, 
     Returns:
         The first matching event as {id, kind, dev_eui, time, summary}, or None on timeout.
     """
-    from edge.buffer.store import connect
+    from edge.buffer.db import connect
 
     deadline = time.monotonic() + timeout
     marks = ",".join("?" * len(kinds))

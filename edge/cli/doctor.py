@@ -499,9 +499,10 @@ def _check_disk(r: _Report, cfg: Config) -> None:
 
 
 def _check_buffer(r: _Report, cfg: Config) -> None:
+    from edge.buffer import Buffer
+    from edge.buffer.db import connect
     from edge.buffer.location import problem
     from edge.buffer.migrations import MIGRATIONS
-    from edge.buffer.store import Buffer, connect
 
     path = Path(cfg.buffer.path)
     blocked = problem(path)

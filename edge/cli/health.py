@@ -20,8 +20,8 @@ from edge.errors import EdgeError
 
 def report(cfg: Config, now: float | None = None) -> list[dict[str, Any]]:
     """Every device's health summary as the running service last stored it, the unwell first."""
+    from edge.buffer import Buffer
     from edge.buffer import health as store
-    from edge.buffer.store import Buffer
     from edge.health import DeviceHealth, HealthTracker
 
     try:

@@ -41,10 +41,10 @@ def explain(config_path: Path, name: str, dev_eui: str) -> None:
         raise click.UsageError(f"no upstream named {name!r}; configured: {', '.join(_upstream_names(cfg))}")
     buf = Buffer(_existing_buffer(cfg.buffer.path), readonly=True)
     dev_eui = dev_eui.lower()
-    row = buf.db.execute("SELECT last_uplink FROM devices WHERE dev_eui = ?", (dev_eui,)).fetchone()
-    if row is None:
+    last = buf.last_uplink_row(dev_eui)
+    if last is None:
         raise click.ClickException(f"no uplink from {dev_eui} in the buffer yet")
-    entries = buf.read(row[0] - 1, 1)
+    entries = buf.read(last - 1, 1)
     if not entries or entries[0].dev_eui != dev_eui:
         raise click.ClickException(f"the last uplink of {dev_eui} is no longer buffered")
     rules = mqtt[name].share if name in mqtt else http[name].share

@@ -1,5 +1,4 @@
-"""The buffer: one SQLite connection with every role (writer, sizing, cursors, inspection, dead letters, thinning,
-command ids), and opening the writer's after a crash.
+"""Buffer, one connection composed of every role of the buffer, and open_writer, which opens it safely after a crash.
 
 Durability contract (docs/reliability.md): `append` returns only after the batch is committed
 with synchronous=FULL in WAL mode, so whatever the source acknowledges afterwards survives a

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from edge import quarantine
+from edge.buffer import Batch, Buffer, Gap, NewUplink, is_disk_full, open_writer
 from edge.buffer import health as health_store
-from edge.buffer.store import Batch, Buffer, Gap, NewUplink, is_disk_full, open_writer
 from edge.config import Config, HttpUpstreamConfig, UpstreamConfig
 from edge.decoding.base import Decoder
 from edge.decoding.catalogue import CatalogueIndex

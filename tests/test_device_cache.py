@@ -12,7 +12,7 @@ import orjson
 import pytest
 from chirpstack_api import api
 
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 from edge.config import load_config
 from edge.model import DecodeStatus
 from edge.pipeline import Pipeline, redecode, wait_until

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 from edge.config import Config, ShareRules, parse_config
 from edge.decoding import limits
 from edge.decoding.base import DecodeResult, DeviceContext, Field
@@ -589,7 +589,7 @@ def test_deep_json_helper_is_what_it_says() -> None:
 
 def test_malformed_messages_keep_within_their_share_of_the_buffer(tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    from edge.buffer.store import MALFORMED_SHARE, Batch
+    from edge.buffer import MALFORMED_SHARE, Batch
 
     buf = Buffer(tmp_path / "b.sqlite", max_bytes=4 << 20)
     try:

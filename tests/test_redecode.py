@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 from edge.cli import main
 from edge.config import load_config
 from edge.decoding.base import DecodeResult, Field

@@ -171,7 +171,7 @@ def _ago(ts: float | None) -> str:
 def status(config_path: Path, as_json: bool, devices: int) -> None:
     """Show backlogs, counters and each device's last uplink."""
     from edge import quarantine
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
     from edge.model import DecodeStatus
     from edge.telemetry import plain_counters, unmapped_by_codec
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from edge.cli import CONFIG_OPTION, _load
 from edge.cli.text import echo
 from edge.config import Config
 from edge.decoding.registry import DecoderRegistry, DeviceHints, Rule
-from edge.errors import EdgeError
+from edge.errors import EdgeError, StorageError
 from edge.model import DeviceInfo, RadioInfo, Uplink
 from edge.pipeline import build_registry
 from edge.sources.chirpstack_grpc import ChirpStackApi  # cheap: it imports grpcio only inside its methods
@@ -209,19 +208,18 @@ def _registry(cfg: Config, readonly: bool) -> DeviceRegistry:
 
 def _last_uplink(buffer_path: str, dev_eui: str) -> Uplink | None:
     """The device's last stored uplink, parsed again from its raw message (None if gone)."""
-    from edge.buffer.store import connect
+    from edge.buffer import Inspector
     from edge.sources.chirpstack_events import parse
 
     if not Path(buffer_path).exists():
         return None
-    db = connect(buffer_path, readonly=True)
+    look = Inspector(buffer_path)
     try:
-        row = db.execute("SELECT r.topic, r.payload, r.received FROM devices d JOIN raw r ON r.id = d.last_uplink"
-                         " WHERE d.dev_eui = ?", (dev_eui.lower(),)).fetchone()
-    except sqlite3.Error:
+        row = look.last_uplink_message(dev_eui.lower())
+    except StorageError:
         return None  # no v1 tables yet: nothing was ever stored
     finally:
-        db.close()
+        look.close()
     event = parse(row[0], row[1], row[2]) if row else None
     return event if isinstance(event, Uplink) else None
 
@@ -243,24 +241,20 @@ def wait_for_queue_item(buffer_path: str | Path, queue_id: str, timeout: float, 
     Returns:
         The first matching event as {id, kind, dev_eui, time, summary}, or None on timeout.
     """
-    from edge.buffer.store import connect
+    from edge.buffer import Inspector
 
     deadline = time.monotonic() + timeout
-    marks = ",".join("?" * len(kinds))
-    # The trailing space stops one id from matching another that it prefixes.
-    params = (*kinds, f"queueItemId={queue_id} %")
     while True:
         if Path(buffer_path).exists():
-            db = connect(buffer_path, readonly=True)
+            look = Inspector(buffer_path)
             try:
-                row = db.execute(f"SELECT id, kind, dev_eui, time, summary FROM events WHERE kind IN ({marks})"
-                                 " AND summary LIKE ? ORDER BY id LIMIT 1", params).fetchone()
-            except sqlite3.OperationalError:
+                row = look.queue_event(queue_id, kinds)
+            except StorageError:
                 row = None  # the pipeline has not created the schema yet
             finally:
-                db.close()
+                look.close()
             if row:
-                return dict(zip(("id", "kind", "dev_eui", "time", "summary"), row, strict=True))
+                return row
         if time.monotonic() >= deadline:
             return None
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))

@@ -213,7 +213,7 @@ def verify(config_path: Path, since: str | None, wait: bool, timeout: float, as_
 
     Exit status 0 when every device sent an uplink that decoded, 1 when some still need attention.
     """
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
 
     cfg = _load(config_path)
     imported = _imported(cfg, _timestamp(since, hint="--since"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 from edge.config import load_config
 from edge.errors import StorageFull
 from edge.pipeline import BufferBacklog, Pipeline

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 from edge.cli import _timestamp, main
 from edge.config import load_config
 from edge.pipeline import Pipeline

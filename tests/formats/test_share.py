@@ -62,7 +62,7 @@ def test_share_thinning_ignores_uplinks_left_without_readings():
 
 
 def store(tmp_path, sink: str = "opendata", readonly: bool = False):
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
     from edge.pipeline import BufferThinStore
 
     buf = Buffer(tmp_path / "buffer.sqlite", readonly=readonly)

@@ -371,8 +371,9 @@ def _register() -> None:
     from edge.cli.buffer import buffer
     from edge.cli.codecs import codecs
     from edge.cli.decoders import decoders
-    from edge.cli.devices import devices, downlink
+    from edge.cli.devices import devices
     from edge.cli.doctor import doctor
+    from edge.cli.downlink import downlink
     from edge.cli.sharing import deadletter, shares
     from edge.cli.watch import watch
 

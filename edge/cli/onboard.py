@@ -14,7 +14,8 @@ import orjson
 
 from edge import present
 from edge.cli import CONFIG_OPTION, _load, _timestamp
-from edge.cli.devices import _client, _fail, _registry, _setting, api_options, devices
+from edge.cli.api import _client, _fail, _registry, _setting, api_options
+from edge.cli.devices import devices
 from edge.cli.text import echo
 from edge.config import Config
 from edge.errors import EdgeError, SheetError

@@ -2,7 +2,8 @@
 
 Pure apart from the device lookup and the thinning store it is given (both read from the buffer,
 wired by the pipeline). A filtered-out entry still counts as handled for that upstream, so its
-cursor moves on: a record no rule lets through is simply never sent there.
+cursor moves on: a record no rule lets through is simply never sent there. Filtered entries keep their stored radio records, and their stored readings when the
+rules change none of them, so nothing is parsed and written again for nothing.
 
 Thinning (`thin_s`) keeps an uplink when its interval, `floor(time / thin_s)`, is later than that
 of the device's previous kept uplink, in buffer order; `time` is the event's own time, but never
@@ -100,8 +101,7 @@ class ShareFilter:
                 extra.append(Reading(name, str(value)))
         if not extra:
             return entry
-        return Entry(entry.id, entry.uplink_id, entry.dev_eui, entry.application_id, entry.gateway_id, entry.time,
-                     [*entry.readings, *extra], entry.radio)
+        return _with_readings(entry, [*entry.readings, *extra])
 
     def _device_allowed(self, dev_eui: str, meta: Mapping[str, Any] | None) -> bool:
         r = self.rules
@@ -162,16 +162,26 @@ class ShareFilter:
     def _readings(self, entry: Entry) -> Entry:
         r = self.rules
         readings: list[Reading] = []
+        changed = False
         for reading in entry.readings:
             if (r.quantities and reading.name not in r.quantities) or reading.name in r.drop_quantities:
+                changed = True
                 continue
             decimals = self._rounding.get(reading.name)
             if decimals is None and reading.unit not in _WILDCARD_SPARES:
                 decimals = self._rounding.get("*")
             if decimals is not None and isinstance(reading.value, float | int) and not isinstance(reading.value, bool):
-                # A history sample keeps its own time (and its source field) when rounded.
-                reading = Reading(reading.name, round(reading.value, decimals), reading.unit, reading.field,
-                                  reading.time)
+                rounded = round(reading.value, decimals)
+                if rounded != reading.value:
+                    # A history sample keeps its own time (and its source field) when rounded.
+                    reading = Reading(reading.name, rounded, reading.unit, reading.field, reading.time)
+                    changed = True
             readings.append(reading)
-        return Entry(entry.id, entry.uplink_id, entry.dev_eui, entry.application_id, entry.gateway_id, entry.time,
-                     readings, entry.radio)
+        # Unchanged, the entry goes on with its stored records (formatted without writing them anew).
+        return _with_readings(entry, readings) if changed else entry
+
+
+def _with_readings(entry: Entry, readings: list[Reading]) -> Entry:
+    """`entry` with other readings; its radio records stay as stored (never parsed and written again)."""
+    return Entry(entry.id, entry.uplink_id, entry.dev_eui, entry.application_id, entry.gateway_id, entry.time,
+                 readings, radio_blob=entry.radio_json)

@@ -16,9 +16,9 @@ from edge.cli import CONFIG_OPTION, _load
 from edge.cli.text import echo
 from edge.config import Config
 from edge.decoding.registry import DecoderRegistry, DeviceHints, Rule
+from edge.decoding.setup import build_registry
 from edge.errors import EdgeError
 from edge.model import DeviceInfo, RadioInfo, Uplink
-from edge.pipeline import build_registry
 from edge.sources.chirpstack_grpc import ChirpStackApi  # cheap: it imports grpcio only inside its methods
 from edge.sources.chirpstack_grpc import sync as sync_devices
 

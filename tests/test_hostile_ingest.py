@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.buffer import Buffer
+from edge.buffer.adapters import BufferThinStore
 from edge.config import Config, ShareRules, parse_config
 from edge.decoding import limits
 from edge.decoding.base import DecodeResult, DeviceContext, Field
@@ -27,7 +28,7 @@ from edge.decoding.normalize import leaves
 from edge.decoding.registry import NO_HINTS, CoolDown, DecoderRegistry, DeviceHints
 from edge.formats.share import ShareFilter
 from edge.model import DecodeStatus, DeviceEvent, DeviceInfo, Entry, Malformed, RadioInfo, Reading, Uplink
-from edge.pipeline import BufferThinStore, Pipeline
+from edge.pipeline import Pipeline
 from edge.simulate import Simulator
 from edge.sources import chirpstack_events
 from edge.sources.chirpstack_events import parse

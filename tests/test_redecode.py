@@ -11,7 +11,8 @@ from edge.decoding.base import DecodeResult, Field
 from edge.decoding.builtin import builtin_decoders
 from edge.decoding.registry import DecoderRegistry
 from edge.model import DecodeStatus
-from edge.pipeline import Pipeline, redecode
+from edge.pipeline import Pipeline
+from edge.redecode import redecode
 from edge.simulate import Simulator
 from edge.sources.chirpstack_mqtt import Message
 

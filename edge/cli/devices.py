@@ -15,9 +15,9 @@ from edge.cli import CONFIG_OPTION, _load
 from edge.cli.api import _client, _dev_eui, _fail, _registry, _setting, api_options
 from edge.cli.text import echo
 from edge.decoding.registry import DecoderRegistry, DeviceHints, Rule
+from edge.decoding.setup import build_registry
 from edge.errors import EdgeError, StorageError
 from edge.model import DeviceInfo, RadioInfo, Uplink
-from edge.pipeline import build_registry
 from edge.sources.chirpstack_grpc import sync as sync_devices
 
 # What `explain` returns when no decoder id applies.

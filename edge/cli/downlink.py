@@ -15,9 +15,9 @@ from edge.cli.api import _client, _dev_eui, _fail, _registry, api_options
 from edge.cli.text import echo
 from edge.config import Config
 from edge.decoding.registry import DeviceHints
+from edge.decoding.setup import build_registry
 from edge.errors import EdgeError, StorageError
 from edge.model import DeviceInfo, RadioInfo, Uplink
-from edge.pipeline import build_registry
 
 
 def wait_for_queue_item(buffer_path: str | Path, queue_id: str, timeout: float, *,

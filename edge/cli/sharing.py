@@ -31,8 +31,10 @@ def shares() -> None:
 def explain(config_path: Path, name: str, dev_eui: str) -> None:
     """Show what UPSTREAM would receive for DEV_EUI's last uplink."""
     from edge.buffer import Buffer
+    from edge.buffer.adapters import BufferThinStore
+    from edge.formats.outbound import make_http_formatter
     from edge.formats.share import ShareFilter
-    from edge.pipeline import BufferThinStore, make_formatter, make_http_formatter
+    from edge.pipeline import make_formatter
 
     cfg = _load(config_path)
     mqtt = {u.name: u for u in cfg.upstreams}

@@ -54,7 +54,7 @@ def run(emit: Callable[[str, object], None], seconds: float = 3.0) -> None:
     emit("js_decodes_per_s", f"{js_rate:.0f} (the same payloads through an ES5 Elsys codec, fresh context each)")
     emit("native_vs_js_ratio", f"{native_rate / js_rate:.1f}")
     emit("js_context_ms_p50", f"{statistics.median(js_calls):.3f} (one JS decode: new context, script, call)")
-    from edge.decoding.js.runtime import buffer_script
+    from edge.decoding.js.scripts import buffer_script
 
     if buffer_script() is not None:
         _, buffer_calls = _rate(JsCodecDecoder("bench/buffer", BUFFER_CODEC), payloads, seconds / 3)

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.decoding.coverage import bench_lines, catalogue_outputs, fixture_outputs, measure  # noqa: E402
+from edge.decoding.corpus import bench_lines, catalogue_outputs, fixture_outputs, measure  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "ttn-codec-examples"
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from edge.buffer.registry import CachedDevice, CachedProfile, DeviceRegistry
 from edge.config import ChirpStackConfig
 from edge.decoding.registry import NO_HINTS, DeviceHints
-from edge.errors import EdgeError
+from edge.errors import ApiNotFound, EdgeError
 
 if TYPE_CHECKING:  # the gRPC client costs ~20 MB: imported only when an API is configured
     from edge.sources.chirpstack_grpc import ChirpStackApi
@@ -91,7 +91,6 @@ class DeviceCache:
 
     def run(self, stop: threading.Event) -> None:
         """The worker: sync now and periodically, fetch unknown devices in between."""
-        from edge.sources.chirpstack_grpc import ApiNotFound
         from edge.sources.chirpstack_sync import sync
 
         registry = DeviceRegistry(self.db_path)

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import orjson
 
 from edge.config import ChirpStackConfig
-from edge.errors import EdgeError
+from edge.errors import CommandError, EdgeError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,6 @@ FIELDS = frozenset({"id", "time", "dev_eui", "fport", "hex", "object", "confirme
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _EUI = re.compile(r"[0-9a-f]{16}")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
-
-
-class CommandError(ValueError):
-    """Why a command is refused (the text is logged, escaped)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,12 +39,7 @@ class Reading:
 
 @dataclass(slots=True)
 class RadioInfo:
-    """Link metadata of one uplink, reported for the gateway with the best RSSI.
-
-    Values are as ChirpStack reports them (RSSI in dBm). `stored` is the stored form this was
-    read from (`radio_from_json`), passed on as it is by `radio_json`: a radio value goes out
-    exactly as it was stored, never converted back and forth.
-    """
+    """Link metadata of one uplink, reported for the gateway with the best RSSI (in dBm, as ChirpStack reports it)."""
 
     fcnt: int | None = None
     fport: int | None = None
@@ -55,7 +50,6 @@ class RadioInfo:
     snr: float | None = None
     gateway_id: str | None = None
     gateways: int = 0
-    stored: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -194,12 +188,10 @@ def _shifted(value: float, offset: int) -> float:
 def radio_json(r: RadioInfo) -> bytes:
     """Radio metadata in canonical stored form: SenML records in primary units (RSSI in dBW).
 
-    The stored form is what upstreams are sent (link packs splice it) and what `edge buffer list`
-    shows, so the RSSI is converted to dBW here, once, when the records are built; radio metadata
-    read back from the buffer keeps its stored form (`RadioInfo.stored`).
+    The stored form is what upstreams are sent (link packs splice it, entries rebuilt by sharing
+    rules or split packs keep it) and what `edge buffer list` shows, so the RSSI is converted to
+    dBW here, once and exactly, when the records are built.
     """
-    if r.stored is not None:
-        return r.stored
     recs: list[dict[str, Any]] = []
     if r.fcnt is not None:
         recs.append({"n": "fcnt", "u": "count", "v": r.fcnt})
@@ -222,7 +214,7 @@ def radio_json(r: RadioInfo) -> bytes:
 
 
 def radio_from_json(blob: bytes) -> RadioInfo:
-    """The radio metadata of stored records, which it keeps as its stored form (the inverse of radio_json)."""
+    """The inverse of radio_json: RSSI back in dBm, converted exactly, for readers that want it."""
     values = {rec["n"]: rec.get("v", rec.get("vs")) for rec in orjson.loads(blob)}
     rssi = values.get("rssi")
     gateway = values.get("gateway")
@@ -230,7 +222,7 @@ def radio_from_json(blob: bytes) -> RadioInfo:
                      spreading_factor=values.get("sf"), dr=values.get("dr"),
                      rssi=None if rssi is None else _shifted(rssi, -_DBM_TO_DBW), snr=values.get("snr"),
                      gateway_id=gateway.removeprefix("urn:dev:mac:") if gateway else None,
-                     gateways=values.get("gateways", 0), stored=blob)
+                     gateways=values.get("gateways", 0))
 
 
 class Entry:

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from edge.errors import EdgeError
-from edge.sources.chirpstack_grpc import ApiExists, ApiNotFound, ApiUnavailable
+from edge.errors import ApiExists, ApiNotFound, ApiUnavailable, SheetError
 from edge.sources.chirpstack_records import DeviceKeys, DeviceRecord
 
 log = logging.getLogger(__name__)
@@ -51,14 +50,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
 _HEX = re.compile(r"[0-9a-fA-F]*")
 _CODEC = re.compile(r"(ttn|chirpstack|native):[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*")
 MAX_ROWS = 100_000  # a sheet larger than a whole city's fleet is a mistake, not a job
-
-
-class SheetError(EdgeError):
-    """The sheet cannot be imported; `problems` lists every row's problem."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__(f"{len(self.problems)} problem(s) in the file; nothing was changed in ChirpStack")
 
 
 @dataclass(slots=True)

@@ -95,11 +95,16 @@ def load_decoders(allow: Sequence[str] = (), block: Sequence[str] = (), *, entry
                 log.error("%s; skipped.", msg)
                 continue
             sources[f"{dist}:{ep.name}"] = (dist, version)
-    for impl in pm.hook.edge_decoders.get_hookimpls():
+    impls = pm.hook.edge_decoders.get_hookimpls()
+    for impl in impls:
         source, version = sources.get(impl.plugin_name, (impl.plugin_name, "?"))
+        # Each plugin is asked on its own, through pluggy (so EDGE_TRACE_PLUGINS traces the call): one
+        # that raises is reported and skipped while the others still answer.
+        ask = pm.subset_hook_caller("edge_decoders", [other.plugin for other in impls if other is not impl])
         try:
-            returned = cast(Iterable[object], impl.function())  # pluggy types hook functions as `object`
-            decoders = list(returned)
+            answers = ask()
+            # pluggy drops a None answer; list(None) then fails here as the plugin's own call would.
+            decoders = list(cast(Iterable[object], answers[0] if answers else None))
         except Exception as exc:  # noqa: BLE001 - as above: report, skip, keep going
             msg = f"decoder plugin {impl.plugin_name} failed in edge_decoders(): {type(exc).__name__}: {exc}"
             loaded.problems.append(msg)

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.config import load_config
+from edge.decoding.setup import build_registry
 from edge.errors import ConfigError
-from edge.pipeline import Pipeline, build_registry
+from edge.pipeline import Pipeline
 from edge.web import WebServer
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from edge.errors import UnitMismatch
+
 
 @dataclass(frozen=True, slots=True)
 class Quantity:
@@ -230,10 +232,6 @@ EMITTED_UNITS: dict[str, tuple[str, float, float]] = {
 }
 # Vendors' percentages of humidity and battery are already SenML's %RH and %EL.
 _PERCENT_UNITS = frozenset({"%RH", "%EL"})
-
-
-class UnitMismatch(ValueError):
-    """A codec's unit cannot be converted to the quantity's unit (different dimensions)."""
 
 
 def conversion(emitted: str, quantity: Quantity) -> tuple[float, float]:

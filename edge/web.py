@@ -9,7 +9,6 @@ import ipaddress
 import logging
 import re
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,9 +25,9 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from edge import present
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 from edge.config import Config
-from edge.errors import EdgeError
+from edge.errors import EdgeError, StorageError
 from edge.model import DecodeStatus
 from edge.telemetry import UNMAPPED_SHOWN, plain_counters, unmapped_by_codec
 
@@ -233,7 +232,7 @@ class StateReader:
                 if details:
                     snap.devices = buf.devices(devices)
                     snap.malformed = buf.recent_malformed(RECENT_MALFORMED)
-            except sqlite3.Error as exc:
+            except StorageError as exc:
                 snap.buffer_error = f"{cfg.buffer.path}: {exc}"
             finally:
                 buf.close()
@@ -283,46 +282,15 @@ class StateReader:
         with self._lock:
             if self._failures is not None and now - self._failures[0] < DECODE_ERRORS_TTL_S:
                 return self._failures[1], self._failures[2]
-        # The literal status (not a bound parameter) lets SQLite use a partial index on failed
-        # rows, should the schema get one.
-        by_decoder = {str(decoder): int(n) for decoder, n in buf.db.execute(
-            f"SELECT decoder, count(*) FROM uplinks WHERE status = {DecodeStatus.FAILED:d} GROUP BY decoder")}
-        cols = ("time", "dev_eui", "decoder", "error")
-        recent = [dict(zip(cols, r, strict=True)) for r in buf.db.execute(
-            f"SELECT {', '.join(cols)} FROM uplinks WHERE status = {DecodeStatus.FAILED:d}"
-            " ORDER BY id DESC LIMIT ?", (RECENT_FAILURES,))]
+        by_decoder, recent = buf.decode_failures(RECENT_FAILURES)
         with self._lock:
             self._failures = (now, by_decoder, recent)
         return by_decoder, recent
 
 
 def _progress(buf: Buffer, names: Sequence[str], now: float) -> tuple[int, list[dict[str, Any]]]:
-    """Rows in the buffer, and each configured upstream's backlog, age and totals.
-
-    Buffer.sinks() figures, read in O(log n) instead of by scanning the backlog, which takes
-    seconds on an SD card just when an upstream has been away for long. Uplink rows are only
-    appended with consecutive ids and deleted oldest first (Buffer.enforce_size), so an id span
-    is a row count. The age is that of the next uplink the upstream waits for (the first after
-    its cursor), by its event time capped at 5 minutes after its receive time (control_time).
-    """
-    lo = buf.db.execute("SELECT min(id) FROM uplinks").fetchone()[0]
-    hi = buf.db.execute("SELECT max(id) FROM uplinks").fetchone()[0]
-    rows = 0 if lo is None else int(hi) - int(lo) + 1
-    known = {r[0]: r[1:] for r in buf.db.execute("SELECT name, cursor, delivered, dropped, last_delivery FROM sinks")}
-    out = []
-    # An upstream not started yet has no cursor row: everything buffered is its backlog.
-    for name in names:
-        cursor, delivered, dropped, last = known.get(name, (0, 0, 0, None))
-        backlog, age = 0, None
-        if lo is not None and cursor < hi:
-            backlog = int(hi) - max(int(cursor) + 1, int(lo)) + 1
-            # The event time capped just after the local receive time: an event dated in the future
-            # must not hide an outage (#11).
-            first = buf.first_control_time_after(int(cursor))
-            age = round(max(0.0, now - first), 1) if first is not None else None
-        out.append({"name": name, "backlog": backlog, "oldest_undelivered_age_s": age, "delivered": delivered,
-                    "dropped": dropped, "last_delivery": last})
-    return rows, out
+    """Rows in the buffer, and each configured upstream's backlog, age and totals (Buffer.progress)."""
+    return buf.progress(names, now)
 
 
 def status_document(snap: Snapshot, edge_id: str, max_bytes: int, stuck_after_s: float) -> dict[str, Any]:

@@ -12,10 +12,11 @@ import orjson
 import pytest
 from chirpstack_api import api
 
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 from edge.config import load_config
 from edge.model import DecodeStatus
-from edge.pipeline import Pipeline, redecode, wait_until
+from edge.pipeline import Pipeline, wait_until
+from edge.redecode import redecode
 from edge.simulate import Simulator
 from edge.sources.chirpstack_mqtt import Message
 from tests.grpc_server import FakeChirpStack, State

@@ -71,3 +71,17 @@ def test_docs_cli_help_lists_every_command_with_its_whole_first_line():
         for name, command in group.commands.items():
             first = command.help.strip().split("\n\n", 1)[0].split()
             assert name in listing and " ".join(first) in " ".join(listing.split()), name
+
+
+def test_docs_every_plugin_hook_is_documented_with_its_signature():
+    """Each hook of edge/hookspecs.py appears as `name(params)` in decoders/CONTRIBUTING.md (datasette's check)."""
+    import inspect
+
+    from edge import hookspecs
+
+    guide = (REPO / "decoders" / "CONTRIBUTING.md").read_text()
+    hooks = [name for name, value in vars(hookspecs).items() if hasattr(value, f"{hookspecs.PROJECT}_spec")]
+    assert hooks, "no hookspecs found"
+    for name in hooks:
+        call = f"`{name}({', '.join(inspect.signature(getattr(hookspecs, name)).parameters)})`"
+        assert call in guide, f"decoders/CONTRIBUTING.md does not document the hook {call}"

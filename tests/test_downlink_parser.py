@@ -11,7 +11,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.downlinks import MAX_COMMAND_BYTES, MAX_PAYLOAD, CommandError, parse_command
+from edge.downlinks import MAX_COMMAND_BYTES, MAX_PAYLOAD, parse_command
+from edge.errors import CommandError
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),

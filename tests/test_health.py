@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from edge.buffer import Buffer
 from edge.buffer import health as store
-from edge.buffer.store import Buffer
 from edge.config import HealthBatteryRule, HealthConfig, HealthIntervalRule
 from edge.formats import health as health_format
 from edge.formats import senml

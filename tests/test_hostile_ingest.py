@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
+from edge.buffer.adapters import BufferThinStore
 from edge.config import Config, ShareRules, parse_config
 from edge.decoding import limits
 from edge.decoding.base import DecodeResult, DeviceContext, Field
@@ -27,7 +28,7 @@ from edge.decoding.normalize import leaves
 from edge.decoding.registry import NO_HINTS, CoolDown, DecoderRegistry, DeviceHints
 from edge.formats.share import ShareFilter
 from edge.model import DecodeStatus, DeviceEvent, DeviceInfo, Entry, Malformed, RadioInfo, Reading, Uplink
-from edge.pipeline import BufferThinStore, Pipeline
+from edge.pipeline import Pipeline
 from edge.simulate import Simulator
 from edge.sources import chirpstack_events
 from edge.sources.chirpstack_events import parse
@@ -589,7 +590,7 @@ def test_deep_json_helper_is_what_it_says() -> None:
 
 def test_malformed_messages_keep_within_their_share_of_the_buffer(tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    from edge.buffer.store import MALFORMED_SHARE, Batch
+    from edge.buffer import MALFORMED_SHARE, Batch
 
     buf = Buffer(tmp_path / "b.sqlite", max_bytes=4 << 20)
     try:

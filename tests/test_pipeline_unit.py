@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
+from edge.buffer.adapters import BufferBacklog
 from edge.config import Config, MqttEndpoint, UpstreamConfig, parse_config
 from edge.decoding.builtin import builtin_decoders
 from edge.formats import senml
+from edge.formats.outbound import _chunks
 from edge.model import DecodeStatus, Entry, RadioInfo, Reading
-from edge.pipeline import BufferBacklog, Pipeline, RecentIds, _chunks, make_formatter
+from edge.pipeline import Pipeline, RecentIds, make_formatter
 from edge.sources.chirpstack_mqtt import Message
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

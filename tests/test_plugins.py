@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import edge
+from edge import hookspecs
 from edge.cli import main
 from edge.plugins import BUILTIN, load_decoders
 
@@ -66,6 +68,42 @@ def test_plugins_broken_plugin_is_reported_and_skipped(plugin_path):
     loaded = load_decoders()
     assert any("broken_plugin" in p and "no numpy" in p for p in loaded.problems)
     assert "acme/th-1" in loaded.by_id() and "elsys/ers" in loaded.by_id()
+
+
+def test_plugins_plugin_failing_in_the_hook_is_reported_and_skipped(plugin_path):
+    _install_fake_dist(plugin_path, "edge-decoder-acme", "1.2.3", "acme_plugin", PLUGIN)
+    _install_fake_dist(plugin_path, "edge-decoder-broken", "0.1", "broken_plugin",
+                       "from edge import hookimpl\n\n@hookimpl\ndef edge_decoders():\n"
+                       "    raise RuntimeError('no sensor')\n")
+    loaded = load_decoders()
+    assert any("broken_plugin failed in edge_decoders(): RuntimeError: no sensor" in p for p in loaded.problems)
+    assert "acme/th-1" in loaded.by_id() and "elsys/ers" in loaded.by_id()
+    assert loaded.decoders[0].source == BUILTIN
+
+
+def test_plugins_plugin_answering_none_is_reported(plugin_path):
+    _install_fake_dist(plugin_path, "edge-decoder-broken", "0.1", "broken_plugin",
+                       "from edge import hookimpl\n\n@hookimpl\ndef edge_decoders():\n    return None\n")
+    loaded = load_decoders()
+    assert any("failed in edge_decoders(): TypeError" in p for p in loaded.problems), loaded.problems
+    assert "elsys/ers" in loaded.by_id()
+
+
+def test_plugins_trace_logs_the_hook_call(monkeypatch, caplog):
+    monkeypatch.setenv("EDGE_TRACE_PLUGINS", "1")
+    with caplog.at_level(logging.INFO, logger="edge.plugins"):
+        loaded = load_decoders(entry_points=False)
+    traced = [m.split(":", 1)[1].strip() for m in caplog.messages if m.startswith("plugin trace:")]
+    assert "edge_decoders [hook]" in traced, traced
+    assert any(line.startswith("finish edge_decoders --> ") for line in traced), traced
+    assert "elsys/ers" in loaded.by_id()
+
+
+def test_plugins_every_hook_has_a_test():
+    hooks = [name for name, value in vars(hookspecs).items() if hasattr(value, f"{hookspecs.PROJECT}_spec")]
+    assert hooks == ["edge_decoders"]
+    tests = [name for name in globals() if name.startswith("test_hook_")]
+    assert [h for h in hooks if not any(t.startswith(f"test_hook_{h}") for t in tests)] == []
 
 
 def test_plugins_block_and_allow_lists(plugin_path):

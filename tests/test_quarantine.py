@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import quarantine
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 from edge.cli import main
 from edge.cli.doctor import _check_quarantine, _Report
 from edge.config import load_config

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 from edge.cli import main
 from edge.config import load_config
 from edge.decoding.base import DecodeResult, Field
 from edge.decoding.builtin import builtin_decoders
 from edge.decoding.registry import DecoderRegistry
 from edge.model import DecodeStatus
-from edge.pipeline import Pipeline, redecode
+from edge.pipeline import Pipeline
+from edge.redecode import redecode
 from edge.simulate import Simulator
 from edge.sources.chirpstack_mqtt import Message
 

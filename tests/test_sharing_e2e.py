@@ -102,7 +102,7 @@ def test_cli_shares_explain_and_deadletters(make_config, tmp_path):
     import orjson
     from click.testing import CliRunner
 
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
     from edge.cli import main
     from edge.config import load_config
     from edge.pipeline import Pipeline
@@ -189,7 +189,7 @@ def test_thinned_http_destination_gets_each_interval_once_across_failures_and_a_
     import orjson
     from click.testing import CliRunner
 
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
     from edge.cli import main
     from edge.formats import senml
     from tests.http_server import Reply
@@ -296,7 +296,7 @@ def test_rejected_batch_goes_to_the_dead_letter_table_and_replays(make_config, t
     import orjson
     from click.testing import CliRunner
 
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
     from edge.cli import main
     from edge.config import load_config
     from edge.pipeline import Pipeline

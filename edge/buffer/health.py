@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from edge.buffer.db import immediate
+
 MAX_NOTICES = 20000  # a week of changes for a large fleet; beyond it the oldest go
 
 
@@ -27,8 +29,7 @@ def save(db: sqlite3.Connection, states: Sequence[tuple[str, str, float, bytes]]
     """Store states (DevEUI, state, changed_at, JSON) and new notices (id, DevEUI, time, body) in one transaction."""
     if not states and not notices:
         return
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(db):
         db.executemany(
             "INSERT INTO device_health(dev_eui, state, changed_at, data) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(dev_eui) DO UPDATE SET state=excluded.state, changed_at=excluded.changed_at,"
@@ -38,11 +39,6 @@ def save(db: sqlite3.Connection, states: Sequence[tuple[str, str, float, bytes]]
                        [(nid, dev, t, orjson.dumps(body)) for nid, dev, t, body in notices])
         if notices:
             _prune(db)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
 
 
 def _prune(db: sqlite3.Connection) -> None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+from edge.errors import StorageError
+
 # Each migration returns the SQL that takes the schema one version further; it runs in one
 # transaction together with the user_version bump, so a crash mid-migration changes nothing.
+# Shipped migrations are frozen: each returns its own literal (tests/buffer/test_migrations.py pins
+# their SHA-256), never a constant the code also uses, so a later schema change appends a migration.
 MIGRATIONS: list[Callable[[], str]] = []
 
 
@@ -103,9 +107,37 @@ def v1_initial() -> str:
 @migration
 def v2_device_registry() -> str:
     """ChirpStack applications, devices and device profiles, cached for decoding and `edge devices`."""
-    from edge.buffer.registry import SCHEMA_V2  # imported here: registry imports this module
-
-    return SCHEMA_V2
+    # The `cs_` prefix keeps these apart from v1's `devices` table (last uplink per device). IF NOT
+    # EXISTS: before this migration existed, DeviceRegistry created these tables itself, and on such
+    # files the migration must still succeed (edge/buffer/registry.py reads them).
+    return """
+CREATE TABLE IF NOT EXISTS cs_applications (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    synced_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cs_devices (
+    dev_eui TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    application_id TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    variables TEXT NOT NULL,
+    is_disabled INTEGER NOT NULL,
+    synced_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cs_device_profiles (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    codec_runtime TEXT NOT NULL,
+    codec_script TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    synced_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
 
 
 @migration
@@ -219,8 +251,6 @@ def migrate(db: sqlite3.Connection) -> int:
     runs `edge devices sync`): the version is read again after the write lock is taken, so a step
     another process already applied is never run twice (which could set user_version back).
     """
-    from edge.errors import StorageError
-
     while True:
         version = _version(db)
         if version > len(MIGRATIONS):

@@ -11,42 +11,12 @@ from typing import Any, Protocol
 
 import orjson
 
+from edge.buffer.db import connect, immediate, reported
 from edge.buffer.migrations import migrate
-from edge.buffer.store import connect
 from edge.errors import StorageError
 
-# Schema version 2 of the buffer. The `cs_` prefix keeps these apart from v1's `devices` table
-# (last uplink per device). IF NOT EXISTS: DeviceRegistry runs this itself on databases that
-# predate the migration, and the migration must still succeed on them afterwards.
-SCHEMA_V2 = """
-CREATE TABLE IF NOT EXISTS cs_applications (
-    id TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    description TEXT NOT NULL,
-    synced_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS cs_devices (
-    dev_eui TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    description TEXT NOT NULL,
-    application_id TEXT NOT NULL,
-    profile_id TEXT NOT NULL,
-    tags TEXT NOT NULL,
-    variables TEXT NOT NULL,
-    is_disabled INTEGER NOT NULL,
-    synced_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS cs_device_profiles (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    codec_runtime TEXT NOT NULL,
-    codec_script TEXT NOT NULL,
-    tags TEXT NOT NULL,
-    synced_at REAL NOT NULL
-) WITHOUT ROWID;
-"""
-
+# The tables migration v2 (edge/buffer/migrations.py) makes; the `cs_` prefix keeps them apart
+# from v1's `devices` table (last uplink per device).
 _TABLES = ("cs_applications", "cs_devices", "cs_device_profiles")
 
 
@@ -177,7 +147,7 @@ class DeviceRegistry:
     """
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
-        """Open the cache in the buffer database, creating its tables if needed.
+        """Open the cache in the buffer database, bringing its schema up to date (migrate) if writable.
 
         Args:
             path: the buffer database file.
@@ -187,6 +157,7 @@ class DeviceRegistry:
             StorageError: the file cannot be opened (or, read-only, does not exist).
         """
         self.path = Path(path)
+        self.readonly = readonly
         if readonly and not self.path.exists():
             raise StorageError(f"no device cache at {self.path} yet (run `edge devices sync`)")
         if not readonly:
@@ -197,14 +168,13 @@ class DeviceRegistry:
             # NORMAL, not FULL: a cache write lost on power failure is refetched by the next sync.
             self.db = connect(self.path, readonly=readonly, synchronous="NORMAL")
             if not readonly:
-                migrate(self.db)
-                if not self._has_tables():
-                    self.db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA_V2}\nCOMMIT;")
+                migrate(self.db)  # v2 makes the tables
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
         self._ready = self._has_tables()
 
     def _has_tables(self) -> bool:
+        # False only read-only, on a buffer from before migration v2 (nothing synced yet).
         q = f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({','.join('?' * len(_TABLES))})"
         return int(self.db.execute(q, _TABLES).fetchone()[0]) == len(_TABLES)
 
@@ -213,16 +183,9 @@ class DeviceRegistry:
         self.db.close()
 
     def _write(self, statements: Iterable[tuple[str, Sequence[tuple[Any, ...]]]]) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.db) as db:
             for sql, rows in statements:
                 db.executemany(sql, rows)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def replace_all(self, applications: Sequence[ApplicationLike], devices: Sequence[DeviceLike],
                     profiles: Sequence[ProfileLike]) -> None:
@@ -312,18 +275,21 @@ class DeviceRegistry:
                               (application_id,)).fetchone()
         return CachedApplication(*row) if row else None
 
+    @reported
     def list_devices(self) -> list[CachedDevice]:
         """Every cached device, by DevEUI."""
         if not self._ready:
             return []
         return [_device(r) for r in self.db.execute(f"SELECT {_DEVICE_COLS} FROM cs_devices ORDER BY dev_eui")]
 
+    @reported
     def list_profiles(self) -> list[CachedProfile]:
         """Every cached device profile, by id."""
         if not self._ready:
             return []
         return [_profile(r) for r in self.db.execute(f"SELECT {_PROFILE_COLS} FROM cs_device_profiles ORDER BY id")]
 
+    @reported
     def list_applications(self) -> list[CachedApplication]:
         """Every cached application, by id."""
         if not self._ready:

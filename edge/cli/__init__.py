@@ -93,7 +93,7 @@ def run(config_path: Path) -> None:
 def validate(config_path: Path, show: bool) -> None:
     """Check the configuration; print every problem with its key."""
     from edge.buffer.location import problem as buffer_problem
-    from edge.pipeline import build_registry
+    from edge.decoding.setup import build_registry
 
     cfg = _load(config_path)
     if show:
@@ -171,7 +171,7 @@ def _ago(ts: float | None) -> str:
 def status(config_path: Path, as_json: bool, devices: int) -> None:
     """Show backlogs, counters and each device's last uplink."""
     from edge import quarantine
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
     from edge.model import DecodeStatus
     from edge.telemetry import plain_counters, unmapped_by_codec
 
@@ -371,8 +371,9 @@ def _register() -> None:
     from edge.cli.buffer import buffer
     from edge.cli.codecs import codecs
     from edge.cli.decoders import decoders
-    from edge.cli.devices import devices, downlink
+    from edge.cli.devices import devices
     from edge.cli.doctor import doctor
+    from edge.cli.downlink import downlink
     from edge.cli.sharing import deadletter, shares
     from edge.cli.watch import watch
 
@@ -418,7 +419,7 @@ def redecode(config_path: Path, dev_eui: str | None, decoder: str | None, since:
     Re-runs today's decoders over stored raw uplinks (by default those that failed or had no
     decoder) and queues the new readings for every upstream.
     """
-    from edge.pipeline import redecode as run_redecode
+    from edge.redecode import redecode as run_redecode
 
     cfg = _load(config_path)
     totals = run_redecode(cfg, dev_eui=dev_eui.lower() if dev_eui else None, decoder=decoder,

@@ -56,7 +56,7 @@ def list_(config_path: Path, dev_eui: str | None, since: str | None, until: str 
     Read only; works whether `edge run` is running or not. Newest first means newest stored:
     uplinks re-decoded by `edge redecode` are listed where they were stored again.
     """
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
     from edge.sources.chirpstack_events import parse
 
     cfg = _load(config_path)
@@ -110,7 +110,7 @@ def rewind(config_path: Path, name: str, since: str | None, everything: bool, as
     Moves the upstream's delivery position back; a running `edge run` takes it up within about a
     second, a stopped one when it starts. Receivers drop repeats by uplink id.
     """
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
 
     cfg = _load(config_path)
     names = [u.name for u in cfg.upstreams] + [u.name for u in cfg.http_upstreams]

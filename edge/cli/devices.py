@@ -1,33 +1,29 @@
-"""`edge devices` (sync, list, explain the decoder choice) and `edge downlink`, over ChirpStack's gRPC API."""
+"""`edge devices`: sync ChirpStack's device registry, list it, and explain the decoder each device gets."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import click
 
-from edge.buffer.registry import CachedApplication, CachedDevice, CachedProfile, DeviceRegistry
+from edge.buffer.registry import CachedApplication, CachedDevice, CachedProfile
 from edge.cli import CONFIG_OPTION, _load
+from edge.cli.api import _client, _dev_eui, _fail, _registry, _setting, api_options
 from edge.cli.text import echo
-from edge.config import Config
 from edge.decoding.registry import DecoderRegistry, DeviceHints, Rule
-from edge.errors import EdgeError
+from edge.decoding.setup import build_registry
+from edge.errors import EdgeError, StorageError
 from edge.model import DeviceInfo, RadioInfo, Uplink
-from edge.pipeline import build_registry
-from edge.sources.chirpstack_grpc import ChirpStackApi  # cheap: it imports grpcio only inside its methods
 from edge.sources.chirpstack_sync import sync as sync_devices
 
 # What `explain` returns when no decoder id applies.
 PROFILE_JS = "profile-js"  # the device profile's own JavaScript codec, run on the gateway
 CHIRPSTACK = "chirpstack"  # ChirpStack's decoded `object` (the name the buffer stores as decoder)
 UNDECODED = "undecoded"
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _unknown(decoder_id: str, known: Collection[str]) -> str:
@@ -131,141 +127,25 @@ def explain(dev_eui: str, device: CachedDevice | None, profile: CachedProfile | 
     return UNDECODED, "No tag, no rule and no codec: uplinks are stored undecoded (raw payload kept)." + missing
 
 
-# -- helpers shared by the commands ----------------------------------------------------------
-
-
-def api_options(*, tenant: bool) -> Callable[[F], F]:
-    """The options that locate ChirpStack's API; each overrides the config key named in its help."""
-    options = [
-        click.option("--api-url", help="ChirpStack API: host:port, http://host:port or https://host[:port]"
-                     " (default: [chirpstack] api_url)."),
-        click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="File holding the API token (default: [chirpstack] api_token_file)."),
-        click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="CA certificate of ChirpStack's TLS endpoint (default: [chirpstack] api_ca_file)."),
-        click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
-                     help="Deadline of each API call in seconds (default: [chirpstack] api_timeout_s, else 10)."),
-    ]
-    if tenant:
-        options.append(click.option(
-            "--tenant-id", help="Sync only this tenant; needed for tenant API keys (default: [chirpstack] tenant_id)."))
-
-    def decorate(fn: F) -> F:
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
-
-
-def _setting(cfg: Config | None, option: object, key: str) -> str | None:
-    # Config keys are read with getattr so this works before config.py knows them.
-    if option:
-        return str(option)
-    value = getattr(cfg.chirpstack, key, None) if cfg is not None else None
-    return str(value) if value else None
-
-
-def _client(cfg: Config | None, api_url: str | None, token_file: Path | None, ca_file: Path | None,
-            timeout: float | None) -> ChirpStackApi:
-    url = _setting(cfg, api_url, "api_url")
-    token_path = _setting(cfg, token_file, "api_token_file")
-    if not url or not token_path:
-        raise click.UsageError("set --api-url and --token-file (or [chirpstack] api_url and api_token_file)")
-    try:
-        token = Path(token_path).read_text().strip()
-    except OSError as exc:
-        raise click.UsageError(f"cannot read the token file {token_path}: {exc.strerror}") from None
-    if not token:
-        raise click.UsageError(f"the token file {token_path} is empty")
-    if timeout is None:
-        timeout = float(getattr(cfg.chirpstack, "api_timeout_s", 10.0) if cfg is not None else 10.0)
-    try:
-        return ChirpStackApi(url, token, ca_file=_setting(cfg, ca_file, "api_ca_file"), timeout_s=timeout,
-                             token_file=token_path)
-    except OSError as exc:
-        raise click.UsageError(f"cannot read the CA file: {exc}") from None
-
-
-def _dev_eui(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """A DevEUI as 16 hex digits (separators allowed), lowercased; anything else is a usage error."""
-    cleaned = value.replace(":", "").replace("-", "").replace(" ", "").lower()
-    if len(cleaned) != 16 or any(c not in "0123456789abcdef" for c in cleaned):
-        raise click.BadParameter(f"{value!r} is not a DevEUI (16 hexadecimal digits, e.g. 70b3d5e75e000001)")
-    return cleaned
-
-
-def _fail(exc: EdgeError) -> NoReturn:
-    click.echo(f"error: {exc}", err=True)
-    raise SystemExit(1)
-
-
-def _registry(cfg: Config, readonly: bool) -> DeviceRegistry:
-    try:
-        return DeviceRegistry(cfg.buffer.path, readonly=readonly)
-    except EdgeError as exc:
-        _fail(exc)
-
-
 def _last_uplink(buffer_path: str, dev_eui: str) -> Uplink | None:
     """The device's last stored uplink, parsed again from its raw message (None if gone)."""
-    from edge.buffer.store import connect
+    from edge.buffer import Inspector
     from edge.sources.chirpstack_events import parse
 
     if not Path(buffer_path).exists():
         return None
-    db = connect(buffer_path, readonly=True)
+    look = Inspector(buffer_path)
     try:
-        row = db.execute("SELECT r.topic, r.payload, r.received FROM devices d JOIN raw r ON r.id = d.last_uplink"
-                         " WHERE d.dev_eui = ?", (dev_eui.lower(),)).fetchone()
-    except sqlite3.Error:
+        row = look.last_uplink_message(dev_eui.lower())
+    except StorageError:
         return None  # no v1 tables yet: nothing was ever stored
     finally:
-        db.close()
+        look.close()
     event = parse(row[0], row[1], row[2]) if row else None
     return event if isinstance(event, Uplink) else None
 
 
-def wait_for_queue_item(buffer_path: str | Path, queue_id: str, timeout: float, *,
-                        kinds: Sequence[str] = ("ack", "txack"), poll_s: float = 0.25) -> dict[str, Any] | None:
-    """Wait until the buffer holds an ack/txack event for a queued downlink.
-
-    The running pipeline stores ChirpStack's ack and txack events with the summary
-    "queueItemId=<id> acknowledged=<bool>"; this polls for that id read-only.
-
-    Args:
-        buffer_path: the buffer database file.
-        queue_id: the id `ChirpStackApi.enqueue` returned.
-        timeout: seconds to wait in all.
-        kinds: event kinds that end the wait; ("ack",) for a confirmed downlink's acknowledgement.
-        poll_s: seconds between polls.
-
-    Returns:
-        The first matching event as {id, kind, dev_eui, time, summary}, or None on timeout.
-    """
-    from edge.buffer.store import connect
-
-    deadline = time.monotonic() + timeout
-    marks = ",".join("?" * len(kinds))
-    # The trailing space stops one id from matching another that it prefixes.
-    params = (*kinds, f"queueItemId={queue_id} %")
-    while True:
-        if Path(buffer_path).exists():
-            db = connect(buffer_path, readonly=True)
-            try:
-                row = db.execute(f"SELECT id, kind, dev_eui, time, summary FROM events WHERE kind IN ({marks})"
-                                 " AND summary LIKE ? ORDER BY id LIMIT 1", params).fetchone()
-            except sqlite3.OperationalError:
-                row = None  # the pipeline has not created the schema yet
-            finally:
-                db.close()
-            if row:
-                return dict(zip(("id", "kind", "dev_eui", "time", "summary"), row, strict=True))
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-
-
+# -- commands --------------------------------------------------------------------------------
 # -- commands --------------------------------------------------------------------------------
 
 
@@ -361,99 +241,3 @@ def explain_(config_path: Path, dev_eui: str) -> None:
                           native=decoders.native_for_profile, catalogue=decoders)
     echo(f"{dev_eui.lower()}: {chosen}")
     echo(f"  {why}")
-
-
-def _encode_locally(cfg: Config, dev_eui: str, data: Mapping[str, Any],
-                    fport: int) -> tuple[bytes | Mapping[str, Any], int]:
-    """Encode `data` with the codec the device's uplinks are decoded with (catalogue or profile JS).
-
-    Returns the bytes and FPort (the codec may choose the port), or `data` unchanged when the
-    device's codec has no encodeDownlink; exits 1 when the codec reports errors.
-    """
-    from edge.device_cache import _hints
-
-    device = profile = None
-    if Path(cfg.buffer.path).exists():
-        cache = _registry(cfg, readonly=True)
-        try:
-            device = cache.get_device(dev_eui)
-            profile = cache.get_profile(device.profile_id) if device is not None else None
-        finally:
-            cache.close()
-    hints = _hints(device, profile) if device is not None else DeviceHints()
-    info = DeviceInfo(dev_eui.lower(), device_profile_id=device.profile_id if device else "",
-                      device_profile_name=profile.name if profile else "", tags=dict(hints.tags))
-    encoded = build_registry(cfg).encode(Uplink("", info, 0.0, fport, b"", RadioInfo()), data, fport, hints)
-    if encoded is None:
-        return data, fport
-    codec, result = encoded
-    if result.errors or result.payload is None:
-        click.echo(f"error: {codec} could not encode {json.dumps(data)}: {'; '.join(result.errors)}", err=True)
-        raise SystemExit(1)
-    for warning in result.warnings:
-        click.echo(f"warning: {codec}: {warning}", err=True)
-    port = result.fport or fport
-    click.echo(f"encoded by {codec}: {result.payload.hex()} on FPort {port}", err=True)
-    return result.payload, port
-
-
-def _payload(hex_: str | None, obj: str | None) -> bytes | Mapping[str, Any]:
-    if (hex_ is None) == (obj is None):
-        raise click.UsageError("give exactly one of --hex and --json")
-    if hex_ is not None:
-        try:
-            return bytes.fromhex(hex_.replace(" ", "").replace(":", ""))
-        except ValueError:
-            raise click.BadParameter("not hexadecimal bytes", param_hint="--hex") from None
-    try:
-        value = json.loads(obj or "")
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--json") from None
-    if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--json")
-    return value
-
-
-@click.command()
-@CONFIG_OPTION
-@api_options(tenant=False)
-@click.argument("dev_eui", callback=_dev_eui)
-@click.option("--fport", type=click.IntRange(1, 223), required=True, help="LoRaWAN FPort of the downlink.")
-@click.option("--hex", "hex_", metavar="BYTES", help="Payload as hex bytes (spaces and colons allowed).")
-@click.option("--json", "obj", metavar="OBJECT",
-              help="Payload as a JSON object, encoded by the device's codec (encodeDownlink) on the gateway when"
-                   " it has one, else by the device profile's codec in ChirpStack.")
-@click.option("--confirmed", is_flag=True, help="Ask the device to acknowledge the downlink.")
-@click.option("--wait", "wait_s", type=click.FloatRange(0), default=0, metavar="SECONDS",
-              help="Wait this long for ChirpStack's txack (or, with --confirmed, ack) event, seen by `edge run`.")
-def downlink(config_path: Path, api_url: str | None, token_file: Path | None, ca_file: Path | None,
-             timeout: float | None, dev_eui: str, fport: int, hex_: str | None, obj: str | None,
-             confirmed: bool, wait_s: float) -> None:
-    """Queue a downlink for DEV_EUI in ChirpStack and print its queue item id.
-
-    With --wait, also report the matching ack/txack event that `edge run` stored (a class A
-    device receives its downlink only after its next uplink, so wait long enough for that).
-    """
-    payload = _payload(hex_, obj)
-    # The config is optional here: a downlink needs no buffer, and options can say everything.
-    cfg = _load(config_path) if config_path.exists() else None
-    if isinstance(payload, Mapping) and cfg is not None:
-        payload, fport = _encode_locally(cfg, dev_eui, payload, fport)
-    try:
-        with _client(cfg, api_url, token_file, ca_file, timeout) as api:
-            queue_id = api.enqueue(dev_eui, fport, payload, confirmed=confirmed)
-    except EdgeError as exc:
-        _fail(exc)
-    click.echo(queue_id)
-    if wait_s:
-        if cfg is None:
-            raise click.UsageError("--wait reads the buffer of `edge run`: give --config")
-        event = wait_for_queue_item(cfg.buffer.path, queue_id, wait_s, kinds=("ack",) if confirmed else ("txack",))
-        if event is None:
-            echo(f"no {'ack' if confirmed else 'txack'} event for {queue_id} within {wait_s:g} s", err=True)
-            raise SystemExit(1)
-        echo(f"{event['kind']}: {event['summary']}")
-        if event["summary"].endswith("acknowledged=False"):
-            # ChirpStack reports a confirmed downlink the device never acknowledged as ack, acknowledged=false.
-            click.echo(f"the device did not acknowledge downlink {queue_id}", err=True)
-            raise SystemExit(1)

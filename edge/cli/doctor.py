@@ -7,7 +7,6 @@ import os
 import queue
 import shutil
 import socket
-import sqlite3
 import ssl
 import subprocess
 import threading
@@ -26,7 +25,7 @@ from paho.mqtt.properties import Properties
 from edge.cli import CONFIG_OPTION
 from edge.cli.text import echo
 from edge.config import Config, MqttEndpoint, load_config, secret_file_warnings, secret_files
-from edge.errors import ConfigError
+from edge.errors import ConfigError, StorageError
 from edge.mqtt import make_client
 from edge.sinks.base import Backlog
 
@@ -246,15 +245,13 @@ def _check_mqtt(r: _Report, label: str, section: str, ep: MqttEndpoint, expiry: 
 
 def _newest_uplink(cfg: Config) -> float | None:
     """ChirpStack time of the newest uplink any device sent, from the buffer (None when unknown)."""
+    from edge.buffer import Inspector
+
     try:
-        db = sqlite3.connect(f"file:{cfg.buffer.path}?mode=ro", uri=True)
-        try:
-            row = db.execute("SELECT max(last_time) FROM devices").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
+        with Inspector(cfg.buffer.path) as look:
+            return look.newest_device_time()
+    except StorageError:
         return None  # the buffer checks report why
-    return float(row[0]) if row and row[0] is not None else None
 
 
 def _check_chirpstack(r: _Report, cfg: Config, listen: float) -> float | None:
@@ -310,14 +307,8 @@ def _check_chirpstack(r: _Report, cfg: Config, listen: float) -> float | None:
 def _check_chirpstack_api(r: _Report, cfg: Config) -> None:
     """The gRPC API with the configured token and tenant, then how fresh the device registry cache is."""
     from edge.buffer.registry import DeviceRegistry
-    from edge.errors import EdgeError
-    from edge.sources.chirpstack_grpc import (
-        ApiAuthError,
-        ApiNotFound,
-        ApiPermissionError,
-        ApiUnavailable,
-        ChirpStackApi,
-    )
+    from edge.errors import ApiAuthError, ApiNotFound, ApiPermissionError, ApiUnavailable, EdgeError
+    from edge.sources.chirpstack_grpc import ChirpStackApi
 
     cs = cfg.chirpstack
     if not cs.api_url:
@@ -352,7 +343,7 @@ def _check_chirpstack_api(r: _Report, cfg: Config) -> None:
             synced = [d.synced_at for d in registry.list_devices()]
         finally:
             registry.close()
-    except (EdgeError, sqlite3.Error) as exc:
+    except EdgeError as exc:
         r.add("device cache", "WARN", f"cannot read it: {exc}", "run `edge devices sync`")
         return
     if not synced:
@@ -499,9 +490,9 @@ def _check_disk(r: _Report, cfg: Config) -> None:
 
 
 def _check_buffer(r: _Report, cfg: Config) -> None:
+    from edge.buffer import Buffer, Inspector
     from edge.buffer.location import problem
     from edge.buffer.migrations import MIGRATIONS
-    from edge.buffer.store import Buffer, connect
 
     path = Path(cfg.buffer.path)
     blocked = problem(path)
@@ -517,13 +508,10 @@ def _check_buffer(r: _Report, cfg: Config) -> None:
         return
     r.add("buffer file", "OK", f"{path}, {path.stat().st_size / MB:.1f} MB")
     try:
-        db = connect(path, readonly=True)
-        try:
-            result = [str(row[0]) for row in db.execute("PRAGMA quick_check")]
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
+        with Inspector(path) as look:
+            result = look.quick_check()
+            version = look.schema_version()
+    except StorageError as exc:
         r.add("buffer integrity", "FAIL", f"{path} cannot be read: {exc}", FIX_CORRUPT)
         return
     if result != ["ok"]:

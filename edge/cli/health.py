@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,12 @@ from edge.cli import CONFIG_OPTION, _existing_buffer, _load
 from edge.cli.devices import devices
 from edge.cli.text import echo
 from edge.config import Config
-from edge.errors import EdgeError
+from edge.errors import EdgeError, StorageError
 
 
 def report(cfg: Config, now: float | None = None) -> list[dict[str, Any]]:
     """Every device's health summary as the running service last stored it, the unwell first."""
-    from edge.buffer import health as store
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
     from edge.health import DeviceHealth, HealthTracker
 
     try:
@@ -29,8 +27,8 @@ def report(cfg: Config, now: float | None = None) -> list[dict[str, Any]]:
     except EdgeError:
         return []  # unreadable: the buffer checks say why
     try:
-        stored = {d["dev_eui"]: DeviceHealth.from_dict(d) for d in store.states(buffer.db)}
-    except sqlite3.DatabaseError:  # a buffer from before sensor health (no table yet), or damaged
+        stored = {d["dev_eui"]: DeviceHealth.from_dict(d) for d in buffer.health_states()}
+    except StorageError:  # a buffer from before sensor health (no table yet), or damaged
         stored = {}
     finally:
         buffer.close()

@@ -14,13 +14,13 @@ import orjson
 
 from edge import present
 from edge.cli import CONFIG_OPTION, _load, _timestamp
-from edge.cli.devices import _client, _fail, _registry, _setting, api_options, devices
+from edge.cli.api import _client, _fail, _registry, _setting, api_options
+from edge.cli.devices import devices
 from edge.cli.text import echo
 from edge.config import Config
-from edge.errors import EdgeError
+from edge.errors import EdgeError, SheetError
 from edge.onboarding import (
     Directory,
-    SheetError,
     Step,
     apply,
     export_rows,
@@ -215,7 +215,7 @@ def verify(config_path: Path, since: str | None, wait: bool, timeout: float, as_
 
     Exit status 0 when every device sent an uplink that decoded, 1 when some still need attention.
     """
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
 
     cfg = _load(config_path)
     imported = _imported(cfg, _timestamp(since, hint="--since"))

@@ -30,9 +30,11 @@ def shares() -> None:
 @click.argument("dev_eui")
 def explain(config_path: Path, name: str, dev_eui: str) -> None:
     """Show what UPSTREAM would receive for DEV_EUI's last uplink."""
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
+    from edge.buffer.adapters import BufferThinStore
+    from edge.formats.outbound import make_http_formatter
     from edge.formats.share import ShareFilter
-    from edge.pipeline import BufferThinStore, make_formatter, make_http_formatter
+    from edge.pipeline import make_formatter
 
     cfg = _load(config_path)
     mqtt = {u.name: u for u in cfg.upstreams}
@@ -41,10 +43,10 @@ def explain(config_path: Path, name: str, dev_eui: str) -> None:
         raise click.UsageError(f"no upstream named {name!r}; configured: {', '.join(_upstream_names(cfg))}")
     buf = Buffer(_existing_buffer(cfg.buffer.path), readonly=True)
     dev_eui = dev_eui.lower()
-    row = buf.db.execute("SELECT last_uplink FROM devices WHERE dev_eui = ?", (dev_eui,)).fetchone()
-    if row is None:
+    last = buf.last_uplink_row(dev_eui)
+    if last is None:
         raise click.ClickException(f"no uplink from {dev_eui} in the buffer yet")
-    entries = buf.read(row[0] - 1, 1)
+    entries = buf.read(last - 1, 1)
     if not entries or entries[0].dev_eui != dev_eui:
         raise click.ClickException(f"the last uplink of {dev_eui} is no longer buffered")
     rules = mqtt[name].share if name in mqtt else http[name].share
@@ -91,7 +93,7 @@ def deadletter() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_(config_path: Path, name: str | None, as_json: bool) -> None:
     """Show dead letters, oldest first."""
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
 
     cfg = _load(config_path)
     letters = Buffer(_existing_buffer(cfg.buffer.path), readonly=True).dead_letters(name)
@@ -118,7 +120,7 @@ def list_(config_path: Path, name: str | None, as_json: bool) -> None:
 @click.option("--id", "ids", type=int, multiple=True, help="Only these dead letters (default: all of the upstream).")
 def replay(config_path: Path, name: str, ids: tuple[int, ...]) -> None:
     """Send dead letters again (after fixing the destination); each one accepted is removed."""
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
     from edge.model import OutMessage
 
     cfg = _load(config_path)

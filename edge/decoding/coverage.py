@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.decoding.fieldmap import FieldMap, MapIndex, default_index
+from edge.decoding.fieldpath import parse_path
 from edge.decoding.normalize import leaves, normalise
 from edge.errors import ConfigError
 from edge.model import Reading, reading_record
@@ -152,8 +153,6 @@ def is_sentinel(value: Any) -> bool:
 
 
 def _steps(path: str) -> tuple[str | int, ...]:
-    from edge.decoding.fieldmap import parse_path
-
     try:
         return tuple(s for s in parse_path(path))
     except ValueError:
@@ -371,83 +370,3 @@ def summary_line(total: Coverage, without_map: int) -> str:
     return (f"maps: {total.covered}/{total.numeric} numeric fields covered ({100 * total.share:.1f} %),"
             f" {total.standardised}/{total.readings} numeric readings standardised,"
             f" {total.wrong_units} out of range; {without_map} codec file(s) without a map")
-
-
-# --- a corpus of codec examples: how many readings leave standardised -------------------------------
-
-
-def fixture_outputs(folder: Path) -> Iterator[tuple[str, str, Mapping[str, Any] | None]]:
-    """(codec key, where, data) of the TTN fixture lines (`<vendor>__<device>.jsonl`, expected outputs)."""
-    for path in sorted(folder.glob("*.jsonl")):
-        for n, text in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            line = json.loads(text)
-            yield f"ttn:{line['vendor']}/{line['codec_id']}", f"{path.name}:{n + 1}", line["expected"].get("data")
-
-
-def catalogue_outputs(paths: Sequence[Path]) -> Iterator[tuple[str, str, Mapping[str, Any] | None]]:
-    """(codec key, where, data) of every uplink example's expected output under codec files or folders.
-
-    The expected outputs are the codecs' own (the TTN validator and the device-profiles tests check
-    them), so no codec needs to run: a whole catalogue takes seconds.
-    """
-    for path in codec_paths(paths):
-        try:
-            examples = load_codec_examples(path)
-        except ConfigError:
-            continue
-        for example in examples:
-            yield codec_key(path), f"{path}#{example.number}", example.expected
-
-
-@dataclass(slots=True)
-class CorpusFigures:
-    """Coverage over a corpus: in total, over the codecs that have a map, and per codec key."""
-
-    total: Coverage = field(default_factory=Coverage)
-    mapped: Coverage = field(default_factory=Coverage)
-    per_codec: dict[str, Coverage] = field(default_factory=dict)
-    examples: int = 0
-
-    @property
-    def codecs_with_map(self) -> int:
-        """Codecs (keys) of the corpus that have a field map."""
-        return sum(1 for key in self.per_codec if key in self._mapped_keys)
-
-    _mapped_keys: set[str] = field(default_factory=set)
-
-
-def measure(items: Iterable[tuple[str, str, Mapping[str, Any] | None]], index: MapIndex | None = None
-            ) -> CorpusFigures:
-    """Normalise every example's data with its codec's map (none: unit-less) and count the readings."""
-    from edge.decoding.fieldmap import EMPTY
-
-    index = index or default_index()
-    figures = CorpusFigures()
-    for key, where, data in items:
-        fmap = index.get(key)
-        cov = figures.per_codec.setdefault(key, Coverage())
-        one = check(data, fmap or EMPTY, where)
-        cov.add(one)
-        figures.total.add(one)
-        if fmap is not None:
-            figures.mapped.add(one)
-            figures._mapped_keys.add(key)
-        figures.examples += 1
-    return figures
-
-
-def bench_lines(figures: CorpusFigures) -> list[str]:
-    """The `name: value` lines of bench/standardised.py."""
-    total, mapped = figures.total, figures.mapped
-    return [
-        f"standardised_readings_share: {total.standardised_share:.3f}",
-        f"standardised_readings_share_mapped_codecs: {mapped.standardised_share:.3f}",
-        f"wrong_units: {total.wrong_units}",
-        f"no_value_markers: {total.sentinels}",
-        f"numeric_readings: {total.readings}",
-        f"standardised_readings: {total.standardised}",
-        f"unmapped_numeric_fields: {total.numeric - total.covered}",
-        f"codec_examples: {figures.examples}",
-        f"codecs: {len(figures.per_codec)}",
-        f"codecs_with_map: {figures.codecs_with_map}",
-    ]

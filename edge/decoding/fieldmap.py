@@ -1,4 +1,4 @@
-"""Field maps (docs/field-maps.md): loading, validating and indexing them, and matching field paths."""
+"""Field maps (docs/field-maps.md): loading and validating them, and the index that finds a decoder's map."""
 
 from __future__ import annotations
 
@@ -6,252 +6,21 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edge.vocabulary import BY_NAME, Quantity, UnitMismatch, conversion
+from edge.decoding.fieldpath import Step, is_wild, matches, parse_path
+from edge.decoding.fieldspec import FieldSpec, parse_spec
+from edge.errors import MapError
+from edge.vocabulary import BY_NAME, Quantity
 
 log = logging.getLogger(__name__)
 
 PACKAGE_MAPS = Path(__file__).resolve().parent / "maps"
 ENTRY_POINT_GROUP = "edge.field_maps"  # a plugin's entry point naming a folder (or module) of maps
 CATALOGUES = ("ttn", "chirpstack", "native", "object")
-TIME_UNITS = ("s", "ms", "iso8601", "offset-s", "ago-s")
-_SPEC_KEYS = frozenset({"n", "u", "scale", "state", "values", "t", "tu", "dt", "not_readings"})
 _KEY_RE = re.compile(r"^(ttn|chirpstack|native|object):[^\s:]+$")
-
-# One step of a field path: a key (str) or a list index (int). Patterns add two wildcards.
-Step = str | int
-ANY_INDEX = "[*]"
-ANY_KEY = "*"
-
-
-class MapError(ValueError):
-    """A field map that does not follow docs/field-maps.md; `problems` says where and why."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = list(problems)
-
-
-# --- field paths -----------------------------------------------------------------------------------
-
-
-def format_path(steps: Sequence[Step]) -> str:
-    """`a.b[2].c` from ('a', 'b', 2, 'c'); a key containing '.', '[', ']' or '`' (or empty) is backtick-quoted."""
-    out: list[str] = []
-    for step in steps:
-        if isinstance(step, int):
-            out.append(f"[{step}]")
-            continue
-        text = f"`{step}`" if any(c in step for c in ".[]`") or step == "" else step
-        out.append(f".{text}" if out else text)
-    return "".join(out)
-
-
-def parse_path(text: str) -> tuple[Step, ...]:
-    """The steps of a path or pattern: keys, int indices, ANY_INDEX for `[*]`, ANY_KEY for `*`.
-
-    Raises:
-        ValueError: unbalanced backticks or brackets, an empty key, or a bad index.
-    """
-    steps: list[Step] = []
-    i, n = 0, len(text)
-    expect_key = True
-    while i < n:
-        ch = text[i]
-        if ch == "[":
-            end = text.find("]", i)
-            if end < 0:
-                raise ValueError(f"{text!r}: '[' without ']'")
-            inner = text[i + 1 : end].strip()
-            if inner == "*":
-                steps.append(ANY_INDEX)
-            elif inner.isdigit():
-                steps.append(int(inner))
-            else:
-                raise ValueError(f"{text!r}: list index must be a number or '*', not {inner!r}")
-            i = end + 1
-            expect_key = False
-            continue
-        if ch == ".":
-            if expect_key:
-                raise ValueError(f"{text!r}: empty key")
-            i += 1
-            expect_key = True
-            continue
-        if not expect_key:
-            raise ValueError(f"{text!r}: '.' or '[' expected at {i}")
-        if ch == "`":
-            end = text.find("`", i + 1)
-            if end < 0:
-                raise ValueError(f"{text!r}: unbalanced backtick")
-            steps.append(text[i + 1 : end])
-            i = end + 1
-        else:
-            j = i
-            while j < n and text[j] not in ".[":
-                if text[j] in "]`":
-                    raise ValueError(f"{text!r}: unexpected {text[j]!r}")
-                j += 1
-            key = text[i:j]
-            steps.append(ANY_KEY if key == "*" else key)
-            i = j
-        expect_key = False
-    if expect_key:
-        raise ValueError(f"{text!r}: empty key")
-    return tuple(steps)
-
-
-def _matches(pattern: tuple[Step, ...], path: tuple[Step, ...]) -> bool:
-    for want, got in zip(pattern, path, strict=True):
-        if want == ANY_INDEX:
-            if not isinstance(got, int):
-                return False
-        elif want == ANY_KEY:
-            if not isinstance(got, str):
-                return False
-        elif isinstance(want, str) and "*" in want:
-            if not isinstance(got, str) or not fnmatchcase(got, want):
-                return False
-        elif want != got:
-            return False
-    return True
-
-
-def _wild(step: Step) -> bool:
-    """A step that matches more than one key or index: `[*]`, `*`, or a key glob like `temperature_*`."""
-    return step == ANY_INDEX or (isinstance(step, str) and "*" in step)
-
-
-def _weight(step: Step) -> int:
-    # An exact step beats a key glob (`temperature_*`), which beats a bare wildcard.
-    if step == ANY_INDEX or step == ANY_KEY:
-        return 0
-    return 1 if isinstance(step, str) and "*" in step else 2
-
-
-# --- one entry of a map ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FieldSpec:
-    """What a map says about one field path: ignore it, or its quantity, emitted unit and time.
-
-    `factor`/`offset` convert a value as the codec emits it (after `scale`) to the quantity's unit;
-    they are derived from `u`, never written in a map.
-    """
-
-    pattern: str
-    steps: tuple[Step, ...]
-    ignore: bool = False
-    keep: bool = False  # sent unit-less under its own key on purpose: no quantity fits (yet)
-    name: str = ""
-    unit: str | None = None
-    scale: float = 1.0
-    state: bool = False
-    values: Mapping[str, Any] | None = None
-    # Values a catalogue example returns that no device sends (filler bytes): the range check skips them.
-    not_readings: frozenset[float] = frozenset()
-    time: tuple[Step, ...] | None = None
-    time_unit: str = "s"
-    time_step: float = 0.0
-    quantity: Quantity | None = None
-    factor: float = 1.0
-    offset: float = 0.0
-
-    @property
-    def specificity(self) -> int:
-        """How exact the pattern is: exact steps count 2, key globs 1, wildcards 0."""
-        return sum(_weight(s) for s in self.steps)
-
-    def convert_from(self, unit: str) -> tuple[float, float]:
-        """(factor, offset) from a unit the data itself declares (Decentlab's `unit`), with `scale`.
-
-        Raises:
-            UnitMismatch: the unit is unknown or measures something else than the quantity.
-        """
-        if self.quantity is None:
-            raise UnitMismatch(f"{self.name!r} is not in the vocabulary")
-        factor, offset = conversion(unit, self.quantity)
-        return factor * self.scale, offset
-
-
-def _spec(pattern: str, raw: Any, where: str, problems: list[str]) -> FieldSpec | None:
-    try:
-        steps = parse_path(pattern)
-    except ValueError as exc:
-        problems.append(f"{where}: bad field path: {exc}")
-        return None
-    if raw == "ignore":
-        return FieldSpec(pattern, steps, ignore=True)
-    if raw == "keep":
-        return FieldSpec(pattern, steps, keep=True)
-    if not isinstance(raw, Mapping):
-        problems.append(f"{where}: must be 'ignore', 'keep' or a mapping with n (and u, state, t ...)")
-        return None
-    unknown = set(map(str, raw)) - _SPEC_KEYS
-    if unknown:
-        problems.append(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(_SPEC_KEYS)})")
-    name = raw.get("n")
-    quantity = BY_NAME.get(name) if isinstance(name, str) else None
-    if quantity is None:
-        problems.append(f"{where}: n {name!r} is not in the vocabulary (docs/vocabulary.md)")
-        return None
-    state = raw.get("state", False)
-    if not isinstance(state, bool):
-        problems.append(f"{where}: state must be true or false")
-        state = False
-    unit = raw.get("u")
-    scale = raw.get("scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or scale == 0:
-        problems.append(f"{where}: scale must be a non-zero number")
-        scale = 1.0
-    factor, offset = float(scale), 0.0
-    if state:
-        if quantity.unit is not None and not quantity.state:
-            problems.append(f"{where}: state: true, but {name} is a measurement in {quantity.unit}")
-        if unit is not None:
-            problems.append(f"{where}: a state has no unit (u: {unit!r})")
-    elif unit is not None:
-        if not isinstance(unit, str):
-            problems.append(f"{where}: u must be a string")
-        else:
-            try:
-                f, offset = conversion(unit, quantity)
-                factor = f * float(scale)
-            except UnitMismatch as exc:
-                problems.append(f"{where}: {exc}")
-    elif quantity.state:
-        problems.append(f"{where}: {name} is a state quantity: add state: true")
-    not_readings = raw.get("not_readings", [])
-    if not isinstance(not_readings, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in not_readings):
-        problems.append(f"{where}: not_readings must be a list of numbers (example values that are filler)")
-        not_readings = []
-    values = raw.get("values")
-    if values is not None and not isinstance(values, Mapping):
-        problems.append(f"{where}: values must be a mapping (enum value: meaning)")
-        values = None
-    time: tuple[Step, ...] | None = None
-    if raw.get("t") is not None:
-        try:
-            time = parse_path(str(raw["t"]))
-        except ValueError as exc:
-            problems.append(f"{where}: bad t path: {exc}")
-    time_unit = raw.get("tu", "s")
-    if time_unit not in TIME_UNITS:
-        problems.append(f"{where}: tu must be one of {', '.join(TIME_UNITS)}")
-    time_step = raw.get("dt", 0.0)
-    if isinstance(time_step, bool) or not isinstance(time_step, int | float):
-        problems.append(f"{where}: dt must be a number of seconds")
-        time_step = 0.0
-    return FieldSpec(pattern, steps, name=str(name), unit=unit if isinstance(unit, str) else None,
-                     scale=float(scale), state=state, values=values,
-                     not_readings=frozenset(not_readings), time=time, time_unit=str(time_unit),
-                     time_step=float(time_step), quantity=quantity, factor=factor, offset=offset)
 
 
 # --- a map ------------------------------------------------------------------------------------------
@@ -269,7 +38,7 @@ class FieldMap:
 
     def __post_init__(self) -> None:
         for spec in self.specs:
-            if any(_wild(s) for s in spec.steps):
+            if any(is_wild(s) for s in spec.steps):
                 self._wild.setdefault(len(spec.steps), []).append(spec)
             else:
                 self._exact.setdefault(spec.steps, spec)
@@ -283,7 +52,7 @@ class FieldMap:
         if spec is not None:
             return spec
         for candidate in self._wild.get(len(path), ()):
-            if _matches(candidate.steps, path):
+            if matches(candidate.steps, path):
                 return candidate
         return None
 
@@ -322,7 +91,7 @@ def parse_map(doc: Any, source: str = "<map>") -> FieldMap:
         fields = {}
     specs: list[FieldSpec] = []
     for pattern, raw in fields.items():
-        spec = _spec(str(pattern), raw, f"{source}: fields.{pattern}", problems)
+        spec = parse_spec(str(pattern), raw, f"{source}: fields.{pattern}", problems)
         if spec is not None:
             specs.append(spec)
     if problems:

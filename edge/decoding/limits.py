@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from edge.errors import OverLimit
+
 # The bounds of one decode. A real codec returns a few dozen values and an error or two; these
 # are far above that and far below what hurts a Raspberry Pi (memory, a 1 GB buffer, the log).
 MAX_DEPTH = 32  # nesting of objects and lists in `data`
@@ -20,10 +22,6 @@ MAX_REASON_CHARS = 1024  # the stored reason of a failed decode or a malformed m
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 # Integers a JSON encoder (orjson) and SQLite take: 64 bits.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-
-
-class OverLimit(ValueError):
-    """Foreign data is beyond a bound; the text says which (and never quotes the data)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,3 +191,12 @@ def summarise_messages(messages: Any, what: str = "errors") -> str:
                      if isinstance(message, str) else f"<{type(message).__name__}>")
     more = f" (and {len(messages) - MAX_MESSAGES} more {what})" if len(messages) > MAX_MESSAGES else ""
     return truncate("; ".join(shown), MAX_REASON_CHARS - len(more)) + more
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as a bounded one-line reason (its text may quote foreign data)."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - str() of a hostile exception argument may itself fail
+        text = type(exc).__name__
+    return truncate(text.replace("\n", " "), MAX_REASON_CHARS)

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from edge.decoding.fieldmap import ANY_INDEX, ANY_KEY, EMPTY, FieldMap, FieldSpec, Step
+from edge.decoding.fieldmap import EMPTY, FieldMap
+from edge.decoding.fieldpath import ANY_INDEX, ANY_KEY, Step
+from edge.decoding.fieldspec import FieldSpec
+from edge.errors import UnitMismatch
 from edge.model import Reading, Value
-from edge.vocabulary import UnitMismatch
 
 # Keys an object may have besides `value` and still be one leaf: `{"value": 3.1, "unit": "V",
 # "displayName": "Battery voltage"}` as Decentlab, Adeunis and others return it.

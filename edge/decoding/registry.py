@@ -7,18 +7,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.decoding import limits
 from edge.decoding.base import Decoder, DecodeResult, DeviceContext
 from edge.decoding.fieldmap import EMPTY, FieldMap, MapIndex, default_index, map_for
+from edge.decoding.jscodecs import JsCodecs
 from edge.decoding.normalize import normalise
+from edge.errors import OverLimit
 from edge.model import DecodeStatus, Reading, Uplink
 
 if TYPE_CHECKING:
     from edge.decoding.catalogue import CatalogueIndex, Match
-    from edge.decoding.js.runtime import EncodeResult
+    from edge.decoding.js.replies import EncodeResult
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,8 @@ class DecoderRegistry:
         self._rules = tuple(rules)
         self._use_object = use_object
         self._tag = tag
-        self._js_limits = (js_time_limit_s, js_memory_limit)
-        self._profile_codecs: dict[str, tuple[str, Decoder]] = {}  # profile id -> (script, decoder)
+        self._js = JsCodecs(js_time_limit_s, js_memory_limit)
         self.catalogue = catalogue
-        self._catalogue_codecs: dict[str, Decoder] = {}  # codec key -> decoder
         # A call that takes the JS time limit or longer counts as a timeout for the cool-down.
         self.cooldown = cooldown if cooldown is not None else CoolDown(slow_s=js_time_limit_s)
         self._maps = maps if maps is not None else default_index()
@@ -223,20 +222,6 @@ class DecoderRegistry:
                 return candidate
         return ""
 
-    def _profile_decoder(self, hints: DeviceHints) -> Decoder:
-        cached = self._profile_codecs.get(hints.profile_id)
-        if cached is not None and cached[0] == hints.profile_js:
-            return cached[1]
-        # Imported here: the JS engine is loaded only on gateways whose profiles use it.
-        from edge.decoding.js.codec import JsCodecDecoder
-        from edge.decoding.js.runtime import JsLimits
-
-        decoder = JsCodecDecoder.from_script(
-            f"{PROFILE_JS}/{hints.profile_id}", hints.profile_js,
-            limits=JsLimits(time_limit=self._js_limits[0], memory_limit=self._js_limits[1]))
-        self._profile_codecs[hints.profile_id] = (hints.profile_js, decoder)
-        return decoder
-
     def catalogue_decoder(self, key: str) -> Decoder:
         """The JS decoder of a catalogue codec (built once), with `codec_key` set to `key`.
 
@@ -244,24 +229,7 @@ class DecoderRegistry:
             LookupError: no index was imported, or it does not hold the codec.
             ConfigError: the codec's script does not load.
         """
-        cached = self._catalogue_codecs.get(key)
-        if cached is not None:
-            return cached
-        codec = self.catalogue.codec(key) if self.catalogue is not None else None
-        if codec is None or not codec.uplink_script:
-            where = "no codec index (run `edge codecs import`)" if self.catalogue is None else \
-                f"the codec index {self.catalogue.path} holds no uplink decoder {key}"
-            raise LookupError(where)
-        from edge.decoding.js.codec import JsCodecDecoder
-        from edge.decoding.js.runtime import JsLimits
-
-        # Its field map is found by its key (a native decoder declaring the same TTN codec lists
-        # that key in its own map, since both return the same `data`).
-        decoder = JsCodecDecoder(key, codec.uplink_script,
-                                 limits=JsLimits(time_limit=self._js_limits[0], memory_limit=self._js_limits[1]),
-                                 name=f"{codec.vendor}/{Path(codec.path).name}", codec_key=key)
-        self._catalogue_codecs[key] = decoder
-        return decoder
+        return self._js.catalogue_decoder(key, self.catalogue)
 
     def encode(self, uplink: Uplink, data: Mapping[str, Any], fport: int | None,
                hints: DeviceHints = NO_HINTS) -> tuple[str, EncodeResult] | None:
@@ -270,10 +238,7 @@ class DecoderRegistry:
         Returns (the codec: a catalogue key or PROFILE_JS, the result), or None when the chosen
         decoder has no encodeDownlink (native decoders, ChirpStack's `object`).
         """
-        from edge.decoding.js.runtime import JsLimits, JsRuntime
-
         chosen = self.choose(uplink, hints)
-        limits = JsLimits(time_limit=self._js_limits[0], memory_limit=self._js_limits[1])
         script, name = "", chosen
         if chosen == PROFILE_JS:
             script, name = hints.profile_js, f"{PROFILE_JS}/{hints.profile_id}"
@@ -283,8 +248,7 @@ class DecoderRegistry:
                 script = codec.downlink_script
         if not script:
             return None
-        runtime = JsRuntime(script, name=name, limits=limits)
-        return chosen, runtime.encode_downlink(data, fport, hints.variables)
+        return chosen, self._js.runtime(script, name).encode_downlink(data, fport, hints.variables)
 
     def decode(self, uplink: Uplink, hints: DeviceHints = NO_HINTS) -> Decoded:
         """Decode one uplink; never raises.
@@ -297,7 +261,7 @@ class DecoderRegistry:
         try:
             return self._decode(uplink, hints)
         except Exception as exc:  # noqa: BLE001 - one uplink's decode never fails the pipeline
-            return Decoded(DecodeStatus.FAILED, [], "", _reason(exc))
+            return Decoded(DecodeStatus.FAILED, [], "", limits.reason(exc))
 
     def _decode(self, uplink: Uplink, hints: DeviceHints) -> Decoded:
         chosen = self.choose(uplink, hints)
@@ -312,14 +276,15 @@ class DecoderRegistry:
                 return Decoded(DecodeStatus.FAILED, [], chosen, "cool-down")
             if chosen == PROFILE_JS:
                 try:
-                    decoder = self._profile_decoder(hints)
+                    decoder = self._js.profile_decoder(hints.profile_id, key, hints.profile_js)
                 except Exception as exc:  # noqa: BLE001 - a profile script that does not load fails this uplink
-                    return Decoded(DecodeStatus.FAILED, [], chosen, f"profile codec does not load: {_reason(exc)}")
+                    return Decoded(DecodeStatus.FAILED, [], chosen,
+                                   f"profile codec does not load: {limits.reason(exc)}")
             elif chosen not in self._by_id and ":" in chosen:
                 try:
                     decoder = self.catalogue_decoder(chosen)
                 except Exception as exc:  # noqa: BLE001 - a missing or broken catalogue codec fails this uplink
-                    return Decoded(DecodeStatus.FAILED, [], chosen, f"catalogue codec {chosen}: {_reason(exc)}")
+                    return Decoded(DecodeStatus.FAILED, [], chosen, f"catalogue codec {chosen}: {limits.reason(exc)}")
             else:
                 decoder = self._by_id.get(chosen)
             if decoder is None:
@@ -332,7 +297,7 @@ class DecoderRegistry:
             try:
                 result: DecodeResult = decoder.decode(uplink.payload, uplink.fport, context)
             except Exception as exc:  # noqa: BLE001 - a broken decoder costs one uplink, never the pipeline
-                return Decoded(DecodeStatus.FAILED, [], chosen, _reason(exc))
+                return Decoded(DecodeStatus.FAILED, [], chosen, limits.reason(exc))
             finally:
                 took = time.thread_time() - started
                 if took >= cooldown.slow_s:
@@ -369,25 +334,16 @@ class DecoderRegistry:
             if result.warnings:
                 limits.check_messages(result.warnings, "warnings")
             if data is not None and type(data) is not dict and not isinstance(data, Mapping):
-                raise limits.OverLimit(f"data is a {type(data).__name__}, not an object")
+                raise OverLimit(f"data is a {type(data).__name__}, not an object")
             limits.check_data(data)
-        except limits.OverLimit as exc:
+        except OverLimit as exc:
             return Decoded(DecodeStatus.FAILED, [], decoder, f"codec output over the limits: {exc}")
         try:
             normalised = normalise(data, fmap, received)
         except Exception as exc:  # noqa: BLE001 - the normaliser's failure costs this uplink only
-            return Decoded(DecodeStatus.FAILED, [], decoder, f"normalising failed: {_reason(exc)}")
+            return Decoded(DecodeStatus.FAILED, [], decoder, f"normalising failed: {limits.reason(exc)}")
         count_key = self._count_key(map_key or f"decoder:{decoder}") if normalised.unmapped else map_key
         return Decoded(status, normalised.readings, decoder, codec=count_key, unmapped=len(normalised.unmapped))
-
-
-def _reason(exc: BaseException) -> str:
-    """An exception as a bounded one-line reason (its text may quote foreign data)."""
-    try:
-        text = f"{type(exc).__name__}: {exc}"
-    except Exception:  # noqa: BLE001 - str() of a hostile exception argument may itself fail
-        text = type(exc).__name__
-    return limits.truncate(text.replace("\n", " "), limits.MAX_REASON_CHARS)
 
 
 class CoolDown:

@@ -1,8 +1,10 @@
 """Applies one upstream's sharing rules to entries: which devices, which quantities, how coarse.
 
-Pure apart from the device lookup and the thinning store it is given (both read from the buffer,
-wired by the pipeline). A filtered-out entry still counts as handled for that upstream, so its
-cursor moves on: a record no rule lets through is simply never sent there.
+Pure apart from the device lookup and the thinning store it is given at construction (the
+pipeline binds both to the sink's own buffer connection). A filtered-out entry still counts as
+handled for that upstream, so its cursor moves on: a record no rule lets through is simply never
+sent there. Filtered entries keep their stored radio records, and their stored readings when the
+rules change none of them, so nothing is parsed and written again for nothing.
 
 Thinning (`thin_s`) keeps an uplink when its interval, `floor(time / thin_s)`, is later than that
 of the device's previous kept uplink, in buffer order; `time` is the event's own time, but never
@@ -55,8 +57,8 @@ class ShareFilter:
 
     def __init__(self, rules: ShareRules, lookup: DeviceLookup | None = None, store: ThinStore | None = None) -> None:
         self.rules = rules
-        self.lookup = lookup
-        self.store = store
+        self._lookup = lookup
+        self._store = store
         self._rounding = dict(rules.round)
         # dev_eui -> (entry id, interval) of the uplinks kept since the upstream's cursor, plus the
         # newest one at or before it; loaded from `store` when a device is first seen.
@@ -72,8 +74,8 @@ class ShareFilter:
         """The entries this destination may receive, with only the readings it may receive."""
         out = list(entries)
         meta: Mapping[str, Mapping[str, Any]] = {}
-        if (self.rules.selects_devices or self.rules.enrich) and self.lookup is not None:
-            meta = self.lookup({e.dev_eui for e in out})
+        if (self.rules.selects_devices or self.rules.enrich) and self._lookup is not None:
+            meta = self._lookup({e.dev_eui for e in out})
         if self.rules.selects_devices:
             out = [e for e in out if self._device_allowed(e.dev_eui, meta.get(e.dev_eui))]
         if self.transforms:
@@ -86,7 +88,7 @@ class ShareFilter:
 
     def allows_device(self, dev_eui: str) -> bool:
         """Whether this destination's rules cover a device (used to police its downlink commands)."""
-        meta = self.lookup([dev_eui]) if self.lookup is not None else {}
+        meta = self._lookup([dev_eui]) if self._lookup is not None else {}
         return self._device_allowed(dev_eui, meta.get(dev_eui))
 
     def _enriched(self, entry: Entry, meta: Mapping[str, Any] | None) -> Entry:
@@ -100,8 +102,7 @@ class ShareFilter:
                 extra.append(Reading(name, str(value)))
         if not extra:
             return entry
-        return Entry(entry.id, entry.uplink_id, entry.dev_eui, entry.application_id, entry.gateway_id, entry.time,
-                     [*entry.readings, *extra], entry.radio)
+        return _with_readings(entry, [*entry.readings, *extra])
 
     def _device_allowed(self, dev_eui: str, meta: Mapping[str, Any] | None) -> bool:
         r = self.rules
@@ -123,15 +124,15 @@ class ShareFilter:
         entries = [e for e in entries if e.has_readings]
         new = {e.dev_eui for e in entries} - self._kept.keys()
         if new:
-            stored = self.store.load(new) if self.store is not None else {}
+            stored = self._store.load(new) if self._store is not None else {}
             for dev in new:
                 self._kept[dev] = list(stored.get(dev, ()))
         out: list[Entry] = []
         redo_from: dict[str, int] = {}
         kept: list[tuple[str, int, int]] = []
         received: Mapping[int, float] = {}
-        if entries and self.store is not None and hasattr(self.store, "received"):
-            received = self.store.received([e.id for e in entries])
+        if entries and self._store is not None and hasattr(self._store, "received"):
+            received = self._store.received([e.id for e in entries])
         # Without receive times (no store), at least the future is cut at now + 5 min.
         ceiling = time.time() + TRUSTED_FUTURE_S
         for e in entries:
@@ -150,8 +151,8 @@ class ShareFilter:
             history.append((e.id, bucket))
             kept.append((e.dev_eui, e.id, bucket))
             out.append(e)
-        if (redo_from or kept) and self.store is not None:
-            cursor = self.store.save(redo_from, kept)
+        if (redo_from or kept) and self._store is not None:
+            cursor = self._store.save(redo_from, kept)
             for dev in {*redo_from, *(k[0] for k in kept)}:
                 history = self._kept[dev]
                 done = sum(1 for i, _ in history if i <= cursor)
@@ -162,16 +163,26 @@ class ShareFilter:
     def _readings(self, entry: Entry) -> Entry:
         r = self.rules
         readings: list[Reading] = []
+        changed = False
         for reading in entry.readings:
             if (r.quantities and reading.name not in r.quantities) or reading.name in r.drop_quantities:
+                changed = True
                 continue
             decimals = self._rounding.get(reading.name)
             if decimals is None and reading.unit not in _WILDCARD_SPARES:
                 decimals = self._rounding.get("*")
             if decimals is not None and isinstance(reading.value, float | int) and not isinstance(reading.value, bool):
-                # A history sample keeps its own time (and its source field) when rounded.
-                reading = Reading(reading.name, round(reading.value, decimals), reading.unit, reading.field,
-                                  reading.time)
+                rounded = round(reading.value, decimals)
+                if rounded != reading.value:
+                    # A history sample keeps its own time (and its source field) when rounded.
+                    reading = Reading(reading.name, rounded, reading.unit, reading.field, reading.time)
+                    changed = True
             readings.append(reading)
-        return Entry(entry.id, entry.uplink_id, entry.dev_eui, entry.application_id, entry.gateway_id, entry.time,
-                     readings, entry.radio)
+        # Unchanged, the entry goes on with its stored records (formatted without writing them anew).
+        return _with_readings(entry, readings) if changed else entry
+
+
+def _with_readings(entry: Entry, readings: list[Reading]) -> Entry:
+    """`entry` with other readings; its radio records stay as stored (never parsed and written again)."""
+    return Entry(entry.id, entry.uplink_id, entry.dev_eui, entry.application_id, entry.gateway_id, entry.time,
+                 readings, radio_blob=entry.radio_json)

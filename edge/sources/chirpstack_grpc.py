@@ -6,15 +6,7 @@ No protobuf object leaves this module; callers get the frozen dataclasses of
 edge/sources/chirpstack_records.py. `sync` (edge/sources/chirpstack_sync.py) fills the device
 cache through this client.
 
-Exception tree (all subclasses of `edge.errors.EdgeError`):
-
-    ApiError              any other failure of a call (the gRPC status code and details in the message)
-     ├── ApiAuthError      UNAUTHENTICATED with a reason: the token is not a key of this ChirpStack
-     ├── ApiPermissionError UNAUTHENTICATED without a reason (or PERMISSION_DENIED): the key was
-     │                     deleted, or may not do this (a tenant key outside its tenant)
-     ├── ApiNotFound       NOT_FOUND: the tenant, device or profile does not exist
-     ├── ApiExists         ALREADY_EXISTS: a create found the object (device, keys) already there
-     └── ApiUnavailable    UNAVAILABLE / DEADLINE_EXCEEDED after every retry
+Its errors are ApiError and its subclasses, drawn with the whole tree in edge/errors.py.
 
 ChirpStack v4 never answers PERMISSION_DENIED: its request validator turns every refused access
 into UNAUTHENTICATED with empty details, while a token it cannot decode gets the decoder's error
@@ -24,16 +16,21 @@ as details. That empty reason is the only way to tell "wrong key" from "right ke
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-from edge.errors import EdgeError
-from edge.sources.chirpstack_hints import unreachable_hint
+from edge.errors import (
+    ApiAuthError,
+    ApiError,
+    ApiExists,
+    ApiNotFound,
+    ApiPermissionError,
+    ApiUnavailable,
+)
+from edge.sources.chirpstack_channel import grpc_module, grpc_target, unreachable_hint
 from edge.sources.chirpstack_records import ApplicationRecord, DeviceKeys, DeviceRecord, ProfileRecord
 
 log = logging.getLogger(__name__)
@@ -41,55 +38,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PAGE_SIZE = 100
-
-
-class ApiError(EdgeError):
-    """A ChirpStack API call failed."""
-
-
-class ApiAuthError(ApiError):
-    """ChirpStack rejected the API token."""
-
-
-class ApiPermissionError(ApiError):
-    """The API token is valid but may not do what was asked."""
-
-
-class ApiNotFound(ApiError):
-    """The object asked for does not exist in ChirpStack."""
-
-
-class ApiExists(ApiError):
-    """The object to create is already in ChirpStack."""
-
-
-class ApiUnavailable(ApiError):
-    """ChirpStack could not be reached (after retries)."""
-
-
-def _grpc() -> Any:
-    # gRPC's C core prints its own INFO lines (TLS handshake details) to stderr unless told not
-    # to; our messages say the same in words a technician can act on.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    # grpcio ships no type information (no py.typed, grpc-stubs not installed): treat it as Any.
-    import grpc  # type: ignore[import-untyped]
-
-    return grpc
-
-
-def _target(api_url: str, ca_file: str | None) -> tuple[str, bool]:
-    """Split an API URL into the gRPC target and whether to use TLS."""
-    if "://" not in api_url:
-        # Bare host:port: plaintext, ChirpStack's default on a LAN, unless a CA file asks for TLS.
-        return api_url, bool(ca_file)
-    parts = urlsplit(api_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        raise ApiError(f"ChirpStack API URL must be host:port, http://host:port or https://host[:port], "
-                       f"got {api_url!r}")
-    tls = parts.scheme == "https"
-    port = parts.port or (443 if tls else 80)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{host}:{port}", tls
 
 
 class ChirpStackApi:
@@ -116,7 +64,7 @@ class ChirpStackApi:
             page_size: `limit` of each List request.
             token_file: where the token came from, named in error messages (never the token itself).
         """
-        grpc = _grpc()
+        grpc = grpc_module()
         self.url = api_url
         self.timeout_s = timeout_s
         self.attempts = max(1, attempts)
@@ -125,7 +73,7 @@ class ChirpStackApi:
         self.token_file = token_file
         self.tls = False
         self._metadata = (("authorization", f"Bearer {token}"),)
-        target, tls = _target(api_url, ca_file)
+        target, tls = grpc_target(api_url, ca_file)
         self.tls = tls
         if tls:
             roots = Path(ca_file).read_bytes() if ca_file else None
@@ -158,7 +106,7 @@ class ChirpStackApi:
 
     def _call(self, action: str, rpc: Callable[..., T], request: Any, *, retry: bool = True) -> T:
         """Run one unary call with deadline, auth metadata, retries and clear errors."""
-        grpc = _grpc()
+        grpc = grpc_module()
         transient = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         attempts = self.attempts if retry else 1
         for attempt in range(1, attempts + 1):
@@ -177,7 +125,7 @@ class ChirpStackApi:
         raise AssertionError("unreachable")  # the loop either returns or raises
 
     def _error(self, action: str, code: Any, details: str) -> ApiError:
-        grpc = _grpc()
+        grpc = grpc_module()
         where = f"ChirpStack at {self.url}"
         token = f"the token in {self.token_file}" if self.token_file else "the API token"
         if code == grpc.StatusCode.UNAUTHENTICATED and details.strip():

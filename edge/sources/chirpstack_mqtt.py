@@ -19,11 +19,10 @@ from collections.abc import Callable
 
 from edge.backoff import Backoff
 from edge.config import ChirpStackConfig
-from edge.errors import StorageError, certificate_problem
+from edge.errors import ConnectionRefused, ProtocolError, StorageError, certificate_problem
 from edge.model import Event
 from edge.sources.chirpstack_events import MAX_PAYLOAD_BYTES, parse
 from edge.sources.mqtt_subscriber import MqttSubscriber
-from edge.sources.mqtt_wire import ConnectionRefused, ProtocolError
 
 log = logging.getLogger(__name__)
 

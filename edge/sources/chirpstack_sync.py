@@ -7,7 +7,8 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from edge.sources.chirpstack_grpc import ApiNotFound, ChirpStackApi
+from edge.errors import ApiNotFound
+from edge.sources.chirpstack_grpc import ChirpStackApi
 from edge.sources.chirpstack_records import ApplicationRecord, DeviceRecord, ProfileRecord, SyncResult
 
 log = logging.getLogger(__name__)

@@ -17,16 +17,15 @@ from collections.abc import Sequence
 import mqtt5
 
 from edge.config import MqttEndpoint
+from edge.errors import ConnectionRefused, ProtocolError
 from edge.mqtt import tls_context
 from edge.sources.mqtt_wire import (
     PING_RESPONSE,
     READ_SIZE,
-    ConnectionRefused,
     Disconnect,
     Granted,
     Packet,
     PacketReader,
-    ProtocolError,
     Publish,
     SubAck,
     check_publish,

@@ -18,18 +18,12 @@ from paho.mqtt import _packet as paho_packet
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.exception import MalformedPacket
 
+from edge.errors import ConnectionRefused, ProtocolError
+
 CONNACK, PUBLISH, SUBACK, PINGRESP, DISCONNECT = 2, 3, 9, 13, 14
 _KINDS = ("reserved 0", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL", "PUBCOMP", "SUBSCRIBE",
           "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP", "DISCONNECT", "AUTH")
 READ_SIZE = 64 * 1024  # one recv; with the largest packet this bounds what is ever buffered
-
-
-class ProtocolError(ConnectionError):
-    """The broker sent a malformed packet or broke the protocol; the connection must be dropped."""
-
-
-class ConnectionRefused(ConnectionError):
-    """The broker answered CONNECT or SUBSCRIBE with a failure reason code."""
 
 
 @dataclass(slots=True)

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
+from edge.buffer.adapters import BufferBacklog
 from edge.config import load_config
 from edge.errors import StorageFull
-from edge.pipeline import BufferBacklog, Pipeline
+from edge.pipeline import Pipeline
 from edge.simulate import SentUplink, Simulator, publish
 from edge.sources.chirpstack_mqtt import Message
 from tests.conftest import REPO

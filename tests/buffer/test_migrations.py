@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import sqlite3
 import subprocess
 import sys
@@ -10,8 +12,8 @@ from pathlib import Path
 
 import orjson
 
+from edge.buffer import Buffer
 from edge.buffer.migrations import MIGRATIONS, migrate
-from edge.buffer.store import Buffer
 from edge.model import radio_json, readings_json
 from tests.buffer.test_store import READINGS, T0, batch_of, uplink
 
@@ -65,7 +67,7 @@ def test_migrations_first_version_with_data_reaches_latest_and_keeps_it(tmp_path
 OPEN = """\
 import sys, time
 from pathlib import Path
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 go = Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.001)
@@ -93,3 +95,29 @@ def test_migrations_concurrent_processes_on_an_old_file_all_succeed(tmp_path: Pa
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert migrate(db) == len(MIGRATIONS)  # and opening it again is a no-op
         db.close()
+
+
+# Shipped migrations, frozen: SHA-256 of the SQL each returns, in order. A buffer in the field has
+# run exactly this SQL, so editing one would give files of the same version different schemas.
+# A schema change appends a migration (and its line here); it never edits one above.
+SHIPPED = [
+    ("v1_initial", "1c53ee32e04259dd1f254aaf71362b551d2797541092de4c8c3f9bc9b5b78f5d"),
+    ("v2_device_registry", "72ac60bdec949db52889ea230c8ad26e2250acfec0bb9b3468cad0c5787dfadf"),
+    ("v3_sharing_and_dead_letters", "a67a015466123a056016b7757f59c76a829c18a437ae18e473dd0cc3d9f63b2f"),
+    ("v4_share_thinning", "4e00b9d2d05de4fa71a7ebec141c3b62856c9ac59f68aaf07b5a41ad453c66fd"),
+    ("v5_rewind_requests", "2c61bace7dbd6900e40924920fb81f234c3777f459e0c0ee7785eb0468b675cb"),
+    ("v6_command_ids", "f18176e74d315eb9e8c0e11e4480f82363db4f96528d6e831b27f3500415c446"),
+    ("v7_device_health", "de16b07ed99087ca98f66cea634273d34092ef9477a1b4cdc4b5d0dae9791f3e"),
+]
+
+
+def test_shipped_migrations_are_frozen() -> None:
+    got = [(m.__name__, hashlib.sha256(m().encode()).hexdigest()) for m in MIGRATIONS[:len(SHIPPED)]]
+    assert got == SHIPPED, "a shipped migration changed: restore it and append a new migration instead"
+    # Each returns its own literal, so nothing else in the code can change what a migration runs.
+    tree = ast.parse((REPO / "edge" / "buffer" / "migrations.py").read_text())
+    bodies = {f.name: [s for s in f.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+              for f in tree.body if isinstance(f, ast.FunctionDef)}
+    for m in MIGRATIONS:
+        (statement,) = bodies[m.__name__]
+        assert isinstance(statement, ast.Return) and isinstance(statement.value, ast.Constant), m.__name__

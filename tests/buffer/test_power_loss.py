@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.buffer.store import open_writer
+from edge.buffer import open_writer
 
 WRITER = """  # noqa: E501 - a script run in a subprocess
 import sys
-from edge.buffer.store import Buffer, Batch, NewUplink
+from edge.buffer import Buffer, Batch, NewUplink
 from edge.decoding.builtin.elsys import ElsysDecoder
 from edge.simulate import Simulator
 from edge.sources.chirpstack_events import parse
@@ -81,7 +81,7 @@ def test_power_loss_sigkill_during_writes_and_checkpoints_loses_nothing_committe
 
 POWER_WRITER = """
 import sys
-from edge.buffer.store import Buffer, Batch, NewUplink
+from edge.buffer import Buffer, Batch, NewUplink
 from edge.simulate import Simulator
 from edge.sources.chirpstack_events import parse
 from edge.model import DecodeStatus

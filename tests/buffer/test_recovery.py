@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from edge.buffer.store import Buffer, open_writer
+from edge.buffer import Buffer, open_writer
 from edge.config import load_config
 from edge.pipeline import Pipeline
 from edge.simulate import Simulator

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.buffer import migrations
-from edge.buffer.registry import SCHEMA_V2, DeviceRegistry
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer, migrations
+from edge.buffer.registry import DeviceRegistry
 from edge.errors import StorageError
 from edge.sources.chirpstack_records import ApplicationRecord, DeviceRecord, ProfileRecord
 
@@ -104,9 +103,9 @@ def test_registry_shares_the_buffer_file(tmp_path: Path) -> None:
 def test_registry_first_then_migration_v2_still_applies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "buffer.sqlite"
     DeviceRegistry(path).upsert_device(device("0000000000000001"))
-    # The lead adds SCHEMA_V2 as migration 2; on a file where the registry made the tables
-    # itself, that migration must succeed and keep the rows.
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, lambda: SCHEMA_V2])
+    # Migration v2 applied once more: on a file where the registry made the tables itself (before
+    # the migration existed), that migration must succeed and keep the rows.
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, migrations.v2_device_registry])
     buf = Buffer(path)
     assert buf.db.execute("PRAGMA user_version").fetchone()[0] == len(migrations.MIGRATIONS)
     buf.close()

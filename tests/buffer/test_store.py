@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from edge.buffer import COUNTERS, Batch, Buffer, NewUplink
 from edge.buffer.migrations import MIGRATIONS
-from edge.buffer.store import COUNTERS, Batch, Buffer, NewUplink
 from edge.errors import StorageCorrupt, StorageError
 from edge.model import DecodeStatus, DeviceEvent, DeviceInfo, Malformed, RadioInfo, Reading, Uplink
 
@@ -563,7 +563,7 @@ test_store_model = BufferModel.TestCase
 
 
 def test_dead_letters_are_capped_to_their_share_of_the_size_bound(tmp_path):
-    from edge.buffer.store import DEAD_LETTER_SHARE
+    from edge.buffer import DEAD_LETTER_SHARE
 
     buf = Buffer(tmp_path / "b.sqlite", max_bytes=1_000_000)
     letter = b"x" * 30_000

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from edge.buffer.store import Buffer
+from edge.buffer import Buffer
 from edge.cli import _timestamp, main
 from edge.config import load_config
 from edge.pipeline import Pipeline
@@ -222,9 +222,9 @@ def test_buffer_rewind_size_bound_dropping_while_pending_moves_the_cursor_past_t
 
 def test_buffer_rewind_thinned_upstream_gets_what_its_rules_allow_again(make_config):
     """A thinned upstream re-reads from the rewind point: same uplinks, plus at most one per device."""
+    from edge.buffer.adapters import BufferBacklog, BufferThinStore
     from edge.config import load_config as load
     from edge.formats.share import ShareFilter
-    from edge.pipeline import BufferBacklog, BufferThinStore
 
     path, _ = fill(make_config, count=20)
     cfg = load(path)

@@ -11,10 +11,11 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+from edge.buffer.adapters import BufferBacklog
 from edge.cli import main
 from edge.config import load_config
 from edge.decoding.builtin import builtin_decoders
-from edge.pipeline import BufferBacklog, Pipeline
+from edge.pipeline import Pipeline
 from edge.sources.chirpstack_mqtt import Message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

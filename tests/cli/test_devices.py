@@ -14,10 +14,11 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+from edge.buffer import Batch, Buffer, NewUplink
 from edge.buffer.registry import CachedApplication, CachedDevice, CachedProfile
-from edge.buffer.store import Batch, Buffer, NewUplink
 from edge.cli import devices as devices_module
-from edge.cli.devices import CHIRPSTACK, PROFILE_JS, UNDECODED, devices, downlink, explain, wait_for_queue_item
+from edge.cli.devices import CHIRPSTACK, PROFILE_JS, UNDECODED, devices, explain
+from edge.cli.downlink import downlink, wait_for_queue_item
 from edge.config import load_config
 from edge.decoding.registry import Rule
 from edge.model import DecodeStatus, DeviceEvent, DeviceInfo, Uplink

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge.broker import Mosquitto, free_port
-from edge.buffer.store import Batch, Buffer, NewUplink
+from edge.buffer import Batch, Buffer, NewUplink
 from edge.cli.doctor import doctor
 from edge.model import Uplink
 from edge.simulate import Simulator, publish

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from edge.buffer import Buffer
 from edge.buffer import health as store
-from edge.buffer.store import Buffer
 from edge.cli import main
 from edge.config import HealthConfig
 from edge.health import HealthTracker

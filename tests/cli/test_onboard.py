@@ -15,7 +15,7 @@ import pytest
 from chirpstack_api import api
 from click.testing import CliRunner, Result
 
-from edge.buffer.store import Batch, Buffer, NewUplink
+from edge.buffer import Batch, Buffer, NewUplink
 from edge.cli import main
 from edge.model import DecodeStatus, DeviceEvent, DeviceInfo, RadioInfo, Reading, Uplink
 from tests.grpc_server import FakeChirpStack, State

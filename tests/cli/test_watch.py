@@ -131,7 +131,7 @@ def test_watch_does_not_take_over_the_service_session(broker_factory, make_confi
     # The gateway kept its connection (a client id clash would have kicked it off) and stored all five.
     assert "Lost ChirpStack broker" not in edge.log.read_text()
     assert edge.terminate() == 0
-    from edge.buffer.store import Buffer
+    from edge.buffer import Buffer
 
     buffer = Buffer(cfg.parent / "buffer.sqlite", readonly=True)
     assert buffer.counters()["received"] == 5

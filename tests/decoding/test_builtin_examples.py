@@ -15,7 +15,8 @@ from edge.decoding.base import Decoder, DecodeResult, DeviceContext
 from edge.decoding.builtin import builtin_decoders
 from edge.decoding.coverage import check
 from edge.decoding.examples import compare
-from edge.decoding.fieldmap import FieldMap, default_index, map_for, parse_path
+from edge.decoding.fieldmap import FieldMap, default_index, map_for
+from edge.decoding.fieldpath import parse_path
 from edge.decoding.normalize import normalise
 from edge.vocabulary import BY_NAME
 

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from edge.cli import main
-from edge.decoding.examples import codec_targets, read_yaml
+from edge.decoding.catalogue_tests import codec_targets
+from edge.decoding.examples import read_yaml
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "catalogues"
 TTN = FIXTURES / "ttn"

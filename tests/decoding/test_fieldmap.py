@@ -13,20 +13,17 @@ from edge.cli import main
 from edge.decoding.base import Field, normalize
 from edge.decoding.coverage import check, read_js_literal
 from edge.decoding.fieldmap import (
-    ANY_INDEX,
-    ANY_KEY,
-    MapError,
     MapIndex,
     default_index,
-    format_path,
     from_fields,
     load_map,
     map_for,
     parse_map,
-    parse_path,
 )
+from edge.decoding.fieldpath import ANY_INDEX, ANY_KEY, format_path, parse_path
 from edge.decoding.normalize import normalise
 from edge.decoding.registry import DecoderRegistry, DeviceHints
+from edge.errors import MapError
 from edge.model import DecodeStatus, DeviceInfo, RadioInfo, Reading, Uplink, readings_from_json, readings_json
 
 RECV = 1_800_000_000.0

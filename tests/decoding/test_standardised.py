@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.decoding.coverage import bench_lines, fixture_outputs, measure
+from edge.decoding.corpus import bench_lines, fixture_outputs, measure
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ttn-codec-examples"
 

@@ -62,8 +62,8 @@ def test_share_thinning_ignores_uplinks_left_without_readings():
 
 
 def store(tmp_path, sink: str = "opendata", readonly: bool = False):
-    from edge.buffer.store import Buffer
-    from edge.pipeline import BufferThinStore
+    from edge.buffer import Buffer
+    from edge.buffer.adapters import BufferThinStore
 
     buf = Buffer(tmp_path / "buffer.sqlite", readonly=readonly)
     if not readonly:
@@ -102,7 +102,7 @@ def test_share_thinning_is_per_upstream(tmp_path):
     buf, thin = store(tmp_path, "a")
     ShareFilter(ShareRules(thin_s=600), store=thin).apply([entry(1, t=1000)])
     buf.register_sink("b")
-    from edge.pipeline import BufferThinStore
+    from edge.buffer.adapters import BufferThinStore
 
     other = ShareFilter(ShareRules(thin_s=600), store=BufferThinStore(buf, "b"))
     assert [e.id for e in other.apply([entry(2, t=1100)])] == [2]

@@ -15,15 +15,9 @@ import pytest
 from chirpstack_api import api
 
 from edge.buffer.registry import DeviceRegistry
-from edge.sources.chirpstack_grpc import (
-    ApiAuthError,
-    ApiError,
-    ApiNotFound,
-    ApiPermissionError,
-    ApiUnavailable,
-    ChirpStackApi,
-    _target,
-)
+from edge.errors import ApiAuthError, ApiError, ApiNotFound, ApiPermissionError, ApiUnavailable
+from edge.sources.chirpstack_channel import grpc_target
+from edge.sources.chirpstack_grpc import ChirpStackApi
 from edge.sources.chirpstack_records import ApplicationRecord, DeviceRecord, ProfileRecord
 from edge.sources.chirpstack_sync import sync
 from tests.grpc_server import FakeChirpStack, State
@@ -211,13 +205,13 @@ def test_other_status_is_api_error(server: FakeChirpStack) -> None:
     ("https://[::1]:8443/", None, ("[::1]:8443", True)),
 ])
 def test_target_forms(url: str, ca: str | None, expected: tuple[str, bool]) -> None:
-    assert _target(url, ca) == expected
+    assert grpc_target(url, ca) == expected
 
 
 @pytest.mark.parametrize("url", ["mqtt://host:1883", "https://", "http://host:8080/api"])
 def test_target_rejects_other_urls(url: str) -> None:
     with pytest.raises(ApiError, match="must be host:port"):
-        _target(url, None)
+        grpc_target(url, None)
 
 
 def test_tls_with_ca_file(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import MqttEndpoint
+from edge.errors import ConnectionRefused
 from edge.sources.mqtt_subscriber import MqttSubscriber
-from edge.sources.mqtt_wire import ConnectionRefused
 
 pytestmark = pytest.mark.mosquitto
 TOPIC = "application/+/device/+/event/+"

@@ -25,7 +25,7 @@ _MISSING_NETWORK = 1
 
 
 class _Truncated(Exception):
-    """A field lies past the end of the frame (internal; decode turns it into an error)."""
+    """A field lies past the end of the frame; never leaves this module (decode turns it into an error)."""
 
 
 class _Frame:

@@ -60,7 +60,7 @@ _FD_VIFS = {0x17: _Quantity("error_flag", 0)}
 
 
 class _Malformed(Exception):
-    """The frame cannot be read further (internal to this module; decode returns an error)."""
+    """The frame cannot be read further; never leaves this module (decode returns an error)."""
 
 
 def _bcd(raw: bytes) -> int:

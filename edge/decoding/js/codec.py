@@ -9,7 +9,8 @@ from typing import Any
 
 from edge.decoding.base import DecodeResult, DeviceContext, Field
 from edge.decoding.examples import read_yaml
-from edge.decoding.js.runtime import EncodeResult, JsLimits, JsRuntime
+from edge.decoding.js.replies import EncodeResult
+from edge.decoding.js.runtime import JsLimits, JsRuntime
 from edge.errors import ConfigError
 
 

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
 import quickjs  # type: ignore[import-untyped]  # quickjs-ng ships neither stubs nor py.typed
 
 from edge.decoding.base import DecodeResult
+from edge.decoding.js.replies import CallResult, EncodeResult, downlink_result, uplink_result
+from edge.decoding.js.scripts import (
+    CALLABLE_ROUTINES,
+    DOWNLINK_ENTRY_POINTS,
+    ES_MODULE,
+    IMPORT_BUFFER,
+    MENTIONS_BUFFER,
+    MODULE_FOOTER,
+    PINNED_CLOCK,
+    SETTLE,
+    UPLINK_ENTRY_POINTS,
+    buffer_script,
+    node_path,
+    preludes,
+)
 from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,192 +41,13 @@ if os.environ.get("TZ") != "UTC":
     os.environ["TZ"] = "UTC"
     time.tzset()
 
-# Entry points the runtime recognises, newest contract first (see _CALLS for the wrapping).
-UPLINK_ENTRY_POINTS: Final = ("decodeUplink", "Decoder", "Decode")
-DOWNLINK_ENTRY_POINTS: Final = ("encodeDownlink", "Encoder", "Encode")
-
-# Functions a catalogue test may call by name (ChirpStack's runner and TTN's validator).
-CALLABLE_ROUTINES: Final = ("decodeUplink", "normalizeUplink", "encodeDownlink", "decodeDownlink")
-
-# ChirpStack v4 gives codecs a Node-style Buffer: the npm `buffer` package (feross/buffer) with its
-# two dependencies. We load the same package, as installed by the distribution (Debian's
-# node-buffer puts it in /usr/share/nodejs) or by npm into a folder named in EDGE_NODE_PATH.
-BUFFER_PACKAGES: Final = ("base64-js", "ieee754", "buffer")
-NODE_PATH_DIRS: Final = ("/usr/share/nodejs", "/usr/lib/nodejs", "/usr/local/lib/node_modules")
-# Loading the package is trusted code with its own CPU budget (not the codec's).
+# Loading the npm `buffer` package (buffer_script) is trusted code with its own CPU budget (not the codec's).
 _BUFFER_TIME_LIMIT: Final = 1.0
-# A codec that never names Buffer cannot reach it (eval and Function see no host either), so the
-# ~3 ms (x86-64) it costs to load the package into a context is spent only for codecs that name it.
-_MENTIONS_BUFFER: Final = re.compile(r"\bBuffer\b")
-# An ES-module codec: `export function decodeUplink ...`, `export { decodeUplink }`, ...
-_ES_MODULE: Final = re.compile(r"^[ \t]*export\s+(?:default\s+|async\s+)?(?:function|const|let|var|class|\{)",
-                               re.MULTILINE)
-# ChirpStack's own runner puts `import { Buffer } from "buffer"` above the codec; a codec that
-# says it itself gets the global instead (this binding has no module loader).
-_IMPORT_BUFFER: Final = re.compile(r"^[ \t]*import\s*\{\s*Buffer\s*\}\s*from\s*['\"]buffer['\"][ \t]*;?",
-                                   re.MULTILINE)
-# After an ES-module codec, its entry points become globals, where the call wrapper looks them up.
-_MODULE_FOOTER: Final = "\n;" + "".join(
-    f"if (typeof {name} === 'function') {{ globalThis.{name} = {name}; }}\n"
-    for name in ("decodeUplink", "Decoder", "Decode", "encodeDownlink", "Encoder", "Encode", "decodeDownlink",
-                 "normalizeUplink"))
-# Reports how a module's evaluation promise settled (QuickJS evaluates modules asynchronously).
-_SETTLE: Final = r"""(function (promise) {
-  var state = {done: false, error: null};
-  promise.then(function () { state.done = true; },
-               function (e) { state.done = true; state.error = String(e) + (e && e.stack ? '\n' + e.stack : ''); });
-  return function () { return JSON.stringify(state); };
-})"""
-# For tests whose codec reads the clock (`new Date()`, Date.now()): the time stands still there.
-_PINNED_CLOCK: Final = r"""(function (global, now) {
-  var RealDate = Date;
-  function PinnedDate() {
-    if (!new.target) { return new RealDate(now).toString(); }
-    var args = arguments.length === 0 ? [now] : Array.prototype.slice.call(arguments);
-    return Reflect.construct(RealDate, args, new.target);
-  }
-  PinnedDate.prototype = RealDate.prototype;
-  PinnedDate.now = function () { return now; };
-  PinnedDate.UTC = RealDate.UTC;
-  PinnedDate.parse = RealDate.parse;
-  Object.defineProperty(RealDate.prototype, 'constructor', {value: PinnedDate, writable: true, configurable: true});
-  Object.defineProperty(global, 'Date', {value: PinnedDate, writable: true, configurable: true});
-})(globalThis, %r)"""
 # A bounded number of promise jobs after a module's evaluation (top-level await).
 _MAX_JOBS: Final = 10_000
 
 # A retry after a CPU-time interrupt may raise the engine's budget at most this much (see _invoke).
 _MAX_RETRY_SCALE: Final = 16.0
-
-# The prelude is evaluated first in every fresh context. It captures JSON and Date before the
-# codec can replace them, installs `console`, and returns the function that calls the codec.
-# QuickJS parses about 40 µs per KB, so each call gets only the pieces its mode needs.
-#
-# Without DEBUG logging `console` is a set of no-ops. With it, output goes to a bounded buffer
-# that Python drains after the call (the binding cannot call into Python under a time limit).
-_CONSOLE_SILENT: Final = r"""
-  var noop = function () {}, lines = [], dropped = false;
-  var console = {log: noop, info: noop, debug: noop, trace: noop, dir: noop, warn: noop, error: noop};
-"""
-_CONSOLE_BUFFERED: Final = r"""
-  var lines = [], dropped = false;
-  function text(args) {
-    var parts = [];
-    for (var i = 0; i < args.length; i++) {
-      var a = args[i], s;
-      if (typeof a === 'string') { s = a; }
-      else { try { s = stringify(a); } catch (e) { s = undefined; } if (s === undefined) { s = String(a); } }
-      parts.push(s.length > maxChars ? s.slice(0, maxChars) : s);
-    }
-    return parts.join(' ').slice(0, maxChars);
-  }
-  function method(level) {
-    return function () {
-      if (lines.length >= maxLines) { dropped = true; return; }
-      lines.push([level, text(arguments)]);
-    };
-  }
-  var console = {};
-  var levels = ['log', 'info', 'debug', 'trace', 'dir', 'warn', 'error'];
-  for (var i = 0; i < levels.length; i++) { console[levels[i]] = method(levels[i]); }
-"""
-# Mirrors The Things Stack's wrapper: decodeUplink(input) if defined, else the v2
-# `Decoder(bytes, fPort)` whose return value becomes `data`; ChirpStack v3's
-# `Decode(fPort, bytes, variables)` last. Names are looked up at call time, which also finds
-# top-level let/const bindings. The output is serialised as the TTN validator sees it: undefined
-# becomes null (also as an object value), NaN and Infinity become null.
-_CALLS: Final = {
-    "uplink": r"""
-    var input = parse(inputJson), entry = null, result;
-    input.recvTime = new NativeDate(recvMs);
-    if (typeof decodeUplink === 'function') {
-      entry = 'decodeUplink'; result = decodeUplink(input);
-    } else if (typeof Decoder === 'function') {
-      entry = 'Decoder'; result = {data: Decoder(input.bytes, input.fPort)};
-    } else if (typeof Decode === 'function') {
-      entry = 'Decode'; result = {data: Decode(input.fPort, input.bytes, input.variables)};
-    }
-    return stringify({entry: entry, result: result}, undefinedAsNull);
-""",
-    "downlink": r"""
-    var input = parse(inputJson), entry = null, result;
-    if (typeof encodeDownlink === 'function') {
-      entry = 'encodeDownlink'; result = encodeDownlink(input);
-    } else if (typeof Encoder === 'function') {
-      entry = 'Encoder'; result = {bytes: Encoder(input.data, input.fPort), fPort: input.fPort};
-    } else if (typeof Encode === 'function') {
-      entry = 'Encode'; result = {bytes: Encode(input.fPort, input.data, input.variables)};
-    }
-    return stringify({entry: entry, result: result});
-""",
-    # A catalogue test: the routine gets the test's input verbatim. `value` is the result as the
-    # TTN validator sees it (undefined as null); `got` and `want` are plain JSON.stringify of the
-    # result and of the expected value, which is how ChirpStack's runner compares.
-    "call": r"""
-    var spec = parse(inputJson), fn = null, out;
-    if (spec.routine === 'decodeUplink' && typeof decodeUplink === 'function') { fn = decodeUplink; }
-    if (spec.routine === 'encodeDownlink' && typeof encodeDownlink === 'function') { fn = encodeDownlink; }
-    if (spec.routine === 'decodeDownlink' && typeof decodeDownlink === 'function') { fn = decodeDownlink; }
-    if (spec.routine === 'normalizeUplink' && typeof normalizeUplink === 'function') { fn = normalizeUplink; }
-    if (fn === null) { return stringify({entry: null}); }
-    out = fn(spec.input);
-    return stringify({entry: spec.routine, value: stringify(out, undefinedAsNull), got: stringify(out),
-                      want: stringify(spec.expected)});
-""",
-    "probe": r"""
-    return stringify({
-      decodeUplink: typeof decodeUplink === 'function', Decoder: typeof Decoder === 'function',
-      Decode: typeof Decode === 'function', encodeDownlink: typeof encodeDownlink === 'function',
-      Encoder: typeof Encoder === 'function', Encode: typeof Encode === 'function'
-    });
-""",
-}
-_PRELUDE: Final = r"""(function (global, maxLines, maxChars) {
-  var stringify = JSON.stringify, parse = JSON.parse, NativeDate = Date;
-  // The Things Stack exports the codec's result value by value, so `undefined` arrives as null
-  // (JSON.stringify alone would drop the key); functions and symbols still drop out.
-  function undefinedAsNull(key, value) { return value === undefined ? null : value; }
-%s
-  Object.defineProperty(global, 'console', {value: console, writable: true, configurable: true});
-  return function (mode, inputJson, recvMs) {
-    if (mode === 'console') { return stringify({lines: lines, dropped: dropped}); }
-%s
-  };
-})(globalThis, %d, %d)"""
-
-
-def node_path() -> list[str]:
-    """Folders searched for the npm packages: EDGE_NODE_PATH (colon-separated) first, then the distro's."""
-    extra = [p for p in os.environ.get("EDGE_NODE_PATH", "").split(os.pathsep) if p]
-    return [*extra, *NODE_PATH_DIRS]
-
-
-@functools.cache
-def buffer_script() -> str | None:
-    """A script that defines the global `Buffer` from the npm `buffer` package, or None if not installed.
-
-    The three CommonJS packages are wrapped in a minimal `require` of our own; read once per process.
-    """
-    sources: dict[str, str] = {}
-    for package in BUFFER_PACKAGES:
-        for folder in node_path():
-            path = Path(folder) / package / "index.js"
-            try:
-                sources[package] = path.read_text(encoding="utf-8")
-                break
-            except OSError:
-                continue
-        else:
-            return None
-    modules = ",\n".join(f"{json.dumps(name)}: function (module, exports, require) {{\n{text}\n}}"
-                         for name, text in sources.items())
-    return (f"(function (global) {{\nvar factories = {{\n{modules}\n}}, cache = {{}};\n"
-            "function require(name) {\n"
-            "  if (!cache[name]) { var module = {exports: {}}; cache[name] = module;"
-            " factories[name](module, module.exports, require); }\n"
-            "  return cache[name].exports;\n}\n"
-            "Object.defineProperty(global, 'Buffer', {value: require('buffer').Buffer, writable: true,"
-            " configurable: true});\n})(globalThis);\n")
 
 
 class _Context(Protocol):
@@ -259,41 +92,15 @@ class JsLimits:
             raise ValueError("console_lines must be >= 0 and console_chars >= 1")
 
 
-@dataclass(frozen=True, slots=True)
-class CallResult:
-    """One catalogue-test call: the result as JSON (undefined as null), and JSON.stringify of the
-    result and of the expected value as the engine wrote them (None where undefined); or an error."""
-
-    value: Any = None
-    got: str | None = None
-    want: str | None = None
-    error: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class EncodeResult:
-    """What encodeDownlink produced: the FRMPayload and fPort, or errors."""
-
-    payload: bytes | None
-    fport: int | None = None
-    warnings: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
 class _Failure(Exception):
-    """One call failed; the message is the error string reported to the caller."""
+    """One call failed; the message is the error string reported to the caller.
+
+    Never leaves this module: the public methods turn it into `errors` or a ConfigError.
+    """
 
 
 class _TimedOut(Exception):
-    """The engine interrupted the call because its CPU budget ran out."""
-
-
-def _messages(value: Any) -> list[str]:
-    """A codec's `errors` or `warnings` as strings (non-list and non-string values are kept, as JSON)."""
-    if value is None:
-        return []
-    items = value if isinstance(value, list) else [value]
-    return [item if isinstance(item, str) else json.dumps(item) for item in items]
+    """The engine interrupted the call because its CPU budget ran out (never leaves this module)."""
 
 
 def _describe(message: str) -> str:
@@ -345,19 +152,14 @@ class JsRuntime:
         self.name = name
         self.limits = limits or JsLimits()
         # An ES module is evaluated as one (strict, own scope), its entry points then made global.
-        self.is_module = bool(_ES_MODULE.search(source))
-        self._source = _IMPORT_BUFFER.sub("", source) + _MODULE_FOOTER if self.is_module else source
-        self._buffer = buffer_script() if _MENTIONS_BUFFER.search(source) else None
-        self._clock = None if pinned_now is None else _PINNED_CLOCK % (pinned_now * 1000.0,)
-        if _MENTIONS_BUFFER.search(source) and self._buffer is None:
+        self.is_module = bool(ES_MODULE.search(source))
+        self._source = IMPORT_BUFFER.sub("", source) + MODULE_FOOTER if self.is_module else source
+        self._buffer = buffer_script() if MENTIONS_BUFFER.search(source) else None
+        self._clock = None if pinned_now is None else PINNED_CLOCK % (pinned_now * 1000.0,)
+        if MENTIONS_BUFFER.search(source) and self._buffer is None:
             log.warning("Codec %s uses Buffer, but the npm package `buffer` is not installed (looked in %s);"
                         " install node-buffer (scripts/setup does)", name, ", ".join(node_path()))
-        self._preludes = {
-            (mode, collect): _PRELUDE % (_CONSOLE_BUFFERED if collect else _CONSOLE_SILENT, call,
-                                         self.limits.console_lines, self.limits.console_chars)
-            for mode, call in _CALLS.items()
-            for collect in (False, True)
-        }
+        self._preludes = preludes(self.limits.console_lines, self.limits.console_chars)
         # QuickJS (through this binding) cannot keep compiled bytecode for reuse in another
         # context, so "compiling once" means proving here that the script loads; each call
         # then parses it again in its fresh context. Measured on x86-64: the context costs
@@ -391,7 +193,7 @@ class JsRuntime:
                 recv_time = time.time()
             input_json = json.dumps({"bytes": list(payload), "fPort": fport, "variables": dict(variables or {})})
             reply = self._invoke("uplink", input_json, recv_time * 1000.0)
-            return self._uplink_result(reply)
+            return uplink_result(self.name, reply)
         except _Failure as exc:
             return DecodeResult(None, errors=[str(exc)])
         except Exception as exc:  # Broad on purpose (logged): the Decoder contract says never raise.
@@ -410,7 +212,7 @@ class JsRuntime:
             if fport is not None:
                 input_doc["fPort"] = fport
             reply = self._invoke("downlink", json.dumps(input_doc), 0.0)
-            return self._downlink_result(reply, fport)
+            return downlink_result(self.name, reply, fport)
         except _Failure as exc:
             return EncodeResult(None, fport, errors=[str(exc)])
         except Exception as exc:  # Broad on purpose (logged): same contract as decode_uplink.
@@ -436,51 +238,6 @@ class JsRuntime:
             return CallResult(error=f"{self.name} does not define {routine}")
         value = reply.get("value")
         return CallResult(json.loads(value) if isinstance(value, str) else None, reply.get("got"), reply.get("want"))
-
-    def _uplink_result(self, reply: Mapping[str, Any]) -> DecodeResult:
-        entry = reply.get("entry")
-        if entry is None:
-            return DecodeResult(None, errors=[f"{self.name} defines none of {', '.join(UPLINK_ENTRY_POINTS)}"])
-        result = reply.get("result")
-        if not isinstance(result, dict):
-            return DecodeResult(None, errors=[f"{entry} returned {_js_kind(result)}, not an object"])
-        errors = _messages(result.get("errors"))
-        warnings = _messages(result.get("warnings"))
-        data = result.get("data")
-        if errors:
-            return DecodeResult(data if isinstance(data, dict) else None, warnings, errors)
-        if data is None:
-            # ChirpStack's wording, so operators recognise it.
-            missing = "decodeUplink did not return 'data'" if entry == "decodeUplink" else f"{entry} returned no data"
-            return DecodeResult(None, warnings, [missing])
-        if not isinstance(data, dict):
-            return DecodeResult(None, warnings, [f"{entry} returned 'data' that is {_js_kind(data)}, not an object"])
-        return DecodeResult(data, warnings, [])
-
-    def _downlink_result(self, reply: Mapping[str, Any], fport: int | None) -> EncodeResult:
-        entry = reply.get("entry")
-        if entry is None:
-            return EncodeResult(None, fport, errors=[f"{self.name} defines none of {', '.join(DOWNLINK_ENTRY_POINTS)}"])
-        result = reply.get("result")
-        if not isinstance(result, dict):
-            return EncodeResult(None, fport, errors=[f"{entry} returned {_js_kind(result)}, not an object"])
-        errors = _messages(result.get("errors"))
-        warnings = _messages(result.get("warnings"))
-        out_port = result.get("fPort")
-        if out_port is not None:
-            if isinstance(out_port, bool) or not isinstance(out_port, int | float) or out_port != int(out_port) \
-                    or not 0 < out_port < 256:
-                errors = [*errors, f"{entry} returned an invalid fPort {out_port!r}"]
-            else:
-                fport = int(out_port)
-        if errors:
-            return EncodeResult(None, fport, warnings, errors)
-        raw = result.get("bytes")
-        if not isinstance(raw, list) or not all(
-            isinstance(b, int | float) and not isinstance(b, bool) and b == int(b) and 0 <= b <= 255 for b in raw
-        ):
-            return EncodeResult(None, fport, warnings, [f"{entry} did not return 'bytes' as integers 0-255"])
-        return EncodeResult(bytes(int(b) for b in raw), fport, warnings, [])
 
     def _invoke(self, mode: str, input_json: str, recv_ms: float) -> dict[str, Any]:
         """Run the prelude, the script and one call in a fresh context; the parsed JSON reply.
@@ -573,7 +330,7 @@ class JsRuntime:
         QuickJS evaluates a module asynchronously: the binding returns a promise and queued jobs
         (top-level await) run one by one, each under what is left of the CPU budget.
         """
-        settle = context.eval(_SETTLE)
+        settle = context.eval(SETTLE)
         state = settle(context.module(self._source))
         jobs = 0
         while True:
@@ -604,21 +361,6 @@ class JsRuntime:
     def _describe(self, message: str) -> str:
         # Every script is evaluated as "<input>"; name the codec instead.
         return _describe(message).replace("<input>", self.name)
-
-
-def _js_kind(value: Any) -> str:
-    """How JS would name the type of a JSON value, for error messages."""
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def js_literal(text: str, limits: JsLimits | None = None) -> Any:

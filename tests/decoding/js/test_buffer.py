@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edge.decoding.base import DecodeResult
-from edge.decoding.js.runtime import JsLimits, JsRuntime, buffer_script, js_literal
+from edge.decoding.js.runtime import JsLimits, JsRuntime, js_literal
+from edge.decoding.js.scripts import buffer_script
 from edge.errors import ConfigError
 
 FAST = JsLimits(time_limit=0.5)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from edge.decoding.base import DecodeResult
-from edge.decoding.js.runtime import EncodeResult, JsLimits, JsRuntime
+from edge.decoding.js.replies import EncodeResult
+from edge.decoding.js.runtime import JsLimits, JsRuntime
 from edge.errors import ConfigError
 
 CODECS = Path(__file__).parent / "codecs"

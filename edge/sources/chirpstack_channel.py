@@ -1,6 +1,38 @@
-"""What a technician should check when ChirpStack's gRPC API cannot be reached, read from gRPC's failure details."""
+"""Reaching ChirpStack's gRPC API: the target a configured URL names, and what to check when it cannot be reached."""
 
 from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge.errors import ApiError
+
+
+def grpc_module() -> Any:
+    """The grpc package, imported on first use and told to keep its own log lines to errors."""
+    # gRPC's C core prints its own INFO lines (TLS handshake details) to stderr unless told not
+    # to; our messages say the same in words a technician can act on.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # grpcio ships no type information (no py.typed, grpc-stubs not installed): treat it as Any.
+    import grpc  # type: ignore[import-untyped]
+
+    return grpc
+
+
+def grpc_target(api_url: str, ca_file: str | None) -> tuple[str, bool]:
+    """Split an API URL into the gRPC target and whether to use TLS."""
+    if "://" not in api_url:
+        # Bare host:port: plaintext, ChirpStack's default on a LAN, unless a CA file asks for TLS.
+        return api_url, bool(ca_file)
+    parts = urlsplit(api_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ApiError(f"ChirpStack API URL must be host:port, http://host:port or https://host[:port], "
+                       f"got {api_url!r}")
+    tls = parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}", tls
 
 
 def unreachable_hint(code: str, details: str, *, timeout_s: float, tls: bool) -> str:

@@ -74,8 +74,7 @@ def status(config_path: Path, as_json: bool, devices: int) -> None:
     from edge import quarantine
     from edge.buffer.store import Buffer
     from edge.model import DecodeStatus
-    from edge.status import read_buffer, upstream_names
-    from edge.telemetry import plain_counters, unmapped_by_codec
+    from edge.status import plain_counters, read_buffer, unmapped_by_codec, upstream_names
 
     cfg = _load(config_path)
     buf = Buffer(_existing_buffer(cfg.buffer.path), readonly=True)

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from edge.status import DECODE_ERRORS_TTL_S, Snapshot, StateReader
-from edge.telemetry import UNMAPPED_SHOWN, unmapped_by_codec
+from edge.status import DECODE_ERRORS_TTL_S, UNMAPPED_SHOWN, Snapshot, StateReader, unmapped_by_codec
 
 # The buffer's durable counters (edge.buffer.store.COUNTERS) as Prometheus counters.
 _COUNTER_HELP = {

@@ -14,8 +14,7 @@ from typing import Any
 
 from edge import present
 from edge.model import DecodeStatus
-from edge.status import Snapshot
-from edge.telemetry import plain_counters, unmapped_by_codec
+from edge.status import Snapshot, plain_counters, unmapped_by_codec
 
 
 def _asset(name: str) -> str:

@@ -111,19 +111,15 @@ class BufferState:
 
 
 def read_buffer(buf: Buffer, names: Sequence[str], now: float, *, unconfigured: bool = False) -> BufferState:
-    """The buffer's state, with the backlog of each upstream in `names` (see _progress).
+    """The buffer's state, with the backlog of each upstream in `names` (see _progress); sqlite3.Error if unreadable.
 
     Args:
         buf: an open buffer (read-only is enough).
         names: the configured upstreams, reported in this order.
         now: the time ages are measured to.
         unconfigured: also report sinks the buffer holds a cursor for that `names` lacks.
-
-    Raises:
-        sqlite3.Error: the buffer cannot be read.
     """
-    counters = buf.counters()
-    used = buf.used_bytes()
+    counters, used = buf.counters(), buf.used_bytes()
     rows, progress = _progress(buf, names, now, unconfigured)
     return BufferState(counters, used, rows, tuple(Progress(**p) for p in progress))
 

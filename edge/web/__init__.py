@@ -1,0 +1,5 @@
+"""The status server (metrics, health, JSON API and page) as the service starts it; see edge.web.server."""
+
+from edge.web.server import DEFAULT_PORT, WebServer, is_loopback
+
+__all__ = ["DEFAULT_PORT", "WebServer", "is_loopback"]

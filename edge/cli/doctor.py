@@ -411,7 +411,8 @@ def _no_backlog() -> Backlog:
 def _check_http_upstream(r: _Report, cfg: Config, index: int, publish_test: bool) -> None:
     import httpx
 
-    from edge.sinks.http import HttpSink, redact
+    from edge.sinks.http import HttpSink
+    from edge.sinks.http_request import redact
 
     up = cfg.http_upstreams[index]
     label, section = f"upstream {up.name}", f"http_upstream[{index}]"

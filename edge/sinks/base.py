@@ -11,7 +11,16 @@ import orjson
 
 from edge.model import Entry, Formatter, OutMessage
 
-__all__ = ["Backlog", "Formatter", "OutMessage", "SinkStats", "format_isolated"]
+__all__ = ["Backlog", "DeadLetter", "Formatter", "OutMessage", "SinkStats", "format_isolated"]
+
+DeadLetter = Callable[[OutMessage, int, str], None]
+"""Receives a message that can never be delivered: (message, code, why), and keeps it (`edge deadletter list`).
+
+The code is the MQTT PUBACK reason or the HTTP status, 0 when the message was set aside before
+sending (a formatter failure, an invalid topic, a message too large). Called on the sink's own thread
+(open any SQLite connection there), before the cursor moves past the message: a crash in between
+re-sends the batch, so the same message may arrive twice.
+"""
 
 
 def format_isolated(formatter: Formatter, entries: Sequence[Entry],

@@ -289,3 +289,16 @@ ENDPOINT = "@endpoint"
 
 # Turns consecutive stored entries into the messages that carry them upstream (edge.formats).
 Formatter = Callable[[Sequence[Entry]], list[OutMessage]]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The outcome of one health check (`edge doctor`), as every component's own check reports it.
+
+    `status` is OK, WARN or FAIL; `fix` says in one line what to do, for WARN and FAIL only.
+    """
+
+    name: str
+    status: str
+    detail: str
+    fix: str = ""

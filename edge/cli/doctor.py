@@ -6,32 +6,27 @@ import json
 import os
 import queue
 import shutil
-import socket
 import sqlite3
-import ssl
 import subprocess
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import click
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from edge import probe
 from edge.cli import CONFIG_OPTION
 from edge.cli.text import echo
 from edge.config import Config, MqttEndpoint, load_config, secret_file_warnings, secret_files
 from edge.errors import ConfigError
-from edge.mqtt import make_client
-from edge.sinks.base import Backlog
+from edge.model import Check
+from edge.probe import NET_TIMEOUT
+from edge.probe import why as _why
 
-NET_TIMEOUT = 3.0  # DNS, TCP, TLS, SUBACK: a dead host must not keep a technician waiting
-MQTT_TIMEOUT = 5.0  # CONNACK and PUBACK; brokers on a busy uplink can be slower than a handshake
+_T = TypeVar("_T")
 MB = 1 << 20
 FIX_CORRUPT = ("stop the service, move the buffer file aside (keep it for analysis) and start the service again;"
                " it creates an empty buffer")
@@ -65,29 +60,19 @@ class _Report:
         if self.on_finding is not None:
             self.on_finding(finding)
 
+    def run(self, checks: Iterable[Check]) -> None:
+        """Add every finding a component's own health check yields, each as it comes."""
+        for check in checks:
+            self.add(check.name, check.status, check.detail, check.fix)
 
-def _resolve(host: str) -> list[str]:
-    # getaddrinfo has no timeout of its own; a daemon thread lets us give up on a hanging resolver.
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM))
-        except OSError as exc:
-            out.append(exc)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(NET_TIMEOUT)
-    if not out:
-        raise TimeoutError(f"no answer within {NET_TIMEOUT:.0f} s")
-    if isinstance(out[0], OSError):
-        raise out[0]
-    return sorted({str(info[4][0]) for info in out[0]})
-
-
-def _why(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    def probe(self, checks: Generator[Check, None, _T]) -> _T:
+        """Like `run`, for a probe (edge.probe); returns what the probe returns."""
+        while True:
+            try:
+                check = next(checks)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            self.add(check.name, check.status, check.detail, check.fix)
 
 
 def _age(seconds: float) -> str:
@@ -95,153 +80,14 @@ def _age(seconds: float) -> str:
         f"{seconds / 3600:.1f} h"
 
 
-@dataclass(frozen=True)
-class _Endpoint:
-    """Where an HTTP upstream (or its proxy) is reached, in the shape _check_network reads."""
-
-    host: str
-    port: int
-    tls: bool
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
+def _check_network(r: _Report, label: str, section: str, ep: MqttEndpoint) -> bool:
+    """DNS, TCP and (for mqtts) TLS to the ChirpStack broker; False at the first step that fails."""
+    return r.probe(probe.network(label, section, ep, f"{section}.mqtt_url"))
 
 
-def _check_network(r: _Report, label: str, section: str, ep: MqttEndpoint | _Endpoint, url_key: str = "") -> bool:
-    """DNS, TCP and (for mqtts/https) TLS with certificate expiry; False at the first step that fails."""
-    url_key = url_key or f"{section}.{'mqtt_url' if section == 'chirpstack' else 'url'}"
-    try:
-        addresses = _resolve(ep.host)
-    except OSError as exc:
-        r.add(f"{label} dns", "FAIL", f"cannot resolve {ep.host}: {_why(exc)}",
-              f"check the host name in {url_key} and the DNS servers in /etc/resolv.conf")
-        return False
-    r.add(f"{label} dns", "OK", f"{ep.host} is {', '.join(addresses[:3])}")
-    started = time.monotonic()
-    try:
-        sock = socket.create_connection((ep.host, ep.port), timeout=NET_TIMEOUT)
-    except OSError as exc:
-        r.add(f"{label} tcp", "FAIL", f"cannot connect to {ep.host}:{ep.port}: {_why(exc)}",
-              f"make sure the {'server' if isinstance(ep, _Endpoint) else 'broker'} runs and port {ep.port} is"
-              f" reachable from here (firewall, {url_key})")
-        return False
-    with sock:
-        r.add(f"{label} tcp", "OK", f"connected to {ep.host}:{ep.port} in {(time.monotonic() - started) * 1000:.0f} ms")
-        if not ep.tls:
-            return True
-        try:
-            context = ssl.create_default_context(cafile=ep.ca_file or None)
-            if ep.cert_file:
-                context.load_cert_chain(ep.cert_file, ep.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            r.add(f"{label} tls", "FAIL", f"cannot load the CA or client certificate: {_why(exc)}",
-                  f"check ca_file, cert_file and key_file in [{section}]")
-            return False
-        try:
-            with context.wrap_socket(sock, server_hostname=ep.host) as tls:
-                cert, version = tls.getpeercert() or {}, tls.version()
-        except ssl.SSLCertVerificationError as exc:
-            reason = exc.verify_message or _why(exc)
-            fix = (f"renew the certificate of {ep.host}" if "expired" in reason
-                   else f"set ca_file in [{section}] to the CA that signed {ep.host}'s certificate")
-            r.add(f"{label} tls", "FAIL", f"certificate of {ep.host} not accepted: {reason}", fix)
-            return False
-        except (ssl.SSLError, OSError) as exc:
-            r.add(f"{label} tls", "FAIL", f"TLS handshake with {ep.host}:{ep.port} failed: {_why(exc)}",
-                  f"check that port {ep.port} is a TLS listener, and cert_file/key_file if it asks for a client"
-                  " certificate")
-            return False
-    not_after = str(cert.get("notAfter", ""))
-    days = (ssl.cert_time_to_seconds(not_after) - time.time()) / 86400 if not_after else None
-    if days is not None and days < 30:
-        r.add(f"{label} tls", "WARN", f"{version}; the certificate of {ep.host} expires in {days:.0f} days"
-              f" ({not_after})", f"renew the certificate of {ep.host} before {not_after}")
-    else:
-        r.add(f"{label} tls", "OK", f"{version}; certificate valid" + (f" for {days:.0f} more days" if days else ""))
-    return True
-
-
-class _Session:
-    """A short MQTT connection under a throwaway client id, so the service's own session is never taken over."""
-
-    def __init__(self, ep: MqttEndpoint, session_expiry_s: int = 0) -> None:
-        self.ep = replace(ep, client_id=f"{ep.client_id}-doctor")
-        # MQTT 5: ask for the service's session expiry to learn what the broker grants (dropped again at close).
-        self.expiry = session_expiry_s if ep.protocol == "5" else 0
-        self.granted_expiry: int | None = None
-        self.client = make_client(self.ep, clean=True)
-        self.client.connect_timeout = NET_TIMEOUT
-        self.connack = threading.Event()
-        self.reason: Any = None
-        self.subacks: dict[int, list[Any]] = {}
-        self.pubacks: dict[int, Any] = {}
-        self.messages: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
-        self.client.on_connect = self._on_connect
-        self.gone = threading.Event()
-        self.client.on_disconnect = lambda *args: self.gone.set()
-        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subacks.__setitem__(mid, list(codes))
-        self.client.on_publish = lambda c, u, mid, code, p: self.pubacks.__setitem__(mid, code)
-        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload), time.time()))
-
-    def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: Any, props: object) -> None:
-        self.reason = reason
-        self.granted_expiry = getattr(props, "SessionExpiryInterval", None)
-        self.connack.set()
-
-    def open(self) -> str:
-        """Connect and wait for CONNACK; returns '' when accepted, else what went wrong."""
-        try:
-            if self.ep.protocol == "5":
-                self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s, clean_start=True,
-                                    properties=_expiry(PacketTypes.CONNECT, self.expiry) if self.expiry else None)
-            else:
-                self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s)
-        except (OSError, ValueError) as exc:
-            return f"cannot connect: {_why(exc)}"
-        self.client.loop_start()
-        if not self.connack.wait(MQTT_TIMEOUT):
-            return f"no CONNACK within {MQTT_TIMEOUT:.0f} s"
-        return f"the broker refused the connection: {self.reason}" if self.reason.is_failure else ""
-
-    def wait(self, acks: dict[int, Any], mid: int, timeout: float) -> Any:
-        """The acknowledgement of `mid`, or None after `timeout` seconds."""
-        end = time.monotonic() + timeout
-        while mid not in acks and time.monotonic() < end:
-            time.sleep(0.02)
-        return acks.get(mid)
-
-    def close(self) -> None:
-        """Disconnect; the clean session leaves nothing behind at the broker."""
-        self.client.disconnect(properties=_expiry(PacketTypes.DISCONNECT, 0) if self.expiry else None)
-        if self.expiry and self.client.is_connected():
-            self.gone.wait(MQTT_TIMEOUT)  # the DISCONNECT must go out, or our session would stay that long
-        self.client.loop_stop()
-
-
-def _expiry(packet_type: int, seconds: int) -> Any:
-    props = Properties(packet_type)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = seconds
-    return props
-
-
-def _check_mqtt(r: _Report, label: str, section: str, ep: MqttEndpoint, expiry: int = 0) -> _Session | None:
-    try:
-        session = _Session(ep, expiry)
-    except (OSError, ssl.SSLError) as exc:
-        # Typically a technician running doctor as a user who cannot read the service's 0600 secrets.
-        r.add(f"{label} mqtt", "FAIL", f"cannot read the password or TLS files: {_why(exc)}",
-              "run doctor as the service's user or root (sudo), or fix the files' permissions")
-        return None
-    problem = session.open()
-    if not problem:
-        r.add(f"{label} mqtt", "OK", f"connected as {session.ep.client_id} (MQTT {ep.protocol})")
-        return session
-    session.close()
-    auth = "authori" in problem or "password" in problem
-    fix = (f"check username and password_file in [{section}] against the broker's accounts" if auth
-           else f"check that {ep.host}:{ep.port} is an MQTT broker and protocol = \"{ep.protocol}\" suits it")
-    r.add(f"{label} mqtt", "FAIL", problem, fix)
-    return None
+def _check_mqtt(r: _Report, label: str, section: str, ep: MqttEndpoint, expiry: int = 0) -> probe.MqttProbe | None:
+    """Log in to the ChirpStack broker; the open session, or None when that failed."""
+    return r.probe(probe.mqtt_session(label, section, ep, expiry))
 
 
 def _newest_uplink(cfg: Config) -> float | None:
@@ -363,117 +209,6 @@ def _check_chirpstack_api(r: _Report, cfg: Config) -> None:
     stale = cs.api_sync_interval_s > 0 and age > 2 * cs.api_sync_interval_s + 60
     r.add("device cache", "WARN" if stale else "OK", f"{len(synced)} devices, last synced {_age(age)} ago",
           "check the service's log for 'Device registry sync failed', or run `edge devices sync`")
-
-
-def _check_upstream(r: _Report, cfg: Config, index: int, publish_test: bool) -> None:
-    up = cfg.upstreams[index]
-    label, section = f"upstream {up.name}", f"upstream[{index}]"
-    if not _check_network(r, label, section, up.mqtt):
-        return
-    session = _check_mqtt(r, label, section, up.mqtt)
-    if session is None or not publish_test:
-        if session is not None:
-            session.close()
-        return
-    # Formatted the way the pipeline formats gap notices, so the test lands where they do.
-    topic = up.notice_topic.format(edge_id=cfg.edge_id, dev_eui="", application="", application_id="", gateway_id="")
-    body = json.dumps({"type": "doctor-test", "edge_id": cfg.edge_id, "upstream": up.name,
-                       "time": datetime.now(UTC).isoformat(), "note": "test message from `edge doctor`; ignore it"})
-    info = session.client.publish(topic, body, qos=1)
-    code = session.wait(session.pubacks, info.mid, MQTT_TIMEOUT)
-    session.close()
-    if code is None:
-        r.add(f"{label} publish", "FAIL", f"no PUBACK for the test message on {topic} within {MQTT_TIMEOUT:.0f} s",
-              f"check the broker's ACL for user {up.mqtt.username or '(anonymous)'} and its logs")
-    elif code.is_failure:
-        r.add(f"{label} publish", "FAIL", f"test message on {topic} refused: {code}",
-              f"allow user {up.mqtt.username or '(anonymous)'} to publish to {topic} in the broker's ACL")
-    else:
-        r.add(f"{label} publish", "OK", f"test message on {topic} acknowledged (QoS 1)")
-
-
-def _probe_url(endpoint: str, fmt: str) -> str:
-    """What doctor GETs to see whether an HTTP upstream accepts our credentials, without writing.
-
-    For NGSI-LD the broker's type list (`/ngsi-ld/v1/types`), which every broker serves and guards
-    like its writes; otherwise the endpoint itself, where any answer but 401/403 means the
-    credentials passed.
-    """
-    if fmt == "ngsi-ld" and "/ngsi-ld/v1/" in endpoint:
-        return endpoint.split("/ngsi-ld/v1/", 1)[0] + "/ngsi-ld/v1/types"
-    return endpoint
-
-
-def _no_backlog() -> Backlog:
-    raise AssertionError("doctor only borrows an HTTP sink's client; it never runs the sink")
-
-
-def _check_http_upstream(r: _Report, cfg: Config, index: int, publish_test: bool) -> None:
-    import httpx
-
-    from edge.sinks.http import HttpSink
-    from edge.sinks.http_request import redact
-
-    up = cfg.http_upstreams[index]
-    label, section = f"upstream {up.name}", f"http_upstream[{index}]"
-    parts = httpx.URL(up.endpoint)
-    if up.proxy:
-        proxy = httpx.URL(up.proxy)
-        ep = _Endpoint(proxy.host, proxy.port or (443 if proxy.scheme == "https" else 80), False)
-        if not _check_network(r, f"{label} proxy", section, ep, f"{section}.proxy"):
-            return
-    else:
-        ep = _Endpoint(parts.host, parts.port or (443 if parts.scheme == "https" else 80), parts.scheme == "https",
-                       up.ca_file, up.cert_file, up.key_file)
-        if not _check_network(r, label, section, ep, f"{section}.endpoint"):
-            return
-    try:
-        # The sink itself builds the client: the same token, headers, TLS context and proxy as `edge run`.
-        sink = HttpSink(up, _no_backlog, lambda entries: [], threading.Event())
-    except ValueError as exc:
-        r.add(f"{label} auth", "FAIL", str(exc), "run doctor as the service's user or root (sudo), or fix the"
-              f" files named in [{section}]")
-        return
-    probe = _probe_url(up.endpoint, up.format)
-    token_fix = (f"put a valid token in {up.bearer_token_file}" if up.bearer_token_file
-                 else f"the server wants credentials: set bearer_token_file (or headers) in [{section}]")
-    try:
-        with sink.client() as client:
-            client.timeout = httpx.Timeout(MQTT_TIMEOUT)
-            answer = client.get(probe, headers={"Accept": "application/json"})
-            if answer.status_code in (401, 403):
-                r.add(f"{label} auth", "FAIL", f"GET {redact(probe)} answered HTTP {answer.status_code}", token_fix)
-                return
-            if answer.status_code >= 500:
-                r.add(f"{label} auth", "WARN", f"GET {redact(probe)} answered HTTP {answer.status_code}",
-                      f"the server at {parts.host} has a problem of its own; see its logs")
-            elif probe != up.endpoint and answer.status_code == 404:
-                r.add(f"{label} auth", "FAIL", f"GET {redact(probe)} answered 404: no NGSI-LD broker there",
-                      f"check the path of {section}.endpoint (…/ngsi-ld/v1/entityOperations/upsert)")
-                return
-            else:
-                r.add(f"{label} auth", "OK", f"GET {redact(probe)} answered HTTP {answer.status_code}"
-                      " (credentials not refused)")
-            if not publish_test:
-                return
-            if not up.notice_endpoint:
-                r.add(f"{label} publish", "OK", "skipped: no notice_endpoint (doctor never posts test data to the"
-                      " data endpoint)")
-                return
-            body = {"type": "doctor-test", "edge_id": cfg.edge_id, "upstream": up.name,
-                    "time": datetime.now(UTC).isoformat(), "note": "test message from `edge doctor`; ignore it"}
-            posted = client.post(up.notice_endpoint, json=body)
-    except httpx.HTTPError as exc:
-        r.add(f"{label} auth", "FAIL", f"request to {redact(probe)} failed: {_why(exc)}",
-              f"check {section}.endpoint, the proxy and that the server speaks HTTP{'S' if ep.tls else ''}")
-        return
-    if posted.is_success:
-        r.add(f"{label} publish", "OK",
-              f"test notice POSTed to {redact(up.notice_endpoint)}: HTTP {posted.status_code}")
-    else:
-        r.add(f"{label} publish", "FAIL", f"test notice POSTed to {redact(up.notice_endpoint)}: HTTP"
-              f" {posted.status_code}", token_fix if posted.status_code in (401, 403)
-              else f"check {section}.notice_endpoint and the server's logs")
 
 
 def _check_secret_files(r: _Report, cfg: Config) -> None:
@@ -724,6 +459,8 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
     Returns:
         Every finding, in the order the checks ran.
     """
+    from edge.sinks.checks import health_checks
+
     r = _Report(on_finding)
     try:
         cfg = load_config(config_path)
@@ -735,10 +472,8 @@ def run_checks(config_path: Path, *, publish_test: bool = False, listen: float =
     _check_secret_files(r, cfg)
     skew = _check_chirpstack(r, cfg, listen)
     _check_chirpstack_api(r, cfg)
-    for index in range(len(cfg.upstreams)):
-        _check_upstream(r, cfg, index, publish_test)
-    for index in range(len(cfg.http_upstreams)):
-        _check_http_upstream(r, cfg, index, publish_test)
+    for checks in health_checks(cfg, publish_test=publish_test):
+        r.run(checks)
     _check_disk(r, cfg)
     _check_buffer(r, cfg)
     _check_clock(r, cfg, skew)

@@ -46,7 +46,8 @@ from edge.errors import EdgeError, StorageFull
 from edge.formats import health as health_format
 from edge.formats import senml
 from edge.formats.share import ShareFilter
-from edge.health import DeviceHealth, HealthTracker, Notice
+from edge.health import HealthTracker
+from edge.health_state import DeviceHealth, Notice
 from edge.model import ENDPOINT, DecodeStatus, DeviceEvent, Entry, Malformed, Uplink, radio_json, readings_json
 from edge.plugins import load_decoders
 from edge.sinks.base import Backlog, Formatter, OutMessage

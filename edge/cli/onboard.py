@@ -18,17 +18,9 @@ from edge.cli.devices import _client, _fail, _registry, _setting, api_options, d
 from edge.cli.text import echo
 from edge.config import Config
 from edge.errors import EdgeError
-from edge.onboarding import (
-    Directory,
-    SheetError,
-    Step,
-    apply,
-    export_rows,
-    open_private,
-    parse_columns,
-    plan,
-    read_rows,
-)
+from edge.onboarding import SheetError, export_rows, open_private, parse_columns, read_rows
+from edge.onboarding_apply import apply
+from edge.onboarding_plan import Directory, Step, plan
 from edge.sources.chirpstack_grpc import ChirpStackApi, DeviceKeys, DeviceRecord
 from edge.sources.chirpstack_grpc import sync as sync_devices
 

@@ -10,26 +10,17 @@ import this one.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast
 
 from edge.config import Config
+from edge.model import Check
 
+# A finding is what every component's own check yields (edge.model.Check); doctor prints it.
+Finding = Check
 
-@dataclass(frozen=True)
-class Finding:
-    """The outcome of one check; `fix` is one line, given for WARN and FAIL only."""
-
-    check: str
-    status: str  # OK, WARN or FAIL
-    detail: str
-    fix: str = ""
-
-    def line(self) -> str:
-        """The human form: `STATUS  check: detail — fix: ...`."""
-        text = f"{self.status:<4}  {self.check}: {self.detail}"
-        return f"{text} — fix: {self.fix}" if self.fix else text
+_T = TypeVar("_T")
 
 
 class Report:
@@ -48,6 +39,15 @@ class Report:
         self.findings.append(finding)
         if self.on_finding is not None:
             self.on_finding(finding)
+
+    def run(self, checks: Generator[Check, None, _T]) -> _T:
+        """Record each finding a component's check yields, as it comes; returns what the check returns."""
+        while True:
+            try:
+                found = next(checks)
+            except StopIteration as done:
+                return cast(_T, done.value)
+            self.add(found.check, found.status, found.detail, found.fix)
 
 
 def _unknown() -> float | None:
@@ -90,11 +90,26 @@ class ComponentCheck:
 
 Role = Literal["source", "sink"]
 
-# Doctor runs sources' checks before sinks', each role in this order. The sink entries point at
-# the upstream probes still in doctor until they move next to their sinks (edge/sinks/*_check.py).
+def _sink(kind: str, upstreams: Callable[[Config], Sequence[Any]], target: str) -> ComponentCheck:
+    """A sink's own health check (edge.sinks.base.HealthCheck, named "module:function") run for each upstream."""
+
+    def check(r: Report, ctx: Context, index: int) -> None:
+        from edge.sinks.base import CheckContext
+
+        module, _, name = target.partition(":")
+        own: Callable[[Any, CheckContext], Iterator[Check]] = getattr(importlib.import_module(module), name)
+        for found in own(upstreams(ctx.cfg)[index], CheckContext(index, ctx.cfg.edge_id, ctx.publish_test)):
+            r.add(found.check, found.status, found.detail, found.fix)
+
+    return ComponentCheck(kind, lambda cfg: len(upstreams(cfg)), check)
+
+
+# Doctor runs sources' checks before sinks', each role in this order. A sink kind names its own
+# check (edge/sinks/<kind>_check.py) and which configured upstreams are of its kind.
 _REGISTRY: dict[Role, dict[str, ComponentCheck | str]] = {
     "source": {"chirpstack": "edge.sources.chirpstack_check:CHECK"},
-    "sink": {"mqtt": "edge.cli.doctor:MQTT_UPSTREAM_CHECK", "http": "edge.cli.doctor:HTTP_UPSTREAM_CHECK"},
+    "sink": {"mqtt": _sink("mqtt", lambda cfg: cfg.upstreams, "edge.sinks.mqtt_check:check"),
+             "http": _sink("http", lambda cfg: cfg.http_upstreams, "edge.sinks.http_check:check")},
 }
 
 

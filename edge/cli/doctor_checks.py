@@ -11,7 +11,7 @@ from pathlib import Path
 from edge.checks import Report, duration
 from edge.config import Config, secret_file_warnings, secret_files
 from edge.errors import StorageError
-from edge.probes import NET_TIMEOUT
+from edge.probe import NET_TIMEOUT
 
 MB = 1 << 20
 FIX_CORRUPT = ("stop the service, move the buffer file aside (keep it for analysis) and start the service again;"

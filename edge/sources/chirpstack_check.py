@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge.checks import ComponentCheck, Context, Report, duration
 from edge.errors import EdgeError
-from edge.probes import NET_TIMEOUT, check_mqtt, check_network, why
+from edge.probe import NET_TIMEOUT, mqtt_session, network, why
 
 
 def check(r: Report, ctx: Context, index: int) -> None:
@@ -30,8 +30,8 @@ def _check_broker(r: Report, ctx: Context) -> float | None:
     cfg, listen = ctx.cfg, ctx.listen
     ep, topic = cfg.chirpstack.mqtt, cfg.chirpstack.topic
     want = cfg.chirpstack.session_expiry_s
-    session = check_mqtt(r, "chirpstack", "chirpstack", ep, want) \
-        if check_network(r, "chirpstack", "chirpstack", ep) else None
+    reached = r.run(network("chirpstack", "chirpstack", ep, "chirpstack.mqtt_url"))
+    session = r.run(mqtt_session("chirpstack", "chirpstack", ep, want)) if reached else None
     if session is not None and session.granted_expiry is not None and session.granted_expiry < want:
         r.add("chirpstack session", "WARN", f"the broker grants a session expiry of {session.granted_expiry} s,"
               f" shorter than the {want} s configured: events queued during a longer outage are lost",

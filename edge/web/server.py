@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import socket
 import threading
@@ -18,6 +17,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
+from edge.sinks.http_request import is_loopback  # one rule for "stays on this host", as for upstream tokens
 from edge.status import PAGE_DEVICES, PipelineView, Snapshot, StateReader
 from edge.web.metrics import EdgeCollector
 from edge.web.page import CSP, PAGE, status_document
@@ -26,16 +26,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9108
 MAX_DEVICES = 1000
-
-
-def is_loopback(host: str) -> bool:
-    """True for a loopback address (127.0.0.0/8, ::1) or 'localhost'; False for anything else."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to any interface, so it counts as exposed
 
 
 class _Server(ThreadingHTTPServer):

@@ -1,4 +1,8 @@
-"""Network probes for health checks: DNS, TCP, TLS with certificate expiry, and a short MQTT session."""
+"""Network probes that components' health checks build on: DNS, TCP, TLS with certificate expiry, a short MQTT session.
+
+Each probe is a generator: it yields every Check as soon as it is made (so `edge doctor` shows
+progress on a slow network) and returns what the caller needs next; `ok = yield from network(...)`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -14,16 +19,21 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.checks import Report
 from edge.config import MqttEndpoint
+from edge.model import Check
 from edge.mqtt import make_client
 
 NET_TIMEOUT = 3.0  # DNS, TCP, TLS, SUBACK: a dead host must not keep a technician waiting
 MQTT_TIMEOUT = 5.0  # CONNACK and PUBACK; brokers on a busy uplink can be slower than a handshake
 
 
+def why(exc: BaseException) -> str:
+    """An exception's message, or its type's name when it has none."""
+    return str(exc) or type(exc).__name__
+
+
 def resolve(host: str) -> list[str]:
-    """The addresses of `host`, sorted; OSError (TimeoutError after NET_TIMEOUT) when it does not resolve."""
+    """The addresses of `host`, or OSError (TimeoutError after NET_TIMEOUT)."""
     # getaddrinfo has no timeout of its own; a daemon thread lets us give up on a hanging resolver.
     out: list[Any] = []
 
@@ -43,14 +53,9 @@ def resolve(host: str) -> list[str]:
     return sorted({str(info[4][0]) for info in out[0]})
 
 
-def why(exc: BaseException) -> str:
-    """An exception as a finding's detail: its message, or its type when it has none."""
-    return str(exc) or type(exc).__name__
-
-
 @dataclass(frozen=True)
 class Endpoint:
-    """Where an HTTP upstream (or its proxy) is reached, in the shape check_network reads."""
+    """Where an HTTP upstream (or its proxy) is reached, in the shape `network` reads."""
 
     host: str
     port: int
@@ -60,26 +65,33 @@ class Endpoint:
     key_file: str = ""
 
 
-def check_network(r: Report, label: str, section: str, ep: MqttEndpoint | Endpoint, url_key: str = "") -> bool:
-    """DNS, TCP and (for mqtts/https) TLS with certificate expiry; False at the first step that fails."""
-    url_key = url_key or f"{section}.{'mqtt_url' if section == 'chirpstack' else 'url'}"
+def network(label: str, section: str, ep: MqttEndpoint | Endpoint, url_key: str) -> Generator[Check, None, bool]:
+    """DNS, TCP and (for mqtts/https) TLS with certificate expiry; returns False at the first step that fails.
+
+    Args:
+        label: what the checks are named after, e.g. "upstream cloud".
+        section: the config section of `ep`, named in fixes, e.g. "upstream[0]".
+        ep: the broker or server to reach.
+        url_key: the config key that sets its address, named in fixes.
+    """
     try:
         addresses = resolve(ep.host)
     except OSError as exc:
-        r.add(f"{label} dns", "FAIL", f"cannot resolve {ep.host}: {why(exc)}",
-              f"check the host name in {url_key} and the DNS servers in /etc/resolv.conf")
+        yield Check(f"{label} dns", "FAIL", f"cannot resolve {ep.host}: {why(exc)}",
+                    f"check the host name in {url_key} and the DNS servers in /etc/resolv.conf")
         return False
-    r.add(f"{label} dns", "OK", f"{ep.host} is {', '.join(addresses[:3])}")
+    yield Check(f"{label} dns", "OK", f"{ep.host} is {', '.join(addresses[:3])}")
     started = time.monotonic()
     try:
         sock = socket.create_connection((ep.host, ep.port), timeout=NET_TIMEOUT)
     except OSError as exc:
-        r.add(f"{label} tcp", "FAIL", f"cannot connect to {ep.host}:{ep.port}: {why(exc)}",
-              f"make sure the {'server' if isinstance(ep, Endpoint) else 'broker'} runs and port {ep.port} is"
-              f" reachable from here (firewall, {url_key})")
+        yield Check(f"{label} tcp", "FAIL", f"cannot connect to {ep.host}:{ep.port}: {why(exc)}",
+                    f"make sure the {'server' if isinstance(ep, Endpoint) else 'broker'} runs and port {ep.port} is"
+                    f" reachable from here (firewall, {url_key})")
         return False
     with sock:
-        r.add(f"{label} tcp", "OK", f"connected to {ep.host}:{ep.port} in {(time.monotonic() - started) * 1000:.0f} ms")
+        yield Check(f"{label} tcp", "OK",
+                    f"connected to {ep.host}:{ep.port} in {(time.monotonic() - started) * 1000:.0f} ms")
         if not ep.tls:
             return True
         try:
@@ -87,8 +99,8 @@ def check_network(r: Report, label: str, section: str, ep: MqttEndpoint | Endpoi
             if ep.cert_file:
                 context.load_cert_chain(ep.cert_file, ep.key_file)
         except (OSError, ssl.SSLError) as exc:
-            r.add(f"{label} tls", "FAIL", f"cannot load the CA or client certificate: {why(exc)}",
-                  f"check ca_file, cert_file and key_file in [{section}]")
+            yield Check(f"{label} tls", "FAIL", f"cannot load the CA or client certificate: {why(exc)}",
+                        f"check ca_file, cert_file and key_file in [{section}]")
             return False
         try:
             with context.wrap_socket(sock, server_hostname=ep.host) as tls:
@@ -97,24 +109,25 @@ def check_network(r: Report, label: str, section: str, ep: MqttEndpoint | Endpoi
             reason = exc.verify_message or why(exc)
             fix = (f"renew the certificate of {ep.host}" if "expired" in reason
                    else f"set ca_file in [{section}] to the CA that signed {ep.host}'s certificate")
-            r.add(f"{label} tls", "FAIL", f"certificate of {ep.host} not accepted: {reason}", fix)
+            yield Check(f"{label} tls", "FAIL", f"certificate of {ep.host} not accepted: {reason}", fix)
             return False
         except (ssl.SSLError, OSError) as exc:
-            r.add(f"{label} tls", "FAIL", f"TLS handshake with {ep.host}:{ep.port} failed: {why(exc)}",
-                  f"check that port {ep.port} is a TLS listener, and cert_file/key_file if it asks for a client"
-                  " certificate")
+            yield Check(f"{label} tls", "FAIL", f"TLS handshake with {ep.host}:{ep.port} failed: {why(exc)}",
+                        f"check that port {ep.port} is a TLS listener, and cert_file/key_file if it asks for a client"
+                        " certificate")
             return False
     not_after = str(cert.get("notAfter", ""))
     days = (ssl.cert_time_to_seconds(not_after) - time.time()) / 86400 if not_after else None
     if days is not None and days < 30:
-        r.add(f"{label} tls", "WARN", f"{version}; the certificate of {ep.host} expires in {days:.0f} days"
-              f" ({not_after})", f"renew the certificate of {ep.host} before {not_after}")
+        yield Check(f"{label} tls", "WARN", f"{version}; the certificate of {ep.host} expires in {days:.0f} days"
+                    f" ({not_after})", f"renew the certificate of {ep.host} before {not_after}")
     else:
-        r.add(f"{label} tls", "OK", f"{version}; certificate valid" + (f" for {days:.0f} more days" if days else ""))
+        yield Check(f"{label} tls", "OK",
+                    f"{version}; certificate valid" + (f" for {days:.0f} more days" if days else ""))
     return True
 
 
-class Session:
+class MqttProbe:
     """A short MQTT connection under a throwaway client id, so the service's own session is never taken over."""
 
     def __init__(self, ep: MqttEndpoint, session_expiry_s: int = 0) -> None:
@@ -145,9 +158,8 @@ class Session:
         """Connect and wait for CONNACK; returns '' when accepted, else what went wrong."""
         try:
             if self.ep.protocol == "5":
-                props = expiry_property(PacketTypes.CONNECT, self.expiry) if self.expiry else None
                 self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s, clean_start=True,
-                                    properties=props)
+                                    properties=_expiry(PacketTypes.CONNECT, self.expiry) if self.expiry else None)
             else:
                 self.client.connect(self.ep.host, self.ep.port, self.ep.keepalive_s)
         except (OSError, ValueError) as exc:
@@ -166,35 +178,41 @@ class Session:
 
     def close(self) -> None:
         """Disconnect; the clean session leaves nothing behind at the broker."""
-        self.client.disconnect(properties=expiry_property(PacketTypes.DISCONNECT, 0) if self.expiry else None)
+        self.client.disconnect(properties=_expiry(PacketTypes.DISCONNECT, 0) if self.expiry else None)
         if self.expiry and self.client.is_connected():
             self.gone.wait(MQTT_TIMEOUT)  # the DISCONNECT must go out, or our session would stay that long
         self.client.loop_stop()
 
 
-def expiry_property(packet_type: int, seconds: int) -> Any:
-    """MQTT 5 properties of a CONNECT or DISCONNECT asking for this session expiry."""
+def _expiry(packet_type: int, seconds: int) -> Any:
     props = Properties(packet_type)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = seconds
     return props
 
 
-def check_mqtt(r: Report, label: str, section: str, ep: MqttEndpoint, expiry: int = 0) -> Session | None:
-    """Connect as doctor (`<client id>-doctor`); the open session when the broker accepts, else None."""
+def mqtt_session(label: str, section: str, ep: MqttEndpoint,
+                 expiry: int = 0) -> Generator[Check, None, MqttProbe | None]:
+    """Log in to the broker; returns the open session (close it), or None when it failed.
+
+    Args:
+        label: what the check is named after; section: the config section of `ep`, named in fixes.
+        ep: the broker.
+        expiry: the session expiry (MQTT 5) to ask for, to learn what the broker grants.
+    """
     try:
-        session = Session(ep, expiry)
+        session = MqttProbe(ep, expiry)
     except (OSError, ssl.SSLError) as exc:
         # Typically a technician running doctor as a user who cannot read the service's 0600 secrets.
-        r.add(f"{label} mqtt", "FAIL", f"cannot read the password or TLS files: {why(exc)}",
-              "run doctor as the service's user or root (sudo), or fix the files' permissions")
+        yield Check(f"{label} mqtt", "FAIL", f"cannot read the password or TLS files: {why(exc)}",
+                    "run doctor as the service's user or root (sudo), or fix the files' permissions")
         return None
     problem = session.open()
     if not problem:
-        r.add(f"{label} mqtt", "OK", f"connected as {session.ep.client_id} (MQTT {ep.protocol})")
+        yield Check(f"{label} mqtt", "OK", f"connected as {session.ep.client_id} (MQTT {ep.protocol})")
         return session
     session.close()
     auth = "authori" in problem or "password" in problem
     fix = (f"check username and password_file in [{section}] against the broker's accounts" if auth
            else f"check that {ep.host}:{ep.port} is an MQTT broker and protocol = \"{ep.protocol}\" suits it")
-    r.add(f"{label} mqtt", "FAIL", problem, fix)
+    yield Check(f"{label} mqtt", "FAIL", problem, fix)
     return None

@@ -12,7 +12,8 @@ from edge.buffer import Buffer
 from edge.buffer import health as health_store
 from edge.buffer.policy import unless_disk_full
 from edge.config import HealthConfig
-from edge.health import DeviceHealth, HealthTracker, Notice
+from edge.health import HealthTracker
+from edge.health_state import DeviceHealth, Notice
 
 log = logging.getLogger(__name__)
 

@@ -307,3 +307,22 @@ ENDPOINT = "@endpoint"
 
 # Turns consecutive stored entries into the messages that carry them upstream (edge.formats).
 Formatter = Callable[[Sequence[Entry]], list[OutMessage]]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The outcome of one health check (`edge doctor`), as every component's own check reports it.
+
+    `status` is OK, WARN or FAIL; `fix` says in one line what to do, for WARN and FAIL only.
+    `edge doctor --json` prints these fields as they are named here.
+    """
+
+    check: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        """The human form: `STATUS  check: detail — fix: ...`."""
+        text = f"{self.status:<4}  {self.check}: {self.detail}"
+        return f"{text} — fix: {self.fix}" if self.fix else text

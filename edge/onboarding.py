@@ -1,10 +1,12 @@
-"""Bulk onboarding: reads vendors' device sheets, checks every row, and creates or updates devices through ChirpStack.
+"""Bulk onboarding's sheets: reads vendors' device sheets and checks every row; writes the registry back as one.
 
-The flow is validate → plan → apply. Nothing changes in ChirpStack until every row has been checked
-(hex lengths, duplicates in the file and against ChirpStack, unknown applications and profiles), so a
-sheet with one typo changes nothing. Applying is idempotent: a device that exists is compared and
-updated only if it differs, keys likewise, so a re-run after an interruption finishes the job
-without duplicates. Keys are never logged, printed or put in an exception message.
+The flow is validate (here) → plan (edge/onboarding_plan.py) → apply (edge/onboarding_apply.py,
+which creates or updates the devices through ChirpStack). Nothing changes in ChirpStack until every
+row has been checked (hex lengths, duplicates in the file and against ChirpStack, unknown
+applications and profiles), so a sheet with one typo changes nothing. Applying is idempotent: a
+device that exists is compared and updated only if it differs, keys likewise, so a re-run after an
+interruption finishes the job without duplicates. Keys are never logged, printed or put in an
+exception message.
 
 Column layouts: vendors ship DevEUI/JoinEUI(AppEUI)/AppKey sheets with many spellings; headers are
 matched after folding case, spaces, dashes, underscores and dots (`Dev EUI`, `dev_eui`, `DEVEUI`), and
@@ -19,13 +21,11 @@ import io
 import logging
 import os
 import re
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from edge.errors import ApiExists, ApiNotFound, ApiUnavailable, SheetError
+from edge.errors import SheetError
 from edge.sources.chirpstack_records import DeviceKeys, DeviceRecord
 
 log = logging.getLogger(__name__)
@@ -79,17 +79,6 @@ class Row:
 
     def __repr__(self) -> str:
         return f"Row(line={self.line}, dev_eui={self.dev_eui!r}, name={self.name!r}, <keys hidden>)"
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """What applying one row does: `create`, `update` or `unchanged`, for the device and for its keys."""
-
-    row: Row
-    record: DeviceRecord
-    device: str
-    keys: str
-    changes: tuple[str, ...] = ()
 
 
 def _fold(header: str) -> str:
@@ -262,164 +251,6 @@ def check_rows(rows: Sequence[Row], *, need_keys: bool = True) -> list[str]:
         if len(row.name) > 100:
             problems.append(f"{where}: name longer than 100 characters")
     return problems
-
-
-class DeviceApi(Protocol):
-    """The ChirpStack calls onboarding needs (edge.sources.chirpstack_grpc.ChirpStackApi)."""
-
-    def get_device(self, dev_eui: str) -> DeviceRecord: ...
-    def get_keys(self, dev_eui: str) -> DeviceKeys | None: ...
-    def create_device(self, record: DeviceRecord) -> None: ...
-    def update_device(self, record: DeviceRecord) -> None: ...
-    def set_keys(self, keys: DeviceKeys, *, exists: bool) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Directory:
-    """What the rows are checked against: the tenant's applications and profiles, and where each device lives."""
-
-    applications: Mapping[str, str]  # id -> name
-    profiles: Mapping[str, str]  # id -> name
-    device_app: Mapping[str, str]  # dev_eui -> application id, for every device ChirpStack has
-
-
-def _resolve(value: str, table: Mapping[str, str], what: str, where: str, problems: list[str]) -> str:
-    """An id from an id or a unique name."""
-    if value in table:
-        return value
-    named = [i for i, name in table.items() if name == value] or \
-        [i for i, name in table.items() if name.lower() == value.lower()]
-    if len(named) == 1:
-        return named[0]
-    if named:
-        problems.append(f"{where}: {len(named)} {what}s are named {value!r}; use the id")
-    else:
-        problems.append(f"{where}: ChirpStack has no {what} {value!r}")
-    return ""
-
-
-def plan(rows: Sequence[Row], directory: Directory, api: DeviceApi, *, application: str = "",
-         profile: str = "", need_keys: bool = True, earlier: Sequence[str] = ()) -> list[Step]:
-    """Check every row against ChirpStack and say what applying it would do; changes nothing.
-
-    Args:
-        earlier: problems already found while reading the sheet, reported together with these.
-
-    Raises:
-        SheetError: with every problem of every row, when there is any.
-    """
-    problems = [*earlier, *check_rows(rows, need_keys=need_keys)]
-    resolved: list[tuple[Row, str, str]] = []
-    for row in rows:
-        where = f"row {row.line}"
-        app_value, profile_value = row.application or application, row.device_profile or profile
-        if not app_value:
-            problems.append(f"{where}: no application (a column, or --application)")
-        if not profile_value:
-            problems.append(f"{where}: no device profile (a column, or --profile)")
-        app_id = _resolve(app_value, directory.applications, "application", where, problems) if app_value else ""
-        profile_id = _resolve(profile_value, directory.profiles, "device profile", where, problems) \
-            if profile_value else ""
-        elsewhere = directory.device_app.get(row.dev_eui)
-        if elsewhere and app_id and elsewhere != app_id:
-            problems.append(f"{where}: DevEUI {row.dev_eui} already exists in ChirpStack in application"
-                            f" {directory.applications.get(elsewhere, elsewhere)!r}; delete or move it there first")
-        resolved.append((row, app_id, profile_id))
-    if problems:
-        raise SheetError(problems)
-    steps = []
-    for row, app_id, profile_id in resolved:
-        tags = dict(row.tags)
-        if row.codec:
-            tags["codec"] = row.codec  # which catalogue codec and field map decode it (see docs/field-maps.md)
-        record = DeviceRecord(row.dev_eui, row.name or row.dev_eui, app_id, profile_id, row.description, tags,
-                              dict(row.variables), False, row.join_eui)
-        steps.append(_step(row, record, row.dev_eui in directory.device_app, api))
-    return steps
-
-
-def _step(row: Row, record: DeviceRecord, exists: bool, api: DeviceApi) -> Step:
-    keys = row.keys()
-    if not exists:
-        return Step(row, record, "create", "create" if keys else "none")
-    have = api.get_device(row.dev_eui)
-    changes = [name for name, old, new in (
-        ("name", have.name, record.name), ("description", have.description, record.description),
-        ("device profile", have.profile_id, record.profile_id), ("tags", have.tags, {**have.tags, **record.tags}),
-        ("variables", have.variables or {}, {**(have.variables or {}), **(record.variables or {})}))
-        if old != new]
-    if row.join_eui and have.join_eui != row.join_eui:
-        changes.append("JoinEUI")
-    # Tags and variables set in ChirpStack but not in the sheet are kept: the sheet adds, it does not wipe.
-    record = replace(record, tags={**have.tags, **record.tags},
-                     variables={**(have.variables or {}), **(record.variables or {})},
-                     is_disabled=have.is_disabled, join_eui=row.join_eui or have.join_eui)
-    key_action = "none"
-    if keys is not None:
-        current = api.get_keys(row.dev_eui)
-        key_action = "create" if current is None else "unchanged" if current == keys else "update"
-    return Step(row, record, "update" if changes else "unchanged", key_action, tuple(changes))
-
-
-def _retrying(action: Callable[[], None], attempts: int, pause: float) -> None:
-    """Run a write, retrying while ChirpStack is unreachable (the write is idempotent at this level)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            action()
-            return
-        except ApiUnavailable:
-            if attempt == attempts:
-                raise
-            time.sleep(pause * 2 ** (attempt - 1))
-
-
-def apply(steps: Sequence[Step], api: DeviceApi, *, batch: int = 20, pause_s: float = 0.5, attempts: int = 4,
-          on_done: Callable[[Step], None] | None = None) -> dict[str, int]:
-    """Create or update devices and keys, `batch` rows at a time with a pause between batches.
-
-    Idempotent: a create that finds the device (e.g. a retried call that had gone through) becomes
-    an update, keys that exist are replaced only when they differ. Stops at the first failure that
-    is not "unreachable" after retries, so a re-run continues where this one stopped.
-
-    Returns:
-        Counts: devices created, updated, unchanged; keys set.
-    """
-    totals = {"created": 0, "updated": 0, "unchanged": 0, "keys": 0}
-    for start in range(0, len(steps), max(1, batch)):
-        if start:
-            time.sleep(pause_s)  # ChirpStack's API and its database are shared with live traffic
-        for step in steps[start:start + batch]:
-            if step.device == "create":
-                def create(record: DeviceRecord = step.record) -> None:
-                    try:
-                        api.create_device(record)
-                    except ApiExists:
-                        api.update_device(record)
-                _retrying(create, attempts, pause_s)
-                totals["created"] += 1
-            elif step.device == "update":
-                def update(record: DeviceRecord = step.record) -> None:
-                    api.update_device(record)
-                _retrying(update, attempts, pause_s)
-                totals["updated"] += 1
-            else:
-                totals["unchanged"] += 1
-            keys = step.row.keys()
-            if keys is not None and step.keys in ("create", "update"):
-                def set_keys(keys: DeviceKeys = keys, exists: bool = step.keys == "update") -> None:
-                    try:
-                        api.set_keys(keys, exists=exists)
-                    except ApiExists:
-                        api.set_keys(keys, exists=True)
-                    except ApiNotFound:
-                        if not exists:
-                            raise
-                        api.set_keys(keys, exists=False)
-                _retrying(set_keys, attempts, pause_s)
-                totals["keys"] += 1
-            if on_done is not None:
-                on_done(step)
-    return totals
 
 
 EXPORT_COLUMNS = ("dev_eui", "join_eui", "app_key", "nwk_key", "name", "description", "application",

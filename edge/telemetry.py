@@ -174,26 +174,3 @@ def setup_logging(level: str = "info") -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
     # paho logs nothing useful at INFO; our own reconnect messages say what matters.
     logging.getLogger("paho").setLevel(logging.WARNING)
-
-
-# The buffer's per-codec counters of fields no field map covered (edge.decoding.registry counts
-# them as `unmapped:<codec key>`). At most UNMAPPED_SHOWN codecs are shown or labelled apart, the
-# largest first; the rest are summed under "other", so metrics keep a bounded label set.
-UNMAPPED_PREFIX = "unmapped:"
-UNMAPPED_SHOWN = 50
-
-
-def unmapped_by_codec(counters: dict[str, int], limit: int = UNMAPPED_SHOWN) -> dict[str, int]:
-    """Unmapped field counts by codec key from the buffer's counters, largest first, capped at `limit`."""
-    found = sorted(((name[len(UNMAPPED_PREFIX):], n) for name, n in counters.items()
-                    if name.startswith(UNMAPPED_PREFIX) and n), key=lambda item: (-item[1], item[0]))
-    shown = dict(found[:limit])
-    rest = sum(n for _, n in found[limit:])
-    if rest:
-        shown["other"] = shown.get("other", 0) + rest
-    return shown
-
-
-def plain_counters(counters: dict[str, int]) -> dict[str, int]:
-    """The buffer's counters without the per-codec unmapped ones."""
-    return {name: n for name, n in counters.items() if not name.startswith(UNMAPPED_PREFIX)}

@@ -14,7 +14,8 @@ from edge.buffer import health as store
 from edge.config import HealthBatteryRule, HealthConfig, HealthIntervalRule
 from edge.formats import health as health_format
 from edge.formats import senml
-from edge.health import NEVER_SEEN, OK, SILENT, DeviceHealth, HealthTracker
+from edge.health import HealthTracker
+from edge.health_state import NEVER_SEEN, OK, SILENT, DeviceHealth
 from edge.model import Reading
 
 DEV = "a81758fffe000001"

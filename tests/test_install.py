@@ -157,6 +157,18 @@ def test_install_unit_matches_the_installer(tmp_path: Path) -> None:
         assert "Unknown key" not in result.stderr + result.stdout, result.stderr
 
 
+def test_install_package_data_covers_every_file_the_package_reads() -> None:
+    """A wheel holds the status page's assets, field maps and the like: every non-Python file under edge/."""
+    import tomllib
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["edge"]
+    shipped = {path for pattern in patterns for path in (REPO / "edge").glob(pattern)}
+    needed = {path for path in (REPO / "edge").rglob("*")
+              if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts}
+    assert REPO / "edge" / "web" / "static" / "page.js" in needed
+    assert needed <= shipped, sorted(str(p.relative_to(REPO)) for p in needed - shipped)
+
+
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="apt-get install -y shellcheck")
 def test_install_scripts_are_shellcheck_clean() -> None:
     result = subprocess.run(["shellcheck", "--shell=sh", *(str(p) for p in sorted(DEPLOY.glob("*.sh")))],

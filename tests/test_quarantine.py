@@ -20,8 +20,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import quarantine
 from edge.buffer import Buffer
+from edge.checks import Report
 from edge.cli import main
-from edge.cli.doctor import _check_quarantine, _Report
+from edge.cli.doctor_checks import check_quarantine
 from edge.config import load_config
 from edge.model import DecodeStatus
 from edge.simulate import Simulator
@@ -244,11 +245,11 @@ def test_quarantine_pipeline_start_prunes_committed_uplinks(make_config):
 
 def test_quarantine_doctor_warns_only_when_uplinks_are_held(make_config):
     cfg = load_config(make_config("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:2"))
-    report = _Report(None)
-    _check_quarantine(report, cfg)
+    report = Report(None)
+    check_quarantine(report, cfg)
     assert report.findings == []
     quarantine.add(quarantine.path_for(cfg.buffer.path), _entry("u1"))
-    _check_quarantine(report, cfg)
+    check_quarantine(report, cfg)
     [finding] = report.findings
     assert finding.status == "WARN" and "decoder acme/loop hung on it (0 stored raw, 1 awaiting redelivery)" in (
         finding.detail) and "edge redecode" in finding.fix

@@ -26,7 +26,8 @@ from edge.decoding.builtin import builtin_decoders
 from edge.pipeline import Pipeline, wait_until
 from edge.simulate import Simulator, dev_eui_of, publish
 from edge.sources.chirpstack_mqtt import Message
-from edge.web import WebServer, is_loopback, redact
+from edge.status import redact
+from edge.web import WebServer, is_loopback
 
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"

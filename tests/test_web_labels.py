@@ -13,7 +13,8 @@ from edge.decoding.builtin import builtin_decoders
 from edge.pipeline import Pipeline
 from edge.simulate import Simulator
 from edge.sources.chirpstack_mqtt import Message
-from edge.web import WebServer, decoder_label
+from edge.web import WebServer
+from edge.web.metrics import decoder_label
 from tests.test_web import config, metrics
 
 

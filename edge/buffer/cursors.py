@@ -243,8 +243,12 @@ class Cursors(Connected):
         return out
 
     @reported
-    def progress(self, names: Sequence[str], now: float) -> tuple[int, list[dict[str, Any]]]:
-        """Rows in the buffer, and each of these upstreams' backlog, age and totals (the status page's view).
+    def progress(self, names: Sequence[str], now: float,
+                 unconfigured: bool = False) -> tuple[int, list[dict[str, Any]]]:
+        """Rows in the buffer, and each upstream's backlog, age, totals and cursor (edge.status reads this).
+
+        `unconfigured` also reports, after `names`, the sinks the buffer holds a cursor for that
+        `names` lacks (an upstream removed from the config); `cursor` is None before a sink's first run.
 
         The figures of sinks(), read in O(log n) instead of by scanning the backlog, which takes
         seconds on an SD card just when an upstream has been away for long. Uplink rows are only
@@ -258,6 +262,8 @@ class Cursors(Connected):
         known = {r[0]: r[1:] for r in self.db.execute("SELECT name, cursor, delivered, dropped, last_delivery"
                                                       " FROM sinks")}
         out = []
+        if unconfigured:
+            names = [*names, *sorted(set(known) - set(names))]
         # An upstream not started yet has no cursor row: everything buffered is its backlog.
         for name in names:
             cursor, delivered, dropped, last = known.get(name, (0, 0, 0, None))
@@ -269,7 +275,7 @@ class Cursors(Connected):
                 first = self.first_control_time_after(int(cursor))
                 age = round(max(0.0, now - first), 1) if first is not None else None
             out.append({"name": name, "backlog": backlog, "oldest_undelivered_age_s": age, "delivered": delivered,
-                        "dropped": dropped, "last_delivery": last})
+                        "dropped": dropped, "last_delivery": last, "cursor": cursor if name in known else None})
         return rows, out
 
     def first_control_time_after(self, cursor: int) -> float | None:

@@ -20,7 +20,8 @@ from edge.errors import EdgeError, StorageError
 def report(cfg: Config, now: float | None = None) -> list[dict[str, Any]]:
     """Every device's health summary as the running service last stored it, the unwell first."""
     from edge.buffer import Buffer
-    from edge.health import DeviceHealth, HealthTracker
+    from edge.health import HealthTracker
+    from edge.health_state import DeviceHealth
 
     try:
         buffer = Buffer(cfg.buffer.path, readonly=True)

@@ -19,16 +19,9 @@ from edge.cli.devices import devices
 from edge.cli.text import echo
 from edge.config import Config
 from edge.errors import EdgeError, SheetError
-from edge.onboarding import (
-    Directory,
-    Step,
-    apply,
-    export_rows,
-    open_private,
-    parse_columns,
-    plan,
-    read_rows,
-)
+from edge.onboarding import export_rows, open_private, parse_columns, read_rows
+from edge.onboarding_apply import apply
+from edge.onboarding_plan import Directory, Step, plan
 from edge.sources.chirpstack_grpc import ChirpStackApi
 from edge.sources.chirpstack_records import DeviceKeys, DeviceRecord
 from edge.sources.chirpstack_sync import sync as sync_devices

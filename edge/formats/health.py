@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from edge.formats import ngsi_ld, senml
+from edge.formats import ngsi_ld, ngsi_ld_context, senml
 
 NGSI_LD = "ngsi-ld"
 
@@ -53,10 +53,10 @@ def ngsi_ld_device(notice: Mapping[str, Any]) -> bytes:
     Sent with `options=update`, so only `deviceState` changes; the observed entities and the
     Device's other attributes (written with the uplinks) stay as they are.
     """
-    entity = {"id": ngsi_ld.entity_id(ngsi_ld.DEVICE, notice["dev_eui"]), "type": ngsi_ld.DEVICE,
+    entity = {"id": ngsi_ld.entity_id(ngsi_ld_context.DEVICE, notice["dev_eui"]), "type": ngsi_ld_context.DEVICE,
               "deviceState": {"type": "Property", "value": device_state(notice),
                               "observedAt": ngsi_ld.iso_time(notice["time"])},
-              "@context": [ngsi_ld.CONTEXTS[ngsi_ld.DEVICE], ngsi_ld.CORE_CONTEXT]}
+              "@context": [ngsi_ld_context.CONTEXTS[ngsi_ld_context.DEVICE], ngsi_ld_context.CORE_CONTEXT]}
     return orjson.dumps([entity])
 
 

@@ -88,13 +88,13 @@ def make_formatter(up: UpstreamConfig, edge_id: str, topic_fields: TopicFields) 
 def make_http_formatter(up: HttpUpstreamConfig) -> Formatter:
     """NGSI-LD upsert bodies, or one SenML pack per device, for an HTTP upstream."""
     if up.format == "ngsi-ld":
-        from edge.formats import ngsi_ld
+        from edge.formats import ngsi_ld, ngsi_ld_attributes
 
         n = up.ngsi_ld
         options = ngsi_ld.NgsiLdOptions(
             entity_type=n.entity_type or None, climate_type=n.climate_type, device_entity=n.device_entity,
             batch_size=n.batch_size, locations={dev: (lat, lon) for dev, lat, lon in n.locations},
-            device_types=dict(n.device_types), attributes=ngsi_ld.attribute_table(n.attributes))
+            device_types=dict(n.device_types), attributes=ngsi_ld_attributes.attribute_table(n.attributes))
         return ngsi_ld.make_ngsi_ld_formatter(options)
     content_type = senml.CONTENT_TYPES[up.format]
 

@@ -1,17 +1,28 @@
-"""The sink contract: what a sink reads from, what it sends, and when it may release records."""
+"""The sink contract: what a sink reads from, what it sends, when it may release records, and its health check."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 import orjson
 
-from edge.model import Entry, Formatter, OutMessage
+from edge.model import Check, Entry, Formatter, OutMessage
 
-__all__ = ["Backlog", "Formatter", "OutMessage", "SinkStats", "format_isolated"]
+__all__ = ["Backlog", "Check", "CheckContext", "DeadLetter", "Formatter", "HealthCheck", "OutMessage", "SinkStats",
+           "format_isolated"]
+
+DeadLetter = Callable[[OutMessage, int, str], None]
+"""Receives a message that can never be delivered: (message, code, why), and keeps it (`edge deadletter list`).
+
+The code is the MQTT PUBACK reason or the HTTP status, 0 when the message was set aside before
+sending (a formatter failure, an invalid topic, a message too large). Called on the sink's own thread
+(open any SQLite connection there), before the cursor moves past the message: a crash in between
+re-sends the batch, so the same message may arrive twice.
+"""
 
 
 def format_isolated(formatter: Formatter, entries: Sequence[Entry],
@@ -91,3 +102,33 @@ class SinkStats:
             self.disconnected_since = None
         elif self.disconnected_since is None:
             self.disconnected_since = time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class CheckContext:
+    """What a sink's health check is told besides its own upstream's settings."""
+
+    index: int  # its place among the configured upstreams of its kind, for config paths such as upstream[0]
+    edge_id: str  # this gateway's id, which a test message carries
+    publish_test: bool  # also send one test message, to the notice topic or endpoint (never with the data)
+
+    def test_message(self, upstream: str) -> dict[str, str]:
+        """The body of the test message `edge doctor --publish-test` sends to `upstream`."""
+        return {"type": "doctor-test", "edge_id": self.edge_id, "upstream": upstream,
+                "time": datetime.now(UTC).isoformat(), "note": "test message from `edge doctor`; ignore it"}
+
+
+_C_contra = TypeVar("_C_contra", contravariant=True)  # the upstream config type a check reads
+
+
+class HealthCheck(Protocol[_C_contra]):
+    """A sink's own health check, which `edge doctor` runs for each configured upstream of that sink.
+
+    It probes without running the sink or touching the buffer: the destination reachable (DNS, TCP,
+    TLS), the credentials accepted, and with `publish_test` one test message acknowledged. Each
+    Check is yielded as soon as it is made, so a slow network shows progress; after a FAIL that
+    makes the rest pointless the check stops. Which check serves which upstreams is listed in
+    edge/sinks/checks.py, so doctor runs a new sink's check without knowing the sink.
+    """
+
+    def __call__(self, upstream: _C_contra, context: CheckContext, /) -> Iterator[Check]: ...

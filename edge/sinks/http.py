@@ -24,19 +24,14 @@ whether the operator moved it back; if so it drops the rest of its batch and rea
 
 from __future__ import annotations
 
-import email.utils
-import ipaddress
 import logging
 import math
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,7 +41,9 @@ from edge.backoff import Backoff
 from edge.config import HttpUpstreamConfig
 from edge.errors import certificate_problem
 from edge.model import ENDPOINT
-from edge.sinks.base import Backlog, Formatter, OutMessage, SinkStats, format_isolated
+from edge.sinks.base import Backlog, DeadLetter, Formatter, OutMessage, SinkStats, format_isolated
+from edge.sinks.http_request import build_client, endpoint_url, is_loopback, read_token, redact, tls_context
+from edge.sinks.http_status import body_excerpt, classify, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +53,6 @@ IDLE_WAIT_S = 0.25
 NOTICE_CHECK_S = 5.0
 # How often the sink asks the buffer whether the operator rewound it (`edge buffer rewind`).
 REWIND_CHECK_S = 1.0
-# The part of a response body kept for the dead-letter store and the log.
-EXCERPT_CHARS = 500
-
-# Statuses that mean "try again later" (RFC 9110 §15.5.9, RFC 8470 §5.2, RFC 6585 §4).
-_TRANSIENT = frozenset({408, 429})
-# Every other 4xx is the destination refusing this message: it goes to the dead-letter store. A 401,
-# 403, 404 or 415 usually means every message will get the same answer; the store is capped to a
-# share of the buffer (edge.buffer.store.DEAD_LETTER_SHARE) and the operator replays after the fix.
-
-DeadLetter = Callable[[OutMessage, int, str], None]
-"""Receives a message the upstream refused for good: (message, HTTP status, body excerpt).
-
-Called on the sink's own thread (open any SQLite connection there), before the cursor moves past
-the message: a crash in between re-sends the batch, so the same message may arrive twice.
-"""
 
 
 @dataclass(slots=True)
@@ -84,106 +66,6 @@ class _Outcome(Enum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     RETRY = "retry"
-
-
-def classify(status: int) -> str:
-    """What an HTTP status means for the message: "accepted", "retry" or "rejected".
-
-    Args:
-        status: the response status code.
-
-    Returns:
-        "accepted" for 2xx; "retry" for 408, 429, 5xx and 3xx; "rejected" for every other status
-        (4xx: the dead-letter table keeps them for the operator to inspect and replay).
-    """
-    if 200 <= status < 300:
-        return "accepted"
-    if status in _TRANSIENT or status >= 500 or 300 <= status < 400:
-        return "retry"
-    return "rejected"
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """The delay a Retry-After header asks for (RFC 9110 §10.2.3), or None if absent or unreadable.
-
-    Args:
-        value: the header, delta-seconds ("120") or an HTTP date ("Wed, 21 Oct 2026 07:28:00 GMT").
-        now: the current POSIX time, for tests; the wall clock when None.
-
-    Returns:
-        Seconds to wait, never negative.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # RFC 9110 dates are GMT
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
-def read_token(path: str) -> str:
-    """The bearer token in `path`, surrounding whitespace removed.
-
-    Args:
-        path: the token file.
-
-    Returns:
-        The token.
-
-    Raises:
-        ValueError: the file is missing, unreadable or empty (the message names the file, never the token).
-    """
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read the bearer token file {path}: {exc.__class__.__name__}") from None
-    if not token:
-        raise ValueError(f"the bearer token file {path} is empty")
-    return token
-
-
-def redact(url: str) -> str:
-    """The URL without user info and query, for logs (an API key may sit in either)."""
-    try:
-        u = httpx.URL(url)
-    except httpx.InvalidURL:
-        return "<invalid URL>"
-    port = f":{u.port}" if u.port else ""
-    return f"{u.scheme}://{u.host}{port}{u.path}"
-
-
-def _http_url(upstream: str, url: str) -> httpx.URL:
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        parsed = httpx.URL("")
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"upstream {upstream}: {redact(url)} is not an http(s) URL")
-    return parsed
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _excerpt(response: httpx.Response) -> str:
-    try:
-        text = response.text
-    except (UnicodeDecodeError, LookupError):
-        text = repr(response.content[:EXCERPT_CHARS])
-    return text[:EXCERPT_CHARS]
 
 
 class HttpSink:
@@ -219,35 +101,16 @@ class HttpSink:
         self._dead_letter = dead_letter
         self.stats = HttpSinkStats()
         self.heartbeat = time.monotonic()  # last loop iteration; the service's watchdog reads it
-        endpoint = _http_url(cfg.name, cfg.endpoint)
+        endpoint = endpoint_url(cfg.name, cfg.endpoint)
         if cfg.notice_endpoint:
-            _http_url(cfg.name, cfg.notice_endpoint)
+            endpoint_url(cfg.name, cfg.notice_endpoint)
         self._token = read_token(cfg.bearer_token_file) if cfg.bearer_token_file else ""
-        self._tls = self._tls_context()
-        if self._token and endpoint.scheme == "http" and not _is_loopback(endpoint.host):
+        self._tls = tls_context(cfg)
+        if self._token and endpoint.scheme == "http" and not is_loopback(endpoint.host):
             log.warning("Upstream %s sends its bearer token without TLS to %s.", self.name, redact(cfg.endpoint))
 
-    def _tls_context(self) -> ssl.SSLContext:
-        cfg = self.cfg
-        # Verification is always on: no option turns off certificate or host name checks. The client
-        # certificate goes into the context too; httpx 0.28 deprecates its separate `cert=`.
-        try:
-            context = ssl.create_default_context(cafile=cfg.ca_file or None)
-            if cfg.cert_file:
-                context.load_cert_chain(cfg.cert_file, cfg.key_file or None)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"upstream {cfg.name}: cannot load its TLS files: {exc}") from None
-        return context
-
     def _client(self) -> httpx.Client:
-        cfg = self.cfg
-        headers = dict(cfg.headers)
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        # trust_env=False: no proxy variables or .netrc credentials from the service's environment.
-        return httpx.Client(verify=self._tls, timeout=httpx.Timeout(cfg.timeout_s), headers=headers,
-                            transport=self._transport, trust_env=False, proxy=cfg.proxy or None,
-                            follow_redirects=False)
+        return build_client(self.cfg, self._token, self._tls, self._transport)
 
     def client(self) -> httpx.Client:
         """A client set up exactly as the sink's own (token, headers, TLS, proxy), for `edge doctor`."""
@@ -369,7 +232,7 @@ class HttpSink:
             if status == 207:
                 self._partial(message, response)
             return _Outcome.ACCEPTED, None
-        excerpt = _excerpt(response)
+        excerpt = body_excerpt(response)
         self.stats.last_error = f"HTTP {status}: {excerpt[:120]}"
         if status == 401 and self.cfg.bearer_token_file and self._reload_token(client):
             return _Outcome.RETRY, 0.0  # a rotated token: try again at once
@@ -401,7 +264,7 @@ class HttpSink:
             return
         if isinstance(body, dict) and body.get("errors"):
             self.stats.extra["partial"] = self.stats.extra.get("partial", 0) + 1
-            excerpt = _excerpt(response)
+            excerpt = body_excerpt(response)
             log.warning("Upstream %s applied a batch only in part: %s", self.name, excerpt[:200])
             if self._dead_letter is not None:
                 self._dead_letter(message, response.status_code, excerpt)

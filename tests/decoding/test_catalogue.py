@@ -234,7 +234,8 @@ def test_downlink_json_is_encoded_by_the_devices_catalogue_codec(env: SimpleName
 
 
 def test_doctor_warns_about_a_codec_the_index_lacks(env: SimpleNamespace, server: FakeChirpStack):
-    from edge.cli.doctor import _check_codecs, _Report
+    from edge.checks import Report
+    from edge.cli.doctor_checks import check_codecs
     from edge.config import load_config
 
     server.state.profiles[PLAIN_PROFILE] = api.DeviceProfile(id=PLAIN_PROFILE, name="x",
@@ -242,8 +243,8 @@ def test_doctor_warns_about_a_codec_the_index_lacks(env: SimpleNamespace, server
     assert cli("devices", "sync", "-c", str(env.config), "--api-url", server.url, "--token-file",
                str(env.token)).exit_code == 0
     assert cli("codecs", "import", "-c", str(env.config), str(FIXTURES / "chirpstack")).exit_code == 0
-    report = _Report(None)
-    _check_codecs(report, load_config(env.config))
+    report = Report(None)
+    check_codecs(report, load_config(env.config))
     warn = next(f for f in report.findings if f.status == "WARN")
     assert "2 device(s) name a catalogue codec the index" in warn.detail and "chirpstack:acme/gone" in warn.detail
     assert any(f.status == "OK" and "chirpstack 2 codecs" in f.detail for f in report.findings)

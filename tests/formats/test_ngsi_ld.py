@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from edge.formats import ngsi_ld
+from edge.formats import ngsi_ld, ngsi_ld_attributes, ngsi_ld_context
 from edge.formats.ngsi_ld import NgsiLdOptions
 from edge.model import Entry, RadioInfo, Reading
 
@@ -358,15 +358,15 @@ def test_ngsi_ld_without_device_entity():
 def test_ngsi_ld_context_override():
     options = NgsiLdOptions(contexts={"IndoorEnvironmentObserved": "https://ctx.example/city.jsonld"})
     observed, device = ngsi_ld.entities([entry(ELSYS)], options)
-    assert observed["@context"] == ["https://ctx.example/city.jsonld", ngsi_ld.CORE_CONTEXT]
-    assert device["@context"] == [ngsi_ld.CONTEXTS["Device"], ngsi_ld.CORE_CONTEXT]
+    assert observed["@context"] == ["https://ctx.example/city.jsonld", ngsi_ld_context.CORE_CONTEXT]
+    assert device["@context"] == [ngsi_ld_context.CONTEXTS["Device"], ngsi_ld_context.CORE_CONTEXT]
 
 
 # --- the operator-extendable table ---
 
 
 def test_attribute_table_extends_and_removes_defaults():
-    table = ngsi_ld.attribute_table([
+    table = ngsi_ld_attributes.attribute_table([
         {"entity_type": "WeatherObserved", "reading": "temperature-external", "attribute": "temperature",
          "unit_code": "CEL"},
         {"entity_type": "WeatherObserved", "reading": "illuminance", "attribute": ""},
@@ -384,7 +384,7 @@ def test_attribute_table_extends_and_removes_defaults():
     green = ngsi_ld.entities([entry([Reading("soil-moisture", 0.31, "/")])],
                              NgsiLdOptions(attributes=table, entity_type="GreenspaceRecord"))[0]
     assert green["id"] == f"urn:ngsi-ld:GreenspaceRecord:{DEV_EUI}"
-    assert green["@context"] == [ngsi_ld.CORE_CONTEXT]  # no known model context for an operator's type
+    assert green["@context"] == [ngsi_ld_context.CORE_CONTEXT]  # no known model context for an operator's type
 
 
 @pytest.mark.parametrize("bad", [
@@ -394,7 +394,7 @@ def test_attribute_table_extends_and_removes_defaults():
 ])
 def test_attribute_table_rejects_bad_entries(bad):
     with pytest.raises(ValueError, match="NGSI-LD attribute entry 0"):
-        ngsi_ld.attribute_table([bad])
+        ngsi_ld_attributes.attribute_table([bad])
 
 
 # --- batching and the formatter ---

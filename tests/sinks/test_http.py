@@ -13,10 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edge.config import HttpUpstreamConfig
 from edge.formats import ngsi_ld, senml
 from edge.model import Entry, RadioInfo, Reading
 from edge.sinks.base import OutMessage
-from edge.sinks.http import HttpSink, HttpUpstreamConfig, classify, redact, retry_after_seconds
+from edge.sinks.http import HttpSink
+from edge.sinks.http_request import redact
+from edge.sinks.http_status import classify, retry_after_seconds
 from tests.http_server import HttpServer, Recorded, Reply, serving, wait_for
 from tests.pki import make_pki
 

@@ -22,13 +22,14 @@ class Config:
     """The whole configuration.
 
     Field metadata "toml" names a field's TOML key when it differs from the field's name ("edge.id"
-    is the key id of [edge]; None: not a key at all).
+    is the key id of [edge]; None: not a key at all); "computed": the default is made at load time.
     """
 
     edge_id: Annotated[str, Meta(pattern=rf"^{EDGE_ID.pattern}\Z", description="This gateway's name, in MQTT"
                                  " client ids and the {edge_id} placeholder; default: $EDGE_ID, then the host name.",
                                  extra={"problem": "use 1-128 letters, digits and . _ : @ = ~ - (it goes into topics"
-                                                   " and client ids)"})] = field(metadata={"toml": "edge.id"})
+                                                   " and client ids)"})] = \
+        field(metadata={"toml": "edge.id", "computed": True})
     chirpstack: ChirpStackConfig
     buffer: BufferConfig
     upstreams: tuple[UpstreamConfig, ...] = field(metadata={"toml": "upstream"})

@@ -3,7 +3,8 @@
 Every problem is collected (never only the first) and worded from the schema as 'section.key: message'.
 How a field maps to TOML comes from its dataclass metadata: "toml" (another key name; None: not a key),
 "inline" (a dataclass whose keys sit in the parent's table, some renamed) with its "templates"
-(defaults made from the entry's other keys, such as a client id from the upstream's name).
+(defaults made from the entry's other keys: "<name>" is the upstream's name in its client id),
+"computed" (no default in the file: made at load time, as edge.id).
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ def plan(cls: type) -> tuple[Field, ...]:
         kind = "inline" if "inline" in f.metadata else "table" if table else "array" if item else "value"
         factory = None if f.default_factory is MISSING else f.default_factory
         sub = hint if kind in ("table", "inline") else item or object
-        if kind == "value":
-            required = f.default is MISSING and factory is None
+        if kind == "value":  # a key made at load time ("computed": edge.id) is not required in the file
+            required = f.default is MISSING and factory is None and not f.metadata.get("computed")
         else:
             required = kind != "array" and any(g.required for g in plan(sub) if g.kind in ("value", "inline"))
         out.append(Field(f.name, f.metadata.get("toml", f.name), hint, kind, sub, f.default, factory,
@@ -187,10 +188,10 @@ def _read_entry(cls: type, entry: Table, context: Context) -> Any:
 
 
 def _fill(template: str, values: Mapping[str, Any]) -> str:
-    """A template default with the entry's keys read so far filled in ("{name}"); others are left for later."""
+    """A template default with the entry's keys read so far filled in ("<name>"); {placeholders} stay."""
     for key, value in values.items():
         if isinstance(value, str):
-            template = template.replace(f"{{{key}}}", value)
+            template = template.replace(f"<{key}>", value)
     return template
 
 
@@ -232,7 +233,7 @@ class _Wrong(Exception):
 
 
 @cache
-def _shape(hint: Any) -> str:
+def shape(hint: Any) -> str:
     """How TOML gives a value of this type: scalar, strings (or one string), pairs or mapping (a table), tables."""
     base = split(hint)[0]
     origin, args = get_origin(base), get_args(base)
@@ -248,17 +249,17 @@ def _shape(hint: Any) -> str:
 
 def _convert(raw: Any, hint: Any, entry_problem: Callable[[str, str], None]) -> Any:
     """Convert one TOML value with msgspec; raise _Wrong worded from the schema, or report per entry of a table."""
-    shape = _shape(hint)
+    kind = shape(hint)
     how = extra(hint)
-    if shape == "scalar":
+    if kind == "scalar":
         return _scalar(raw, hint)
-    if shape == "strings":
+    if kind == "strings":
         items = [raw] if isinstance(raw, str) else raw  # one string is an array of one
         if not isinstance(items, list):
             raise _Wrong(f"must be list or str, got {type(raw).__name__}")
         value = _msgspec(items, hint, how.get("problem", "must be a list of strings"))
         return tuple(v.lower() for v in value) if how.get("lower") else value
-    if shape == "tables":  # an array of inline tables
+    if kind == "tables":  # an array of inline tables
         if not isinstance(raw, list):
             raise _Wrong(f"must be list, got {type(raw).__name__}")
         return _msgspec(raw, hint, how.get("problem", "must be a list of tables"))
@@ -270,7 +271,7 @@ def _convert(raw: Any, hint: Any, entry_problem: Callable[[str, str], None]) -> 
 def _table(raw: dict[str, Any], hint: Any, entry_problem: Callable[[str, str], None], how: Mapping[str, Any]) -> Any:
     """A TOML table into (key, value...) tuples or a mapping. With an "entry_problem" a bad entry is named and left
     out alone; without, it makes the whole value wrong."""
-    pairs = _shape(hint) == "pairs"
+    pairs = shape(hint) == "pairs"
     args = get_args(split(hint)[0])
     item = args[0] if pairs else args[1]
     as_text = pairs and split(item)[0] == tuple[str, str]  # text pairs take any TOML value as its text
@@ -345,15 +346,17 @@ def _number(bound: Any) -> str:
 
 
 class Key(NamedTuple):
-    """One TOML key of the schema, for docs and tests: its section-qualified name, default and doc."""
+    """One TOML key of the schema, for docs and tests."""
 
-    name: str  # e.g. "upstream.share.devices"; an array of tables is named like a table ("decoding.rule.decoder")
+    name: str  # section-qualified: "upstream.share.devices", "decoding.rule.decoder", "edge.id"
+    table: str  # its table as a file writes it: "[upstream.share]", "[[decoding.rule]]", "[edge]"
     hint: Any
-    default: Any  # MISSING when required or made at load time (edge.id)
+    default: Any  # MISSING when it has none (a required key, or one made at load time like edge.id)
+    required: bool
     description: str
 
 
-def keys(cls: type, prefix: str = "", renames: Mapping[str, str] | None = None,
+def keys(cls: type, prefix: str = "", table: str = "", renames: Mapping[str, str] | None = None,
          templates: Mapping[str, str] | None = None) -> Iterator[Key]:
     """Every TOML key of `cls` and the tables below it, in field order."""
     for f in plan(cls):
@@ -362,10 +365,14 @@ def keys(cls: type, prefix: str = "", renames: Mapping[str, str] | None = None,
             continue
         full = f"{prefix}.{name}" if prefix else name
         if f.kind == "inline":
-            yield from keys(f.cls, prefix, f.inline, f.templates)
-        elif f.kind in ("table", "array"):
-            yield from keys(f.cls, full)
+            yield from keys(f.cls, prefix, table, f.inline, f.templates)
+        elif f.kind == "table":
+            yield from keys(f.cls, full, f"[{full}]")
+        elif f.kind == "array":
+            yield from keys(f.cls, full, f"[[{full}]]")
         else:
-            default = (templates or {}).get(f.name, f.factory() if f.factory else f.default)
+            made = (templates or {}).get(f.name)
+            default = made if made is not None else f.factory() if f.factory else f.default
             description = " ".join(m.description for m in split(f.hint)[1] if m.description)
-            yield Key(full, f.hint, default, description)
+            yield Key(full, table or f"[{full.rpartition('.')[0]}]", f.hint, default, f.required and made is None,
+                      description)

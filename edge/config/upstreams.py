@@ -89,7 +89,7 @@ class UpstreamConfig:
     name: Annotated[str, Meta(description="A short name keying the upstream's progress: letters, digits, '-' and"
                                           " '_'.")]
     # The endpoint's keys sit in the [[upstream]] entry itself.
-    mqtt: MqttEndpoint = field(metadata={"inline": {}, "templates": {"client_id": "lorawan-edge-{edge_id}-{name}"}})
+    mqtt: MqttEndpoint = field(metadata={"inline": {}, "templates": {"client_id": "lorawan-edge-{edge_id}-<name>"}})
     format: Annotated[str, Meta(pattern=choice(*FORMATS), description='"senml+json" or "senml+cbor".',
                                 extra={"problem": f"must be one of {', '.join(FORMATS)}"})] = "senml+json"
     topic: Annotated[str, Meta(min_length=1, description="Topic of the measurements.")] = "lorawan/{dev_eui}"

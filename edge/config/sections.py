@@ -1,8 +1,11 @@
 """The configuration's sections other than the upstreams, each key declared once: type, default, bounds, one-line doc.
 
-Bounds are msgspec `Meta` constraints, checked when edge/config/tables.py converts a TOML value. Their
-`extra` holds our wording of a violated bound: "problem" for either side, "low"/"high" for one side
-(`{value}` is the value given); without it the wording is made from the bound ("must be at most 4095").
+Bounds are msgspec `Meta` constraints, checked when edge/config/tables.py converts a TOML value. A
+Meta's `extra` holds what msgspec has no word for:
+- "problem": our wording of a value refused (`{value}` is the value given), "low"/"high" of one side of
+  a range; without them the wording is made from the bound ("must be at most 4095");
+- "entry_problem": a table's entries are converted one by one, a bad one named as `key.entry`;
+- "lower": the strings (or a table's keys) are taken lower-case; "int_as_text": an integer is its text.
 The rules a bound cannot state (files, URLs, topics, one key against another) are in edge/config/checks.py.
 """
 
@@ -45,7 +48,7 @@ DevEuis = Annotated[tuple[str, ...], Meta(extra={"lower": True})]
 
 @dataclass(frozen=True)
 class MqttEndpoint:
-    """Connection settings shared by the ChirpStack source and MQTT upstreams (keys of their own table)."""
+    """Connection settings shared by the ChirpStack source and MQTT upstreams (keys of [chirpstack], [[upstream]])."""
 
     url: Annotated[str, Meta(description="The broker: mqtt://host[:port] or mqtts://host[:port] for TLS; never"
                                          " credentials.")]

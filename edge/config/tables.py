@@ -88,8 +88,9 @@ class Table:
     def done(self) -> None:
         """Report the keys nobody asked for, with the closest known key as a hint."""
         unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            import difflib  # only a mistyped key needs it
+        if not unknown:
+            return
+        import difflib  # only a mistyped key needs it
 
         for name in unknown:
             # Every key this table knows was asked for, so `used` is the list to suggest from.
@@ -159,8 +160,8 @@ def read(cls: type, table: Table, context: Context, renames: Mapping[str, str] |
         if name is None:
             continue
         if f.kind == "inline":
-            made = {k: _fill(t, values) for k, t in f.templates.items()}
-            values[f.name] = read(f.cls, table, context, f.inline, made)
+            filled = {k: _fill(t, values) for k, t in f.templates.items()}
+            values[f.name] = read(f.cls, table, context, f.inline, filled)
         elif f.kind == "table":
             sub = table.sub(name, f.required)
             values[f.name] = read(f.cls, sub, context)
@@ -171,14 +172,22 @@ def read(cls: type, table: Table, context: Context, renames: Mapping[str, str] |
             table.used.add(name)
             values[f.name] = f.factory() if f.factory else f.default
         else:
-            made_default = templates.get(f.name) if templates else None
-            fallback = (placeholders or {}).get(f.name, made_default)
-            if fallback is None:  # the empty value of its type stands in for a missing required key
-                fallback = split(f.hint)[0]() if f.required else f.factory() if f.factory else f.default
-            values[f.name] = table.value(name, f.hint, fallback, f.required and made_default is None)
+            made = templates.get(f.name) if templates else None
+            values[f.name] = table.value(name, f.hint, _fallback(f, made, placeholders), f.required and made is None)
     obj = cls(**values)
     rule = context.rules.get(cls)
     return rule(obj, Scope(table, renames, context)) if rule else obj
+
+
+def _fallback(f: Field, made: str | None, placeholders: Mapping[str, Any] | None) -> Any:
+    """The value a key takes when it is missing or wrong."""
+    if placeholders and f.name in placeholders:
+        return placeholders[f.name]
+    if made is not None:
+        return made
+    if f.required:  # the empty value of its type stands in (the problem is reported)
+        return split(f.hint)[0]()
+    return f.factory() if f.factory else f.default
 
 
 def _read_entry(cls: type, entry: Table, context: Context) -> Any:

@@ -238,7 +238,7 @@ def _item_class(hint: Any) -> type | None:
 
 
 class _Wrong(Exception):
-    """A value does not fit its key; the message is the problem's text."""
+    """A value does not fit its key; the message is the problem's text. Never leaves this module (ConfigError does)."""
 
 
 @cache

@@ -235,14 +235,14 @@ ensure_python() {
     arch=$(dpkg --print-architecture 2>/dev/null || uname -m)
     case $arch in
         armhf|armel|armv7l|armv6l)
-            # PyPI has no 32-bit ARM wheels of quickjs-ng (and PyYAML): pip compiles them, which needs
+            # PyPI has no 32-bit ARM wheels of quickjs-ng, msgspec (and PyYAML): pip compiles them, which needs
             # a C compiler and the Python headers (piwheels or a wheelhouse avoid it: deploy/fleet.md).
             include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
             if ! command -v cc >/dev/null 2>&1 || [ ! -f "$include/Python.h" ]; then
                 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
                     apt_install gcc libc6-dev python3-dev
                 else
-                    say "$arch: gcc and python3-dev may be needed to build quickjs-ng"
+                    say "$arch: gcc and python3-dev may be needed to build quickjs-ng and msgspec"
                 fi
             fi ;;
     esac

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import parse_config
-from edge.config_layers import describe_sources, drop_in_dir, load_layers
+from edge.config.layers import describe_sources, drop_in_dir, load_layers
 from edge.errors import ConfigError
 
 BASE = """\

@@ -1,29 +1,41 @@
-"""Docs that tests keep true: the config example, the vocabulary table, the CLI reference in the README."""
+"""Docs that tests keep true: the config example and reference, the vocabulary table, the README's CLI reference."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
+import tomllib
+from dataclasses import MISSING
 from pathlib import Path
 
 from click.testing import CliRunner
 
-from edge import config as config_module
 from edge.cli import main
-from edge.config import load_config
-from edge.vocabulary import markdown
+from edge.config import Config, load_config
+from edge.config.reference import markdown, toml_value
+from edge.config.tables import keys
+from edge.vocabulary import markdown as vocabulary_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "deploy" / "edge.toml.example"
+# Every TOML key, section-qualified ("upstream.share.devices"), generated from the schema.
+SCHEMA = {key.name: key for key in keys(Config)}
 
 
-def _documented_keys() -> set[str]:
-    keys = set()
+def _example() -> dict[str, tuple[str, bool, str]]:
+    """The keys deploy/edge.toml.example names: {"upstream.share.devices": ("[upstream.share]", commented, value)}.
+
+    A table header counts commented out too ("# [[decoding.rule]]"); "## " lines are prose.
+    """
+    found: dict[str, tuple[str, bool, str]] = {}
+    table = ""
     for line in EXAMPLE.read_text().splitlines():
-        m = re.match(r"^#?\s*([a-z_]+)\s*=", line)
-        if m:
-            keys.add(m.group(1))
-    return keys
+        if header := re.fullmatch(r"#? ?(\[\[?([a-z_.]+)\]\]?)\s*", line):
+            table = header.group(1)
+        elif key := re.match(r"(#?) ?([a-z_]+)\s*=\s*(.*)", line):
+            name = f"{table.strip('[]')}.{key.group(2)}"
+            assert name not in found, f"deploy/edge.toml.example names {name} twice"
+            found[name] = (table, key.group(1) == "#", key.group(3))
+    return found
 
 
 def test_docs_config_example_validates():
@@ -32,21 +44,39 @@ def test_docs_config_example_validates():
 
 
 def test_docs_config_example_documents_every_key():
-    documented = _documented_keys()
-    classes = [config_module.MqttEndpoint, config_module.ChirpStackConfig, config_module.DecodingConfig,
-               config_module.BufferConfig, config_module.UpstreamConfig, config_module.ShareRules,
-               config_module.HttpUpstreamConfig, config_module.NgsiLdConfig, config_module.WebConfig,
-               config_module.HealthConfig, config_module.HealthIntervalRule, config_module.HealthBatteryRule]
-    # Dataclass fields that are not TOML keys (nested tables or renamed ones).
-    not_keys = {"mqtt", "rules", "url", "source_path", "upstreams", "chirpstack", "buffer", "decoding", "share",
-                "ngsi_ld", "health", "intervals", "batteries"}
-    missing = {f.name for cls in classes for f in dataclasses.fields(cls)} - not_keys - documented
+    documented = _example()
+    missing = set(SCHEMA) - set(documented)
     assert not missing, f"deploy/edge.toml.example does not document: {sorted(missing)}"
-    assert {"mqtt_url", "url", "id", "log_level"} <= documented
+    assert {"chirpstack.mqtt_url", "upstream.url", "edge.id", "edge.log_level"} <= set(documented)
+
+
+def test_docs_config_example_names_only_keys_of_the_schema_in_their_tables():
+    documented = _example()
+    unknown = set(documented) - set(SCHEMA)
+    assert not unknown, f"deploy/edge.toml.example names keys the schema lacks: {sorted(unknown)}"
+    tables = {name: table for name, (table, _, _) in documented.items() if table != SCHEMA[name].table}
+    assert not tables, f"deploy/edge.toml.example writes these tables otherwise than the schema: {tables}"
+
+
+def test_docs_config_example_comments_out_the_defaults():
+    """A commented-out `# key = value` shows the key's default (the example's own rule); a required key, any value."""
+    wrong = {}
+    for name, (_, commented, value) in _example().items():
+        key = SCHEMA[name]
+        if commented and key.default is not MISSING:
+            shown = tomllib.loads(f"v = {value}")["v"]  # a trailing "# e.g. ..." is a TOML comment
+            if shown != toml_value(key):
+                wrong[name] = (shown, toml_value(key))
+    assert not wrong, f"deploy/edge.toml.example: (shown, default) differ: {wrong}"
+
+
+def test_docs_config_reference_is_generated():
+    assert (REPO / "docs" / "config.md").read_text() == markdown(), \
+        "run: python -m edge.config.reference > docs/config.md"
 
 
 def test_docs_vocabulary_table_is_generated():
-    assert (REPO / "docs" / "vocabulary.md").read_text() == markdown(), \
+    assert (REPO / "docs" / "vocabulary.md").read_text() == vocabulary_markdown(), \
         "run: python -m edge.vocabulary > docs/vocabulary.md"
 
 

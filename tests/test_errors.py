@@ -18,6 +18,7 @@ MODULE_INTERNAL = {
     ("decoding/js/runtime.py", "_Failure"),
     ("decoding/js/runtime.py", "_TimedOut"),
     ("sources/chirpstack_events.py", "_Bad"),
+    ("config/tables.py", "_Wrong"),
 }
 BUILTIN_EXCEPTIONS = {name for name, value in vars(builtins).items()
                       if isinstance(value, type) and issubclass(value, BaseException)}

@@ -94,7 +94,7 @@ def validate(config_path: Path, show: bool) -> None:
 
     cfg = _load(config_path)
     if show:
-        from edge.config_layers import describe_sources
+        from edge.config.layers import describe_sources
 
         click.echo(json.dumps({**describe(cfg), "sources": describe_sources(config_path)}, indent=2))
     problems = []

@@ -1,6 +1,6 @@
 """Subscriber process: drains a queued QoS 1 backlog with one MQTT implementation and reports its CPU per message.
 
-The candidates for the ChirpStack source (issue #11): `ours` (edge/sources/mqtt_wire.py: the mqtt5 codec for
+The candidates for the ChirpStack source (issue #11): `ours` (edge/sources/mqtt_subscriber.py: the mqtt5 codec for
 MQTT 5, paho's decoders for 3.1.1, under our read loop), `paho` (paho-mqtt's Client with manual_ack=True, driven
 by its own loop() on this thread) and `legacy` (the hand-written subscriber this replaced, imported from the
 baseline tree given with --tree). Each receives `--count` messages in batches of `--batch` and acknowledges a

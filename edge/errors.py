@@ -15,6 +15,7 @@
      ├── BrokerError           (also ConnectionError) the source's MQTT connection must be dropped
      │    ├── ProtocolError     the broker sent a malformed packet or broke the protocol
      │    └── ConnectionRefused the broker answered CONNECT or SUBSCRIBE with a failure reason
+     ├── MalformedEvent        a ChirpStack event cannot be parsed; parse() turns it into a `Malformed` event
      ├── SheetError            an onboarding sheet cannot be imported; carries every row's problem
      ├── MapError              (also ValueError) a field map breaks docs/field-maps.md; carries every problem
      ├── UnitMismatch          (also ValueError) a codec's unit does not convert to the quantity's unit
@@ -24,9 +25,10 @@
 A second base keeps old `except ConnectionError` / `except ValueError` callers working. A payload
 that does not decode is not an exception: decoders report it in `DecodeResult.errors` and the
 registry stores the uplink raw as failed (edge/decoding/base.py). Malformed ChirpStack events are
-not exceptions either: the source turns them into `Malformed` events, stored and acknowledged like
-any other message. A few private exceptions (`_Failure` in edge/decoding/js/runtime.py, ...) are
-raised and caught inside one module for control flow; tests/test_errors.py lists them.
+not exceptions to callers either: MalformedEvent never leaves edge.sources.chirpstack_events.parse,
+which turns it into a `Malformed` event, stored and acknowledged like any other message. A few
+private exceptions (`_Failure` in edge/decoding/js/runtime.py, ...) are raised and caught inside
+one module for control flow; tests/test_errors.py lists them.
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ class UnitMismatch(EdgeError, ValueError):
 
 class OverLimit(EdgeError, ValueError):
     """Foreign data is beyond a bound; the text says which (and never quotes the data)."""
+
+
+class MalformedEvent(EdgeError):
+    """A ChirpStack event is malformed; the text says why (raised by the source's readers, caught by parse())."""
 
 
 class CommandError(EdgeError, ValueError):

@@ -17,7 +17,6 @@ MODULE_INTERNAL = {
     ("decoding/builtin/elvaco.py", "_Malformed"),
     ("decoding/js/runtime.py", "_Failure"),
     ("decoding/js/runtime.py", "_TimedOut"),
-    ("sources/chirpstack_events.py", "_Bad"),
     ("config/tables.py", "_Wrong"),
 }
 BUILTIN_EXCEPTIONS = {name for name, value in vars(builtins).items()

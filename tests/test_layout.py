@@ -49,7 +49,8 @@ def test_layout_hub_imports_nothing_from_edge(hub: str) -> None:
 
 def test_layout_nothing_imports_the_top_layers() -> None:
     top = ("edge.cli", "edge.service", "edge.pipeline")
-    allowed = ("cli/", "__main__.py", "service.py", "demo.py", "simulate.py", "pipeline.py")  # the layers on top and their tools
+    # The layers on top and the tools that run them.
+    allowed = ("cli/", "__main__.py", "service.py", "demo.py", "simulate.py", "pipeline.py")
     wrong = [f"{_rel(p)} -> {m}" for p in _modules() if not _rel(p).startswith(allowed)
              for m in _imports(p) if m.startswith(top)]
     assert wrong == []

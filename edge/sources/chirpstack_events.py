@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import orjson
 
+from edge.errors import MalformedEvent
 from edge.model import Event, Malformed
 from edge.sources import chirpstack_json, chirpstack_protobuf
-from edge.sources.chirpstack_fields import MAX_DEPTH, MAX_VALUES, Bad, check_shape, text_of
+from edge.sources.chirpstack_fields import MAX_DEPTH, MAX_VALUES, check_shape, text_of
 
 EVENT_KINDS = frozenset({"up", "join", "status", "log", "ack", "txack", "location", "error", "integration"})
 
@@ -50,7 +51,7 @@ def parse(topic: str, payload: bytes, received: float, max_payload_bytes: int = 
     """
     try:
         return _parse(topic, payload, received, max_payload_bytes)
-    except Bad as exc:
+    except MalformedEvent as exc:
         return _malformed(topic, payload, str(exc))
     except RecursionError:
         return _malformed(topic, payload, "nested too deeply")
@@ -61,22 +62,23 @@ def parse(topic: str, payload: bytes, received: float, max_payload_bytes: int = 
 def _parse(topic: str, payload: bytes, received: float, max_payload_bytes: int) -> Event:
     kind = event_kind(topic)
     if not kind:
-        raise Bad("topic is not a ChirpStack event topic")
+        raise MalformedEvent("topic is not a ChirpStack event topic")
     if kind not in EVENT_KINDS:
-        raise Bad(f"unknown event type {text_of(kind, 32)!r}")
+        raise MalformedEvent(f"unknown event type {text_of(kind, 32)!r}")
     if len(payload) > MAX_MESSAGE_BYTES:
-        raise Bad(f"message is {len(payload)} bytes, more than {MAX_MESSAGE_BYTES} (a ChirpStack event is 1-2 KB)")
+        raise MalformedEvent(f"message is {len(payload)} bytes, more than {MAX_MESSAGE_BYTES}"
+                             " (a ChirpStack event is 1-2 KB)")
     stripped = payload.lstrip()
     if stripped[:1] == b"[":
-        raise Bad("JSON payload is not an object")
+        raise MalformedEvent("JSON payload is not an object")
     if stripped[:1] != b"{":
         return chirpstack_protobuf.read(kind, payload, received, max_payload_bytes)
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise Bad(f"invalid JSON: {text_of(str(exc), 200)}") from None
+        raise MalformedEvent(f"invalid JSON: {text_of(str(exc), 200)}") from None
     if not isinstance(doc, dict):
-        raise Bad("JSON payload is not an object")
+        raise MalformedEvent("JSON payload is not an object")
     # Each level of nesting needs a bracket and each value at least two bytes, so counting
     # brackets in the bytes (C speed) and the length clear a usual event without a walk.
     if len(payload) > 2 * MAX_VALUES or payload.count(b"{") + payload.count(b"[") > MAX_DEPTH:

@@ -2,7 +2,7 @@
 
 Events come from anyone who can publish to ChirpStack's broker, so every field is type-checked and
 length-bounded here, and no foreign value is ever passed to str() or repr() whole (a 1,000-deep
-list would raise RecursionError there). A field that fails its check raises `Bad`, which `parse`
+list would raise RecursionError there). A field that fails its check raises `MalformedEvent`, which `parse`
 turns into a `Malformed` naming the field.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from edge.errors import MalformedEvent
 from edge.model import DeviceEvent, DeviceInfo, RadioInfo, Uplink
 
 _EUI = re.compile(r"[0-9A-Fa-f]{16}")
@@ -31,10 +32,6 @@ MAX_GATEWAYS = 256  # receptions of one uplink in rxInfo (ChirpStack deduplicate
 # The best reception of an uplink: RSSI (dBm), SNR (dB), gateway id as sent, number of receptions.
 Reception = tuple[float | None, float | None, str | None, int]
 NO_RECEPTION: Reception = (None, None, None, 0)
-
-
-class Bad(Exception):
-    """The message is malformed; the text says why."""
 
 
 def text_of(text: str, limit: int) -> str:
@@ -61,10 +58,10 @@ def check_shape(doc: Any, depth: int = 0) -> None:
         else:
             continue
         if level >= MAX_DEPTH:
-            raise Bad(f"nested deeper than {MAX_DEPTH} levels")
+            raise MalformedEvent(f"nested deeper than {MAX_DEPTH} levels")
         values += len(value)
         if values > MAX_VALUES:
-            raise Bad(f"more than {MAX_VALUES} values")
+            raise MalformedEvent(f"more than {MAX_VALUES} values")
         stack.extend((child, level + 1) for child in children)
 
 
@@ -91,10 +88,10 @@ def text(value: Any, field: str, limit: int = MAX_ID, *, cut: bool = False) -> s
     elif isinstance(value, str):
         out = value
     else:
-        raise Bad(f"{field} is not a string")
+        raise MalformedEvent(f"{field} is not a string")
     if len(out) > limit:
         if not cut:
-            raise Bad(f"{field} is longer than {limit} characters")
+            raise MalformedEvent(f"{field} is longer than {limit} characters")
         out = out[:limit]
     return out
 
@@ -104,11 +101,11 @@ def time(value: Any, fallback: float) -> float:
     if not value:
         return fallback
     if not isinstance(value, str) or len(value) > 64:
-        raise Bad("time is not an RFC 3339 time")
+        raise MalformedEvent("time is not an RFC 3339 time")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise Bad("time is not an RFC 3339 time") from None
+        raise MalformedEvent("time is not an RFC 3339 time") from None
     # ChirpStack always writes an offset; a time without one is read as UTC, never as the
     # gateway's local zone.
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
@@ -117,7 +114,7 @@ def time(value: Any, fallback: float) -> float:
 def eui(value: Any, field: str) -> str:
     """A 16-digit hex EUI, lower-cased."""
     if not isinstance(value, str) or not _EUI.fullmatch(value):
-        raise Bad(f"{field} is not a 16-digit hex EUI")
+        raise MalformedEvent(f"{field} is not a 16-digit hex EUI")
     return value.lower()
 
 
@@ -126,15 +123,15 @@ def b64(value: Any, field: str, max_bytes: int = 64) -> bytes:
     if value is None or value == "":
         return b""
     if not isinstance(value, str):
-        raise Bad(f"{field} is not base64")
+        raise MalformedEvent(f"{field} is not base64")
     if len(value) > 4 * -(-max_bytes // 3):  # checked before decoding: a 10 MB string is not decoded
-        raise Bad(f"{field} is about {len(value) * 3 // 4} bytes, more than {max_bytes}")
+        raise MalformedEvent(f"{field} is about {len(value) * 3 // 4} bytes, more than {max_bytes}")
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):  # ValueError: non-ASCII characters
-        raise Bad(f"{field} is not base64") from None
+        raise MalformedEvent(f"{field} is not base64") from None
     if len(raw) > max_bytes:
-        raise Bad(f"{field} is {len(raw)} bytes, more than {max_bytes}")
+        raise MalformedEvent(f"{field} is {len(raw)} bytes, more than {max_bytes}")
     return raw
 
 
@@ -142,8 +139,8 @@ def data(value: Any, max_bytes: int) -> bytes:
     """The uplink's FRMPayload from base64, at most `max_bytes` (chirpstack.max_payload_bytes)."""
     try:
         return b64(value, "data", max_bytes)
-    except Bad as exc:
-        raise Bad(f"{exc} (chirpstack.max_payload_bytes)" if "more than" in str(exc) else str(exc)) from None
+    except MalformedEvent as exc:
+        raise MalformedEvent(f"{exc} (chirpstack.max_payload_bytes)" if "more than" in str(exc) else str(exc)) from None
 
 
 def integer(value: Any, default: int | None = None, *, field: str = "value", maximum: int = 2**32 - 1) -> int | None:
@@ -152,9 +149,9 @@ def integer(value: Any, default: int | None = None, *, field: str = "value", max
         return default
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
             or value != int(value):
-        raise Bad(f"{field} is not an integer: {scalar(value, 40)}")
+        raise MalformedEvent(f"{field} is not an integer: {scalar(value, 40)}")
     if not 0 <= value <= maximum:
-        raise Bad(f"{field} is out of range (0-{maximum}): {scalar(value, 40)}")
+        raise MalformedEvent(f"{field} is out of range (0-{maximum}): {scalar(value, 40)}")
     return int(value)
 
 
@@ -163,7 +160,7 @@ def number(value: Any, field: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or abs(value) > 1e4:
-        raise Bad(f"{field} is not a plausible number: {scalar(value, 40)}")
+        raise MalformedEvent(f"{field} is not a plausible number: {scalar(value, 40)}")
     return float(value)
 
 
@@ -172,9 +169,9 @@ def tags(value: Any) -> dict[str, str]:
     if not value:
         return {}
     if not isinstance(value, dict):
-        raise Bad("tags is not an object")
+        raise MalformedEvent("tags is not an object")
     if len(value) > _MAX_TAGS:
-        raise Bad(f"more than {_MAX_TAGS} tags")
+        raise MalformedEvent(f"more than {_MAX_TAGS} tags")
     if all(type(k) is str and type(v) is str and len(k) <= MAX_ID and len(v) <= MAX_NAME
            for k, v in value.items()):
         return dict(value)  # the usual case
@@ -200,10 +197,10 @@ def device_v4(*, dev_eui: Any, application_id: Any, application_name: Any, devic
 def uplink_id(value: Any) -> str:
     """A v4 uplink's deduplicationId, which must be a UUID."""
     if not isinstance(value, str) or not value:
-        raise Bad("up event without deduplicationId")
+        raise MalformedEvent("up event without deduplicationId")
     if not UUID.fullmatch(value):
         # It is spliced into SenML as urn:uuid:<id>; ChirpStack always writes a UUID.
-        raise Bad("deduplicationId is not a UUID")
+        raise MalformedEvent("deduplicationId is not a UUID")
     return value
 
 

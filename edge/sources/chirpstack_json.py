@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
+from edge.errors import MalformedEvent
 from edge.model import DeviceInfo, Event
 from edge.sources import chirpstack_fields as fields
-from edge.sources.chirpstack_fields import Bad
 
 # Namespace for v3 uplink ids, which ChirpStack v3 does not provide (see _v3_uplink_id).
 _V3_NAMESPACE = uuid.UUID("8f2b7a4e-3c1d-5b6a-9e0f-1a2b3c4d5e6f")
@@ -25,12 +25,12 @@ def read(kind: str, doc: dict[str, Any], received: float, max_payload_bytes: int
         return _from_v4(kind, doc, received, max_payload_bytes)
     if "devEUI" in doc:
         return _from_v3(kind, doc, received, max_payload_bytes)
-    raise Bad("JSON has neither deviceInfo (v4) nor devEUI (v3)")
+    raise MalformedEvent("JSON has neither deviceInfo (v4) nor devEUI (v3)")
 
 
 def _device_v4(info: Any) -> DeviceInfo:
     if not isinstance(info, dict):
-        raise Bad("deviceInfo is not an object")
+        raise MalformedEvent("deviceInfo is not an object")
     get = info.get
     return fields.device_v4(
         dev_eui=get("devEui"), application_id=get("applicationId"), application_name=get("applicationName"),
@@ -43,9 +43,9 @@ def _best_rx(rx_info: Any, snr_key: str = "snr", gw_key: str = "gatewayId") -> f
     if not rx_info:
         return fields.NO_RECEPTION
     if not isinstance(rx_info, list):
-        raise Bad("rxInfo is not a list")
+        raise MalformedEvent("rxInfo is not a list")
     if len(rx_info) > fields.MAX_GATEWAYS:
-        raise Bad(f"rxInfo lists more than {fields.MAX_GATEWAYS} receptions")
+        raise MalformedEvent(f"rxInfo lists more than {fields.MAX_GATEWAYS} receptions")
     best: dict[str, Any] | None = None
     best_rssi = -1e9
     for rx in rx_info if len(rx_info) > 1 else ():  # one gateway, the usual case: it is the best
@@ -77,14 +77,14 @@ def _from_v4(kind: str, doc: dict[str, Any], received: float, max_payload_bytes:
     best = _best_rx(doc.get("rxInfo"))
     tx = doc.get("txInfo") or {}
     if not isinstance(tx, dict):
-        raise Bad("txInfo is not an object")
+        raise MalformedEvent("txInfo is not an object")
     modulation = tx.get("modulation") or {}
     lora = (modulation.get("lora") or {}) if isinstance(modulation, dict) else None
     if not isinstance(lora, dict):
-        raise Bad("txInfo.modulation.lora is not an object")
+        raise MalformedEvent("txInfo.modulation.lora is not an object")
     obj = doc.get("object")
     if obj is not None and not isinstance(obj, dict):
-        raise Bad("object is not a JSON object")
+        raise MalformedEvent("object is not a JSON object")
     fport = fields.integer(doc.get("fPort"), 0, field="fPort", maximum=255) or 0
     return fields.uplink(
         uid, device, when, fport=fport,
@@ -102,7 +102,7 @@ def _v3_eui(value: Any, field: str) -> str:
         return fields.eui(value, field)
     raw = fields.b64(value, field)
     if len(raw) != 8:
-        raise Bad(f"{field} is not an EUI-64")
+        raise MalformedEvent(f"{field} is not an EUI-64")
     return raw.hex()
 
 
@@ -144,26 +144,26 @@ def _from_v3(kind: str, doc: dict[str, Any], received: float, max_payload_bytes:
     object_json = doc.get("objectJSON")
     if obj is None and object_json:
         if not isinstance(object_json, str):
-            raise Bad("objectJSON is not a string")
+            raise MalformedEvent("objectJSON is not a string")
         try:
             obj = orjson.loads(object_json)
         except orjson.JSONDecodeError:
-            raise Bad("objectJSON is not valid JSON") from None
+            raise MalformedEvent("objectJSON is not valid JSON") from None
         fields.check_shape(obj)
     if obj is not None and not isinstance(obj, dict):
-        raise Bad("object is not a JSON object")
+        raise MalformedEvent("object is not a JSON object")
     tx = doc.get("txInfo") or {}
     if not isinstance(tx, dict):
-        raise Bad("txInfo is not an object")
+        raise MalformedEvent("txInfo is not an object")
     lora = tx.get("loRaModulationInfo") or {}
     if not isinstance(lora, dict):
-        raise Bad("txInfo.loRaModulationInfo is not an object")
+        raise MalformedEvent("txInfo.loRaModulationInfo is not an object")
     fcnt = fields.integer(doc.get("fCnt"), 0, field="fCnt")
     fport = fields.integer(doc.get("fPort"), 0, field="fPort", maximum=255) or 0
     data = doc.get("data")
     payload = fields.data(data, max_payload_bytes)
     if not isinstance(stamp, str):
-        raise Bad("time is not an RFC 3339 time")
+        raise MalformedEvent("time is not an RFC 3339 time")
     return fields.uplink(
         _v3_uplink_id(dev_eui, fcnt, stamp, data if isinstance(data, str) else ""), device, when,
         fport=fport, payload=payload, fcnt=fcnt,

@@ -16,9 +16,9 @@ import math
 import struct
 from typing import Any
 
+from edge.errors import MalformedEvent
 from edge.model import Event
 from edge.sources import chirpstack_fields as fields
-from edge.sources.chirpstack_fields import Bad
 
 # Timestamp's valid range (google/protobuf/timestamp.proto): 0001-01-01 to 9999-12-31.
 _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
@@ -43,13 +43,14 @@ def read(kind: str, payload: bytes, received: float, max_payload_bytes: int) -> 
 
     cls = _classes().get(kind)
     if cls is None:
-        raise Bad(f"unknown event type {kind!r} for a protobuf payload")
+        raise MalformedEvent(f"unknown event type {kind!r} for a protobuf payload")
     try:
         message = cls.FromString(payload)
     except (DecodeError, RecursionError, ValueError) as exc:
-        raise Bad(f"neither JSON nor a valid {cls.__name__} protobuf: {fields.text_of(str(exc), 200)}") from None
+        raise MalformedEvent(f"neither JSON nor a valid {cls.__name__} protobuf:"
+                             f" {fields.text_of(str(exc), 200)}") from None
     if not message.HasField("device_info") or not message.device_info.dev_eui:
-        raise Bad(f"{cls.__name__} protobuf without device_info.dev_eui")
+        raise MalformedEvent(f"{cls.__name__} protobuf without device_info.dev_eui")
     info = message.device_info
     device = fields.device_v4(
         dev_eui=info.dev_eui, application_id=info.application_id, application_name=info.application_name,
@@ -68,7 +69,7 @@ def _time(stamp: Any) -> float:
     seconds: int = stamp.seconds
     nanos: int = stamp.nanos
     if not _MIN_SECONDS <= seconds <= _MAX_SECONDS or not 0 <= nanos <= 999_999_999:
-        raise Bad(f"time is not a valid protobuf Timestamp (seconds {seconds}, nanos {nanos})")
+        raise MalformedEvent(f"time is not a valid protobuf Timestamp (seconds {seconds}, nanos {nanos})")
     # The same division datetime.timestamp() does, so both encodings give the very same float.
     return (seconds * 1_000_000 + nanos // 1000) / 1_000_000
 
@@ -99,7 +100,7 @@ def _double(value: float) -> float | str | None:
 def _snr(value: float) -> float | None:
     shortest = _float32(value)
     if isinstance(shortest, str):
-        raise Bad(f"snr is not a plausible number: {shortest}")
+        raise MalformedEvent(f"snr is not a plausible number: {shortest}")
     return fields.number(shortest, "snr")
 
 
@@ -108,7 +109,7 @@ def _best_rx(rx_info: Any) -> fields.Reception:
     if not rx_info:
         return fields.NO_RECEPTION
     if len(rx_info) > fields.MAX_GATEWAYS:
-        raise Bad(f"rxInfo lists more than {fields.MAX_GATEWAYS} receptions")
+        raise MalformedEvent(f"rxInfo lists more than {fields.MAX_GATEWAYS} receptions")
     best = rx_info[0]
     if len(rx_info) > 1:
         best_rank: float | None = None
@@ -134,7 +135,7 @@ def _uplink(message: Any, device: Any, when: float, max_payload_bytes: int) -> E
     fport = fields.integer(message.f_port, 0, field="fPort", maximum=255) or 0
     data = bytes(message.data)
     if len(data) > max_payload_bytes:
-        raise Bad(f"data is {len(data)} bytes, more than {max_payload_bytes} (chirpstack.max_payload_bytes)")
+        raise MalformedEvent(f"data is {len(data)} bytes, more than {max_payload_bytes} (chirpstack.max_payload_bytes)")
     tx = message.tx_info
     return fields.uplink(
         uid, device, when, fport=fport, payload=data,

@@ -1,4 +1,4 @@
-"""Builds the decoder registry `edge run`, `edge redecode` and the tools use, from the `[decoding]` config."""
+"""Builds the decoder registry from config: plugins, JS codecs, the codec catalogue index beside the buffer."""
 
 from __future__ import annotations
 

@@ -25,9 +25,9 @@ from edge import quarantine
 from edge.buffer import Batch, Buffer, NewUplink, open_writer, policy
 from edge.buffer.adapters import BufferBacklog, BufferThinStore, DeadLetterWriter
 from edge.config import Config, HttpUpstreamConfig, ShareRules, UpstreamConfig
+from edge.decoders import build_registry
 from edge.decoding.base import Decoder
 from edge.decoding.registry import NO_HINTS, PROFILE_JS, Decoded, DeviceHints
-from edge.decoding.setup import build_registry
 from edge.device_cache import DeviceCache
 from edge.downlinks import CommandRelay
 from edge.formats import health as health_format

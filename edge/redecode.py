@@ -8,8 +8,8 @@ from edge import quarantine
 from edge.buffer import Batch, Buffer, NewUplink
 from edge.buffer.policy import STATUS_COUNTER
 from edge.config import Config
+from edge.decoders import build_registry
 from edge.decoding.registry import NO_HINTS, DecoderRegistry
-from edge.decoding.setup import build_registry
 from edge.device_cache import DeviceCache
 from edge.model import DecodeStatus, Uplink
 from edge.sources.chirpstack_events import parse

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.config import load_config
-from edge.decoding.setup import build_registry
+from edge.decoders import build_registry
 from edge.errors import ConfigError
 from edge.pipeline import Pipeline
 from edge.web import WebServer

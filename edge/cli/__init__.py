@@ -90,7 +90,7 @@ def run(config_path: Path) -> None:
 def validate(config_path: Path, show: bool) -> None:
     """Check the configuration; print every problem with its key."""
     from edge.buffer.location import problem as buffer_problem
-    from edge.decoding.setup import build_registry
+    from edge.decoders import build_registry
 
     cfg = _load(config_path)
     if show:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from edge.buffer.codec_index import CodecIndex
 from edge.cli import CONFIG_OPTION, _load
+from edge.decoders import open_catalogue
 from edge.decoding.catalogue import CATALOGUES, CatalogueIndex, index_path
 from edge.errors import ConfigError
 
@@ -33,7 +35,7 @@ def import_(config_path: Path, path: Path) -> None:
     target = index_path(cfg.buffer.path)
     if not target.parent.is_dir():
         raise click.ClickException(f"the buffer's folder {target.parent} does not exist")
-    index = CatalogueIndex(target)
+    index = CatalogueIndex(CodecIndex(target))
     try:
         summary = index.import_path(path)
     except ConfigError as exc:
@@ -58,7 +60,7 @@ def import_(config_path: Path, path: Path) -> None:
 def list_(config_path: Path, catalogue: str | None, vendor: str | None, profiles: bool, as_json: bool) -> None:
     """Show what the index holds: each import, then its codecs (or profile templates)."""
     cfg = _load(config_path)
-    index = CatalogueIndex.open_for(cfg.buffer.path)
+    index = open_catalogue(cfg.buffer.path)
     if index is None:
         click.echo(f"no codec index at {index_path(cfg.buffer.path)}: run `edge codecs import PATH`", err=True)
         raise SystemExit(1)

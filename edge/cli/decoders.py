@@ -55,7 +55,7 @@ def list_(config_path: Path, as_json: bool) -> None:
              "map": _map_key(map_for(i.decoder))}
             for i in loaded.decoders]
     if cfg is not None and cfg.decoding.codec_paths:
-        from edge.decoding.setup import js_codecs
+        from edge.decoders import js_codecs
 
         for decoder in js_codecs(cfg, [i.decoder for i in loaded.decoders]):
             script = getattr(getattr(decoder, "runtime", None), "name", "")

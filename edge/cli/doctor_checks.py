@@ -219,10 +219,11 @@ def check_health(r: Report, cfg: Config) -> None:
 def check_codecs(r: Report, cfg: Config) -> None:
     """The codec catalogue index: devices whose `codec` tag names a codec it lacks; Buffer for codecs."""
     from edge.buffer.registry import DeviceRegistry
-    from edge.decoding.catalogue import CODEC_TAG, CatalogueIndex, index_path, is_key
+    from edge.decoders import open_catalogue
+    from edge.decoding.catalogue import CODEC_TAG, index_path, is_key
     from edge.errors import EdgeError
 
-    index = CatalogueIndex.open_for(cfg.buffer.path)
+    index = open_catalogue(cfg.buffer.path)
     missing: list[str] = []
     if Path(cfg.buffer.path).exists():
         try:

@@ -14,8 +14,8 @@ from edge.cli import CONFIG_OPTION, _load
 from edge.cli.api import _client, _dev_eui, _fail, _registry, api_options
 from edge.cli.text import echo
 from edge.config import Config
+from edge.decoders import build_registry
 from edge.decoding.registry import DeviceHints
-from edge.decoding.setup import build_registry
 from edge.errors import EdgeError, StorageError
 from edge.model import DeviceInfo, RadioInfo, Uplink
 

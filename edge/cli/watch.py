@@ -150,7 +150,7 @@ def format_event(event: Event, payload: bytes, received: float, registry: Decode
 def watch(config_path: Path, devices: tuple[str, ...], applications: tuple[str, ...], raw: bool, count: int,
           timeout: float) -> None:
     """Show uplinks live as they arrive, decoded, with radio data; for checking a newly installed sensor."""
-    from edge.decoding.setup import build_registry
+    from edge.decoders import build_registry
     from edge.sources.chirpstack_events import parse
 
     cfg = _load(config_path)

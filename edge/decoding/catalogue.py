@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge.decoding.catalogue_read import CHIRPSTACK, TTN, Codec, read_repository, read_revision
 
@@ -24,29 +23,56 @@ DEVICE_TAGS = ("device", "device_id", "model")
 FIRMWARE_TAG = "firmware"
 KEY_RE = re.compile(r"^(ttn|chirpstack):([^/\s]+)/([^/\s]+)$")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS imports (catalogue TEXT PRIMARY KEY, path TEXT NOT NULL, revision TEXT NOT NULL,
-                                    imported_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS vendors (catalogue TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL,
-                                    PRIMARY KEY (catalogue, id));
-CREATE TABLE IF NOT EXISTS devices (catalogue TEXT NOT NULL, vendor TEXT NOT NULL, id TEXT NOT NULL,
-                                    name TEXT NOT NULL, description TEXT NOT NULL, uuid TEXT NOT NULL,
-                                    PRIMARY KEY (catalogue, vendor, id));
-CREATE TABLE IF NOT EXISTS firmware (catalogue TEXT NOT NULL, vendor TEXT NOT NULL, device TEXT NOT NULL,
-                                     version TEXT NOT NULL, position INTEGER NOT NULL, region TEXT NOT NULL,
-                                     profile TEXT NOT NULL, codec TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS codecs (key TEXT PRIMARY KEY, catalogue TEXT NOT NULL, vendor TEXT NOT NULL,
-                                   name TEXT NOT NULL, path TEXT NOT NULL, uplink_script TEXT NOT NULL,
-                                   downlink_script TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS profiles (catalogue TEXT NOT NULL, vendor TEXT NOT NULL, id TEXT NOT NULL,
-                                     region TEXT NOT NULL, mac_version TEXT NOT NULL, template TEXT NOT NULL,
-                                     PRIMARY KEY (catalogue, vendor, id));
-"""
-
 
 def index_path(buffer_path: str | Path) -> Path:
     """Where the index lives: `codecs.sqlite` in the buffer's folder."""
     return Path(buffer_path).parent / INDEX_NAME
+
+
+class CatalogueStore(Protocol):
+    """The index's storage, as CatalogueIndex uses it (edge.buffer.codec_index.CodecIndex is the real one).
+
+    Rows are plain tuples in the index's column order; see that module for what each query returns.
+    """
+
+    @property
+    def path(self) -> Path:
+        """The index file."""
+
+    def close(self) -> None:
+        """Close the storage."""
+
+    def replace_catalogue(self, catalogue: str, source: str, revision: str, imported_at: float, *,
+                          vendors: Iterable[tuple[str, str]], devices: Iterable[tuple[str, str, str, str, str]],
+                          firmware: Iterable[tuple[str, str, str, int, str, str, str]],
+                          codecs: Iterable[tuple[str, str, str, str, str, str, str]],
+                          profiles: Iterable[tuple[str, str, str, str, str]]) -> None:
+        """Replace one catalogue's rows and record its import, all or nothing."""
+
+    def codec(self, key: str) -> tuple[str, str, str, str, str, str, str] | None:
+        """The codec row with this key."""
+
+    def imports(self) -> list[tuple[str, str, str, float]]:
+        """(catalogue, path, revision, imported_at) of every import."""
+
+    def counts(self, catalogue: str) -> dict[str, int]:
+        """Rows per table of one catalogue (firmware: distinct versions)."""
+
+    def codec_rows(self, catalogue: str | None = None,
+                   vendor: str | None = None) -> list[tuple[str, int, int, str | None]]:
+        """(key, has uplink, has downlink, comma-joined device names) per codec."""
+
+    def profile_templates(self, vendor: str | None = None) -> list[tuple[str, str, str, str, str]]:
+        """(vendor, id, region, mac_version, template JSON) per profile template."""
+
+    def device_by_uuid(self, uuid: str) -> tuple[str, str] | None:
+        """(vendor, name) of the device with this profile id."""
+
+    def newest_firmware(self, catalogue: str, vendor: str, device: str, firmware: str) -> tuple[str, str] | None:
+        """(codec key, version) of the device's last-listed firmware with a codec."""
+
+    def device_names(self) -> list[tuple[str, str, str, str, str]]:
+        """(catalogue, vendor id, device id, device name, vendor name) per device."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,34 +104,19 @@ def _words(text: str) -> str:
 
 
 class CatalogueIndex:
-    """The SQLite index of imported catalogues. Reads are cheap; the matching tables are built once."""
+    """The index of imported catalogues, over its storage. Reads are cheap; the matching tables are built once."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
-        self.path = Path(path)
-        if readonly:
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.executescript(_SCHEMA)
+    def __init__(self, store: CatalogueStore) -> None:
+        self._store = store
+        self.path = store.path
         self._names: dict[str, list[tuple[str, str, str]]] | None = None
         # The pipeline asks per uplink: answers are remembered (bounded), the connection is shared.
         self._memo: dict[tuple[Any, ...], Match | None] = {}
         self._lock = threading.RLock()
 
-    @classmethod
-    def open_for(cls, buffer_path: str | Path) -> CatalogueIndex | None:
-        """The index next to this buffer, read-only, or None if nothing was imported."""
-        path = index_path(buffer_path)
-        if not path.exists():
-            return None
-        try:
-            return cls(path, readonly=True)
-        except sqlite3.Error:
-            return None
-
     def close(self) -> None:
         """Close the database."""
-        self._db.close()
+        self._store.close()
 
     # -- import ----------------------------------------------------------------------------------
 
@@ -117,22 +128,11 @@ class CatalogueIndex:
         """
         catalogue, vendors_dir, rows = read_repository(root)
         revision = read_revision(vendors_dir.parent)
-        with self._db:
-            for table in ("vendors", "devices", "firmware", "codecs", "profiles"):
-                self._db.execute(f"DELETE FROM {table} WHERE catalogue = ?", (catalogue,))
-            self._db.executemany("INSERT OR REPLACE INTO vendors VALUES (?, ?, ?)",
-                                 [(catalogue, *r) for r in rows.vendors])
-            self._db.executemany("INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?)",
-                                 [(catalogue, *r) for r in rows.devices])
-            self._db.executemany("INSERT INTO firmware VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                 [(catalogue, *r) for r in rows.firmware])
-            self._db.executemany("INSERT OR REPLACE INTO codecs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 [(c.key, c.catalogue, c.vendor, c.name, c.path, c.uplink_script, c.downlink_script)
-                                  for c in rows.codecs.values()])
-            self._db.executemany("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)",
-                                 [(catalogue, *r) for r in rows.profiles])
-            self._db.execute("INSERT OR REPLACE INTO imports VALUES (?, ?, ?, ?)",
-                             (catalogue, str(vendors_dir.parent), revision, time.time()))
+        self._store.replace_catalogue(
+            catalogue, str(vendors_dir.parent), revision, time.time(), vendors=rows.vendors, devices=rows.devices,
+            firmware=rows.firmware, profiles=rows.profiles,
+            codecs=[(c.key, c.catalogue, c.vendor, c.name, c.path, c.uplink_script, c.downlink_script)
+                    for c in rows.codecs.values()])
         self._names = None
         self._memo.clear()
         return ImportSummary(catalogue, str(vendors_dir.parent), revision, len(rows.vendors), len(rows.devices),
@@ -144,48 +144,25 @@ class CatalogueIndex:
     def codec(self, key: str) -> Codec | None:
         """The codec with this key, or None."""
         with self._lock:
-            row = self._db.execute("SELECT key, catalogue, vendor, name, path, uplink_script, downlink_script"
-                                   " FROM codecs WHERE key = ?", (key,)).fetchone()
+            row = self._store.codec(key)
         return Codec(*row) if row else None
 
     def imports(self) -> list[dict[str, Any]]:
         """One row per imported catalogue, with counts."""
-        out = []
-        for catalogue, path, revision, when in self._db.execute(
-                "SELECT catalogue, path, revision, imported_at FROM imports ORDER BY catalogue"):
-            counts = {table: self._db.execute(f"SELECT COUNT(*) FROM {table} WHERE catalogue = ?",
-                                              (catalogue,)).fetchone()[0]
-                      for table in ("vendors", "devices", "codecs", "profiles")}
-            counts["firmware"] = self._db.execute(
-                "SELECT COUNT(*) FROM (SELECT DISTINCT vendor, device, version FROM firmware WHERE catalogue = ?)",
-                (catalogue,)).fetchone()[0]
-            out.append({"catalogue": catalogue, "path": path, "revision": revision, "imported_at": when, **counts})
-        return out
+        return [{"catalogue": catalogue, "path": path, "revision": revision, "imported_at": when,
+                 **self._store.counts(catalogue)}
+                for catalogue, path, revision, when in self._store.imports()]
 
     def codec_rows(self, catalogue: str | None = None, vendor: str | None = None) -> list[dict[str, Any]]:
         """Every codec (optionally of one catalogue or vendor) with what it can do and the devices using it."""
-        where, args = [], []
-        if catalogue:
-            where.append("c.catalogue = ?")
-            args.append(catalogue)
-        if vendor:
-            where.append("c.vendor = ?")
-            args.append(vendor)
-        sql = ("SELECT c.key, c.uplink_script != '', c.downlink_script != '',"
-               " (SELECT GROUP_CONCAT(DISTINCT d.name) FROM firmware f JOIN devices d ON d.catalogue = f.catalogue"
-               "  AND d.vendor = f.vendor AND d.id = f.device WHERE f.codec = c.key)"
-               " FROM codecs c" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY c.key")
         return [{"key": key, "uplink": bool(up), "downlink": bool(down),
                  "devices": sorted(set((names or "").split(","))) if names else []}
-                for key, up, down, names in self._db.execute(sql, args)]
+                for key, up, down, names in self._store.codec_rows(catalogue, vendor)]
 
     def profile_templates(self, vendor: str | None = None) -> list[dict[str, Any]]:
         """ChirpStack's device-profile templates: vendor, id (file stem), region, MAC version, the template."""
-        sql = "SELECT vendor, id, region, mac_version, template FROM profiles"
-        rows = self._db.execute(sql + (" WHERE vendor = ?" if vendor else "") + " ORDER BY vendor, id",
-                                (vendor,) if vendor else ())
         return [{"vendor": v, "id": i, "region": r, "mac_version": m, "template": json.loads(t)}
-                for v, i, r, m, t in rows]
+                for v, i, r, m, t in self._store.profile_templates(vendor)]
 
     def match(self, profile_name: str, profile_id: str = "", device_tags: Mapping[str, str] | None = None,
               profile_tags: Mapping[str, str] | None = None) -> Match | None:
@@ -224,8 +201,7 @@ class CatalogueIndex:
             if found:
                 return Match(found[0], f"Its device profile's tags name {vendor} {device}, a {found[1]}.")
         if profile_id:
-            row = self._db.execute("SELECT vendor, name FROM devices WHERE uuid = ? AND uuid != ''",
-                                   (profile_id,)).fetchone()
+            row = self._store.device_by_uuid(profile_id)
             found = self._by_name(f"{_words(row[0])} {_words(row[1])}", firmware) if row else None
             if found:
                 return Match(found[0], f"Its device profile's id {profile_id} is that of a {found[1]}.")
@@ -242,13 +218,7 @@ class CatalogueIndex:
         if self._names is None:
             self._names = self._name_table()
         for catalogue, vendor, device in self._names.get(words, []):
-            args: tuple[str, ...] = (catalogue, vendor, device)
-            sql = ("SELECT codec, version FROM firmware"
-                   " WHERE catalogue = ? AND vendor = ? AND device = ? AND codec != ''")
-            if firmware:
-                sql += " AND version = ?"
-                args += (firmware,)
-            row = self._db.execute(sql + " ORDER BY position DESC LIMIT 1", args).fetchone()
+            row = self._store.newest_firmware(catalogue, vendor, device, firmware)
             if row:
                 book = "TTN Device Repository" if catalogue == TTN else "ChirpStack device-profiles"
                 return row[0], f"{book} device ({vendor}/{device}, firmware {row[1]}) with codec {row[0]}"
@@ -256,9 +226,7 @@ class CatalogueIndex:
 
     def _name_table(self) -> dict[str, list[tuple[str, str, str]]]:
         table: dict[str, list[tuple[str, str, str]]] = {}
-        rows = self._db.execute("SELECT d.catalogue, d.vendor, d.id, d.name, v.name FROM devices d JOIN vendors v"
-                                " ON v.catalogue = d.catalogue AND v.id = d.vendor")
-        for catalogue, vendor, device, name, vendor_name in rows:
+        for catalogue, vendor, device, name, vendor_name in self._store.device_names():
             vendor_forms = {_words(vendor), _words(vendor_name)} - {""}
             for device_words in {_words(device), _words(name)} - {""}:
                 forms = {f"{v} {device_words}" for v in vendor_forms}

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner, Result
 
+from edge.buffer.codec_index import CodecIndex
 from edge.buffer.registry import CachedDevice, CachedProfile
 from edge.cli import main
 from edge.cli.devices import PROFILE_JS, explain
@@ -28,7 +29,7 @@ CS_MODERN = "chirpstack:acme/modern"
 
 @pytest.fixture
 def index(tmp_path: Path) -> Iterator[CatalogueIndex]:
-    ix = CatalogueIndex(tmp_path / "codecs.sqlite")
+    ix = CatalogueIndex(CodecIndex(tmp_path / "codecs.sqlite"))
     ix.import_path(FIXTURES / "ttn")
     ix.import_path(FIXTURES / "chirpstack")
     yield ix
@@ -44,7 +45,7 @@ def uplink(profile_name: str = "", payload: bytes = b"\x01\x2a", tags: dict[str,
 
 
 def test_import_reads_both_layouts(tmp_path: Path):
-    ix = CatalogueIndex(tmp_path / "codecs.sqlite")
+    ix = CatalogueIndex(CodecIndex(tmp_path / "codecs.sqlite"))
     ttn = ix.import_path(FIXTURES / "ttn")
     cs = ix.import_path(FIXTURES / "chirpstack" / "vendors")
     assert (ttn.catalogue, ttn.vendors, ttn.devices, ttn.firmware, ttn.codecs, ttn.profiles) == ("ttn", 1, 1, 2, 1, 0)
@@ -68,7 +69,7 @@ def test_import_refuses_other_folders(tmp_path: Path):
     from edge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="neither the TTN device repository"):
-        CatalogueIndex(tmp_path / "codecs.sqlite").import_path(tmp_path)
+        CatalogueIndex(CodecIndex(tmp_path / "codecs.sqlite")).import_path(tmp_path)
 
 
 @pytest.mark.parametrize(("name", "pid", "device_tags", "profile_tags", "key", "reason"), [

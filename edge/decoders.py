@@ -1,4 +1,4 @@
-"""Builds the decoder registry `edge run`, `edge redecode` and the tools use, from the `[decoding]` config."""
+"""Builds the decoder registry from config: plugins, JS codecs, the codec catalogue index beside the buffer."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from edge.buffer.codec_index import open_existing
 from edge.config import Config
 from edge.decoding.base import Decoder
-from edge.decoding.catalogue import CatalogueIndex
+from edge.decoding.catalogue import CatalogueIndex, index_path
 from edge.decoding.fieldmap import default_index
 from edge.decoding.registry import CoolDown, DecoderRegistry, Rule
 from edge.errors import EdgeError
@@ -31,12 +32,18 @@ def build_registry(cfg: Config, decoders: Sequence[Decoder] | None = None) -> De
         tag=cfg.decoding.tag,
         js_time_limit_s=cfg.decoding.js_time_limit_ms / 1000,
         js_memory_limit=cfg.decoding.js_memory_limit_mb << 20,
-        catalogue=CatalogueIndex.open_for(cfg.buffer.path),  # what `edge codecs import` read, if anything
+        catalogue=open_catalogue(cfg.buffer.path),  # what `edge codecs import` read, if anything
         cooldown=CoolDown(slow_s=cfg.decoding.js_time_limit_ms / 1000, after=cfg.decoding.cooldown_timeouts,
                           window_s=cfg.decoding.cooldown_window_s, rest_s=cfg.decoding.cooldown_s),
         object_maps=cfg.decoding.object_maps,
         maps=default_index(Path(p) for p in cfg.decoding.map_paths) if cfg.decoding.map_paths else None,
     )
+
+
+def open_catalogue(buffer_path: str | Path) -> CatalogueIndex | None:
+    """The codec index next to this buffer, read-only, or None if nothing was imported (or it cannot be opened)."""
+    store = open_existing(index_path(buffer_path))
+    return CatalogueIndex(store) if store is not None else None
 
 
 def js_codecs(cfg: Config, natives: Sequence[Decoder]) -> list[Decoder]:

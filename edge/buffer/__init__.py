@@ -4,7 +4,9 @@
 sizing.py keeps the size bound, cursors.py moves each upstream through it, inspector.py reads
 for people (and `Inspector` is the read-only look on its own), dead_letters.py, thinning.py and
 commands.py keep what their names say. registry.py caches ChirpStack's devices in the same file,
-health.py sensor health; migrations.py holds the schema's history. Modules in this package import
+health.py sensor health; migrations.py holds the schema's history. adapters.py lends the sinks
+their backlog, policy.py decides what a full disk or an unstorable record costs, and codec_index.py
+is the codec catalogues' own index file beside the buffer. Modules in this package import
 each other directly, never this package's names, so importing any of them cannot run in a circle.
 """
 

@@ -60,20 +60,3 @@ def test_roles_never_import_the_package_itself() -> None:
     for path in PACKAGE.glob("*.py"):
         if path.stem != "__init__":
             assert NAME not in _imports(path), f"{path.name} imports from {NAME}; import the role's module instead"
-
-
-def test_no_sql_outside_edge_buffer() -> None:
-    """The buffer's database is read and written only through edge.buffer."""
-    allowed = {
-        "edge/decoding/catalogue.py",  # the codec catalogue's own index database, not the buffer
-        "edge/pipeline.py",  # until the pipeline track of #16 moves its size policy into edge/buffer
-    }
-    offenders = []
-    for path in sorted((REPO / "edge").rglob("*.py")):
-        rel = path.relative_to(REPO).as_posix()
-        if rel.startswith("edge/buffer/") or rel in allowed:
-            continue
-        text = path.read_text()
-        if "sqlite3" in text or ".execute(" in text:
-            offenders.append(rel)
-    assert offenders == []

@@ -6,7 +6,6 @@ section's keys and returns the section, completed where the rule must ({edge_id}
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import fields, replace
 from functools import cache
 from pathlib import Path
@@ -25,6 +24,7 @@ from edge.config.sections import (
 )
 from edge.config.tables import Rule, Scope
 from edge.config.upstreams import HttpUpstreamConfig, ShareRules, UpstreamConfig
+from edge.net import is_loopback
 
 TOPIC_PLACEHOLDERS = ("dev_eui", "application", "application_id", "gateway_id", "edge_id")
 TOPICS = ("topic", "link_topic", "notice_topic", "health_topic", "command_topic")  # of an [[upstream]]
@@ -127,19 +127,9 @@ def _decoding(decoding: DecodingConfig, at: Scope) -> DecodingConfig:
     return decoding
 
 
-def _loopback(host: str) -> bool:
-    # Kept here rather than imported from edge.web: config must not pull in prometheus_client.
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name may resolve to any interface
-
-
 def _web(web: WebConfig, at: Scope) -> WebConfig:
     files_exist(web, at)
-    if not web.token_file and not _loopback(web.bind):
+    if not web.token_file and not is_loopback(web.bind):
         at.problem("token_file", "is required when web.bind is not a loopback address (127.0.0.1, ::1)")
     return web
 

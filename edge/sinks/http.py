@@ -41,8 +41,9 @@ from edge.backoff import Backoff
 from edge.config import HttpUpstreamConfig
 from edge.errors import certificate_problem
 from edge.model import ENDPOINT
+from edge.net import is_loopback
 from edge.sinks.base import Backlog, DeadLetter, Formatter, OutMessage, SinkStats, format_isolated
-from edge.sinks.http_request import build_client, endpoint_url, is_loopback, read_token, redact, tls_context
+from edge.sinks.http_request import build_client, endpoint_url, read_token, redact, tls_context
 from edge.sinks.http_status import body_excerpt, classify, retry_after_seconds
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from pathlib import Path
 
@@ -55,16 +54,6 @@ def endpoint_url(upstream: str, url: str) -> httpx.URL:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"upstream {upstream}: {redact(url)} is not an http(s) URL")
     return parsed
-
-
-def is_loopback(host: str) -> bool:
-    """True for `localhost` and loopback addresses (a token sent there in clear text stays on the host)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def tls_context(cfg: HttpUpstreamConfig) -> ssl.SSLContext:

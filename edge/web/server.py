@@ -17,7 +17,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from edge.sinks.http_request import is_loopback  # one rule for "stays on this host", as for upstream tokens
+from edge.net import is_loopback
 from edge.status import PAGE_DEVICES, PipelineView, Snapshot, StateReader
 from edge.web.metrics import EdgeCollector
 from edge.web.page import CSP, PAGE, status_document

@@ -39,10 +39,10 @@ from edge.model import ENDPOINT, DecodeStatus, DeviceEvent, Formatter, Uplink
 from edge.sinks.base import Backlog
 from edge.sinks.mqtt import MqttSink
 from edge.sinks.topic import fields as topic_fields
+from edge.sources.chirpstack_mqtt import ChirpStackSource, Message
 
 if TYPE_CHECKING:
-    from edge.sinks.http import HttpSink
-from edge.sources.chirpstack_mqtt import ChirpStackSource, Message
+    from edge.sinks.http import HttpSink  # imported only when an HTTP upstream is configured (httpx is heavy)
 
 log = logging.getLogger(__name__)
 

@@ -90,6 +90,7 @@ class ComponentCheck:
 
 Role = Literal["source", "sink"]
 
+
 def _sink(kind: str, upstreams: Callable[[Config], Sequence[Any]], target: str) -> ComponentCheck:
     """A sink's own health check (edge.sinks.base.HealthCheck, named "module:function") run for each upstream."""
 

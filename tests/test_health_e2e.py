@@ -19,7 +19,7 @@ pytestmark = pytest.mark.mosquitto
 HEALTH = """
 [health]
 check_interval_s = 0.3
-silent_factor = 4
+silent_factor = 8  # 4 s at 2 uplinks per second: a lossy run of frames or the SIGKILL restart stays shorter
 learn_uplinks = 3
 min_interval_s = 0.1
 battery_low_voltage = 3.2

@@ -161,6 +161,10 @@ class Recorder:
                                       protocol=paho.MQTTv5)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, qos=1)
+        # Set on every SUBACK: a test that stops the broker right after making a recorder must not
+        # stop it before the subscription exists, or the session it keeps would receive nothing.
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
         self.client.reconnect_delay_set(0.1, 0.5)
         if protocol == "3.1.1":
             self.client.connect(broker.host, broker.port)
@@ -169,6 +173,8 @@ class Recorder:
             props.SessionExpiryInterval = 3600  # persistent: nothing is lost while the broker restarts
             self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
         self.client.loop_start()
+        if not self.subscribed.wait(10):
+            raise RuntimeError(f"no SUBACK for the recorder's {topic} at {broker.host}:{broker.port} within 10 s")
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         with self.lock:

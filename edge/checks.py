@@ -10,7 +10,7 @@ import this one.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
@@ -95,10 +95,10 @@ def _sink(kind: str, upstreams: Callable[[Config], Sequence[Any]], target: str) 
     """A sink's own health check (edge.sinks.base.HealthCheck, named "module:function") run for each upstream."""
 
     def check(r: Report, ctx: Context, index: int) -> None:
-        from edge.sinks.base import CheckContext
+        from edge.sinks.base import CheckContext, HealthCheck
 
         module, _, name = target.partition(":")
-        own: Callable[[Any, CheckContext], Iterator[Check]] = getattr(importlib.import_module(module), name)
+        own: HealthCheck[Any] = getattr(importlib.import_module(module), name)
         for found in own(upstreams(ctx.cfg)[index], CheckContext(index, ctx.cfg.edge_id, ctx.publish_test)):
             r.add(found.check, found.status, found.detail, found.fix)
 

@@ -127,8 +127,8 @@ class HealthCheck(Protocol[_C_contra]):
     It probes without running the sink or touching the buffer: the destination reachable (DNS, TCP,
     TLS), the credentials accepted, and with `publish_test` one test message acknowledged. Each
     Check is yielded as soon as it is made, so a slow network shows progress; after a FAIL that
-    makes the rest pointless the check stops. Which check serves which upstreams is listed in
-    edge/sinks/checks.py, so doctor runs a new sink's check without knowing the sink.
+    makes the rest pointless the check stops. A sink kind registers its check in edge/checks.py
+    (with which configured upstreams are of its kind), so doctor runs it without knowing the sink.
     """
 
     def __call__(self, upstream: _C_contra, context: CheckContext, /) -> Iterator[Check]: ...

@@ -17,17 +17,14 @@ from typing import Any, Literal, TypeVar, cast
 from edge.config import Config
 from edge.model import Check
 
-# A finding is what every component's own check yields (edge.model.Check); doctor prints it.
-Finding = Check
-
 _T = TypeVar("_T")
 
 
 class Report:
     """Collects findings and hands each to `on_finding` at once, so progress shows on a slow network."""
 
-    def __init__(self, on_finding: Callable[[Finding], None] | None) -> None:
-        self.findings: list[Finding] = []
+    def __init__(self, on_finding: Callable[[Check], None] | None) -> None:
+        self.findings: list[Check] = []
         self.on_finding = on_finding
         # How late a live uplink arrived by its own time stamp, noted by a source's check that saw
         # one: the clock check compares it with the local clock.
@@ -35,7 +32,7 @@ class Report:
 
     def add(self, check: str, status: str, detail: str, fix: str = "") -> None:
         """Record one finding (its fix is dropped when the status is OK)."""
-        finding = Finding(check, status, detail, fix if status != "OK" else "")
+        finding = Check(check, status, detail, fix if status != "OK" else "")
         self.findings.append(finding)
         if self.on_finding is not None:
             self.on_finding(finding)
@@ -99,8 +96,7 @@ def _sink(kind: str, upstreams: Callable[[Config], Sequence[Any]], target: str) 
 
         module, _, name = target.partition(":")
         own: HealthCheck[Any] = getattr(importlib.import_module(module), name)
-        for found in own(upstreams(ctx.cfg)[index], CheckContext(index, ctx.cfg.edge_id, ctx.publish_test)):
-            r.add(found.check, found.status, found.detail, found.fix)
+        r.run(own(upstreams(ctx.cfg)[index], CheckContext(index, ctx.cfg.edge_id, ctx.publish_test)))
 
     return ComponentCheck(kind, lambda cfg: len(upstreams(cfg)), check)
 

@@ -9,18 +9,19 @@ from pathlib import Path
 
 import click
 
-from edge.checks import Context, Finding, registered
+from edge.checks import Context, registered
 from edge.checks import Report as _Report
 from edge.cli import CONFIG_OPTION
 from edge.cli import doctor_checks as local
 from edge.cli.text import echo
 from edge.config import load_config
 from edge.errors import ConfigError
+from edge.model import Check
 
 # -- doctor -----------------------------------------------------------------------------------------
 
 def run_checks(config_path: Path, *, publish_test: bool = False, listen: float = 0.0,
-               on_finding: Callable[[Finding], None] | None = None) -> list[Finding]:
+               on_finding: Callable[[Check], None] | None = None) -> list[Check]:
     """Run every check against the installation described by a config file.
 
     Args:

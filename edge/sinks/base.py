@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -131,4 +131,4 @@ class HealthCheck(Protocol[_C_contra]):
     (with which configured upstreams are of its kind), so doctor runs it without knowing the sink.
     """
 
-    def __call__(self, upstream: _C_contra, context: CheckContext, /) -> Iterator[Check]: ...
+    def __call__(self, upstream: _C_contra, context: CheckContext, /) -> Generator[Check, None, None]: ...

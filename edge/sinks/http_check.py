@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import httpx
 
@@ -31,7 +31,7 @@ def _no_backlog() -> Backlog:
     raise AssertionError("doctor only borrows an HTTP sink's client; it never runs the sink")
 
 
-def check(up: HttpUpstreamConfig, context: CheckContext) -> Iterator[Check]:
+def check(up: HttpUpstreamConfig, context: CheckContext) -> Generator[Check, None, None]:
     """DNS, TCP and TLS to the server (or its proxy), then a GET with the sink's own client to see its
     credentials pass; with `publish_test`, a test notice POSTed to `notice_endpoint` (never the data endpoint)."""
     label, section = f"upstream {up.name}", f"http_upstream[{context.index}]"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from edge import probe
 from edge.config import UpstreamConfig
@@ -11,7 +11,7 @@ from edge.model import Check
 from edge.sinks.base import CheckContext
 
 
-def check(up: UpstreamConfig, context: CheckContext) -> Iterator[Check]:
+def check(up: UpstreamConfig, context: CheckContext) -> Generator[Check, None, None]:
     """DNS, TCP, TLS and login at the upstream's broker; with `publish_test`, a QoS 1 message on its notice topic."""
     label, section = f"upstream {up.name}", f"upstream[{context.index}]"
     if not (yield from probe.network(label, section, up.mqtt, f"{section}.url")):
